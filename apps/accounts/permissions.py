@@ -1,0 +1,118 @@
+"""The one permission check. Views, services, management commands and tasks all call
+`require` (or `has_perm`), so a role means the same thing everywhere.
+
+Scopes resolve through the object: VM -> zone -> host -> global. An object takes part by
+offering `scope_path()` -> (host_id, zone, vm_id)."""
+
+from __future__ import annotations
+
+from django.core.exceptions import PermissionDenied
+
+from .models import Role, RoleAssignment, Scope
+
+VIEW_PERMISSIONS = frozenset(
+    {"dashboard.view", "vms.view", "storage.view", "network.view", "encryption.view", "jobs.view"}
+)
+OPERATE_PERMISSIONS = frozenset(
+    {"vms.operate", "vms.snapshot", "storage.change", "encryption.change", "network.change"}
+)
+AUDIT_PERMISSIONS = frozenset({"audit.view", "access_review.view"})
+ADMIN_PERMISSIONS = frozenset({"accounts.manage"})
+ALL_PERMISSIONS = VIEW_PERMISSIONS | OPERATE_PERMISSIONS | AUDIT_PERMISSIONS | ADMIN_PERMISSIONS
+
+ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
+    Role.ADMIN: ALL_PERMISSIONS,
+    Role.OPERATOR: VIEW_PERMISSIONS | OPERATE_PERMISSIONS,
+    Role.AUDITOR: VIEW_PERMISSIONS | AUDIT_PERMISSIONS,
+    Role.VIEWER: frozenset({"dashboard.view", "vms.view", "storage.view", "network.view", "jobs.view"}),
+}
+
+_CACHE_ATTR = "_portal_assignments"
+
+
+def _assignments(user) -> list[RoleAssignment]:
+    if user is None or not user.is_authenticated or not user.is_active:
+        return []
+    cached = getattr(user, _CACHE_ATTR, None)
+    if cached is None:
+        cached = list(RoleAssignment.objects.filter(user=user).only("role", "scope", "host_id", "zone", "vm_id"))
+        setattr(user, _CACHE_ATTR, cached)
+    return cached
+
+
+def forget(user) -> None:
+    """Drop the per-request cache of assignments (after they change)."""
+    if user is not None and hasattr(user, _CACHE_ATTR):
+        delattr(user, _CACHE_ATTR)
+
+
+def _covers(assignment: RoleAssignment, obj) -> bool:
+    if assignment.scope == Scope.GLOBAL:
+        return True
+    if obj is None:
+        return False
+    host_id, zone, vm_id = obj.scope_path()
+    if assignment.scope == Scope.HOST:
+        return host_id is not None and assignment.host_id == host_id
+    if assignment.scope == Scope.ZONE:
+        return zone is not None and assignment.zone == zone
+    if assignment.scope == Scope.VM:
+        return vm_id is not None and assignment.vm_id == vm_id
+    return False
+
+
+def has_perm(user, perm: str, obj=None, *, anywhere: bool = False) -> bool:
+    """True when one of the user's roles grants `perm` over `obj`.
+
+    With anywhere=True (page-level checks: may the user open the VM list at all?) any
+    assignment granting `perm`, whatever its scope, is enough; lists are then filtered.
+    """
+    if perm not in ALL_PERMISSIONS:
+        raise ValueError(f"unknown permission {perm!r}")
+    for assignment in _assignments(user):
+        if perm in ROLE_PERMISSIONS[assignment.role] and (anywhere or _covers(assignment, obj)):
+            return True
+    return False
+
+
+def require(user, perm: str, obj=None, *, anywhere: bool = False, action: str | None = None, target=None) -> None:
+    """Raise PermissionDenied unless allowed; the denial is written to the audit log."""
+    if has_perm(user, perm, obj, anywhere=anywhere):
+        return
+    from apps.audit.services import record
+
+    record(
+        actor=user,
+        action=action or f"permission.{perm}",
+        target=target if target is not None else obj,
+        outcome="denied",
+        error=f"requires {perm}",
+    )
+    raise PermissionDenied(f"You do not have the '{perm}' permission for this.")
+
+
+def permissions_of(user) -> set[str]:
+    """Every permission the user holds in some scope (for showing navigation)."""
+    perms: set[str] = set()
+    for assignment in _assignments(user):
+        perms |= ROLE_PERMISSIONS[assignment.role]
+    return perms
+
+
+def scope_filter(user, perm: str):
+    """A Q object restricting VirtualMachine rows to those `perm` covers, or None for all."""
+    from django.db.models import Q
+
+    q = Q(pk__in=[])
+    for a in _assignments(user):
+        if perm not in ROLE_PERMISSIONS[a.role]:
+            continue
+        if a.scope == Scope.GLOBAL:
+            return None
+        if a.scope == Scope.HOST:
+            q |= Q(host_id=a.host_id)
+        elif a.scope == Scope.ZONE:
+            q |= Q(zone=a.zone)
+        elif a.scope == Scope.VM:
+            q |= Q(pk=a.vm_id)
+    return q

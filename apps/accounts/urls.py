@@ -1,0 +1,13 @@
+from django.urls import path
+
+from . import views
+
+app_name = "accounts"
+urlpatterns = [
+    path("", views.user_list, name="list"),
+    path("new/", views.user_create, name="create"),
+    path("<int:pk>/", views.user_detail, name="detail"),
+    path("<int:pk>/active/", views.user_set_active, name="set_active"),
+    path("<int:pk>/assignments/", views.assignment_add, name="assignment_add"),
+    path("<int:pk>/assignments/<int:assignment_id>/delete/", views.assignment_remove, name="assignment_remove"),
+]

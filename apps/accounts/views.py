@@ -1,0 +1,104 @@
+from django.contrib import messages
+from django.contrib.auth import get_user_model
+from django.contrib.auth import views as auth_views
+from django.shortcuts import get_object_or_404, redirect
+from django.views.decorators.http import require_POST
+
+from apps.core.errors import InvalidInput
+from apps.core.views_util import permission_required, render_page
+from apps.vms.models import VirtualMachine
+
+from . import services
+from .forms import AssignmentForm, ThrottledAuthenticationForm, UserCreateForm
+from .models import RoleAssignment
+
+User = get_user_model()
+
+
+class LoginView(auth_views.LoginView):
+    form_class = ThrottledAuthenticationForm
+    redirect_authenticated_user = True
+
+
+@permission_required("accounts.manage")
+def user_list(request):
+    users = User.objects.prefetch_related("role_assignments__host", "role_assignments__vm").order_by("username")
+    return render_page(request, "accounts/users.html", {"users": users, "form": UserCreateForm()})
+
+
+@require_POST
+@permission_required("accounts.manage")
+def user_create(request):
+    form = UserCreateForm(request.POST)
+    if not form.is_valid():
+        from apps.audit.services import record
+
+        record(
+            actor=request.user,
+            action="accounts.user.create",
+            outcome="failed",
+            target=("user", "", request.POST.get("username", "")[:150]),
+            error="; ".join(f"{k}: {' '.join(v)}" for k, v in form.errors.items()),
+        )
+        users = User.objects.prefetch_related("role_assignments").order_by("username")
+        return render_page(request, "accounts/users.html", {"users": users, "form": form}, status=400)
+    user = services.user_create(actor=request.user, **form.cleaned_data)
+    messages.success(request, f"User {user.username} created.")
+    return redirect("accounts:detail", pk=user.pk)
+
+
+@permission_required("accounts.manage")
+def user_detail(request, pk: int):
+    user = get_object_or_404(User, pk=pk)
+    assignments = user.role_assignments.select_related("host", "vm", "vm__host")
+    return render_page(
+        request, "accounts/user.html", {"subject": user, "assignments": assignments, "form": AssignmentForm()}
+    )
+
+
+@require_POST
+@permission_required("accounts.manage")
+def user_set_active(request, pk: int):
+    user = get_object_or_404(User, pk=pk)
+    active = request.POST.get("active") == "yes"
+    services.user_set_active(actor=request.user, user=user, active=active)
+    messages.success(request, f"{user.username} {'enabled' if active else 'disabled; their sessions were ended'}.")
+    return redirect("accounts:detail", pk=user.pk)
+
+
+@require_POST
+@permission_required("accounts.manage")
+def assignment_add(request, pk: int):
+    user = get_object_or_404(User, pk=pk)
+    form = AssignmentForm(request.POST)
+    if not form.is_valid():
+        raise InvalidInput(
+            "Check the role assignment: " + "; ".join(f"{k}: {' '.join(v)}" for k, v in form.errors.items())
+        )
+    data = form.cleaned_data
+    vm = None
+    if data["scope"] == "vm":
+        host_name, _, vm_name = (data.get("vm") or "").partition("/")
+        vm = VirtualMachine.objects.filter(host__name=host_name, name=vm_name, present=True).first()
+        if vm is None:
+            raise InvalidInput(f"No VM {data.get('vm')!r}: write it as host/vm, e.g. local/web-1.")
+    services.assignment_add(
+        actor=request.user,
+        user=user,
+        role=data["role"],
+        scope=data["scope"],
+        host=data.get("host"),
+        zone=data.get("zone") or "",
+        vm=vm,
+    )
+    messages.success(request, "Role assigned.")
+    return redirect("accounts:detail", pk=user.pk)
+
+
+@require_POST
+@permission_required("accounts.manage")
+def assignment_remove(request, pk: int, assignment_id: int):
+    assignment = get_object_or_404(RoleAssignment, pk=assignment_id, user_id=pk)
+    services.assignment_remove(actor=request.user, assignment=assignment)
+    messages.success(request, "Role revoked.")
+    return redirect("accounts:detail", pk=pk)

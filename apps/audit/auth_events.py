@@ -1,0 +1,28 @@
+from django.contrib.auth.signals import user_logged_in, user_logged_out, user_login_failed
+from django.dispatch import receiver
+
+from .services import record
+
+
+@receiver(user_logged_in)
+def _logged_in(sender, request, user, **kwargs):
+    record(actor=user, action="auth.login", target=user, outcome="success")
+
+
+@receiver(user_logged_out)
+def _logged_out(sender, request, user, **kwargs):
+    if user is not None:
+        record(actor=user, action="auth.logout", target=user, outcome="success")
+
+
+@receiver(user_login_failed)
+def _login_failed(sender, credentials, request=None, **kwargs):
+    username = str(credentials.get("username", ""))[:150]
+    record(
+        actor=None,
+        actor_name=username or "anonymous",
+        action="auth.login",
+        outcome="failed",
+        target=("user", "", username),
+        error="wrong username or password, or account disabled",
+    )

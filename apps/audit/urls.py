@@ -1,0 +1,9 @@
+from django.urls import path
+
+from . import views
+
+app_name = "audit"
+urlpatterns = [
+    path("", views.event_list, name="events"),
+    path("access-review/", views.access_review, name="access_review"),
+]

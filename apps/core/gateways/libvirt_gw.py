@@ -1,0 +1,521 @@
+"""The only module that talks to libvirt.
+
+One connection per process and URI, opened lazily (never at import time) and reopened when
+libvirtd restarts. libvirt's errors and VIR_* constants never leave this module: callers
+get plain dataclasses and the project's own errors.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import libvirt
+
+from apps.core.errors import Conflict, GatewayError, NotFound
+
+from . import libvirt_xml
+
+T = TypeVar("T")
+
+# libvirt prints every error to stderr by default; we report them ourselves.
+libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+
+_lock = threading.Lock()
+_connections: dict[str, libvirt.virConnect] = {}
+_owner_pid = os.getpid()
+
+_STATES = {
+    libvirt.VIR_DOMAIN_NOSTATE: "unknown",
+    libvirt.VIR_DOMAIN_RUNNING: "running",
+    libvirt.VIR_DOMAIN_BLOCKED: "running",
+    libvirt.VIR_DOMAIN_PAUSED: "paused",
+    libvirt.VIR_DOMAIN_SHUTDOWN: "shutting down",
+    libvirt.VIR_DOMAIN_SHUTOFF: "shut off",
+    libvirt.VIR_DOMAIN_CRASHED: "crashed",
+    libvirt.VIR_DOMAIN_PMSUSPENDED: "pmsuspended",
+}
+
+_RECONNECT_CODES = {
+    libvirt.VIR_ERR_SYSTEM_ERROR,
+    libvirt.VIR_ERR_RPC,
+    libvirt.VIR_ERR_NO_CONNECT,
+    libvirt.VIR_ERR_INVALID_CONN,
+}
+_NOT_FOUND_CODES = {
+    libvirt.VIR_ERR_NO_DOMAIN: "VM",
+    libvirt.VIR_ERR_NO_STORAGE_POOL: "storage pool",
+    libvirt.VIR_ERR_NO_STORAGE_VOL: "volume",
+    libvirt.VIR_ERR_NO_NETWORK: "network",
+    libvirt.VIR_ERR_NO_DOMAIN_SNAPSHOT: "snapshot",
+    libvirt.VIR_ERR_NO_SECRET: "secret",
+}
+_CONFLICT_CODES = {libvirt.VIR_ERR_OPERATION_INVALID, libvirt.VIR_ERR_OPERATION_FAILED}
+
+
+@dataclass(frozen=True)
+class DiskInfo:
+    target: str
+    path: str
+    capacity: int = 0
+    allocation: int = 0
+    physical: int = 0
+
+
+@dataclass(frozen=True)
+class InterfaceInfo:
+    mac: str
+    network: str
+    device: str = ""
+    link: str = "up"
+
+
+@dataclass(frozen=True)
+class DomainInfo:
+    uuid: str
+    name: str
+    state: str
+    vcpus: int
+    memory_kib: int
+    disks: tuple[DiskInfo, ...] = ()
+    interfaces: tuple[InterfaceInfo, ...] = ()
+    persistent: bool = True
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    name: str
+    created: int
+    state: str
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class VolumeInfo:
+    pool: str
+    name: str
+    path: str
+    capacity: int
+    allocation: int
+    format: str = ""
+
+
+@dataclass(frozen=True)
+class PoolInfo:
+    uuid: str
+    name: str
+    active: bool
+    capacity: int
+    allocation: int
+    available: int
+    path: str
+    volumes: tuple[VolumeInfo, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class NetworkInfo:
+    uuid: str
+    name: str
+    active: bool
+    bridge: str
+    forward_mode: str
+
+
+def _translate(exc: libvirt.libvirtError, what: str) -> GatewayError | NotFound | Conflict:
+    code = exc.get_error_code()
+    message = exc.get_error_message() or str(exc)
+    if code in _NOT_FOUND_CODES:
+        return NotFound(f"{_NOT_FOUND_CODES[code].capitalize()} not found: {what}")
+    if code in _CONFLICT_CODES:
+        return Conflict(f"{what}: {message}")
+    return GatewayError(f"libvirt could not complete the request ({what}): {message}")
+
+
+def _open(uri: str) -> libvirt.virConnect:
+    global _owner_pid
+    with _lock:
+        if os.getpid() != _owner_pid:  # forked (Celery prefork): never share a socket
+            _connections.clear()
+            _owner_pid = os.getpid()
+        conn = _connections.get(uri)
+        if conn is not None:
+            try:
+                if conn.isAlive():
+                    return conn
+            except libvirt.libvirtError:
+                pass
+            _connections.pop(uri, None)
+        try:
+            conn = libvirt.open(uri)
+        except libvirt.libvirtError as exc:
+            raise GatewayError(f"Cannot connect to the hypervisor at {uri}: {exc.get_error_message()}") from None
+        _connections[uri] = conn
+        return conn
+
+
+def _drop(uri: str) -> None:
+    with _lock:
+        conn = _connections.pop(uri, None)
+    if conn is not None:
+        try:
+            conn.close()
+        except libvirt.libvirtError:
+            pass
+
+
+def call(uri: str, what: str, fn: Callable[[libvirt.virConnect], T]) -> T:
+    """Run fn(connection); reconnect once if libvirtd went away; translate errors."""
+    for attempt in (1, 2):
+        conn = _open(uri)
+        try:
+            return fn(conn)
+        except libvirt.libvirtError as exc:
+            if attempt == 1 and (exc.get_error_code() in _RECONNECT_CODES or not _alive(conn)):
+                _drop(uri)
+                continue
+            raise _translate(exc, what) from None
+    raise AssertionError("unreachable")
+
+
+def _alive(conn: libvirt.virConnect) -> bool:
+    try:
+        return bool(conn.isAlive())
+    except libvirt.libvirtError:
+        return False
+
+
+def reset_connections() -> None:
+    """Close every cached connection (used after a fork and by tests)."""
+    for uri in list(_connections):
+        _drop(uri)
+
+
+def version(uri: str) -> str:
+    def _version(conn):
+        v = conn.getLibVersion()
+        return f"{v // 1_000_000}.{(v // 1000) % 1000}.{v % 1000}"
+
+    return call(uri, "version", _version)
+
+
+# ---------------------------------------------------------------- domains
+
+_STATS = (
+    libvirt.VIR_DOMAIN_STATS_STATE
+    | libvirt.VIR_DOMAIN_STATS_VCPU
+    | libvirt.VIR_DOMAIN_STATS_BALLOON
+    | libvirt.VIR_DOMAIN_STATS_BLOCK
+    | libvirt.VIR_DOMAIN_STATS_INTERFACE
+)
+
+
+def _domain_from_stats(dom, stats: dict, volumes_by_path: dict[str, VolumeInfo]) -> DomainInfo:
+    disks = []
+    for i in range(stats.get("block.count", 0)):
+        path = stats.get(f"block.{i}.path", "")
+        vol = volumes_by_path.get(path)
+        disks.append(
+            DiskInfo(
+                target=stats.get(f"block.{i}.name", ""),
+                path=path,
+                capacity=stats.get(f"block.{i}.capacity") or (vol.capacity if vol else 0),
+                allocation=stats.get(f"block.{i}.allocation") or (vol.allocation if vol else 0),
+                physical=stats.get(f"block.{i}.physical") or (vol.allocation if vol else 0),
+            )
+        )
+    ifaces = tuple(
+        InterfaceInfo(mac="", network="", device=stats.get(f"net.{i}.name", ""))
+        for i in range(stats.get("net.count", 0))
+    )
+    state = _STATES.get(stats.get("state.state", 0), "unknown")
+    memory = stats.get("balloon.maximum") or stats.get("balloon.current") or 0
+    return DomainInfo(
+        uuid=dom.UUIDString(),
+        name=dom.name(),
+        state=state,
+        vcpus=stats.get("vcpu.maximum") or stats.get("vcpu.current") or 0,
+        memory_kib=memory,
+        disks=tuple(disks),
+        interfaces=ifaces,
+        persistent=True,
+    )
+
+
+def list_domains(uri: str) -> list[DomainInfo]:
+    """Every domain of the host with state, vCPUs, memory and disks: two bulk calls."""
+
+    def _list(conn):
+        volumes_by_path = {v.path: v for v in _all_volumes(conn)}
+        return [_domain_from_stats(dom, stats, volumes_by_path) for dom, stats in conn.getAllDomainStats(_STATS, 0)]
+
+    return call(uri, "list VMs", _list)
+
+
+def get_domain(uri: str, name: str) -> DomainInfo:
+    """One domain in full, interfaces (networks, MACs) and disks included."""
+
+    def _get(conn):
+        dom = conn.lookupByName(name)
+        ((_, stats),) = conn.domainListGetStats([dom], _STATS, 0)
+        volumes_by_path = {v.path: v for v in _all_volumes(conn)}
+        info = _domain_from_stats(dom, stats, volumes_by_path)
+        disks_xml, ifaces_xml = libvirt_xml.parse_domain_devices(dom.XMLDesc(0))
+        by_target = {d.target: d for d in info.disks}
+        disks = []
+        for d in disks_xml:
+            known = by_target.get(d["target"])
+            vol = volumes_by_path.get(d["path"])
+            disks.append(
+                known
+                or DiskInfo(
+                    target=d["target"],
+                    path=d["path"],
+                    capacity=vol.capacity if vol else 0,
+                    allocation=vol.allocation if vol else 0,
+                )
+            )
+        ifaces = tuple(InterfaceInfo(**i) for i in ifaces_xml)
+        return DomainInfo(
+            uuid=info.uuid,
+            name=info.name,
+            state=info.state,
+            vcpus=info.vcpus,
+            memory_kib=info.memory_kib,
+            disks=tuple(disks),
+            interfaces=ifaces,
+            persistent=bool(dom.isPersistent()),
+        )
+
+    return call(uri, name, _get)
+
+
+def domain_state(uri: str, name: str) -> str:
+    return call(uri, name, lambda conn: _STATES.get(conn.lookupByName(name).state()[0], "unknown"))
+
+
+def define_domain(uri: str, xml: str) -> str:
+    return call(uri, "define VM", lambda conn: conn.defineXML(xml).UUIDString())
+
+
+def undefine_domain(uri: str, name: str) -> None:
+    """Stop (if running) and remove a domain with its snapshot metadata."""
+
+    def _undefine(conn):
+        dom = conn.lookupByName(name)
+        if dom.isActive():
+            dom.destroy()
+        dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA | libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE)
+
+    call(uri, name, _undefine)
+
+
+def _domain_action(uri: str, name: str, action: str) -> None:
+    def _act(conn):
+        dom = conn.lookupByName(name)
+        if action == "start":
+            dom.create()
+        elif action == "shutdown":
+            dom.shutdown()
+        elif action == "force_off":
+            dom.destroy()
+        elif action == "suspend":
+            dom.suspend()
+        elif action == "resume":
+            dom.resume()
+        else:
+            raise ValueError(f"unknown action {action}")
+
+    call(uri, name, _act)
+
+
+def start_domain(uri: str, name: str) -> None:
+    _domain_action(uri, name, "start")
+
+
+def shutdown_domain(uri: str, name: str) -> None:
+    _domain_action(uri, name, "shutdown")
+
+
+def force_off_domain(uri: str, name: str) -> None:
+    _domain_action(uri, name, "force_off")
+
+
+def suspend_domain(uri: str, name: str) -> None:
+    _domain_action(uri, name, "suspend")
+
+
+def resume_domain(uri: str, name: str) -> None:
+    _domain_action(uri, name, "resume")
+
+
+def list_snapshots(uri: str, name: str) -> list[SnapshotInfo]:
+    def _list(conn):
+        dom = conn.lookupByName(name)
+        result = []
+        for snap in dom.listAllSnapshots(0):
+            root = ET.fromstring(snap.getXMLDesc(0))
+            result.append(
+                SnapshotInfo(
+                    name=snap.getName(),
+                    created=int(root.findtext("creationTime") or 0),
+                    state=root.findtext("state") or "",
+                    description=root.findtext("description") or "",
+                )
+            )
+        return sorted(result, key=lambda s: s.created)
+
+    return call(uri, name, _list)
+
+
+def create_snapshot(uri: str, name: str, snapshot: str, description: str = "") -> None:
+    xml = libvirt_xml.snapshot_xml(snapshot, description)
+    call(uri, f"{name}/{snapshot}", lambda conn: conn.lookupByName(name).snapshotCreateXML(xml, 0))
+
+
+def delete_snapshot(uri: str, name: str, snapshot: str) -> None:
+    call(uri, f"{name}/{snapshot}", lambda conn: conn.lookupByName(name).snapshotLookupByName(snapshot, 0).delete(0))
+
+
+# ---------------------------------------------------------------- storage
+
+
+def _all_volumes(conn) -> list[VolumeInfo]:
+    volumes = []
+    for pool in conn.listAllStoragePools(libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE):
+        pool_name = pool.name()
+        for vol in pool.listAllVolumes(0):
+            _type, capacity, allocation = vol.info()
+            volumes.append(VolumeInfo(pool_name, vol.name(), vol.path(), capacity, allocation))
+    return volumes
+
+
+def list_pools(uri: str) -> list[PoolInfo]:
+    def _list(conn):
+        pools = []
+        for pool in conn.listAllStoragePools(0):
+            active = bool(pool.isActive())
+            _state, capacity, allocation, available = pool.info()
+            path = ET.fromstring(pool.XMLDesc(0)).findtext("./target/path") or ""
+            volumes = ()
+            if active:
+                vols = []
+                for vol in pool.listAllVolumes(0):
+                    _t, cap, alloc = vol.info()
+                    vols.append(VolumeInfo(pool.name(), vol.name(), vol.path(), cap, alloc))
+                volumes = tuple(sorted(vols, key=lambda v: v.name))
+            pools.append(
+                PoolInfo(pool.UUIDString(), pool.name(), active, capacity, allocation, available, path, volumes)
+            )
+        return sorted(pools, key=lambda p: p.name)
+
+    return call(uri, "list storage pools", _list)
+
+
+def ensure_dir_pool(uri: str, name: str, path: str) -> None:
+    """Define, build, start and autostart a dir pool, reusing one that exists."""
+
+    def _ensure(conn):
+        try:
+            pool = conn.storagePoolLookupByName(name)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_POOL:
+                raise
+            os.makedirs(path, mode=0o711, exist_ok=True)
+            pool = conn.storagePoolDefineXML(libvirt_xml.pool_dir_xml(name, path), 0)
+        if not pool.isActive():
+            pool.create(0)
+        pool.setAutostart(1)
+        pool.refresh(0)
+
+    call(uri, name, _ensure)
+
+
+def remove_pool(uri: str, name: str, delete_volumes: bool = True) -> None:
+    def _remove(conn):
+        pool = conn.storagePoolLookupByName(name)
+        if pool.isActive():
+            if delete_volumes:
+                for vol in pool.listAllVolumes(0):
+                    vol.delete(0)
+            pool.destroy()
+        pool.undefine()
+
+    call(uri, name, _remove)
+
+
+def create_volume(uri: str, pool: str, name: str, capacity_bytes: int, fmt: str = "qcow2") -> VolumeInfo:
+    def _create(conn):
+        p = conn.storagePoolLookupByName(pool)
+        vol = p.createXML(libvirt_xml.volume_xml(name, capacity_bytes, fmt), 0)
+        _t, cap, alloc = vol.info()
+        return VolumeInfo(pool, vol.name(), vol.path(), cap, alloc, fmt)
+
+    return call(uri, f"{pool}/{name}", _create)
+
+
+def find_volume(uri: str, pool: str, name: str) -> VolumeInfo | None:
+    def _find(conn):
+        p = conn.storagePoolLookupByName(pool)
+        try:
+            vol = p.storageVolLookupByName(name)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_VOL:
+                return None
+            raise
+        _t, cap, alloc = vol.info()
+        return VolumeInfo(pool, vol.name(), vol.path(), cap, alloc)
+
+    return call(uri, f"{pool}/{name}", _find)
+
+
+# ---------------------------------------------------------------- networks
+
+
+def list_networks(uri: str) -> list[NetworkInfo]:
+    def _list(conn):
+        nets = []
+        for net in conn.listAllNetworks(0):
+            root = ET.fromstring(net.XMLDesc(0))
+            bridge = root.find("bridge")
+            forward = root.find("forward")
+            nets.append(
+                NetworkInfo(
+                    uuid=net.UUIDString(),
+                    name=net.name(),
+                    active=bool(net.isActive()),
+                    bridge=bridge.get("name", "") if bridge is not None else "",
+                    forward_mode=(forward.get("mode", "nat") if forward is not None else "isolated"),
+                )
+            )
+        return sorted(nets, key=lambda n: n.name)
+
+    return call(uri, "list networks", _list)
+
+
+def ensure_isolated_network(uri: str, name: str, bridge: str) -> None:
+    def _ensure(conn):
+        try:
+            net = conn.networkLookupByName(name)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() != libvirt.VIR_ERR_NO_NETWORK:
+                raise
+            net = conn.networkDefineXML(libvirt_xml.isolated_network_xml(name, bridge))
+        if not net.isActive():
+            net.create()
+        net.setAutostart(1)
+
+    call(uri, name, _ensure)
+
+
+def remove_network(uri: str, name: str) -> None:
+    def _remove(conn):
+        net = conn.networkLookupByName(name)
+        if net.isActive():
+            net.destroy()
+        net.undefine()
+
+    call(uri, name, _remove)

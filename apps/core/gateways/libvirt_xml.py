@@ -1,0 +1,116 @@
+"""Builds libvirt XML with ElementTree, so no name or path can inject markup."""
+
+from __future__ import annotations
+
+import os
+import xml.etree.ElementTree as ET
+
+
+def _xml(el: ET.Element) -> str:
+    return ET.tostring(el, encoding="unicode")
+
+
+def pool_dir_xml(name: str, path: str) -> str:
+    pool = ET.Element("pool", type="dir")
+    ET.SubElement(pool, "name").text = name
+    target = ET.SubElement(pool, "target")
+    ET.SubElement(target, "path").text = path
+    return _xml(pool)
+
+
+def volume_xml(name: str, capacity_bytes: int, fmt: str = "qcow2") -> str:
+    vol = ET.Element("volume")
+    ET.SubElement(vol, "name").text = name
+    ET.SubElement(vol, "capacity", unit="bytes").text = str(int(capacity_bytes))
+    ET.SubElement(vol, "allocation", unit="bytes").text = "0"
+    target = ET.SubElement(vol, "target")
+    ET.SubElement(target, "format", type=fmt)
+    return _xml(vol)
+
+
+def isolated_network_xml(name: str, bridge: str) -> str:
+    """A network with no <forward>: isolated, nothing leaves the host."""
+    net = ET.Element("network")
+    ET.SubElement(net, "name").text = name
+    ET.SubElement(net, "bridge", name=bridge, stp="on", delay="0")
+    return _xml(net)
+
+
+def domain_xml(
+    *,
+    name: str,
+    memory_mib: int,
+    vcpus: int,
+    disk_paths: list[str],
+    networks: list[str],
+    domain_type: str | None = None,
+) -> str:
+    """A minimal guest: boots from its first disk only, NICs without option ROM (no PXE)."""
+    if domain_type is None:
+        domain_type = "kvm" if os.path.exists("/dev/kvm") else "qemu"
+    dom = ET.Element("domain", type=domain_type)
+    ET.SubElement(dom, "name").text = name
+    ET.SubElement(dom, "memory", unit="MiB").text = str(memory_mib)
+    ET.SubElement(dom, "vcpu").text = str(vcpus)
+    os_el = ET.SubElement(dom, "os")
+    ET.SubElement(os_el, "type", arch="x86_64", machine="pc").text = "hvm"
+    ET.SubElement(os_el, "boot", dev="hd")
+    features = ET.SubElement(dom, "features")
+    ET.SubElement(features, "acpi")
+    ET.SubElement(dom, "on_poweroff").text = "destroy"
+    ET.SubElement(dom, "on_reboot").text = "restart"
+    ET.SubElement(dom, "on_crash").text = "destroy"
+    devices = ET.SubElement(dom, "devices")
+    for index, path in enumerate(disk_paths):
+        disk = ET.SubElement(devices, "disk", type="file", device="disk")
+        ET.SubElement(disk, "driver", name="qemu", type="qcow2")
+        ET.SubElement(disk, "source", file=path)
+        ET.SubElement(disk, "target", dev=f"vd{chr(ord('a') + index)}", bus="virtio")
+    for network in networks:
+        iface = ET.SubElement(devices, "interface", type="network")
+        ET.SubElement(iface, "source", network=network)
+        ET.SubElement(iface, "model", type="virtio")
+        ET.SubElement(iface, "rom", enabled="no")
+    ET.SubElement(devices, "graphics", type="vnc", listen="127.0.0.1", autoport="yes")
+    return _xml(dom)
+
+
+def snapshot_xml(name: str, description: str = "") -> str:
+    snap = ET.Element("domainsnapshot")
+    ET.SubElement(snap, "name").text = name
+    if description:
+        ET.SubElement(snap, "description").text = description
+    return _xml(snap)
+
+
+def parse_domain_devices(xml: str) -> tuple[list[dict], list[dict]]:
+    """Disks (target, path, format) and interfaces (mac, network, device) of a domain."""
+    root = ET.fromstring(xml)
+    disks, ifaces = [], []
+    for disk in root.findall("./devices/disk"):
+        if disk.get("device") != "disk":
+            continue
+        source = disk.find("source")
+        driver = disk.find("driver")
+        target = disk.find("target")
+        disks.append(
+            {
+                "target": target.get("dev") if target is not None else "",
+                "path": (source.get("file") or source.get("dev") or "") if source is not None else "",
+                "format": driver.get("type", "") if driver is not None else "",
+            }
+        )
+    for iface in root.findall("./devices/interface"):
+        mac = iface.find("mac")
+        source = iface.find("source")
+        target = iface.find("target")
+        link = iface.find("link")
+        ifaces.append(
+            {
+                "mac": mac.get("address", "") if mac is not None else "",
+                "network": (source.get("network") or source.get("bridge") or "") if source is not None else "",
+                "device": target.get("dev", "") if target is not None else "",
+                "link": link.get("state", "up") if link is not None else "up",
+            }
+        )
+    return disks, ifaces

@@ -1,0 +1,39 @@
+from django.core.paginator import Paginator
+from django.shortcuts import get_object_or_404
+
+from apps.accounts.permissions import has_perm
+from apps.audit.models import AuditEvent
+
+from .models import Host
+from .selectors import jobs_visible_to
+from .views_util import permission_required, render_page
+
+
+@permission_required("dashboard.view")
+def dashboard(request):
+    from apps.vms.services import inventory_for
+
+    rows = inventory_for(request.user)
+    states: dict[str, int] = {}
+    for row in rows:
+        states[row.live.state] = states.get(row.live.state, 0) + 1
+    context = {
+        "hosts": Host.objects.all(),
+        "vm_count": len(rows),
+        "states": sorted(states.items()),
+        "jobs": jobs_visible_to(request.user)[:8],
+        "events": AuditEvent.objects.all()[:8] if has_perm(request.user, "audit.view", anywhere=True) else None,
+    }
+    return render_page(request, "core/dashboard.html", context)
+
+
+@permission_required("jobs.view")
+def job_list(request):
+    page = Paginator(jobs_visible_to(request.user), 50).get_page(request.GET.get("page"))
+    return render_page(request, "core/jobs.html", {"page": page}, partial="table")
+
+
+@permission_required("jobs.view")
+def job_detail(request, pk: int):
+    job = get_object_or_404(jobs_visible_to(request.user), pk=pk)
+    return render_page(request, "core/job.html", {"job": job}, partial="progress")

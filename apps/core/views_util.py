@@ -1,0 +1,41 @@
+"""Small helpers shared by the views: a permission decorator every view carries, and
+HTMX-aware rendering."""
+
+from functools import wraps
+
+from django.http import HttpResponse
+from django.shortcuts import redirect, render
+
+from apps.accounts.permissions import require
+
+
+def permission_required(perm: str, action: str | None = None):
+    """Every portal view is wrapped with this: the URL-enumeration test checks for it.
+    It is the page-level check; services check again against the object."""
+
+    def decorate(view):
+        @wraps(view)
+        def wrapped(request, *args, **kwargs):
+            require(request.user, perm, anywhere=True, action=action or f"page.{request.resolver_match.url_name}")
+            return view(request, *args, **kwargs)
+
+        wrapped.portal_permission = perm
+        return wrapped
+
+    return decorate
+
+
+def render_page(request, template: str, context: dict, partial: str | None = None, status: int = 200):
+    """Render the full page, or only `partial` of it for an HTMX request."""
+    name = f"{template}#{partial}" if partial and request.htmx and not request.htmx.boosted else template
+    response = render(request, name, context, status=status)
+    response["Vary"] = "HX-Request"
+    return response
+
+
+def redirect_htmx(request, url: str):
+    if request.htmx:
+        response = HttpResponse(status=204)
+        response["HX-Redirect"] = url
+        return response
+    return redirect(url)

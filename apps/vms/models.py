@@ -1,0 +1,33 @@
+from django.db import models
+
+from apps.core.models import Host, name_validator
+
+
+class VirtualMachine(models.Model):
+    """A libvirt domain as the portal knows it. Live state is read from libvirt; this row
+    gives the VM an identity for permissions (its host and zone), quotas and audit."""
+
+    host = models.ForeignKey(Host, on_delete=models.PROTECT, related_name="vms")
+    uuid = models.UUIDField()
+    name = models.CharField(max_length=63, validators=[name_validator])
+    zone = models.CharField(max_length=63, default="default", validators=[name_validator])
+    last_state = models.CharField(max_length=20, blank=True)
+    vcpus = models.PositiveIntegerField(default=0)
+    memory_kib = models.PositiveBigIntegerField(default=0)
+    present = models.BooleanField(default=True, help_text="False once libvirt no longer lists it")
+    last_seen = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["host__name", "name"]
+        constraints = [
+            models.UniqueConstraint(fields=["host", "uuid"], name="vm_unique_uuid_per_host"),
+            models.UniqueConstraint(
+                fields=["host", "name"], condition=models.Q(present=True), name="vm_unique_name_per_host"
+            ),
+        ]
+
+    def __str__(self):
+        return self.name
+
+    def scope_path(self):
+        return (self.host_id, self.zone, self.pk)

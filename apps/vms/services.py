@@ -1,0 +1,237 @@
+"""VM inventory, lifecycle and snapshots. Every change is a job; every request, refusal
+and outcome is audited."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.db import transaction
+from django.utils import timezone
+
+from apps.accounts.permissions import require, scope_filter
+from apps.audit.services import record
+from apps.core import jobs
+from apps.core.errors import Conflict, InvalidInput, NotFound
+from apps.core.gateways import libvirt_gw as gw
+from apps.core.models import Host, Job
+from apps.core.validators import validate_name
+
+from .models import VirtualMachine
+
+# action -> (states it may start from, permission, confirmation needed)
+LIFECYCLE = {
+    "start": ({"shut off", "crashed"}, "vms.operate", False),
+    "shutdown": ({"running", "paused"}, "vms.operate", True),
+    "force_off": ({"running", "paused", "shutting down", "crashed", "pmsuspended"}, "vms.operate", True),
+    "suspend": ({"running"}, "vms.operate", False),
+    "resume": ({"paused"}, "vms.operate", False),
+}
+# the state each action leads to: re-running a job that already reached it is a no-op
+_RESULT_STATE = {
+    "start": "running",
+    "shutdown": "shut off",
+    "force_off": "shut off",
+    "suspend": "paused",
+    "resume": "running",
+}
+_GATEWAY = {
+    "start": gw.start_domain,
+    "shutdown": gw.shutdown_domain,
+    "force_off": gw.force_off_domain,
+    "suspend": gw.suspend_domain,
+    "resume": gw.resume_domain,
+}
+
+
+@dataclass(frozen=True)
+class VmRow:
+    vm: VirtualMachine
+    live: gw.DomainInfo
+
+    @property
+    def disk_capacity(self) -> int:
+        return sum(d.capacity for d in self.live.disks)
+
+    @property
+    def disk_allocation(self) -> int:
+        return sum(d.allocation for d in self.live.disks)
+
+
+def inventory_sync(host: Host) -> list[tuple[VirtualMachine, gw.DomainInfo]]:
+    """Read every domain of the host in bulk and bring the VM rows up to date
+    (a constant number of queries, whatever the number of VMs)."""
+    domains = gw.list_domains(host.uri)
+    now = timezone.now()
+    existing = {str(vm.uuid): vm for vm in VirtualMachine.objects.filter(host=host)}
+    seen = set()
+    to_create, to_update = [], []
+    for d in domains:
+        seen.add(d.uuid)
+        vm = existing.get(d.uuid)
+        if vm is None:
+            vm = VirtualMachine(host=host, uuid=d.uuid, name=d.name)
+            to_create.append(vm)
+        else:
+            to_update.append(vm)
+        vm.name, vm.last_state, vm.vcpus, vm.memory_kib = d.name, d.state, d.vcpus, d.memory_kib
+        vm.present, vm.last_seen = True, now
+    gone = [vm for uuid, vm in existing.items() if uuid not in seen and vm.present]
+    for vm in gone:
+        vm.present = False
+    with transaction.atomic():
+        if gone:
+            VirtualMachine.objects.bulk_update(gone, ["present"])
+        if to_update:
+            VirtualMachine.objects.bulk_update(
+                to_update, ["name", "last_state", "vcpus", "memory_kib", "present", "last_seen"]
+            )
+        if to_create:
+            VirtualMachine.objects.bulk_create(to_create)
+    by_uuid = {str(vm.uuid): vm for vm in VirtualMachine.objects.filter(host=host, present=True)}
+    return [(by_uuid[d.uuid], d) for d in domains if d.uuid in by_uuid]
+
+
+def inventory_for(user, hosts=None) -> list[VmRow]:
+    """The VMs of every host the user may see, live state included."""
+    require(user, "vms.view", anywhere=True, action="vms.inventory.view")
+    allowed = scope_filter(user, "vms.view")
+    rows: list[VmRow] = []
+    for host in hosts if hosts is not None else Host.objects.all():
+        pairs = inventory_sync(host)
+        visible = None
+        if allowed is not None:
+            visible = set(VirtualMachine.objects.filter(allowed, host=host).values_list("pk", flat=True))
+        rows.extend(VmRow(vm, live) for vm, live in pairs if visible is None or vm.pk in visible)
+    return sorted(rows, key=lambda r: (r.vm.host.name, r.vm.name))
+
+
+def vm_for(user, host_name: str, vm_name: str, perm: str = "vms.view") -> VirtualMachine:
+    """The VM, if the user may see it (NotFound otherwise, so hidden VMs stay hidden)."""
+    validate_name(host_name, "host name")
+    validate_name(vm_name, "VM name")
+    from apps.accounts.permissions import has_perm
+
+    vm = VirtualMachine.objects.select_related("host").filter(host__name=host_name, name=vm_name, present=True).first()
+    if vm is None:
+        host = Host.objects.filter(name=host_name).first()
+        if host is not None:
+            inventory_sync(host)
+            vm = VirtualMachine.objects.select_related("host").filter(host=host, name=vm_name, present=True).first()
+    if vm is None or not has_perm(user, "vms.view", vm):
+        raise NotFound(f"No VM named {vm_name!r} on host {host_name!r} that you can see.")
+    return vm
+
+
+def vm_detail(*, actor, vm: VirtualMachine) -> tuple[gw.DomainInfo, list[gw.SnapshotInfo]]:
+    require(actor, "vms.view", vm, action="vms.vm.view")
+    return gw.get_domain(vm.host.uri, vm.name), gw.list_snapshots(vm.host.uri, vm.name)
+
+
+def vm_lifecycle(*, actor, vm: VirtualMachine, action: str, confirmed: bool = False) -> Job:
+    """Ask for a lifecycle action; it runs as a job."""
+    kind = f"vms.vm.{action}"
+    if action not in LIFECYCLE:
+        record(
+            actor=actor,
+            action="vms.vm.action",
+            target=vm,
+            outcome="failed",
+            params={"action": action},
+            error="unknown action",
+        )
+        raise InvalidInput(f"Unknown action {action!r}. Choose one of: {', '.join(LIFECYCLE)}.")
+    allowed_from, perm, needs_confirmation = LIFECYCLE[action]
+    require(actor, perm, vm, action=kind)
+    try:
+        if needs_confirmation and not confirmed:
+            raise InvalidInput(f"{action.replace('_', ' ').capitalize()} of {vm.name} needs confirmation.")
+        state = gw.domain_state(vm.host.uri, vm.name)
+        if state not in allowed_from:
+            raise Conflict(f"Cannot {action.replace('_', ' ')} {vm.name}: it is {state}.")
+        with transaction.atomic():
+            return jobs.job_enqueue(actor=actor, kind=kind, target=vm, host=vm.host, params={"action": action})
+    except (InvalidInput, Conflict, NotFound) as exc:
+        record(actor=actor, action=kind, target=vm, outcome="failed", error=exc.message)
+        raise
+
+
+def _run_lifecycle(job: Job, progress: jobs.Progress) -> dict:
+    action = job.params["action"]
+    vm = VirtualMachine.objects.select_related("host").get(pk=job.target_id)
+    require(job.actor, LIFECYCLE[action][1], vm, action=job.kind)
+    uri = vm.host.uri
+    state = gw.domain_state(uri, vm.name)
+    if state == _RESULT_STATE[action] and action != "shutdown":
+        progress(90, f"{vm.name} is already {state}")
+    else:
+        progress(20, f"{action.replace('_', ' ')} {vm.name}")
+        _GATEWAY[action](uri, vm.name)
+    if action == "shutdown":
+        progress(60, "shutdown requested; the guest OS decides when to power off")
+    state = gw.domain_state(uri, vm.name)
+    VirtualMachine.objects.filter(pk=vm.pk).update(last_state=state)
+    return {"state": state}
+
+
+for _action in LIFECYCLE:
+    jobs.handler(f"vms.vm.{_action}")(_run_lifecycle)
+
+
+def snapshot_create(*, actor, vm: VirtualMachine, name: str, description: str = "") -> Job:
+    kind = "vms.snapshot.create"
+    require(actor, "vms.snapshot", vm, action=kind)
+    try:
+        validate_name(name, "snapshot name")
+        if len(description) > 500:
+            raise InvalidInput("The description is limited to 500 characters.")
+        if any(s.name == name for s in gw.list_snapshots(vm.host.uri, vm.name)):
+            raise Conflict(f"{vm.name} already has a snapshot named {name!r}.")
+        with transaction.atomic():
+            return jobs.job_enqueue(
+                actor=actor, kind=kind, target=vm, host=vm.host, params={"snapshot": name, "description": description}
+            )
+    except (InvalidInput, Conflict, NotFound) as exc:
+        record(actor=actor, action=kind, target=vm, outcome="failed", params={"snapshot": name}, error=exc.message)
+        raise
+
+
+@jobs.handler("vms.snapshot.create")
+def _run_snapshot_create(job: Job, progress: jobs.Progress) -> dict:
+    vm = VirtualMachine.objects.select_related("host").get(pk=job.target_id)
+    require(job.actor, "vms.snapshot", vm, action=job.kind)
+    name = job.params["snapshot"]
+    if any(s.name == name for s in gw.list_snapshots(vm.host.uri, vm.name)):
+        progress(90, f"snapshot {name} already exists")  # re-delivered job: already done
+    else:
+        progress(10, f"creating snapshot {name}")
+        gw.create_snapshot(vm.host.uri, vm.name, name, job.params.get("description", ""))
+    return {"snapshot": name}
+
+
+def snapshot_delete(*, actor, vm: VirtualMachine, name: str, confirmed: bool = False) -> Job:
+    kind = "vms.snapshot.delete"
+    require(actor, "vms.snapshot", vm, action=kind)
+    try:
+        validate_name(name, "snapshot name")
+        if not confirmed:
+            raise InvalidInput(f"Deleting snapshot {name} of {vm.name} needs confirmation.")
+        if not any(s.name == name for s in gw.list_snapshots(vm.host.uri, vm.name)):
+            raise NotFound(f"{vm.name} has no snapshot named {name!r}.")
+        with transaction.atomic():
+            return jobs.job_enqueue(actor=actor, kind=kind, target=vm, host=vm.host, params={"snapshot": name})
+    except (InvalidInput, Conflict, NotFound) as exc:
+        record(actor=actor, action=kind, target=vm, outcome="failed", params={"snapshot": name}, error=exc.message)
+        raise
+
+
+@jobs.handler("vms.snapshot.delete")
+def _run_snapshot_delete(job: Job, progress: jobs.Progress) -> dict:
+    vm = VirtualMachine.objects.select_related("host").get(pk=job.target_id)
+    require(job.actor, "vms.snapshot", vm, action=job.kind)
+    name = job.params["snapshot"]
+    if any(s.name == name for s in gw.list_snapshots(vm.host.uri, vm.name)):
+        progress(10, f"deleting snapshot {name}")
+        gw.delete_snapshot(vm.host.uri, vm.name, name)
+    else:
+        progress(90, f"snapshot {name} is already gone")
+    return {"snapshot": name}

@@ -1,0 +1,63 @@
+from django.contrib import messages
+from django.shortcuts import redirect
+from django.urls import reverse
+from django.views.decorators.http import require_POST
+
+from apps.core.views_util import permission_required, render_page
+
+from . import services
+
+
+@permission_required("vms.view")
+def vm_list(request):
+    rows = services.inventory_for(request.user)
+    return render_page(request, "vms/list.html", {"rows": rows}, partial="table")
+
+
+@permission_required("vms.view")
+def vm_detail(request, host: str, name: str):
+    vm = services.vm_for(request.user, host, name)
+    live, snapshots = services.vm_detail(actor=request.user, vm=vm)
+    context = {"vm": vm, "live": live, "snapshots": snapshots, "actions": services.LIFECYCLE}
+    return render_page(request, "vms/detail.html", context, partial="summary")
+
+
+def _job_response(request, vm, job, message):
+    if request.htmx:
+        return render_page(request, "core/job.html", {"job": job}, partial="progress")
+    messages.success(request, message)
+    return redirect(reverse("vms:detail", args=[vm.host.name, vm.name]) + f"?job={job.pk}")
+
+
+@require_POST
+@permission_required("vms.operate")
+def vm_action(request, host: str, name: str):
+    vm = services.vm_for(request.user, host, name)
+    action = request.POST.get("action", "")
+    job = services.vm_lifecycle(
+        actor=request.user, vm=vm, action=action, confirmed=request.POST.get("confirm") == "yes"
+    )
+    return _job_response(request, vm, job, f"{action.replace('_', ' ').capitalize()} of {vm.name} started.")
+
+
+@require_POST
+@permission_required("vms.snapshot")
+def snapshot_create(request, host: str, name: str):
+    vm = services.vm_for(request.user, host, name)
+    job = services.snapshot_create(
+        actor=request.user,
+        vm=vm,
+        name=request.POST.get("snapshot", "").strip(),
+        description=request.POST.get("description", "").strip(),
+    )
+    return _job_response(request, vm, job, "Snapshot started.")
+
+
+@require_POST
+@permission_required("vms.snapshot")
+def snapshot_delete(request, host: str, name: str, snapshot: str):
+    vm = services.vm_for(request.user, host, name)
+    job = services.snapshot_delete(
+        actor=request.user, vm=vm, name=snapshot, confirmed=request.POST.get("confirm") == "yes"
+    )
+    return _job_response(request, vm, job, f"Deleting snapshot {snapshot}.")

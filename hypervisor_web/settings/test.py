@@ -1,0 +1,25 @@
+import uuid
+
+from .base import *  # noqa: F403
+from .base import env
+
+SECRET_KEY = "test-only-insecure-key-0123456789-abcdefghijklmnopqrstuvwxyz"
+DEBUG = False
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast tests only
+CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+CELERY_TASK_ALWAYS_EAGER = False
+CELERY_TASK_DEFAULT_QUEUE = env("CELERY_QUEUE") or f"portal-test-{uuid.uuid4().hex[:8]}"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+
+# Tests and the Celery worker they start share one real database: name it explicitly so
+# the worker (PORTAL_USE_TEST_DB=1) opens the database pytest-django created.
+_db = DATABASES["default"]  # noqa: F405
+if _db["ENGINE"].endswith("sqlite3"):
+    _db["TEST"] = {"NAME": str(VAR_DIR / "test-portal.sqlite3")}  # noqa: F405
+else:
+    _db["TEST"] = {"NAME": f"test_{_db['NAME']}"}
+if env("PORTAL_USE_TEST_DB") == "1":
+    _db["NAME"] = _db["TEST"]["NAME"]

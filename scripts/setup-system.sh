@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the portal needs and starts the services it talks to
+# (virtlogd, libvirtd, Redis) when none answers. Idempotent; safe to run again.
+set -euo pipefail
+
+APT_PACKAGES=(
+  libvirt-daemon libvirt-daemon-driver-qemu libvirt-daemon-system libvirt-clients libvirt-dev
+  pkg-config qemu-utils qemu-system-x86 qemu-block-extra dnsmasq-base iptables nftables
+  iproute2 cryptsetup-bin softhsm2 redis-server chromium chromium-driver
+)
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup-system: installing ${missing[*]}"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # libvirtd must be (re)started after iptables is installed
+  as_root pkill -x libvirtd 2>/dev/null || true
+fi
+
+# libvirt's qemu driver needs these users and directories
+getent group kvm >/dev/null || as_root groupadd -r kvm
+getent group libvirt-qemu >/dev/null || as_root groupadd -r libvirt-qemu
+id libvirt-qemu >/dev/null 2>&1 || as_root useradd -r -g libvirt-qemu -G kvm libvirt-qemu
+as_root mkdir -p /var/log/libvirt /var/run/libvirt
+# no udev here: give /dev/kvm to the kvm group as udev would, so QEMU (libvirt-qemu) can use it
+if [ -e /dev/kvm ]; then as_root chgrp kvm /dev/kvm && as_root chmod 660 /dev/kvm; fi
+
+if ! pgrep -x virtlogd >/dev/null; then
+  as_root virtlogd -d
+fi
+if ! virsh -c qemu:///system version >/dev/null 2>&1; then
+  pgrep -x libvirtd >/dev/null || as_root libvirtd -d
+  for _ in $(seq 1 60); do
+    virsh -c qemu:///system version >/dev/null 2>&1 && break
+    sleep 0.5
+  done
+  virsh -c qemu:///system version >/dev/null || { echo "setup-system: libvirtd did not answer" >&2; exit 1; }
+fi
+
+REDIS_HOST=${REDIS_HOST:-127.0.0.1}
+if ! redis-cli -h "$REDIS_HOST" ping >/dev/null 2>&1; then
+  as_root mkdir -p /var/lib/redis /var/log/redis
+  as_root redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no \
+    --dir /var/lib/redis --logfile /var/log/redis/portal.log
+  for _ in $(seq 1 20); do redis-cli ping >/dev/null 2>&1 && break; sleep 0.25; done
+fi
+echo "setup-system: libvirtd and Redis are ready"

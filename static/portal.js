@@ -1,0 +1,17 @@
+// Confirmation before destructive actions for plain (non-htmx) forms: the server refuses
+// them unless confirm=yes, which only this dialog adds. htmx forms use hx-confirm.
+document.addEventListener("submit", function (event) {
+  const form = event.target;
+  const message = form.dataset.confirm;
+  if (!message || form.querySelector("input[name=confirm]")) return;
+  if (!window.confirm(message)) { event.preventDefault(); return; }
+  const input = document.createElement("input");
+  input.type = "hidden"; input.name = "confirm"; input.value = "yes";
+  form.appendChild(input);
+});
+// Toasts fade away after a while.
+document.addEventListener("htmx:afterSwap", function () {
+  document.querySelectorAll("#toasts .toast").forEach(function (t) {
+    setTimeout(function () { t.remove(); }, 8000);
+  });
+});

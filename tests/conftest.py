@@ -1,0 +1,213 @@
+"""Shared fixtures: role personas, real libvirt objects with unique names and guaranteed
+clean-up, and a real Celery worker on the real Redis."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+
+from apps.accounts.models import Role, RoleAssignment
+from apps.core.gateways import libvirt_gw as gw
+from apps.core.gateways.libvirt_xml import domain_xml
+from apps.core.models import Host, Job
+
+ROOT = Path(__file__).resolve().parent.parent
+PASSWORD = "correct-horse-battery-staple"
+
+
+def unique(prefix: str = "t") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def make_user(django_user_model):
+    def make(username: str | None = None, role: str | None = None, **scope):
+        user = django_user_model.objects.create_user(username=username or unique("u"), password=PASSWORD)
+        if role:
+            RoleAssignment.objects.create(user=user, role=role, scope=scope.pop("scope", "global"), **scope)
+        return user
+
+    return make
+
+
+@pytest.fixture
+def admin(make_user):
+    return make_user("alice-admin", Role.ADMIN)
+
+
+@pytest.fixture
+def operator(make_user):
+    return make_user("oscar-operator", Role.OPERATOR)
+
+
+@pytest.fixture
+def auditor(make_user):
+    return make_user("audrey-auditor", Role.AUDITOR)
+
+
+@pytest.fixture
+def viewer(make_user):
+    return make_user("victor-viewer", Role.VIEWER)
+
+
+@pytest.fixture
+def outsider(make_user):
+    return make_user("olga-outsider")
+
+
+@pytest.fixture
+def personas(admin, operator, auditor, viewer, outsider):
+    return {"admin": admin, "operator": operator, "auditor": auditor, "viewer": viewer, "outsider": outsider}
+
+
+# ------------------------------------------------------------------ libvirt
+
+
+@pytest.fixture(scope="session")
+def libvirt_uri():
+    uri = settings.LIBVIRT_URI
+    try:
+        gw.version(uri)
+    except Exception as exc:  # the suite needs the real daemon: say so, loudly
+        pytest.fail(f"libvirtd is not answering at {uri}: {exc}. Run `make test` (it starts it).")
+    return uri
+
+
+@pytest.fixture
+def host(db, libvirt_uri):
+    return Host.objects.get_or_create(name=settings.DEFAULT_HOST_NAME, defaults={"uri": libvirt_uri})[0]
+
+
+@pytest.fixture(scope="session")
+def test_pool(libvirt_uri):
+    """A dir pool of our own for the whole session, removed at the end."""
+    name = unique("tpool")
+    path = ROOT / "var" / "test-pools" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    gw.ensure_dir_pool(libvirt_uri, name, str(path))
+    yield name
+    gw.remove_pool(libvirt_uri, name)
+
+
+@pytest.fixture(scope="session")
+def test_network(libvirt_uri):
+    """An isolated network (no <forward>): nothing leaves the host."""
+    name = unique("tnet")
+    gw.ensure_isolated_network(libvirt_uri, name, f"vbr{uuid.uuid4().hex[:8]}")
+    yield name
+    gw.remove_network(libvirt_uri, name)
+
+
+@pytest.fixture
+def make_domain(libvirt_uri, test_pool, test_network):
+    """Define a real 64 MiB guest with an empty qcow2 disk; undefine it afterwards."""
+    created: list[str] = []
+
+    def make(name: str | None = None, running: bool = False, disk_gib: int = 1) -> str:
+        name = name or unique("tvm")
+        vol = gw.create_volume(libvirt_uri, test_pool, f"{name}.qcow2", disk_gib << 30)
+        gw.define_domain(
+            libvirt_uri, domain_xml(name=name, memory_mib=64, vcpus=1, disk_paths=[vol.path], networks=[test_network])
+        )
+        created.append(name)
+        if running:
+            gw.start_domain(libvirt_uri, name)
+        return name
+
+    yield make
+    for name in created:
+        try:
+            gw.undefine_domain(libvirt_uri, name)
+        except Exception:  # already gone: the test removed it
+            pass
+
+
+@pytest.fixture
+def vm(host, make_domain):
+    """A running VM, synced into the portal."""
+    from apps.vms.models import VirtualMachine
+    from apps.vms.services import inventory_sync
+
+    name = make_domain(running=True)
+    inventory_sync(host)
+    return VirtualMachine.objects.get(host=host, name=name)
+
+
+# ------------------------------------------------------------------ Celery worker
+
+
+@pytest.fixture(scope="session")
+def celery_worker_process(django_db_setup, django_db_blocker):
+    """A real Celery worker process on the real Redis, on a queue of this session only,
+    reading the test database. Tests using it must be transactional."""
+    queue = settings.CELERY_TASK_DEFAULT_QUEUE
+    hostname = f"{unique('worker')}@localhost"
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "hypervisor_web.settings.test",
+        "PORTAL_USE_TEST_DB": "1",
+        "CELERY_QUEUE": queue,
+    }
+    log = open(ROOT / "var" / f"test-worker-{os.getpid()}.log", "w")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "hypervisor_web",
+            "worker",
+            "--pool=solo",
+            "-Q",
+            queue,
+            "-n",
+            hostname,
+            "--loglevel=INFO",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"the Celery worker exited early; see {log.name}")
+        if "ready." in Path(log.name).read_text():
+            break
+        time.sleep(0.2)
+    else:
+        proc.kill()
+        pytest.fail(f"the Celery worker did not become ready; see {log.name}")
+    yield {"proc": proc, "hostname": hostname, "queue": queue, "log": log.name}
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+@pytest.fixture
+def worker(celery_worker_process, transactional_db):
+    return celery_worker_process
+
+
+def wait_for_job(job_id: int, timeout: float = 60) -> Job:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = Job.objects.get(pk=job_id)
+        if job.finished:
+            return job
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} did not finish within {timeout}s: {Job.objects.get(pk=job_id).state}")
