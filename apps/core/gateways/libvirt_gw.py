@@ -519,3 +519,197 @@ def remove_network(uri: str, name: str) -> None:
         net.undefine()
 
     call(uri, name, _remove)
+
+
+# ---------------------------------------------------------------- storage: bulk reads and volume changes
+
+_FILE_POOL_TYPES = {"dir", "fs", "netfs"}  # the volume key is its path: no extra round trip
+
+
+@dataclass(frozen=True)
+class DomainDisks:
+    """A domain's disks as storage sees them: every file of every disk's chain (external
+    snapshot overlays and their backing files included) with capacity and allocation."""
+
+    uuid: str
+    name: str
+    state: str
+    disks: tuple[DiskInfo, ...] = ()
+
+    @property
+    def provisioned(self) -> int:
+        """Virtual capacity of the disks the guest sees (top of each chain)."""
+        seen: set[str] = set()
+        total = 0
+        for d in self.disks:
+            if d.target not in seen:
+                seen.add(d.target)
+                total += d.capacity
+        return total
+
+    @property
+    def allocation(self) -> int:
+        """Physical bytes of every distinct file, snapshots included."""
+        by_path = {d.path: d.allocation for d in self.disks if d.path}
+        return sum(by_path.values())
+
+
+@dataclass(frozen=True)
+class StorageSnapshot:
+    """One bulk read of a host: pools with their volumes, domains with their disks."""
+
+    pools: tuple[PoolInfo, ...]
+    domains: tuple[DomainDisks, ...]
+
+
+def _pool_volumes(pool, pool_name: str, pool_type: str) -> tuple[VolumeInfo, ...]:
+    vols = []
+    file_pool = pool_type in _FILE_POOL_TYPES
+    for vol in pool.listAllVolumes(0):
+        _t, cap, alloc = vol.info()
+        vols.append(VolumeInfo(pool_name, vol.name(), vol.key() if file_pool else vol.path(), cap, alloc))
+    return tuple(sorted(vols, key=lambda v: v.name))
+
+
+def _read_pool(pool) -> PoolInfo:
+    active = bool(pool.isActive())
+    _state, capacity, allocation, available = pool.info()
+    root = ET.fromstring(pool.XMLDesc(0))
+    path = root.findtext("./target/path") or ""
+    name = pool.name()
+    volumes = _pool_volumes(pool, name, root.get("type", "")) if active else ()
+    return PoolInfo(pool.UUIDString(), name, active, capacity, allocation, available, path, volumes)
+
+
+def _disks_from_stats(stats: dict, volumes_by_path: dict[str, VolumeInfo]) -> tuple[DiskInfo, ...]:
+    disks = []
+    for i in range(stats.get("block.count", 0)):
+        path = stats.get(f"block.{i}.path", "")
+        vol = volumes_by_path.get(path)
+        capacity = vol.capacity if vol else stats.get(f"block.{i}.capacity", 0)
+        allocation = vol.allocation if vol else stats.get(f"block.{i}.physical", 0)
+        disks.append(DiskInfo(stats.get(f"block.{i}.name", ""), path, capacity, allocation, allocation))
+    return tuple(disks)
+
+
+_STORAGE_STATS = libvirt.VIR_DOMAIN_STATS_STATE | libvirt.VIR_DOMAIN_STATS_BLOCK
+
+
+def storage_snapshot(uri: str) -> StorageSnapshot:
+    """Every pool, volume and domain disk of a host in bulk: one listAllVolumes per pool
+    and one getAllDomainStats for all domains, never a round trip per VM."""
+
+    def _read(conn):
+        pools = tuple(sorted((_read_pool(p) for p in conn.listAllStoragePools(0)), key=lambda p: p.name))
+        by_path = {v.path: v for p in pools for v in p.volumes}
+        domains = tuple(
+            DomainDisks(
+                dom.UUIDString(),
+                dom.name(),
+                _STATES.get(stats.get("state.state", 0), "unknown"),
+                _disks_from_stats(stats, by_path),
+            )
+            for dom, stats in conn.getAllDomainStats(_STORAGE_STATS, libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_BACKING)
+        )
+        return StorageSnapshot(pools, domains)
+
+    return call(uri, "read storage", _read)
+
+
+def get_pool(uri: str, name: str) -> PoolInfo:
+    return call(uri, name, lambda conn: _read_pool(conn.storagePoolLookupByName(name)))
+
+
+def domain_disks(uri: str, name: str) -> DomainDisks:
+    """One domain's disks (for a single action; the periodic check uses storage_snapshot)."""
+
+    def _read(conn):
+        dom = conn.lookupByName(name)
+        ((_, stats),) = conn.domainListGetStats(
+            [dom], _STORAGE_STATS, libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_BACKING
+        )
+        by_path = {}
+        for i in range(stats.get("block.count", 0)):
+            path = stats.get(f"block.{i}.path", "")
+            if not path or path in by_path:
+                continue
+            try:
+                vol = conn.storageVolLookupByPath(path)
+            except libvirt.libvirtError:
+                continue  # a disk outside any pool: its block stats are used
+            _t, cap, alloc = vol.info()
+            by_path[path] = VolumeInfo(vol.storagePoolLookupByVolume().name(), vol.name(), path, cap, alloc)
+        state = _STATES.get(stats.get("state.state", 0), "unknown")
+        return DomainDisks(dom.UUIDString(), dom.name(), state, _disks_from_stats(stats, by_path))
+
+    return call(uri, name, _read)
+
+
+def volume_by_path(uri: str, path: str) -> VolumeInfo | None:
+    def _find(conn):
+        try:
+            vol = conn.storageVolLookupByPath(path)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_VOL:
+                return None
+            raise
+        _t, cap, alloc = vol.info()
+        return VolumeInfo(vol.storagePoolLookupByVolume().name(), vol.name(), path, cap, alloc)
+
+    return call(uri, path, _find)
+
+
+def resize_volume(uri: str, path: str, capacity_bytes: int) -> None:
+    """Grow a volume that no running guest uses (`vol-resize`)."""
+    call(uri, path, lambda conn: conn.storageVolLookupByPath(path).resize(int(capacity_bytes), 0))
+
+
+def block_resize(uri: str, domain: str, path: str, capacity_bytes: int) -> None:
+    """Grow a disk of a running guest (`blockresize`): QEMU resizes it live."""
+    call(
+        uri,
+        f"{domain}:{path}",
+        lambda conn: conn.lookupByName(domain).blockResize(
+            path, int(capacity_bytes), libvirt.VIR_DOMAIN_BLOCK_RESIZE_BYTES
+        ),
+    )
+
+
+def delete_volume(uri: str, pool: str, name: str) -> None:
+    call(uri, f"{pool}/{name}", lambda conn: conn.storagePoolLookupByName(pool).storageVolLookupByName(name).delete(0))
+
+
+def attach_disk(uri: str, domain: str, path: str, fmt: str = "qcow2") -> str:
+    """Attach a file as the domain's next virtio disk (persistently, and live when it runs).
+    Returns the target device name."""
+
+    def _attach(conn):
+        dom = conn.lookupByName(domain)
+        disks, _ = libvirt_xml.parse_domain_devices(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+        for d in disks:
+            if d["path"] == path:
+                return d["target"]
+        used = {d["target"] for d in disks}
+        target = next(f"vd{chr(c)}" for c in range(ord("a"), ord("z") + 1) if f"vd{chr(c)}" not in used)
+        flags = libvirt.VIR_DOMAIN_AFFECT_CONFIG
+        if dom.isActive():
+            flags |= libvirt.VIR_DOMAIN_AFFECT_LIVE
+        dom.attachDeviceFlags(libvirt_xml.disk_xml(path, target, fmt), flags)
+        return target
+
+    return call(uri, f"{domain}:{path}", _attach)
+
+
+def detach_disk(uri: str, domain: str, path: str) -> None:
+    """Remove a disk from the domain's persistent definition (the domain must be off)."""
+
+    def _detach(conn):
+        dom = conn.lookupByName(domain)
+        disks, _ = libvirt_xml.parse_domain_devices(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+        for d in disks:
+            if d["path"] == path:
+                xml = libvirt_xml.disk_xml(path, d["target"], d["format"] or "qcow2")
+                dom.detachDeviceFlags(xml, libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+                return
+
+    call(uri, f"{domain}:{path}", _detach)

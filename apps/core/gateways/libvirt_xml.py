@@ -114,3 +114,11 @@ def parse_domain_devices(xml: str) -> tuple[list[dict], list[dict]]:
             }
         )
     return disks, ifaces
+
+
+def disk_xml(path: str, target: str, fmt: str = "qcow2") -> str:
+    disk = ET.Element("disk", type="file", device="disk")
+    ET.SubElement(disk, "driver", name="qemu", type=fmt)
+    ET.SubElement(disk, "source", file=path)
+    ET.SubElement(disk, "target", dev=target, bus="virtio")
+    return _xml(disk)
