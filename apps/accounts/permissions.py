@@ -17,7 +17,7 @@ OPERATE_PERMISSIONS = frozenset(
     {"vms.operate", "vms.snapshot", "storage.change", "encryption.change", "network.change"}
 )
 AUDIT_PERMISSIONS = frozenset({"audit.view", "access_review.view"})
-ADMIN_PERMISSIONS = frozenset({"accounts.manage"})
+ADMIN_PERMISSIONS = frozenset({"accounts.manage", "storage.settings"})
 ALL_PERMISSIONS = VIEW_PERMISSIONS | OPERATE_PERMISSIONS | AUDIT_PERMISSIONS | ADMIN_PERMISSIONS
 
 ROLE_PERMISSIONS: dict[str, frozenset[str]] = {

@@ -171,3 +171,24 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", "INFO")},
 }
+
+# Storage (apps.storage): quotas, pool limits, monitoring. The defaults seed the settings
+# an admin then edits in the portal (Storage > Settings).
+STORAGE_CHECK_INTERVAL = env_int("STORAGE_CHECK_INTERVAL", 300)  # seconds between usage checks
+STORAGE_DEFAULT_QUOTA_GIB = env_int("STORAGE_DEFAULT_QUOTA_GIB", 100)
+STORAGE_DEFAULT_ALERT_PERCENT = env_int("STORAGE_DEFAULT_ALERT_PERCENT", 80)
+STORAGE_DEFAULT_BREACH_ACTION = env("STORAGE_DEFAULT_BREACH_ACTION", "alert")  # alert | refuse | suspend
+STORAGE_DEFAULT_MAX_OVERCOMMIT = env("STORAGE_DEFAULT_MAX_OVERCOMMIT", "3.0")  # provisioned / capacity
+STORAGE_DEFAULT_RESERVE_PERCENT = env_int("STORAGE_DEFAULT_RESERVE_PERCENT", 10)
+STORAGE_ALERT_HYSTERESIS_PERCENT = env_int("STORAGE_ALERT_HYSTERESIS_PERCENT", 5)  # no flapping
+STORAGE_MAX_SIZE_GIB = env_int("STORAGE_MAX_SIZE_GIB", 1 << 20)  # larger quotas/volumes are typos
+STORAGE_ALERT_EMAIL_TO = [a for a in (env("STORAGE_ALERT_EMAIL_TO", "") or "").split(",") if a.strip()]
+STORAGE_ALERT_WEBHOOK_URL = env("STORAGE_ALERT_WEBHOOK_URL", "")
+STORAGE_ALERT_WEBHOOK_TIMEOUT = env_int("STORAGE_ALERT_WEBHOOK_TIMEOUT", 5)
+STORAGE_SAMPLE_RAW_HOURS = env_int("STORAGE_SAMPLE_RAW_HOURS", 48)  # then hourly averages
+STORAGE_SAMPLE_HOURLY_DAYS = env_int("STORAGE_SAMPLE_HOURLY_DAYS", 30)  # then daily averages
+STORAGE_SAMPLE_KEEP_DAYS = env_int("STORAGE_SAMPLE_KEEP_DAYS", 400)
+CELERY_BEAT_SCHEDULE["storage-check"] = {
+    "task": "apps.storage.tasks.storage_check",
+    "schedule": float(STORAGE_CHECK_INTERVAL),
+}

@@ -1,0 +1,236 @@
+"""Per-VM quotas, portal-wide defaults and pool limits. Every change is audited; a change
+built on a stale read is refused (compare-and-swap on a version), never lost."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.db.models.functions import Coalesce
+
+from apps.audit.services import record
+from apps.core.errors import Conflict, InvalidInput, PortalError
+from apps.core.gateways import libvirt_gw as gw
+from apps.core.models import Host
+
+from ..models import PoolLimit, StorageDefaults, VmQuota
+from .common import (
+    EffectiveQuota,
+    authorize,
+    defaults_get,
+    effective_quota,
+    fmt_bytes,
+    parse_action,
+    parse_gib,
+    parse_percent,
+    parse_ratio,
+    parse_reserve,
+    quota_of,
+    record_failure,
+)
+
+
+def _actor_name(actor) -> str:
+    return getattr(actor, "username", "") or "system"
+
+
+def _quota_row(vm) -> VmQuota:
+    try:
+        with transaction.atomic():
+            return VmQuota.objects.get_or_create(vm=vm)[0]
+    except IntegrityError:  # created by a concurrent request meanwhile
+        return VmQuota.objects.get(vm=vm)
+
+
+@dataclass(frozen=True)
+class QuotaView:
+    """A VM's quota with its current usage (read live from libvirt)."""
+
+    vm: object
+    quota: EffectiveQuota
+    allocation: int
+    provisioned: int
+
+    @property
+    def percent(self) -> int:
+        return round(100 * self.allocation / self.quota.limit_bytes) if self.quota.limit_bytes else 0
+
+    @property
+    def over(self) -> bool:
+        return self.allocation > self.quota.limit_bytes
+
+
+def quota_get(*, actor, vm) -> QuotaView:
+    authorize(actor, "storage.view", vm, action="storage.quota.view")
+    disks = gw.domain_disks(vm.host.uri, vm.name)
+    return QuotaView(vm, effective_quota(quota_of(vm), defaults_get()), disks.allocation, disks.provisioned)
+
+
+def quota_set(
+    *,
+    actor,
+    vm,
+    limit_gib=None,
+    alert_percent=None,
+    breach_action=None,
+    confirmed: bool = False,
+    expected_version: int | None = None,
+) -> EffectiveQuota:
+    """Set a VM's own quota fields (those given). A limit below what the VM's disks
+    already use is refused unless confirmed. With expected_version (the version the
+    person saw), a quota changed meanwhile by someone else is refused, not overwritten."""
+    action = "storage.quota.set"
+    authorize(actor, "storage.change", vm, action=action)
+    params = {"limit_gib": limit_gib, "alert_percent": alert_percent, "breach_action": breach_action}
+    params = {k: str(v) for k, v in params.items() if v not in (None, "")}
+    try:
+        if not params:
+            raise InvalidInput("Nothing to change: give a limit, an alert threshold or a breach action.")
+        changes = {}
+        if limit_gib not in (None, ""):
+            changes["limit_bytes"] = parse_gib(limit_gib, "quota")
+        if alert_percent not in (None, ""):
+            changes["alert_percent"] = parse_percent(alert_percent)
+        if breach_action not in (None, ""):
+            changes["breach_action"] = parse_action(breach_action)
+        if "limit_bytes" in changes:
+            allocation = gw.domain_disks(vm.host.uri, vm.name).allocation
+            if changes["limit_bytes"] < allocation and not confirmed:
+                raise InvalidInput(
+                    f"A quota of {fmt_bytes(changes['limit_bytes'])} is below the {fmt_bytes(allocation)} the "
+                    f"disks of {vm.name} already use: it would be breached at once "
+                    f"(by {fmt_bytes(allocation - changes['limit_bytes'])}). Confirm to set it anyway."
+                )
+        with transaction.atomic():
+            row = _quota_row(vm)
+            rows = VmQuota.objects.filter(pk=row.pk)
+            if expected_version is not None:
+                rows = rows.filter(version=expected_version)
+            updated = rows.update(**changes, version=F("version") + 1, updated_by_name=_actor_name(actor))
+            if not updated:
+                current = VmQuota.objects.get(pk=row.pk)
+                raise Conflict(
+                    f"The quota of {vm.name} was changed by {current.updated_by_name or 'someone else'} "
+                    "since you loaded it; nothing was changed. Reload and try again."
+                )
+            row.refresh_from_db()
+            result = effective_quota(row, defaults_get())
+            params["previous_version"] = str(row.version - 1)
+            record(actor=actor, action=action, target=vm, outcome="success", params=params)
+            return result
+    except PortalError as exc:
+        record_failure(actor=actor, action=action, target=vm, params=params, error=exc.message)
+        raise
+
+
+def quota_set_threshold(*, actor, vm, percent) -> EffectiveQuota:
+    """`storage_quota alert-threshold VM PERCENT`."""
+    action = "storage.quota.threshold"
+    authorize(actor, "storage.change", vm, action=action)
+    params = {"alert_percent": str(percent)}
+    try:
+        value = parse_percent(percent)
+        with transaction.atomic():
+            row = _quota_row(vm)
+            VmQuota.objects.filter(pk=row.pk).update(
+                alert_percent=value, version=F("version") + 1, updated_by_name=_actor_name(actor)
+            )
+            row.refresh_from_db()
+            record(actor=actor, action=action, target=vm, outcome="success", params=params)
+            return effective_quota(row, defaults_get())
+    except PortalError as exc:
+        record_failure(actor=actor, action=action, target=vm, params=params, error=exc.message)
+        raise
+
+
+def quota_expand(*, actor, vm, by_gib) -> EffectiveQuota:
+    """Raise a VM's hard limit by `by_gib`. Two people expanding at once both count: the
+    addition is one UPDATE in the database (no read-modify-write to lose). Never touches
+    a disk."""
+    action = "storage.quota.expand"
+    authorize(actor, "storage.change", vm, action=action)
+    params = {"by_gib": str(by_gib)}
+    try:
+        by = parse_gib(by_gib, "expansion")
+        defaults = defaults_get()
+        with transaction.atomic():
+            row = _quota_row(vm)
+            VmQuota.objects.filter(pk=row.pk).update(
+                limit_bytes=Coalesce(F("limit_bytes"), defaults.quota_bytes) + by,
+                version=F("version") + 1,
+                updated_by_name=_actor_name(actor),
+            )
+            row.refresh_from_db()
+            if row.limit_bytes > settings.STORAGE_MAX_SIZE_GIB * (1 << 30):
+                raise InvalidInput(
+                    f"Expanding by {by_gib} GiB would take the quota of {vm.name} to {fmt_bytes(row.limit_bytes)}, "
+                    f"above the {settings.STORAGE_MAX_SIZE_GIB} GiB this portal accepts."
+                )
+            params["limit_gib"] = f"{row.limit_bytes / (1 << 30):g}"
+            record(actor=actor, action=action, target=vm, outcome="success", params=params)
+            return effective_quota(row, defaults)
+    except PortalError as exc:
+        record_failure(actor=actor, action=action, target=vm, params=params, error=exc.message)
+        raise
+
+
+def defaults_update(
+    *, actor, quota_gib, alert_percent, breach_action, max_overcommit, reserve_percent, expected_version=None
+) -> StorageDefaults:
+    """The defaults applied to VMs and pools without their own values (admins only)."""
+    action = "storage.settings.update"
+    authorize(actor, "storage.settings", None, action=action)
+    params = {
+        "quota_gib": str(quota_gib),
+        "alert_percent": str(alert_percent),
+        "breach_action": str(breach_action),
+        "max_overcommit": str(max_overcommit),
+        "reserve_percent": str(reserve_percent),
+    }
+    target = ("storagedefaults", "1", "storage defaults")
+    try:
+        values = {
+            "quota_bytes": parse_gib(quota_gib, "default quota"),
+            "alert_percent": parse_percent(alert_percent),
+            "breach_action": parse_action(breach_action),
+            "max_overcommit": parse_ratio(max_overcommit),
+            "reserve_percent": parse_reserve(reserve_percent),
+        }
+        defaults_get()
+        with transaction.atomic():
+            rows = StorageDefaults.objects.filter(id=1)
+            if expected_version is not None:
+                rows = rows.filter(version=expected_version)
+            if not rows.update(**values, version=F("version") + 1, updated_by_name=_actor_name(actor)):
+                raise Conflict("The storage settings were changed by someone else since you loaded them. Reload.")
+            record(actor=actor, action=action, target=target, outcome="success", params=params)
+            return StorageDefaults.objects.get(id=1)
+    except PortalError as exc:
+        record_failure(actor=actor, action=action, target=target, params=params, error=exc.message)
+        raise
+
+
+def pool_limit_set(*, actor, host: Host, pool: str, max_overcommit, reserve_percent) -> PoolLimit:
+    """A pool's own maximum overcommit ratio and free-space reserve (admins only).
+    Empty values fall back to the defaults."""
+    action = "storage.pool.limit"
+    authorize(actor, "storage.settings", host, action=action)
+    params = {"pool": pool, "max_overcommit": str(max_overcommit), "reserve_percent": str(reserve_percent)}
+    target = ("pool", f"{host.name}/{pool}", pool)
+    try:
+        gw.get_pool(host.uri, pool)  # NotFound for an unknown pool
+        values = {
+            "max_overcommit": parse_ratio(max_overcommit) if max_overcommit not in (None, "") else None,
+            "reserve_percent": parse_reserve(reserve_percent) if reserve_percent not in (None, "") else None,
+        }
+        with transaction.atomic():
+            limit, _ = PoolLimit.objects.select_for_update().get_or_create(host=host, pool=pool)
+            PoolLimit.objects.filter(pk=limit.pk).update(**values, version=F("version") + 1)
+            limit.refresh_from_db()
+            record(actor=actor, action=action, target=target, outcome="success", params=params)
+            return limit
+    except PortalError as exc:
+        record_failure(actor=actor, action=action, target=target, params=params, error=exc.message)
+        raise

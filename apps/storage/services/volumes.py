@@ -1,0 +1,217 @@
+"""Volumes of a VM: create (qcow2, thin), resize (live or offline), delete. Each is a job;
+the quota, the pool's overcommit ratio and its free-space reserve are checked when the
+job is asked for and again when it runs."""
+
+from __future__ import annotations
+
+from django.db import transaction
+
+from apps.core import jobs
+from apps.core.errors import Conflict, InvalidInput, NotFound, PortalError
+from apps.core.gateways import libvirt_gw as gw
+from apps.core.models import Job
+from apps.core.validators import validate_name
+from apps.vms.models import VirtualMachine
+
+from ..models import BreachAction, PoolLimit, StorageAlert
+from .common import (
+    MIB,
+    authorize,
+    defaults_get,
+    effective_pool_limit,
+    effective_quota,
+    fmt_bytes,
+    parse_gib,
+    quota_of,
+    record_failure,
+)
+
+NEW_VOLUME_ALLOCATION = MIB  # what a fresh thin qcow2 takes at most (its metadata)
+
+
+def growth_check(vm, disks: gw.DomainDisks, pool: gw.PoolInfo, grow: int, new_allocation: int = 0) -> None:
+    """Refuse growth by `grow` bytes of provisioned capacity that would cross the VM's
+    quota, the pool's overcommit ratio or its reserve; say by how much."""
+    defaults = defaults_get()
+    quota = effective_quota(quota_of(vm), defaults)
+    blocked = StorageAlert.objects.filter(
+        vm=vm, state=StorageAlert.State.OPEN, level=StorageAlert.Level.BREACH, action_applied=BreachAction.REFUSE
+    ).first()
+    if blocked is not None:
+        raise Conflict(
+            f"{vm.name} is over its storage quota ({fmt_bytes(blocked.usage)} used of "
+            f"{fmt_bytes(blocked.limit)}) and its quota refuses growth until usage falls or the quota is expanded."
+        )
+    provisioned = disks.provisioned + grow
+    if provisioned > quota.limit_bytes:
+        raise InvalidInput(
+            f"{vm.name} would have {fmt_bytes(provisioned)} of disks, {fmt_bytes(provisioned - quota.limit_bytes)} "
+            f"over its quota of {fmt_bytes(quota.limit_bytes)}. Expand the quota or choose a smaller size."
+        )
+    limit = effective_pool_limit(PoolLimit.objects.filter(host=vm.host, pool=pool.name).first(), defaults)
+    promised = sum(v.capacity for v in pool.volumes) + grow
+    allowed = int(pool.capacity * limit.max_overcommit)
+    if pool.capacity and promised > allowed:
+        raise InvalidInput(
+            f"Pool {pool.name} would promise {fmt_bytes(promised)} on {fmt_bytes(pool.capacity)} "
+            f"({promised / pool.capacity:.2f}x), {fmt_bytes(promised - allowed)} over its maximum overcommit of "
+            f"{limit.max_overcommit}x."
+        )
+    reserve = pool.capacity * limit.reserve_percent // 100
+    free_after = pool.available - new_allocation
+    if free_after < reserve:
+        raise InvalidInput(
+            f"Pool {pool.name} has {fmt_bytes(pool.available)} free; this would leave "
+            f"{fmt_bytes(max(free_after, 0))}, {fmt_bytes(reserve - free_after)} inside its "
+            f"{limit.reserve_percent}% reserve ({fmt_bytes(reserve)})."
+        )
+
+
+def _disk(disks: gw.DomainDisks, target: str) -> gw.DiskInfo:
+    for d in disks.disks:  # the first entry of a target is the top of its chain
+        if d.target == target:
+            return d
+    raise NotFound(f"{disks.name} has no disk {target!r}.")
+
+
+def _volume_of(vm, disk: gw.DiskInfo) -> gw.VolumeInfo:
+    vol = gw.volume_by_path(vm.host.uri, disk.path) if disk.path else None
+    if vol is None:
+        raise NotFound(
+            f"Disk {disk.target} of {vm.name} is not a volume of a storage pool; the portal cannot change it."
+        )
+    return vol
+
+
+def _enqueue(actor, kind: str, vm, params: dict) -> Job:
+    with transaction.atomic():
+        return jobs.job_enqueue(actor=actor, kind=kind, target=vm, host=vm.host, params=params)
+
+
+def volume_create(*, actor, vm, size_gib, name: str = "", pool: str = "") -> Job:
+    """A new thin qcow2 volume attached to the VM as its next disk."""
+    kind = "storage.volume.create"
+    authorize(actor, "storage.change", vm, action=kind)
+    params = {"size_gib": str(size_gib), "volume": name, "pool": pool}
+    try:
+        size = parse_gib(size_gib, "volume size")
+        disks = gw.domain_disks(vm.host.uri, vm.name)
+        if not pool:
+            first = next((d for d in disks.disks if d.path), None)
+            vol = gw.volume_by_path(vm.host.uri, first.path) if first else None
+            if vol is None:
+                raise InvalidInput(f"{vm.name} has no disk in a storage pool: choose the pool for the new volume.")
+            pool = vol.pool
+        validate_name(pool, "pool name")
+        name = name or f"{vm.name}-{len({d.target for d in disks.disks}) + 1}"
+        if not name.endswith(".qcow2"):
+            name += ".qcow2"
+        validate_name(name, "volume name")
+        params.update(volume=name, pool=pool)
+        if gw.find_volume(vm.host.uri, pool, name) is not None:
+            raise Conflict(f"Pool {pool} already has a volume named {name}.")
+        growth_check(vm, disks, gw.get_pool(vm.host.uri, pool), size, NEW_VOLUME_ALLOCATION)
+        return _enqueue(actor, kind, vm, {**params, "bytes": size})
+    except PortalError as exc:
+        record_failure(actor=actor, action=kind, target=vm, params=params, error=exc.message)
+        raise
+
+
+@jobs.handler("storage.volume.create")
+def _run_volume_create(job: Job, progress: jobs.Progress) -> dict:
+    vm = VirtualMachine.objects.select_related("host").get(pk=job.target_id)
+    authorize(job.actor, "storage.change", vm, action=job.kind)
+    uri, pool, name, size = vm.host.uri, job.params["pool"], job.params["volume"], job.params["bytes"]
+    vol = gw.find_volume(uri, pool, name)
+    if vol is None:
+        growth_check(vm, gw.domain_disks(uri, vm.name), gw.get_pool(uri, pool), size, NEW_VOLUME_ALLOCATION)
+        progress(20, f"creating {name} ({fmt_bytes(size)}, thin qcow2) in {pool}")
+        vol = gw.create_volume(uri, pool, name, size)
+    else:
+        progress(50, f"{name} already exists")  # re-delivered job
+    progress(70, f"attaching {name} to {vm.name}")
+    target = gw.attach_disk(uri, vm.name, vol.path)
+    return {"volume": name, "pool": pool, "target": target, "capacity": vol.capacity}
+
+
+def volume_resize(*, actor, vm, target: str, size_gib) -> Job:
+    """Grow a disk to `size_gib` (its new capacity): live with blockResize when the VM
+    runs, vol-resize when it is off. Shrinking is refused: it would lose data."""
+    kind = "storage.volume.resize"
+    authorize(actor, "storage.change", vm, action=kind)
+    params = {"target": target, "size_gib": str(size_gib)}
+    try:
+        size = parse_gib(size_gib, "new size")
+        disks = gw.domain_disks(vm.host.uri, vm.name)
+        disk = _disk(disks, target)
+        vol = _volume_of(vm, disk)
+        if size < vol.capacity:
+            raise InvalidInput(
+                f"Disk {target} of {vm.name} is {fmt_bytes(vol.capacity)}; shrinking it to {fmt_bytes(size)} "
+                "would lose data and is not offered."
+            )
+        if size == vol.capacity:
+            raise InvalidInput(f"Disk {target} of {vm.name} is already {fmt_bytes(size)}.")
+        growth_check(vm, disks, gw.get_pool(vm.host.uri, vol.pool), size - vol.capacity)
+        return _enqueue(actor, kind, vm, {**params, "bytes": size, "path": vol.path, "pool": vol.pool})
+    except PortalError as exc:
+        record_failure(actor=actor, action=kind, target=vm, params=params, error=exc.message)
+        raise
+
+
+@jobs.handler("storage.volume.resize")
+def _run_volume_resize(job: Job, progress: jobs.Progress) -> dict:
+    vm = VirtualMachine.objects.select_related("host").get(pk=job.target_id)
+    authorize(job.actor, "storage.change", vm, action=job.kind)
+    uri, path, size = vm.host.uri, job.params["path"], job.params["bytes"]
+    disks = gw.domain_disks(uri, vm.name)
+    disk = _disk(disks, job.params["target"])
+    if disk.path != path:
+        raise Conflict(f"Disk {disk.target} of {vm.name} is no longer {path}; nothing was resized.")
+    vol = _volume_of(vm, disk)
+    if vol.capacity >= size:
+        progress(90, f"{disk.target} is already {fmt_bytes(vol.capacity)}")  # re-delivered job
+        return {"target": disk.target, "capacity": vol.capacity, "live": False}
+    growth_check(vm, disks, gw.get_pool(uri, vol.pool), size - vol.capacity)
+    live = disks.state in ("running", "paused")
+    progress(30, f"resizing {disk.target} to {fmt_bytes(size)} {'live' if live else 'offline'}")
+    if live:
+        gw.block_resize(uri, vm.name, path, size)
+    else:
+        gw.resize_volume(uri, path, size)
+    return {"target": disk.target, "capacity": size, "live": live}
+
+
+def volume_delete(*, actor, vm, target: str, confirmed: bool = False) -> Job:
+    """Detach a disk from a shut-off VM and delete its volume (asks for confirmation)."""
+    kind = "storage.volume.delete"
+    authorize(actor, "storage.change", vm, action=kind)
+    params = {"target": target}
+    try:
+        disks = gw.domain_disks(vm.host.uri, vm.name)
+        disk = _disk(disks, target)
+        vol = _volume_of(vm, disk)
+        params.update(pool=vol.pool, volume=vol.name)
+        if not confirmed:
+            raise InvalidInput(f"Deleting disk {target} ({vol.name}) of {vm.name} destroys its data: confirm it.")
+        if disks.state != "shut off":
+            raise Conflict(f"{vm.name} is {disks.state}: shut it down before deleting one of its disks.")
+        return _enqueue(actor, kind, vm, {**params, "path": vol.path})
+    except PortalError as exc:
+        record_failure(actor=actor, action=kind, target=vm, params=params, error=exc.message)
+        raise
+
+
+@jobs.handler("storage.volume.delete")
+def _run_volume_delete(job: Job, progress: jobs.Progress) -> dict:
+    vm = VirtualMachine.objects.select_related("host").get(pk=job.target_id)
+    authorize(job.actor, "storage.change", vm, action=job.kind)
+    uri, path, pool, name = vm.host.uri, job.params["path"], job.params["pool"], job.params["volume"]
+    if gw.domain_state(uri, vm.name) != "shut off":
+        raise Conflict(f"{vm.name} was started meanwhile; the disk was not deleted.")
+    progress(20, f"detaching {job.params['target']} from {vm.name}")
+    gw.detach_disk(uri, vm.name, path)  # no-op when already detached (re-delivered job)
+    if gw.find_volume(uri, pool, name) is not None:
+        progress(60, f"deleting {name} from {pool}")
+        gw.delete_volume(uri, pool, name)
+    return {"volume": name, "pool": pool}
