@@ -26,6 +26,16 @@ def unique(prefix: str = "t") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
+@pytest.fixture(autouse=True)
+def _fresh_cache():
+    """Login throttling counters and other cached values never leak between tests."""
+    from django.core.cache import cache
+
+    cache.clear()
+    yield
+    cache.clear()
+
+
 @pytest.fixture
 def make_user(django_user_model):
     def make(username: str | None = None, role: str | None = None, **scope):

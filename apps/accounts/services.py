@@ -70,6 +70,11 @@ def assignment_add(*, actor, user, role: str, scope: str, host=None, zone: str =
     params = {"role": role, "scope": scope, "host": str(host or ""), "zone": zone, "vm": str(vm or "")}
     try:
         assignment.full_clean(exclude=["user"])
+        same = RoleAssignment.objects.filter(
+            user=user, role=role, scope=scope, host=assignment.host, zone=assignment.zone, vm=assignment.vm
+        )
+        if same.exists():  # NULLs are distinct in a unique constraint, so ask explicitly
+            raise IntegrityError("duplicate")
         with transaction.atomic():
             assignment.save()
             record(

@@ -1,0 +1,138 @@
+"""The audit log: one entry point, redaction, append-only, and a hash chain that names the
+first altered or removed event."""
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.db import DatabaseError, connection, transaction
+
+from apps.audit.models import AppendOnlyError, AuditEvent
+from apps.audit.redaction import REDACTED, redact
+from apps.audit.services import record, verify_chain
+
+pytestmark = pytest.mark.django_db
+
+
+def make_events(actor, n=3):
+    return [
+        record(
+            actor=actor, action="test.thing.do", target=("thing", i, f"thing-{i}"), outcome="success", params={"n": i}
+        )
+        for i in range(n)
+    ]
+
+
+def tamper(sql, params):
+    """Change the table behind the model's back, as an attacker with database access would."""
+    with connection.cursor() as cur:
+        if connection.vendor == "postgresql":
+            cur.execute("SET session_replication_role = replica")  # disables the trigger for this session
+            cur.execute(sql, params)
+            cur.execute("SET session_replication_role = DEFAULT")
+        else:
+            cur.execute("DROP TRIGGER audit_event_no_update")
+            cur.execute(sql, params)
+            cur.execute(
+                "CREATE TRIGGER audit_event_no_update BEFORE UPDATE ON audit_auditevent "
+                "BEGIN SELECT RAISE(ABORT, 'audit events are append-only (UPDATE refused)'); END;"
+            )
+
+
+def test_record_keeps_names_context_and_chain(operator):
+    first, second = make_events(operator, 2)
+    assert (first.actor_name, first.action, first.target_name, first.outcome) == (
+        operator.username,
+        "test.thing.do",
+        "thing-0",
+        "success",
+    )
+    assert second.prev_hash == first.hash
+    assert verify_chain() == (2, None, "")
+
+
+def test_secrets_are_redacted_in_params(operator):
+    event = record(
+        actor=operator,
+        action="test.secret",
+        outcome="success",
+        params={
+            "passphrase": "hunter2",
+            "nested": {"api_token": "abc"},
+            "size_gib": 4,
+            "key_size": 512,
+            "raw": b"\x00key",
+        },
+    )
+    event.refresh_from_db()
+    assert event.params == {
+        "passphrase": REDACTED,
+        "nested": {"api_token": REDACTED},
+        "size_gib": 4,
+        "key_size": 512,
+        "raw": REDACTED,
+    }
+    assert redact({"password": "x"}) == {"password": REDACTED}
+
+
+def test_the_model_refuses_updates_and_deletes(operator):
+    (event,) = make_events(operator, 1)
+    event.outcome = "failed"
+    with pytest.raises(AppendOnlyError):
+        event.save()
+    with pytest.raises(AppendOnlyError):
+        event.delete()
+    with pytest.raises(AppendOnlyError):
+        AuditEvent.objects.filter(pk=event.pk).update(outcome="failed")
+    with pytest.raises(AppendOnlyError):
+        AuditEvent.objects.all().delete()
+
+
+def test_the_database_refuses_updates_too(operator):
+    (event,) = make_events(operator, 1)
+    with pytest.raises(DatabaseError, match="append-only"), transaction.atomic():
+        with connection.cursor() as cur:
+            cur.execute("UPDATE audit_auditevent SET outcome = 'failed' WHERE id = %s", [event.pk])
+    if connection.vendor == "postgresql":
+        with pytest.raises(DatabaseError, match="append-only"), transaction.atomic():
+            with connection.cursor() as cur:
+                cur.execute("DELETE FROM audit_auditevent WHERE id = %s", [event.pk])
+    assert AuditEvent.objects.get(pk=event.pk).outcome == "success"
+
+
+def test_verify_names_the_first_altered_event(operator):
+    events = make_events(operator, 4)
+    tamper("UPDATE audit_auditevent SET outcome = 'denied' WHERE id = %s", [events[1].pk])
+    checked, bad, reason = verify_chain()
+    assert (checked, bad.pk) == (1, events[1].pk)
+    assert "altered" in reason
+    with pytest.raises(CommandError, match=f"event #{events[1].pk}"):
+        call_command("audit_verify")
+
+
+def test_verify_names_the_event_after_a_removed_one(operator):
+    events = make_events(operator, 4)
+    tamper("DELETE FROM audit_auditevent WHERE id = %s", [events[2].pk])
+    checked, bad, reason = verify_chain()
+    assert (checked, bad.pk) == (2, events[3].pk)
+    assert "removed" in reason
+
+
+def test_verify_notices_the_newest_events_removed(operator):
+    events = make_events(operator, 3)
+    tamper("DELETE FROM audit_auditevent WHERE id = %s", [events[2].pk])
+    checked, bad, reason = verify_chain()
+    assert bad is None and "newest events were removed" in reason
+
+
+def test_audit_verify_command_reports_an_intact_chain(operator, capsys):
+    make_events(operator, 3)
+    call_command("audit_verify")
+    assert "3 events verified" in capsys.readouterr().out
+
+
+def test_events_outlive_their_actor(operator, django_user_model):
+    (event,) = make_events(operator, 1)
+    operator.delete()
+    event = AuditEvent.objects.get(pk=event.pk)
+    assert event.actor_name == "oscar-operator"
+    assert verify_chain()[2] == ""

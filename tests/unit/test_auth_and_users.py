@@ -1,0 +1,134 @@
+"""Sign-in, throttling, sessions of disabled users, and user/role management by admins."""
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.core.exceptions import PermissionDenied
+from django.test import Client, override_settings
+from django.urls import reverse
+
+from apps.accounts import services
+from apps.accounts.models import Role, RoleAssignment
+from apps.audit.models import AuditEvent
+from apps.core.errors import Conflict, InvalidInput
+from tests.conftest import PASSWORD
+
+pytestmark = pytest.mark.django_db
+User = get_user_model()
+
+
+def login(client, username, password=PASSWORD):
+    return client.post(reverse("login"), {"username": username, "password": password})
+
+
+def test_login_and_logout_are_audited(client, operator):
+    assert login(client, operator.username).status_code == 302
+    client.post(reverse("logout"))
+    assert list(AuditEvent.objects.order_by("id").values_list("action", "outcome", "actor_name")) == [
+        ("auth.login", "success", operator.username),
+        ("auth.logout", "success", operator.username),
+    ]
+
+
+def test_failed_login_is_audited_without_the_password(client, operator):
+    response = login(client, operator.username, "wrong-password-123")
+    assert response.status_code == 200
+    event = AuditEvent.objects.get(action="auth.login")
+    assert (event.outcome, event.actor_name, event.source_ip) == ("failed", operator.username, "127.0.0.1")
+    assert "wrong-password-123" not in str(event.params) + event.error
+
+
+@override_settings(LOGIN_FAILURE_LIMIT=3)
+def test_login_is_throttled_after_repeated_failures(client, operator):
+    for _ in range(3):
+        login(client, operator.username, "nope-nope-nope")
+    response = login(client, operator.username)  # even the right password is refused now
+    assert response.status_code == 200
+    assert b"Too many failed sign-ins" in response.content
+    assert "_auth_user_id" not in client.session
+    assert AuditEvent.objects.filter(action="auth.login", outcome="denied").count() == 1
+
+
+def test_disabling_a_user_ends_their_sessions(client, admin, operator):
+    victim = Client()
+    login(victim, operator.username)
+    assert victim.get(reverse("vms:list")).status_code != 302
+    services.user_set_active(actor=admin, user=operator, active=False)
+    response = victim.get(reverse("dashboard"))
+    assert response.status_code == 302 and response["Location"].startswith(reverse("login"))
+    event = AuditEvent.objects.get(action="accounts.user.disable")
+    assert event.params == {"sessions_ended": 1}
+
+
+def test_admin_cannot_disable_themselves(admin):
+    with pytest.raises(Conflict):
+        services.user_set_active(actor=admin, user=admin, active=False)
+    assert User.objects.get(pk=admin.pk).is_active
+
+
+def test_admin_creates_a_user_through_the_page(client, admin):
+    client.force_login(admin)
+    response = client.post(
+        reverse("accounts:create"),
+        {"username": "newbie", "password": "a-long-enough-pass-42", "role": Role.VIEWER, "email": ""},
+    )
+    assert response.status_code == 302
+    newbie = User.objects.get(username="newbie")
+    assert newbie.check_password("a-long-enough-pass-42")
+    assert list(newbie.role_assignments.values_list("role", "scope")) == [("viewer", "global")]
+    event = AuditEvent.objects.get(action="accounts.user.create")
+    assert "a-long-enough-pass-42" not in str(event.params)
+
+
+def test_bad_user_input_is_refused_and_audited(client, admin):
+    client.force_login(admin)
+    response = client.post(reverse("accounts:create"), {"username": "bad name;rm", "password": "short", "role": "x"})
+    assert response.status_code == 400
+    assert not User.objects.filter(username="bad name;rm").exists()
+    assert AuditEvent.objects.get(action="accounts.user.create").outcome == "failed"
+
+
+def test_scoped_assignment_rules(admin, operator, host):
+    with pytest.raises(InvalidInput, match="needs its host"):
+        services.assignment_add(actor=admin, user=operator, role=Role.VIEWER, scope="host")
+    with pytest.raises(InvalidInput, match="only be given globally"):
+        services.assignment_add(actor=admin, user=operator, role=Role.ADMIN, scope="host", host=host)
+    a = services.assignment_add(actor=admin, user=operator, role=Role.VIEWER, scope="host", host=host)
+    assert a.scope_label == f"host {host.name}"
+    with pytest.raises(Conflict):
+        services.assignment_add(actor=admin, user=operator, role=Role.VIEWER, scope="host", host=host)
+    outcomes = list(AuditEvent.objects.filter(action="accounts.role.assign").values_list("outcome", flat=True))
+    assert sorted(outcomes) == ["failed", "failed", "failed", "success"]
+
+
+def test_the_last_admin_cannot_be_revoked(admin):
+    only = RoleAssignment.objects.get(user=admin, role=Role.ADMIN)
+    with pytest.raises(Conflict, match="last active admin"):
+        services.assignment_remove(actor=admin, assignment=only)
+    assert RoleAssignment.objects.filter(pk=only.pk).exists()
+
+
+def test_non_admins_cannot_manage_users(operator, viewer):
+    with pytest.raises(PermissionDenied):
+        services.user_create(actor=operator, username="sneaky", password="a-long-enough-pass-42")
+    with pytest.raises(PermissionDenied):
+        services.user_set_active(actor=operator, user=viewer, active=False)
+    assert not User.objects.filter(username="sneaky").exists()
+    assert User.objects.get(pk=viewer.pk).is_active
+    assert AuditEvent.objects.filter(outcome="denied").count() == 2
+
+
+def test_csrf_is_required_for_every_post(admin, host):
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(admin)
+    response = client.post(
+        reverse("accounts:create"), {"username": "csrfless", "password": "a-long-enough-pass-42", "role": Role.VIEWER}
+    )
+    assert response.status_code == 403
+    assert not User.objects.filter(username="csrfless").exists()
+
+
+def test_pages_send_a_content_security_policy(client, admin, host):
+    client.force_login(admin)
+    response = client.get(reverse("dashboard"))
+    assert "script-src 'self'" in response["Content-Security-Policy"]
+    assert response["X-Frame-Options"] == "DENY"

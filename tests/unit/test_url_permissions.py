@@ -1,0 +1,122 @@
+"""Every URL in the URL conf: anonymous users are sent to login, and each role gets
+exactly the access the policy gives it. A view added without a permission, or missing
+from EXPECTED, makes this test fail."""
+
+import pytest
+from django.urls import URLPattern, URLResolver, get_resolver, reverse
+
+from apps.accounts.permissions import ROLE_PERMISSIONS
+
+PUBLIC = {"login", "logout"}
+
+# url name -> (the permission its view requires, the method it answers): the policy, written out
+EXPECTED = {
+    "dashboard": ("dashboard.view", "GET"),
+    "jobs": ("jobs.view", "GET"),
+    "job": ("jobs.view", "GET"),
+    "vms:list": ("vms.view", "GET"),
+    "vms:detail": ("vms.view", "GET"),
+    "vms:action": ("vms.operate", "POST"),
+    "vms:snapshot_create": ("vms.snapshot", "POST"),
+    "vms:snapshot_delete": ("vms.snapshot", "POST"),
+    "storage:pools": ("storage.view", "GET"),
+    "network:networks": ("network.view", "GET"),
+    "audit:events": ("audit.view", "GET"),
+    "audit:access_review": ("access_review.view", "GET"),
+    "accounts:list": ("accounts.manage", "GET"),
+    "accounts:create": ("accounts.manage", "POST"),
+    "accounts:detail": ("accounts.manage", "GET"),
+    "accounts:set_active": ("accounts.manage", "POST"),
+    "accounts:assignment_add": ("accounts.manage", "POST"),
+    "accounts:assignment_remove": ("accounts.manage", "POST"),
+}
+
+# sample values for URL arguments; they name nothing that exists, so an allowed role
+# reaches the view and gets a 404/400 from it, never a 403
+SAMPLE_ARGS = {"int": 999999, "str": "no-such-thing", "slug": "no-such-thing", "path": "no/such", "uuid": None}
+
+
+def _walk(resolver, prefix=""):
+    for p in resolver.url_patterns:
+        if isinstance(p, URLResolver):
+            ns = f"{prefix}{p.namespace}:" if p.namespace else prefix
+            yield from _walk(p, ns)
+        elif isinstance(p, URLPattern):
+            yield f"{prefix}{p.name}", p
+
+
+def all_patterns():
+    return [(name, p) for name, p in _walk(get_resolver()) if not name.startswith("djdt")]
+
+
+def url_for(name, pattern):
+    converters = pattern.pattern.converters
+    kwargs = {}
+    for key, conv in converters.items():
+        kind = type(conv).__name__.replace("Converter", "").lower()
+        kwargs[key] = SAMPLE_ARGS.get(kind, "x")
+        if kind == "int":
+            kwargs[key] = 999999
+        elif kind == "uuid":
+            kwargs[key] = "00000000-0000-0000-0000-000000000000"
+    return reverse(name, kwargs=kwargs)
+
+
+def test_every_url_is_in_the_policy_table():
+    names = {name for name, _ in all_patterns()}
+    missing = names - set(EXPECTED) - PUBLIC
+    assert not missing, f"URL names without an entry in EXPECTED (give the view a permission): {sorted(missing)}"
+    stale = set(EXPECTED) - names
+    assert not stale, f"EXPECTED names URLs that no longer exist: {sorted(stale)}"
+
+
+def test_every_view_declares_the_expected_permission():
+    for name, pattern in all_patterns():
+        if name in PUBLIC:
+            continue
+        view = pattern.callback
+        declared = getattr(view, "portal_permission", None)
+        inner = view
+        while declared is None and getattr(inner, "__wrapped__", None) is not None:
+            inner = inner.__wrapped__
+            declared = getattr(inner, "portal_permission", None)
+        assert declared == EXPECTED[name][0], f"{name}: view requires {declared!r}, policy says {EXPECTED[name][0]!r}"
+
+
+@pytest.mark.django_db
+def test_anonymous_is_sent_to_login_everywhere(client, host):
+    for name, pattern in all_patterns():
+        if name in PUBLIC:
+            continue
+        url = url_for(name, pattern)
+        for method in ("get", "post"):
+            response = getattr(client, method)(url)
+            assert response.status_code == 302, f"{method.upper()} {url} answered {response.status_code}"
+            assert response["Location"].startswith(reverse("login")), f"{url} redirects to {response['Location']}"
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("role", ["admin", "operator", "auditor", "viewer", "outsider"])
+def test_each_role_gets_exactly_the_access_of_the_policy(client, personas, role, host):
+    user = personas[role]
+    granted = ROLE_PERMISSIONS.get(role, frozenset())
+    client.force_login(user)
+    for name, pattern in all_patterns():
+        if name in PUBLIC:
+            continue
+        url = url_for(name, pattern)
+        perm, method = EXPECTED[name]
+        response = client.post(url, {}) if method == "POST" else client.get(url)
+        if perm in granted:
+            assert response.status_code != 403, f"{role} was refused {url} ({perm})"
+        else:
+            assert response.status_code == 403, f"{role} reached {url} ({perm}): {response.status_code}"
+
+
+@pytest.mark.django_db
+def test_state_changing_views_refuse_get(admin, client, host):
+    client.force_login(admin)
+    for name, pattern in all_patterns():
+        if name in PUBLIC or EXPECTED[name][1] != "POST":
+            continue
+        assert client.get(url_for(name, pattern)).status_code == 405, f"{name} changes state but answers GET"
