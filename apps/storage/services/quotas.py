@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db.models import BigIntegerField, F, Value
 from django.db.models.functions import Coalesce
 
 from apps.audit.services import record
@@ -36,12 +36,26 @@ def _actor_name(actor) -> str:
     return getattr(actor, "username", "") or "system"
 
 
-def _quota_row(vm) -> VmQuota:
+def _write_quota(vm, expected_version: int | None, **changes) -> VmQuota | None:
+    """Change a VM's quota row in one UPDATE (it takes the write lock at once, on SQLite
+    too, so concurrent changes queue instead of overwriting each other), creating the row
+    first when the VM has none. With expected_version (0: the person saw the defaults),
+    None is returned when the row changed meanwhile."""
+    changes["version"] = F("version") + 1
+    rows = VmQuota.objects.filter(vm=vm)
+    if expected_version:
+        rows = rows.filter(version=expected_version)
+    if rows.update(**changes):
+        return VmQuota.objects.get(vm=vm)
+    if expected_version or (expected_version == 0 and VmQuota.objects.filter(vm=vm).exists()):
+        return None
     try:
         with transaction.atomic():
-            return VmQuota.objects.get_or_create(vm=vm)[0]
+            VmQuota.objects.create(vm=vm)
     except IntegrityError:  # created by a concurrent request meanwhile
-        return VmQuota.objects.get(vm=vm)
+        pass
+    VmQuota.objects.filter(vm=vm).update(**changes)
+    return VmQuota.objects.get(vm=vm)
 
 
 @dataclass(frozen=True)
@@ -104,18 +118,13 @@ def quota_set(
                     f"(by {fmt_bytes(allocation - changes['limit_bytes'])}). Confirm to set it anyway."
                 )
         with transaction.atomic():
-            row = _quota_row(vm)
-            rows = VmQuota.objects.filter(pk=row.pk)
-            if expected_version is not None:
-                rows = rows.filter(version=expected_version)
-            updated = rows.update(**changes, version=F("version") + 1, updated_by_name=_actor_name(actor))
-            if not updated:
-                current = VmQuota.objects.get(pk=row.pk)
+            row = _write_quota(vm, expected_version, **changes, updated_by_name=_actor_name(actor))
+            if row is None:
+                by = getattr(VmQuota.objects.filter(vm=vm).first(), "updated_by_name", "") or "someone else"
                 raise Conflict(
-                    f"The quota of {vm.name} was changed by {current.updated_by_name or 'someone else'} "
+                    f"The quota of {vm.name} was changed by {by} "
                     "since you loaded it; nothing was changed. Reload and try again."
                 )
-            row.refresh_from_db()
             result = effective_quota(row, defaults_get())
             params["previous_version"] = str(row.version - 1)
             record(actor=actor, action=action, target=vm, outcome="success", params=params)
@@ -133,11 +142,7 @@ def quota_set_threshold(*, actor, vm, percent) -> EffectiveQuota:
     try:
         value = parse_percent(percent)
         with transaction.atomic():
-            row = _quota_row(vm)
-            VmQuota.objects.filter(pk=row.pk).update(
-                alert_percent=value, version=F("version") + 1, updated_by_name=_actor_name(actor)
-            )
-            row.refresh_from_db()
+            row = _write_quota(vm, None, alert_percent=value, updated_by_name=_actor_name(actor))
             record(actor=actor, action=action, target=vm, outcome="success", params=params)
             return effective_quota(row, defaults_get())
     except PortalError as exc:
@@ -156,13 +161,13 @@ def quota_expand(*, actor, vm, by_gib) -> EffectiveQuota:
         by = parse_gib(by_gib, "expansion")
         defaults = defaults_get()
         with transaction.atomic():
-            row = _quota_row(vm)
-            VmQuota.objects.filter(pk=row.pk).update(
-                limit_bytes=Coalesce(F("limit_bytes"), defaults.quota_bytes) + by,
-                version=F("version") + 1,
+            row = _write_quota(
+                vm,
+                None,
+                limit_bytes=Coalesce(F("limit_bytes"), Value(defaults.quota_bytes, output_field=BigIntegerField()))
+                + by,
                 updated_by_name=_actor_name(actor),
             )
-            row.refresh_from_db()
             if row.limit_bytes > settings.STORAGE_MAX_SIZE_GIB * (1 << 30):
                 raise InvalidInput(
                     f"Expanding by {by_gib} GiB would take the quota of {vm.name} to {fmt_bytes(row.limit_bytes)}, "

@@ -1,0 +1,64 @@
+"""Fixtures of the storage tests: a shut-off VM synced into the portal, data written into
+a qcow2 volume with qemu-io (so its allocation really grows), and a local webhook."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+
+import pytest
+
+from apps.core import runner
+from apps.core.gateways import libvirt_gw as gw
+from apps.vms.models import VirtualMachine
+from apps.vms.services import inventory_sync
+
+MIB = 1 << 20
+
+
+@pytest.fixture
+def off_vm(host, make_domain):
+    """A shut-off VM (its disk can be written with qemu-io), synced into the portal."""
+    name = make_domain(running=False)
+    inventory_sync(host)
+    return VirtualMachine.objects.select_related("host").get(host=host, name=name)
+
+
+def disk_path(vm) -> str:
+    return gw.domain_disks(vm.host.uri, vm.name).disks[0].path
+
+
+def write_data(path: str, mib: int, offset_mib: int = 0) -> None:
+    """Write `mib` MiB of non-zero data into a qcow2 image (the VM must be off)."""
+    runner.run(["qemu-io", "-f", "qcow2", "-c", f"write -P 0x5a {offset_mib}M {mib}M", path], timeout=120)
+
+
+@pytest.fixture
+def webhook(settings):
+    """An HTTP server on 127.0.0.1 that records the JSON bodies POSTed to it."""
+    received: list[dict] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            length = int(self.headers.get("Content-Length", 0))
+            received.append(json.loads(self.rfile.read(length)))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    settings.STORAGE_ALERT_WEBHOOK_URL = f"http://127.0.0.1:{server.server_port}/hook"
+    yield received
+    server.shutdown()
+    server.server_close()
+
+
+def events(action: str, **filters):
+    from apps.audit.models import AuditEvent
+
+    return list(AuditEvent.objects.filter(action=action, **filters).order_by("id"))

@@ -1,0 +1,148 @@
+"""Quotas on real VMs: set, expand, thresholds; refusals with reasons, audited, no change."""
+
+import threading
+
+import pytest
+from django.core.exceptions import PermissionDenied
+from django.db import connection
+
+from apps.core.errors import Conflict, InvalidInput, NotFound
+from apps.core.gateways import libvirt_gw as gw
+from apps.storage import services
+from apps.storage.models import GIB, VmQuota
+
+from .conftest import MIB, disk_path, events, write_data
+
+pytestmark = pytest.mark.libvirt
+
+
+def test_an_operator_sets_a_quota_and_it_is_audited(operator, off_vm):
+    quota = services.quota_set(actor=operator, vm=off_vm, limit_gib="20", alert_percent="70", breach_action="refuse")
+    assert (quota.limit_bytes, quota.alert_percent, quota.breach_action) == (20 * GIB, 70, "refuse")
+    (event,) = events("storage.quota.set", outcome="success")
+    assert event.actor_name == operator.username
+    assert event.target_name == off_vm.name
+    assert event.params["limit_gib"] == "20"
+
+
+def test_vms_without_their_own_quota_use_the_defaults_an_admin_edits(admin, operator, off_vm):
+    assert services.quota_get(actor=operator, vm=off_vm).quota.own_limit is False
+    services.defaults_update(
+        actor=admin, quota_gib="7", alert_percent="60", breach_action="suspend", max_overcommit="2", reserve_percent="5"
+    )
+    view = services.quota_get(actor=operator, vm=off_vm)
+    assert (view.quota.limit_bytes, view.quota.alert_percent, view.quota.breach_action) == (7 * GIB, 60, "suspend")
+    with pytest.raises(PermissionDenied):
+        services.defaults_update(
+            actor=operator,
+            quota_gib="1",
+            alert_percent="1",
+            breach_action="alert",
+            max_overcommit="1",
+            reserve_percent="1",
+        )
+    assert events("storage.settings.update", outcome="denied")[0].actor_name == operator.username
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"limit_gib": "0"}, "more than 0"),
+        ({"limit_gib": "-3"}, "more than 0"),
+        ({"limit_gib": "0.0000001"}, "3 decimals"),
+        ({"limit_gib": "1e30"}, "larger than"),
+        ({"limit_gib": "lots"}, "not a number"),
+        ({"alert_percent": "0"}, "1 to 100"),
+        ({"alert_percent": "101"}, "1 to 100"),
+        ({"breach_action": "explode"}, "Unknown breach action"),
+        ({}, "Nothing to change"),
+    ],
+)
+def test_bad_input_is_refused_audited_and_changes_nothing(operator, off_vm, fields, message):
+    with pytest.raises(InvalidInput, match=message):
+        services.quota_set(actor=operator, vm=off_vm, **fields)
+    assert not VmQuota.objects.filter(vm=off_vm).exists()
+    (event,) = events("storage.quota.set", outcome="failed")
+    assert message.split()[0] in event.error
+
+
+def test_a_quota_below_current_allocation_needs_confirmation(operator, off_vm):
+    write_data(disk_path(off_vm), 64)
+    with pytest.raises(InvalidInput, match=r"below the .* already use.*Confirm"):
+        services.quota_set(actor=operator, vm=off_vm, limit_gib="0.03")
+    assert not VmQuota.objects.filter(vm=off_vm).exists()
+    quota = services.quota_set(actor=operator, vm=off_vm, limit_gib="0.03", confirmed=True)
+    assert quota.limit_bytes == 31 * MIB
+    assert [e.outcome for e in events("storage.quota.set")] == ["failed", "success"]
+
+
+def test_a_viewer_is_refused_and_the_refusal_is_audited(viewer, off_vm):
+    with pytest.raises(PermissionDenied):
+        services.quota_expand(actor=viewer, vm=off_vm, by_gib="10")
+    (event,) = events("storage.quota.expand", outcome="denied")
+    assert event.actor_name == viewer.username
+    assert not VmQuota.objects.filter(vm=off_vm).exists()
+
+
+def test_a_change_made_from_a_stale_page_is_refused(operator, admin, off_vm):
+    first = services.quota_set(actor=operator, vm=off_vm, limit_gib="10")
+    services.quota_set(actor=admin, vm=off_vm, limit_gib="12", expected_version=first.version)
+    with pytest.raises(Conflict, match="changed by alice-admin"):
+        services.quota_set(actor=operator, vm=off_vm, limit_gib="11", expected_version=first.version)
+    assert VmQuota.objects.get(vm=off_vm).limit_bytes == 12 * GIB
+
+
+def test_expanding_raises_the_limit_and_never_touches_a_disk(operator, off_vm):
+    before = gw.domain_disks(off_vm.host.uri, off_vm.name)
+    services.quota_set(actor=operator, vm=off_vm, limit_gib="5")
+    assert services.quota_expand(actor=operator, vm=off_vm, by_gib="2.5").limit_bytes == int(7.5 * GIB)
+    assert gw.domain_disks(off_vm.host.uri, off_vm.name).provisioned == before.provisioned
+    (event,) = events("storage.quota.expand", outcome="success")
+    assert event.params == {"by_gib": "2.5", "limit_gib": "7.5"}
+
+
+def test_expanding_beyond_the_absurd_is_refused(operator, off_vm, settings):
+    settings.STORAGE_MAX_SIZE_GIB = 100
+    services.quota_set(actor=operator, vm=off_vm, limit_gib="90")
+    with pytest.raises(InvalidInput, match="above the 100 GiB"):
+        services.quota_expand(actor=operator, vm=off_vm, by_gib="20")
+    assert VmQuota.objects.get(vm=off_vm).limit_bytes == 90 * GIB
+
+
+def test_unknown_pools_are_refused(admin, host):
+    with pytest.raises(NotFound, match="not found"):
+        services.pool_limit_set(actor=admin, host=host, pool="no-such-pool", max_overcommit="2", reserve_percent="10")
+    assert events("storage.pool.limit", outcome="failed")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_operators_expanding_at_once_lose_no_update(make_user, host, make_domain):
+    from apps.accounts.models import Role
+    from apps.vms.models import VirtualMachine
+    from apps.vms.services import inventory_sync
+
+    name = make_domain(running=False)
+    inventory_sync(host)
+    vm = VirtualMachine.objects.select_related("host").get(host=host, name=name)
+    operators = [make_user(role=Role.OPERATOR) for _ in range(4)]
+    services.quota_set(actor=operators[0], vm=vm, limit_gib="10")
+    barrier = threading.Barrier(len(operators))
+    errors = []
+
+    def expand(user):
+        try:
+            barrier.wait()
+            services.quota_expand(actor=user, vm=vm, by_gib="1")
+        except Exception as exc:  # reported below
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=expand, args=(u,)) for u in operators]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert VmQuota.objects.get(vm=vm).limit_bytes == 14 * GIB
+    assert len(events("storage.quota.expand", outcome="success")) == 4
