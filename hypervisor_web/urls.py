@@ -13,6 +13,7 @@ urlpatterns = [
     path("vms/", include("apps.vms.urls")),
     path("storage/", include("apps.storage.urls")),
     path("network/", include("apps.network.urls")),
+    path("encryption/", include("apps.encryption.urls")),
     path("audit/", include("apps.audit.urls")),
     path("users/", include("apps.accounts.urls")),
 ]

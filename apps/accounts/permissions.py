@@ -18,7 +18,9 @@ OPERATE_PERMISSIONS = frozenset(
 )
 AUDIT_PERMISSIONS = frozenset({"audit.view", "access_review.view"})
 ADMIN_PERMISSIONS = frozenset({"accounts.manage", "storage.settings"})
-ALL_PERMISSIONS = VIEW_PERMISSIONS | OPERATE_PERMISSIONS | AUDIT_PERMISSIONS | ADMIN_PERMISSIONS
+# encryption.keys: unseal the key store, export key escrow, rotate the KEK (admins only)
+KEY_PERMISSIONS = frozenset({"encryption.keys"})
+ALL_PERMISSIONS = VIEW_PERMISSIONS | OPERATE_PERMISSIONS | AUDIT_PERMISSIONS | ADMIN_PERMISSIONS | KEY_PERMISSIONS
 
 ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
     Role.ADMIN: ALL_PERMISSIONS,

@@ -27,8 +27,12 @@ def run(
     timeout: float = 60,
     check: bool = True,
     env: dict[str, str] | None = None,
+    pass_fds: tuple[int, ...] = (),
 ) -> Result:
     """Run argv and return its output. `stdin` carries secrets; it is never logged.
+
+    `pass_fds` hands open descriptors (e.g. the read end of a pipe holding a second secret,
+    named as /dev/fd/N in argv) to the command.
 
     Raises GatewayTimeout after `timeout` seconds and GatewayError when `check` is set and
     the command exits non-zero, with the command's own (last) error line for people.
@@ -44,6 +48,7 @@ def run(
             timeout=timeout,
             check=False,
             env=env,
+            pass_fds=pass_fds,
         )
     except subprocess.TimeoutExpired:
         raise GatewayTimeout(f"{argv[0]} did not finish within {timeout:g} seconds") from None

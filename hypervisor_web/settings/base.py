@@ -56,6 +56,7 @@ INSTALLED_APPS = [
     "apps.vms",
     "apps.storage",
     "apps.network",
+    "apps.encryption",
 ]
 
 MIDDLEWARE = [
@@ -148,6 +149,32 @@ STATIC_ROOT = VAR_DIR / "staticfiles"
 LIBVIRT_URI = env("LIBVIRT_URI", "qemu:///system")
 DEFAULT_HOST_NAME = env("DEFAULT_HOST_NAME", "local")
 LIBVIRT_TIMEOUT = env_int("LIBVIRT_TIMEOUT", 30)
+
+# Encryption (apps.encryption): key store, KEK provider and LUKS defaults.
+# Production must keep the PBKDF cost at or above cryptsetup's defaults (1 GiB, 4 rounds).
+ENCRYPTION_KEY_DIR = Path(env("ENCRYPTION_KEY_DIR", str(VAR_DIR / "keys")))
+# Where an unsealed passphrase KEK is kept while the store is open: must be a tmpfs (RAM),
+# so a reboot seals the store again.
+ENCRYPTION_RUNTIME_DIR = Path(env("ENCRYPTION_RUNTIME_DIR", "/run/hypervisor-portal"))
+ENCRYPTION_KEK_PROVIDER = env("ENCRYPTION_KEK_PROVIDER", "file")  # file | passphrase | pkcs11
+ENCRYPTION_PKCS11_LIBRARY = env("ENCRYPTION_PKCS11_LIBRARY", "/usr/lib/softhsm/libsofthsm2.so")
+ENCRYPTION_PKCS11_TOKEN = env("ENCRYPTION_PKCS11_TOKEN", "portal-kek")
+ENCRYPTION_PKCS11_PIN = env("ENCRYPTION_PKCS11_PIN", "")  # use ENCRYPTION_PKCS11_PIN_FILE
+ENCRYPTION_LUKS_CIPHER = env("ENCRYPTION_LUKS_CIPHER", "aes-xts-plain64")
+ENCRYPTION_LUKS_KEY_SIZE = env_int("ENCRYPTION_LUKS_KEY_SIZE", 512)
+ENCRYPTION_PBKDF = env("ENCRYPTION_PBKDF", "argon2id")
+ENCRYPTION_PBKDF_MEMORY_KIB = env_int("ENCRYPTION_PBKDF_MEMORY_KIB", 1048576)
+ENCRYPTION_PBKDF_ITER_TIME_MS = env_int("ENCRYPTION_PBKDF_ITER_TIME_MS", 2000)
+ENCRYPTION_PBKDF_FORCE_ITERATIONS = env_int("ENCRYPTION_PBKDF_FORCE_ITERATIONS", 0)  # 0: benchmark (iter time)
+# Argon2id cost of the passphrase KEK and of escrow files (RFC 9106 second recommendation).
+ENCRYPTION_KDF_MEMORY_KIB = env_int("ENCRYPTION_KDF_MEMORY_KIB", 65536)
+ENCRYPTION_KDF_ITERATIONS = env_int("ENCRYPTION_KDF_ITERATIONS", 3)
+ENCRYPTION_KEY_MAX_AGE_DAYS = env_int("ENCRYPTION_KEY_MAX_AGE_DAYS", 365)
+ENCRYPTION_HEADER_BACKUP_DIR = Path(env("ENCRYPTION_HEADER_BACKUP_DIR", str(VAR_DIR / "luks-headers")))
+ENCRYPTION_COMMAND_TIMEOUT = env_int("ENCRYPTION_COMMAND_TIMEOUT", 6 * 3600)
+# "cryptsetup" opens real dm-crypt mappings; "simulated" stands in for the kernel step on
+# hosts without device-mapper (see apps/encryption/gateways/cryptsetup.py).
+ENCRYPTION_DEVICE_MAPPER = env("ENCRYPTION_DEVICE_MAPPER", "cryptsetup")
 
 # Celery
 CELERY_BROKER_URL = env("CELERY_BROKER_URL", REDIS_URL)

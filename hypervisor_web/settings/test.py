@@ -23,3 +23,14 @@ else:
     _db["TEST"] = {"NAME": f"test_{_db['NAME']}"}
 if env("PORTAL_USE_TEST_DB") == "1":
     _db["NAME"] = _db["TEST"]["NAME"]
+
+# Encryption: cheap PBKDF for tests only (production keeps the defaults of base.py); the
+# pytest process and the Celery worker it starts share these directories.
+ENCRYPTION_KEY_DIR = VAR_DIR / "test-encryption" / "keys"  # noqa: F405
+ENCRYPTION_RUNTIME_DIR = VAR_DIR / "test-encryption" / "run"  # noqa: F405
+ENCRYPTION_HEADER_BACKUP_DIR = VAR_DIR / "test-encryption" / "headers"  # noqa: F405
+ENCRYPTION_PBKDF_MEMORY_KIB = 32768
+ENCRYPTION_PBKDF_FORCE_ITERATIONS = 4
+ENCRYPTION_KDF_MEMORY_KIB = 8192
+ENCRYPTION_KDF_ITERATIONS = 1
+ENCRYPTION_DEVICE_MAPPER = "simulated"  # this machine has no device-mapper

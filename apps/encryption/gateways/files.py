@@ -1,0 +1,57 @@
+"""Plain file operations on disk images (no subprocess): free space, growing an image,
+saving its head before in-place encryption."""
+
+from __future__ import annotations
+
+import os
+
+from apps.core.errors import Conflict
+
+CHUNK = 4 << 20
+
+
+def free_bytes(directory: str) -> int:
+    st = os.statvfs(directory)
+    return st.f_bavail * st.f_frsize
+
+
+def grow(path: str, size: int) -> None:
+    """Extend the image to `size` bytes (sparse zeros at the end) and flush it."""
+    with open(path, "r+b") as fh:
+        if os.fstat(fh.fileno()).st_size > size:
+            raise Conflict(f"{path} is larger than expected; refusing to shrink it.")
+        fh.truncate(size)
+        os.fsync(fh.fileno())
+
+
+def copy_head(path: str, destination: str, nbytes: int) -> None:
+    """Save the first `nbytes` of `path` to a new 0400 file (written atomically)."""
+    tmp = f"{destination}.tmp-{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o400)
+    try:
+        with os.fdopen(fd, "wb") as out, open(path, "rb") as src:
+            left = nbytes
+            while left > 0:
+                chunk = src.read(min(CHUNK, left))
+                if not chunk:
+                    break
+                out.write(chunk)
+                left -= len(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+        os.rename(tmp, destination)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    dir_fd = os.open(os.path.dirname(destination) or ".", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

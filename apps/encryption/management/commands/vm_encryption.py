@@ -1,0 +1,244 @@
+"""`manage.py vm_encryption`: the seed's vm_encryption.sh, on the portal's services.
+
+    create-encrypted VM GiB [--pool P] [--kind luks2|qemu-luks]
+    encrypt-existing VM PATH
+    change-passphrase VM [--disk vdb]
+    list-encrypted
+    header-backup VM [--disk vdb]
+    escrow-export VM --output FILE [--disk vdb] [--passphrase-file F]
+    recovery-test VM --escrow FILE [--disk vdb] [--passphrase-file F]
+    status | init | unseal | seal | rotate-kek
+    start VM | stop VM [--force]
+
+Jobs are queued for the workers and followed until they end (--no-wait returns at once).
+Passphrases come from a prompt (getpass) or --passphrase-file, never from argv. The actor
+is the system unless --as USER, whose roles are then checked like in the portal.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import sys
+import time
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.exceptions import PermissionDenied
+from django.core.management.base import BaseCommand, CommandError
+
+from apps.core.errors import PortalError
+from apps.core.models import Host, Job
+from apps.encryption import services
+from apps.encryption.models import EncryptedDisk
+from apps.vms.models import VirtualMachine
+from apps.vms.services import inventory_sync
+
+
+class Command(BaseCommand):
+    help = "Encrypted VM disks: create, encrypt in place, change keys, list, back up, escrow, recover."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--as", dest="as_user", default="", help="act as this portal user (default: system)")
+        parser.add_argument("--host", default=settings.DEFAULT_HOST_NAME)
+        parser.add_argument("--no-wait", action="store_true", help="queue the job and return")
+        parser.add_argument("--timeout", type=int, default=6 * 3600, help="seconds to wait for a job")
+        sub = parser.add_subparsers(dest="action", required=True)
+        p = sub.add_parser("create-encrypted")
+        p.add_argument("vm")
+        p.add_argument("gib")
+        p.add_argument("--pool", default="")
+        p.add_argument("--kind", default="luks2", choices=["luks2", "qemu-luks"])
+        p = sub.add_parser("encrypt-existing")
+        p.add_argument("vm")
+        p.add_argument("path")
+        for name in ("change-passphrase", "header-backup"):
+            p = sub.add_parser(name)
+            p.add_argument("vm")
+            p.add_argument("--disk", default="", help="guest device (e.g. vdb) when the VM has several")
+        sub.add_parser("list-encrypted")
+        p = sub.add_parser("escrow-export")
+        p.add_argument("vm")
+        p.add_argument("--disk", default="")
+        p.add_argument("--output", required=True, help="file to write the escrow document to (must not exist)")
+        p.add_argument("--passphrase-file", default="")
+        p = sub.add_parser("recovery-test")
+        p.add_argument("vm")
+        p.add_argument("--disk", default="")
+        p.add_argument("--escrow", required=True, help="the escrow document")
+        p.add_argument("--passphrase-file", default="")
+        sub.add_parser("status")
+        for name in ("init", "unseal", "rotate-kek"):
+            p = sub.add_parser(name)
+            p.add_argument("--passphrase-file", default="")
+        sub.add_parser("seal")
+        p = sub.add_parser("start")
+        p.add_argument("vm")
+        p = sub.add_parser("stop")
+        p.add_argument("vm")
+        p.add_argument("--force", action="store_true")
+
+    # ------------------------------------------------------------ helpers
+
+    def _actor(self, username):
+        if not username:
+            return None
+        user = get_user_model().objects.filter(username=username, is_active=True).first()
+        if user is None:
+            raise CommandError(f"No active user {username!r}.")
+        return user
+
+    def _host(self, name) -> Host:
+        host = Host.objects.filter(name=name).first()
+        if host is None:
+            raise CommandError(f"No host named {name!r} in the portal.")
+        return host
+
+    def _vm(self, host, name) -> VirtualMachine:
+        vm = VirtualMachine.objects.filter(host=host, name=name, present=True).first()
+        if vm is None:
+            inventory_sync(host)
+            vm = VirtualMachine.objects.filter(host=host, name=name, present=True).first()
+        if vm is None:
+            raise CommandError(f"No VM named {name!r} on host {host.name}.")
+        return vm
+
+    def _disk(self, vm, target) -> EncryptedDisk:
+        disks = EncryptedDisk.objects.select_related("vm", "host").filter(vm=vm)
+        if target:
+            disks = disks.filter(target=target)
+        disks = list(disks)
+        if not disks:
+            raise CommandError(f"{vm.name} has no encrypted disk{f' {target}' if target else ''}.")
+        if len(disks) > 1:
+            raise CommandError(f"{vm.name} has several encrypted disks: choose one with --disk.")
+        return disks[0]
+
+    def _passphrase(self, options, prompt, confirm=False) -> str:
+        path = options.get("passphrase_file")
+        if path:
+            with open(path, encoding="utf-8") as fh:
+                return fh.read().rstrip("\n")
+        if not sys.stdin.isatty():
+            raise CommandError("No terminal to ask for the passphrase: use --passphrase-file.")
+        first = getpass.getpass(prompt)
+        if confirm and getpass.getpass("Again: ") != first:
+            raise CommandError("The passphrases differ.")
+        return first
+
+    def _follow(self, job: Job, options) -> None:
+        self.stdout.write(f"job {job.pk} {job.kind} queued")
+        if options["no_wait"]:
+            return
+        deadline = time.monotonic() + options["timeout"]
+        seen = 0
+        while time.monotonic() < deadline:
+            job.refresh_from_db()
+            for line in job.log[seen:]:
+                self.stdout.write(f"  {line['msg']}")
+            seen = len(job.log)
+            if job.finished:
+                break
+            time.sleep(0.5)
+        else:
+            raise CommandError(f"job {job.pk} is still {job.state}; follow it in the portal.")
+        if job.state != Job.State.SUCCEEDED:
+            raise CommandError(f"job {job.pk} failed: {job.error}")
+        self.stdout.write(self.style.SUCCESS(f"job {job.pk} succeeded {job.result}"))
+
+    # ------------------------------------------------------------ commands
+
+    def handle(self, *args, **options):
+        try:
+            self._dispatch(options)
+        except PermissionDenied as exc:
+            raise CommandError(str(exc)) from None
+        except PortalError as exc:
+            raise CommandError(exc.message) from None
+
+    def _dispatch(self, o):
+        actor = self._actor(o["as_user"])
+        action = o["action"]
+        if action == "list-encrypted":
+            return self._list(actor)
+        if action in ("status", "init", "unseal", "seal", "rotate-kek"):
+            return self._store(actor, action, o)
+        host = self._host(o["host"])
+        vm = self._vm(host, o["vm"])
+        if action == "create-encrypted":
+            job = services.disk_create_encrypted(actor=actor, vm=vm, size_gib=o["gib"], pool=o["pool"], kind=o["kind"])
+        elif action == "encrypt-existing":
+            job = services.disk_encrypt_existing(actor=actor, vm=vm, path=o["path"])
+        elif action == "change-passphrase":
+            job = services.disk_change_key(actor=actor, disk=self._disk(vm, o["disk"]))
+        elif action == "header-backup":
+            job = services.disk_header_backup(actor=actor, disk=self._disk(vm, o["disk"]))
+        elif action == "start":
+            job = services.vm_start_unlocked(actor=actor, vm=vm)
+        elif action == "stop":
+            job = services.vm_stop_locked(actor=actor, vm=vm, force=o["force"], confirmed=True)
+        elif action == "escrow-export":
+            return self._escrow_export(actor, vm, o)
+        elif action == "recovery-test":
+            return self._recovery_test(actor, vm, o)
+        else:  # pragma: no cover - argparse limits the choices
+            raise CommandError(f"unknown action {action}")
+        return self._follow(job, o)
+
+    def _list(self, actor):
+        rows = services.disks_list(actor=actor)
+        header = (
+            f"{'VM':<20} {'DISK':<6} {'TYPE':<9} {'CIPHER':<16} {'BITS':>4} {'PBKDF':<9} {'SLOTS':<8} {'AGE':>5}  PATH"
+        )
+        self.stdout.write(header)
+        for r in rows:
+            i = r.info
+            slots = ",".join(str(s) for s in i.slot_numbers) if i else "-"
+            due = " rotate!" if r.rotation_due else ""
+            self.stdout.write(
+                f"{r.disk.vm.name:<20} {r.disk.target:<6} {r.disk.kind:<9} {(i.cipher if i else r.error)[:16]:<16} "
+                f"{(i.key_size if i else 0):>4} {(i.pbkdf if i else '-'):<9} {slots:<8} {r.key_age_days:>4}d  "
+                f"{r.disk.path}{due}"
+            )
+
+    def _store(self, actor, action, o):
+        if action == "init":
+            passphrase = ""
+            if settings.ENCRYPTION_KEK_PROVIDER == "passphrase":
+                passphrase = self._passphrase(o, "New key store passphrase: ", confirm=True)
+            services.store_initialize(actor=actor, passphrase=passphrase)
+        elif action == "unseal":
+            services.store_unseal(actor=actor, passphrase=self._passphrase(o, "Key store passphrase: "))
+        elif action == "seal":
+            services.store_seal(actor=actor)
+        elif action == "rotate-kek":
+            passphrase = ""
+            if settings.ENCRYPTION_KEK_PROVIDER == "passphrase":
+                passphrase = self._passphrase(o, "New key store passphrase: ", confirm=True)
+            host = self._host(o["host"])
+            return self._follow(services.kek_rotate(actor=actor, host=host, new_passphrase=passphrase), o)
+        s = services.store_status(actor=actor)
+        self.stdout.write(
+            f"provider {s.provider}, {'initialised' if s.initialized else 'not initialised'}, "
+            f"{'SEALED' if s.sealed else 'unsealed'}, KEK version {s.kek_version}, {s.keys} keys"
+        )
+
+    def _escrow_export(self, actor, vm, o):
+        disk = self._disk(vm, o["disk"])
+        output = o["output"]
+        if os.path.exists(output):
+            raise CommandError(f"{output} exists; choose a new file.")
+        passphrase = self._passphrase(o, "Recovery passphrase (kept by you, never stored): ", confirm=True)
+        document = services.disk_escrow_export(actor=actor, disk=disk, recovery_passphrase=passphrase)
+        fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(document)
+        self.stdout.write(self.style.SUCCESS(f"escrow of {disk} written to {output}"))
+
+    def _recovery_test(self, actor, vm, o):
+        disk = self._disk(vm, o["disk"])
+        with open(o["escrow"], "rb") as fh:
+            escrow = fh.read()
+        passphrase = self._passphrase(o, "Recovery passphrase: ")
+        result = services.disk_recovery_test(actor=actor, disk=disk, escrow=escrow, recovery_passphrase=passphrase)
+        self.stdout.write(self.style.SUCCESS(f"recovery test of {disk} passed: {result}"))

@@ -1,0 +1,53 @@
+from django.db import models
+from django.utils import timezone
+
+from apps.core.models import Host
+from apps.vms.models import VirtualMachine
+
+
+class EncryptedDisk(models.Model):
+    """An encrypted disk of a VM. Its key lives in the key store under `key_id` (never here)."""
+
+    class Kind(models.TextChoices):
+        LUKS2 = "luks2", "LUKS2 (cryptsetup, opened by the host)"
+        QEMU_LUKS = "qemu-luks", "LUKS1 (opened by QEMU with a libvirt secret)"
+
+    class State(models.TextChoices):
+        CREATING = "creating"
+        ENCRYPTING = "encrypting"
+        READY = "ready"
+        FAILED = "failed"
+
+    host = models.ForeignKey(Host, on_delete=models.PROTECT, related_name="encrypted_disks")
+    vm = models.ForeignKey(VirtualMachine, on_delete=models.PROTECT, related_name="encrypted_disks")
+    vm_uuid = models.UUIDField(help_text="bound into the key file's associated data")
+    path = models.CharField(max_length=1024, help_text="the real path of the LUKS image")
+    pool = models.CharField(max_length=63, blank=True)
+    volume = models.CharField(max_length=255, blank=True)
+    target = models.CharField(max_length=16, blank=True, help_text="guest device, e.g. vdb")
+    kind = models.CharField(max_length=12, choices=Kind.choices, default=Kind.LUKS2)
+    state = models.CharField(max_length=12, choices=State.choices, default=State.CREATING)
+    size_bytes = models.PositiveBigIntegerField(default=0)
+    key_id = models.CharField(max_length=32)
+    pending_key_id = models.CharField(max_length=32, blank=True, help_text="set while a key change runs")
+    key_created_at = models.DateTimeField(default=timezone.now)
+    secret_uuid = models.CharField(max_length=36, blank=True, help_text="libvirt secret (qemu-luks)")
+    mapping = models.CharField(max_length=128, blank=True, help_text="open device-mapper name, if any")
+    created_at = models.DateTimeField(auto_now_add=True)
+    header_backup_at = models.DateTimeField(null=True, blank=True)
+    escrowed_at = models.DateTimeField(null=True, blank=True)
+    recovery_tested_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["vm__name", "target", "path"]
+        constraints = [models.UniqueConstraint(fields=["host", "path"], name="encrypted_disk_unique_path")]
+
+    def __str__(self):
+        return f"{self.vm.name}:{self.volume or self.path}"
+
+    def scope_path(self):
+        return self.vm.scope_path()
+
+    @property
+    def mapping_name(self) -> str:
+        return f"portal-{self.key_id[:12]}"

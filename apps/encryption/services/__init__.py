@@ -1,0 +1,16 @@
+"""Encryption services: key store, LUKS disks, escrow and recovery, unlock. Views,
+management commands and jobs all call these."""
+
+from .common import device_mapper, disk_for, get_store, luks_params  # noqa: F401
+from .disks import (  # noqa: F401
+    DiskRow,
+    disk_change_key,
+    disk_create_encrypted,
+    disk_encrypt_existing,
+    disk_get,
+    disk_header_backup,
+    disks_list,
+)
+from .recovery import disk_escrow_export, disk_recovery_test  # noqa: F401
+from .store import StoreStatus, kek_rotate, store_initialize, store_seal, store_status, store_unseal  # noqa: F401
+from .unlock import disks_lock, disks_unlock, vm_start_unlocked, vm_stop_locked  # noqa: F401

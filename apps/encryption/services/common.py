@@ -1,0 +1,130 @@
+"""Shared pieces of the encryption services: the store and device-mapper from settings,
+the permission check (with the system actor of management commands and workers), LUKS
+parameters, path checks against the host's pools, and disk lookups scoped to the user."""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+from django.conf import settings
+from django.utils import timezone
+
+from apps.accounts.permissions import has_perm, require
+from apps.audit.services import record
+from apps.core.errors import InvalidInput, NotFound
+from apps.core.gateways import libvirt_gw as gw
+
+from ..gateways import cryptsetup as cs
+from ..keystore import DISK_KEY_BYTES, KeyStore
+from ..models import EncryptedDisk
+
+LUKS2_HEADER_BYTES = 16 << 20  # LUKS2's default header (metadata + key slots): counted in sizes
+MAX_SIZE_GIB = 4096
+
+
+def get_store() -> KeyStore:
+    """The host's key store, as configured (settings.ENCRYPTION_*)."""
+    return KeyStore(
+        settings.ENCRYPTION_KEY_DIR,
+        provider=settings.ENCRYPTION_KEK_PROVIDER,
+        runtime_dir=settings.ENCRYPTION_RUNTIME_DIR,
+        kdf_memory_kib=settings.ENCRYPTION_KDF_MEMORY_KIB,
+        kdf_iterations=settings.ENCRYPTION_KDF_ITERATIONS,
+        pkcs11={
+            "library": settings.ENCRYPTION_PKCS11_LIBRARY,
+            "token": settings.ENCRYPTION_PKCS11_TOKEN,
+            "pin": settings.ENCRYPTION_PKCS11_PIN,
+        },
+    )
+
+
+def luks_params() -> cs.LuksParams:
+    return cs.LuksParams(
+        cipher=settings.ENCRYPTION_LUKS_CIPHER,
+        key_size=settings.ENCRYPTION_LUKS_KEY_SIZE,
+        pbkdf=settings.ENCRYPTION_PBKDF,
+        pbkdf_memory_kib=settings.ENCRYPTION_PBKDF_MEMORY_KIB,
+        iter_time_ms=settings.ENCRYPTION_PBKDF_ITER_TIME_MS,
+        force_iterations=settings.ENCRYPTION_PBKDF_FORCE_ITERATIONS,
+    )
+
+
+def device_mapper():
+    if settings.ENCRYPTION_DEVICE_MAPPER == "simulated":
+        return cs.SimulatedDeviceMapper(str(settings.ENCRYPTION_RUNTIME_DIR / "simulated-mapper"))
+    return cs.CryptsetupDeviceMapper()
+
+
+def authorize(actor, perm: str, obj=None, *, action: str, anywhere: bool = False) -> None:
+    """The one permission check. actor=None is the system (a management command run by
+    root on the host without --as, or a job enqueued by it): it may do everything."""
+    if actor is None:
+        return
+    require(actor, perm, obj, anywhere=anywhere, action=action)
+
+
+def fail(*, actor, action: str, target, error: str, params: dict | None = None) -> None:
+    """Audit a refused request (outside the rolled-back transaction)."""
+    record(actor=actor, action=action, target=target, outcome="failed", params=params, error=error)
+
+
+def job_actor(job):
+    """The user who asked for the job, or None (system) when a command asked for it."""
+    return job.actor if job.actor_id is not None else None
+
+
+def new_disk_key() -> bytes:
+    return os.urandom(DISK_KEY_BYTES)
+
+
+def stored_key(store: KeyStore, disk: EncryptedDisk, key_id: str | None = None) -> bytes:
+    return store.get(key_id=key_id or disk.key_id, vm_uuid=str(disk.vm_uuid), volume=disk.path)
+
+
+def ensure_stored_key(store: KeyStore, disk: EncryptedDisk, key_id: str | None = None) -> bytes:
+    """The disk's key, created (random, 64 bytes) and stored on first use (jobs re-run)."""
+    key_id = key_id or disk.key_id
+    try:
+        return stored_key(store, disk, key_id)
+    except NotFound:
+        key = new_disk_key()
+        store.put(key_id=key_id, vm_uuid=str(disk.vm_uuid), volume=disk.path, key=key)
+        return key
+
+
+def pool_of_path(host, path: str) -> gw.PoolInfo:
+    """The active pool whose target directory holds `path` after resolving symlinks
+    (os.path.realpath on both sides); InvalidInput when there is none."""
+    real = os.path.realpath(path)
+    for pool in gw.list_pools(host.uri):
+        if not pool.active or not pool.path:
+            continue
+        root = os.path.realpath(pool.path)
+        if os.path.commonpath([real, root]) == root and real != root:
+            return pool
+    raise InvalidInput(
+        f"{path} is not inside a storage pool of host {host.name}; the portal only encrypts pool volumes."
+    )
+
+
+def pool_by_name(host, name: str) -> gw.PoolInfo:
+    for pool in gw.list_pools(host.uri):
+        if pool.name == name:
+            if not pool.active:
+                raise InvalidInput(f"Pool {name} is not active.")
+            return pool
+    raise NotFound(f"Host {host.name} has no pool named {name!r}.")
+
+
+def disk_for(user, pk: int, perm: str = "encryption.view") -> EncryptedDisk:
+    """The encrypted disk, if the user may see it (NotFound otherwise: hidden stays hidden)."""
+    disk = EncryptedDisk.objects.select_related("vm", "host").filter(pk=pk).first()
+    if disk is None or (user is not None and not has_perm(user, perm, disk.vm)):
+        raise NotFound("No such encrypted disk that you can see.")
+    return disk
+
+
+def key_rotation_due(disk: EncryptedDisk, now=None) -> bool:
+    now = now or timezone.now()
+    return now - disk.key_created_at > timedelta(days=settings.ENCRYPTION_KEY_MAX_AGE_DAYS)

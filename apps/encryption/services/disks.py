@@ -1,0 +1,419 @@
+"""LUKS disks of VMs: create an encrypted disk, encrypt an existing one in place, change its
+key, back up its header, list them. Every change is a job; each handler is idempotent and
+resumable (a re-delivered job continues from what the disk and the store say), and fetches
+the disk's key from the key store itself: no key is ever in a job's params."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from apps.core import jobs
+from apps.core.errors import Conflict, InvalidInput, NotFound, PortalError
+from apps.core.gateways import libvirt_gw as gw
+from apps.core.models import Job
+from apps.core.validators import validate_name
+from apps.vms.models import VirtualMachine
+
+from ..gateways import cryptsetup as cs
+from ..gateways import files
+from ..gateways import libvirt_luks as lv
+from ..keystore import ensure_private_dir
+from ..models import EncryptedDisk
+from .common import (
+    LUKS2_HEADER_BYTES,
+    MAX_SIZE_GIB,
+    authorize,
+    disk_for,
+    ensure_stored_key,
+    fail,
+    get_store,
+    job_actor,
+    key_rotation_due,
+    luks_params,
+    pool_by_name,
+    pool_of_path,
+    stored_key,
+)
+
+GIB = 1 << 30
+
+
+def _parse_gib(value) -> int:
+    try:
+        gib = int(str(value).strip())
+    except (TypeError, ValueError):
+        raise InvalidInput(f"The size must be a whole number of GiB, not {value!r}.") from None
+    if not 1 <= gib <= MAX_SIZE_GIB:
+        raise InvalidInput(f"The size must be between 1 and {MAX_SIZE_GIB} GiB.")
+    return gib
+
+
+def _space_check(vm: VirtualMachine, pool: gw.PoolInfo, grow: int, allocation: int) -> None:
+    """The VM's quota and the pool's limits (the storage app's rule, when installed), then
+    the pool's free space: refuse before anything is written."""
+    try:
+        from apps.storage.services.volumes import growth_check
+    except ImportError:  # storage quotas not installed: the free-space check below still holds
+        growth_check = None
+    if growth_check is not None and hasattr(gw, "domain_disks") and hasattr(gw, "get_pool"):
+        growth_check(vm, gw.domain_disks(vm.host.uri, vm.name), gw.get_pool(vm.host.uri, pool.name), grow, allocation)
+    if pool.available < allocation:
+        raise InvalidInput(
+            f"Pool {pool.name} has {pool.available >> 20} MiB free; this needs {allocation >> 20} MiB. "
+            "Free space in the pool first."
+        )
+
+
+def _vm_default_pool(vm: VirtualMachine) -> str:
+    for disk in lv.domain_disks(vm.host.uri, vm.name):
+        if disk["path"]:
+            try:
+                return pool_of_path(vm.host, disk["path"]).name
+            except InvalidInput:
+                continue
+    raise InvalidInput(f"{vm.name} has no disk in a storage pool: choose the pool for the encrypted disk.")
+
+
+# ---------------------------------------------------------------- create-encrypted
+
+
+def disk_create_encrypted(*, actor, vm: VirtualMachine, size_gib, pool: str = "", kind: str = "luks2") -> Job:
+    """A new encrypted volume of `size_gib` in the VM's pool, attached to the VM.
+    kind "luks2": LUKS2 by cryptsetup (the seed's format), opened by the host at VM start.
+    kind "qemu-luks": LUKS1 formatted by libvirt and opened by QEMU with a libvirt secret."""
+    action = "encryption.disk.create"
+    authorize(actor, "encryption.change", vm, action=action)
+    params = {"size_gib": str(size_gib), "pool": pool, "kind": kind}
+    try:
+        if kind not in EncryptedDisk.Kind.values:
+            raise InvalidInput(f"Unknown encryption kind {kind!r}: choose luks2 or qemu-luks.")
+        gib = _parse_gib(size_gib)
+        pool = pool or _vm_default_pool(vm)
+        validate_name(pool, "pool name")
+        info = pool_by_name(vm.host, pool)
+        store = get_store()
+        store.require_unsealed()
+        volume = f"{vm.name}-enc-{os.urandom(3).hex()}.img"
+        path = os.path.join(info.path, volume)
+        capacity = gib * GIB + (LUKS2_HEADER_BYTES if kind == EncryptedDisk.Kind.LUKS2 else 0)
+        _space_check(vm, info, capacity, LUKS2_HEADER_BYTES)
+        target = lv.next_free_target(vm.host.uri, vm.name)
+        params.update(pool=pool, volume=volume)
+        with transaction.atomic():
+            disk = EncryptedDisk.objects.create(
+                host=vm.host,
+                vm=vm,
+                vm_uuid=vm.uuid,
+                path=path,
+                pool=pool,
+                volume=volume,
+                target=target,
+                kind=kind,
+                size_bytes=capacity,
+                key_id=store.new_key_id(),
+                state=EncryptedDisk.State.CREATING,
+            )
+            return jobs.job_enqueue(
+                actor=actor, kind=action, target=vm, host=vm.host, params={**params, "disk_id": disk.pk}
+            )
+    except PortalError as exc:
+        fail(actor=actor, action=action, target=vm, params=params, error=exc.message)
+        raise
+
+
+@jobs.handler("encryption.disk.create")
+def _run_disk_create(job: Job, progress: jobs.Progress) -> dict:
+    disk = EncryptedDisk.objects.select_related("vm", "host").get(pk=job.params["disk_id"])
+    authorize(job_actor(job), "encryption.change", disk.vm, action=job.kind)
+    uri = disk.host.uri
+    store = get_store()
+    store.require_unsealed()
+    progress(10, "fetching the disk key from the key store")
+    key = ensure_stored_key(store, disk)
+    if disk.kind == EncryptedDisk.Kind.QEMU_LUKS:
+        secret = lv.secret_ensure(uri, usage_volume=disk.path, description=f"portal disk key {disk}")
+        lv.secret_set_value(uri, secret, key.hex().encode())
+        if disk.secret_uuid != secret:
+            EncryptedDisk.objects.filter(pk=disk.pk).update(secret_uuid=secret)
+        progress(30, "creating the QEMU LUKS volume")
+        if gw.find_volume(uri, disk.pool, disk.volume) is None:
+            lv.create_luks_volume(uri, disk.pool, disk.volume, disk.size_bytes, secret)
+        disk_xml = lv.encrypted_disk_xml(source=disk.path, target=disk.target, secret_uuid=secret)
+    else:
+        progress(30, "creating the volume")
+        lv.create_raw_volume(uri, disk.pool, disk.volume, disk.size_bytes)
+        if not cs.is_luks(disk.path):
+            progress(50, "writing the LUKS2 header")
+            cs.luks_format(disk.path, key, luks_params())
+        elif not cs.test_key(disk.path, key):
+            raise Conflict(f"{disk.path} is a LUKS device that the stored key does not open; left untouched.")
+        disk_xml = lv.encrypted_disk_xml(source=disk.path, target=disk.target)
+    progress(80, f"attaching it to {disk.vm.name} as {disk.target}")
+    if disk.path not in {d["path"] for d in lv.domain_disks(uri, disk.vm.name)}:
+        lv.attach_encrypted_disk(uri, disk.vm.name, disk_xml)
+    EncryptedDisk.objects.filter(pk=disk.pk).update(state=EncryptedDisk.State.READY, key_created_at=timezone.now())
+    return {"disk_id": disk.pk, "path": disk.path, "target": disk.target}
+
+
+# ---------------------------------------------------------------- encrypt-existing
+
+
+def disk_encrypt_existing(*, actor, vm: VirtualMachine, path: str) -> Job:
+    """Encrypt a disk of a shut-off VM in place (LUKS2, offline re-encryption). The image
+    grows by 32 MiB for the header; its first 32 MiB are saved first so a failed start can
+    be undone; cryptsetup records its progress in the header, so a killed job resumes."""
+    action = "encryption.disk.encrypt"
+    authorize(actor, "encryption.change", vm, action=action)
+    params = {"path": str(path)[:500]}
+    try:
+        if not path or "\x00" in path:
+            raise InvalidInput("Give the path of the disk image to encrypt.")
+        info = pool_of_path(vm.host, path)
+        real = os.path.realpath(path)
+        params["path"] = real
+        disks = {os.path.realpath(d["path"]): d for d in lv.domain_disks(vm.host.uri, vm.name) if d["path"]}
+        if real not in disks:
+            raise InvalidInput(f"{path} is not a disk of {vm.name}.")
+        state = gw.domain_state(vm.host.uri, vm.name)
+        if state != "shut off":
+            raise Conflict(f"{vm.name} is {state}: shut it off before encrypting its disk in place.")
+        if not os.path.isfile(real):
+            raise InvalidInput(f"{path} is not a regular file.")
+        if EncryptedDisk.objects.filter(host=vm.host, path=real).exists() or cs.is_luks(real):
+            raise Conflict(f"{path} is already a LUKS device.")
+        size = os.path.getsize(real)
+        need = cs.ENCRYPT_RESERVE_BYTES * 2  # the image grows by 32 MiB; 32 MiB more for the head backup
+        if files.free_bytes(os.path.dirname(real)) < need:
+            raise InvalidInput(
+                f"Too little space next to {path}: in-place encryption needs {need >> 20} MiB free in pool {info.name}."
+            )
+        _space_check(vm, info, cs.ENCRYPT_RESERVE_BYTES, need)
+        store = get_store()
+        store.require_unsealed()
+        with transaction.atomic():
+            disk = EncryptedDisk.objects.create(
+                host=vm.host,
+                vm=vm,
+                vm_uuid=vm.uuid,
+                path=real,
+                pool=info.name,
+                volume=os.path.basename(real),
+                target=disks[real]["target"],
+                kind=EncryptedDisk.Kind.LUKS2,
+                size_bytes=size + cs.ENCRYPT_RESERVE_BYTES,
+                key_id=store.new_key_id(),
+                state=EncryptedDisk.State.ENCRYPTING,
+            )
+            return jobs.job_enqueue(
+                actor=actor,
+                kind=action,
+                target=vm,
+                host=vm.host,
+                params={**params, "disk_id": disk.pk, "original_size": size},
+            )
+    except PortalError as exc:
+        fail(actor=actor, action=action, target=vm, params=params, error=exc.message)
+        raise
+
+
+def _head_backup_path(disk: EncryptedDisk) -> str:
+    return os.path.join(str(settings.ENCRYPTION_HEADER_BACKUP_DIR), f"{disk.key_id}.plain-head")
+
+
+@jobs.handler("encryption.disk.encrypt")
+def _run_disk_encrypt(job: Job, progress: jobs.Progress) -> dict:
+    disk = EncryptedDisk.objects.select_related("vm", "host").get(pk=job.params["disk_id"])
+    authorize(job_actor(job), "encryption.change", disk.vm, action=job.kind)
+    original = int(job.params["original_size"])
+    state = gw.domain_state(disk.host.uri, disk.vm.name)
+    if state != "shut off":
+        raise Conflict(f"{disk.vm.name} is {state}: it must stay shut off while its disk is encrypted.")
+    store = get_store()
+    store.require_unsealed()
+    key = ensure_stored_key(store, disk)
+    timeout = settings.ENCRYPTION_COMMAND_TIMEOUT
+    head = _head_backup_path(disk)
+    if not cs.is_luks(disk.path):
+        size = os.path.getsize(disk.path)
+        if size not in (original, original + cs.ENCRYPT_RESERVE_BYTES):
+            raise Conflict(f"{disk.path} changed size since the request; nothing was done.")
+        ensure_private_dir(settings.ENCRYPTION_HEADER_BACKUP_DIR)
+        if not os.path.exists(head):
+            progress(10, "saving the first 32 MiB of the plain image")
+            files.copy_head(disk.path, head, cs.ENCRYPT_RESERVE_BYTES)
+        if size == original:
+            progress(15, "growing the image by 32 MiB for the LUKS2 header")
+            files.grow(disk.path, original + cs.ENCRYPT_RESERVE_BYTES)
+        progress(20, "encrypting in place (cryptsetup reencrypt --encrypt)")
+        cs.reencrypt_encrypt(disk.path, key, luks_params(), timeout=timeout)
+    elif cs.dump(disk.path).reencrypt_pending:
+        progress(20, "resuming the interrupted encryption from its header")
+        cs.reencrypt_resume(disk.path, key, timeout=timeout)
+    else:
+        progress(80, "the disk is already encrypted")
+    if cs.dump(disk.path).reencrypt_pending or not cs.test_key(disk.path, key):
+        raise Conflict(f"{disk.path} did not end fully encrypted with the stored key; the header was kept.")
+    progress(90, "backing up the new LUKS2 header")
+    backup = _header_backup(disk)
+    files.remove(head)
+    lv.refresh_pool(disk.host.uri, disk.pool)
+    EncryptedDisk.objects.filter(pk=disk.pk).update(
+        state=EncryptedDisk.State.READY, key_created_at=timezone.now(), header_backup_at=timezone.now()
+    )
+    return {"disk_id": disk.pk, "path": disk.path, "header_backup": backup}
+
+
+# ---------------------------------------------------------------- change-passphrase
+
+
+def disk_change_key(*, actor, disk: EncryptedDisk) -> Job:
+    """Replace the disk's key with a new random one: add it to a free slot, verify it,
+    remove the old slot. The disk opens with the old or the new stored key at every step."""
+    action = "encryption.disk.change_key"
+    authorize(actor, "encryption.change", disk.vm, action=action)
+    try:
+        if disk.state != EncryptedDisk.State.READY:
+            raise Conflict(f"{disk} is {disk.state}; only a ready disk can change its key.")
+        if disk.kind == EncryptedDisk.Kind.QEMU_LUKS and gw.domain_state(disk.host.uri, disk.vm.name) != "shut off":
+            raise Conflict(f"{disk.vm.name} must be shut off to change the key of a QEMU-opened disk.")
+        store = get_store()
+        store.require_unsealed()
+        with transaction.atomic():
+            # the new key's id (not the key) names the job's goal: a re-delivered job that
+            # finds it already in place does nothing
+            params = {"disk_id": disk.pk, "new_key_id": store.new_key_id()}
+            return jobs.job_enqueue(actor=actor, kind=action, target=disk.vm, host=disk.host, params=params)
+    except PortalError as exc:
+        fail(actor=actor, action=action, target=disk.vm, params={"disk_id": disk.pk}, error=exc.message)
+        raise
+
+
+def _slots_opened_by(path: str, key: bytes) -> list[int]:
+    return [s for s in cs.dump(path).slot_numbers if cs.test_key(path, key, slot=s)]
+
+
+@jobs.handler("encryption.disk.change_key")
+def _run_change_key(job: Job, progress: jobs.Progress) -> dict:
+    disk = EncryptedDisk.objects.select_related("vm", "host").get(pk=job.params["disk_id"])
+    authorize(job_actor(job), "encryption.change", disk.vm, action=job.kind)
+    store = get_store()
+    store.require_unsealed()
+    goal = job.params["new_key_id"]
+    if disk.key_id == goal:
+        progress(90, "the new key is already in place")
+        return {"disk_id": disk.pk, "slots": cs.dump(disk.path).slot_numbers}
+    if disk.pending_key_id != goal:
+        if disk.pending_key_id:  # an earlier change died before adding its key: forget it
+            store.delete(disk.pending_key_id)
+        disk.pending_key_id = goal
+        EncryptedDisk.objects.filter(pk=disk.pk).update(pending_key_id=goal)
+    old_key = stored_key(store, disk)
+    new_key = ensure_stored_key(store, disk, disk.pending_key_id)
+    progress(20, "adding the new key to a free slot")
+    new_slots = _slots_opened_by(disk.path, new_key)
+    if not new_slots:
+        new_slots = [cs.add_key(disk.path, old_key, new_key, luks_params())]
+    progress(50, f"verifying the new key opens slot {new_slots[0]}")
+    if not cs.test_key(disk.path, new_key, slot=new_slots[0]):
+        raise Conflict(f"The new key does not open {disk.path}; the old key was kept.")
+    for slot in _slots_opened_by(disk.path, old_key):
+        if slot not in new_slots:
+            progress(70, f"removing the old key slot {slot}")
+            cs.kill_slot(disk.path, slot, new_key)
+    if disk.kind == EncryptedDisk.Kind.QEMU_LUKS and disk.secret_uuid:
+        lv.secret_set_value(disk.host.uri, disk.secret_uuid, new_key.hex().encode())
+    old_key_id = disk.key_id
+    with transaction.atomic():
+        EncryptedDisk.objects.filter(pk=disk.pk).update(
+            key_id=disk.pending_key_id, pending_key_id="", key_created_at=timezone.now(), escrowed_at=None
+        )
+    store.delete(old_key_id)
+    return {"disk_id": disk.pk, "slots": cs.dump(disk.path).slot_numbers}
+
+
+# ---------------------------------------------------------------- header backup
+
+
+def _header_backup(disk: EncryptedDisk) -> str:
+    directory = ensure_private_dir(settings.ENCRYPTION_HEADER_BACKUP_DIR)
+    stamp = timezone.now().strftime("%Y%m%dT%H%M%S%f")
+    destination = os.path.join(str(directory), f"{disk.vm.name}-{disk.volume}-{stamp}.luksheader")
+    cs.header_backup(disk.path, destination)
+    return destination
+
+
+def disk_header_backup(*, actor, disk: EncryptedDisk) -> Job:
+    action = "encryption.disk.header_backup"
+    authorize(actor, "encryption.change", disk.vm, action=action)
+    try:
+        if not cs.is_luks(disk.path):
+            raise Conflict(f"{disk.path} is not a LUKS device (yet); there is no header to back up.")
+        with transaction.atomic():
+            return jobs.job_enqueue(
+                actor=actor, kind=action, target=disk.vm, host=disk.host, params={"disk_id": disk.pk}
+            )
+    except PortalError as exc:
+        fail(actor=actor, action=action, target=disk.vm, params={"disk_id": disk.pk}, error=exc.message)
+        raise
+
+
+@jobs.handler("encryption.disk.header_backup")
+def _run_header_backup(job: Job, progress: jobs.Progress) -> dict:
+    disk = EncryptedDisk.objects.select_related("vm", "host").get(pk=job.params["disk_id"])
+    authorize(job_actor(job), "encryption.change", disk.vm, action=job.kind)
+    progress(20, "saving the LUKS header")
+    destination = _header_backup(disk)
+    EncryptedDisk.objects.filter(pk=disk.pk).update(header_backup_at=timezone.now())
+    return {"disk_id": disk.pk, "file": destination}
+
+
+# ---------------------------------------------------------------- list-encrypted
+
+
+@dataclass(frozen=True)
+class DiskRow:
+    disk: EncryptedDisk
+    info: cs.LuksInfo | None
+    error: str = ""
+
+    @property
+    def key_age_days(self) -> int:
+        return (timezone.now() - self.disk.key_created_at).days
+
+    @property
+    def rotation_due(self) -> bool:
+        return key_rotation_due(self.disk)
+
+
+def disks_list(*, actor, host=None) -> list[DiskRow]:
+    """Every encrypted disk the actor may see, with what its LUKS header says."""
+    authorize(actor, "encryption.view", anywhere=True, action="encryption.disk.list")
+    from apps.accounts.permissions import scope_filter
+
+    qs = EncryptedDisk.objects.select_related("vm", "host").order_by("host__name", "vm__name", "target")
+    if host is not None:
+        qs = qs.filter(host=host)
+    if actor is not None:
+        allowed = scope_filter(actor, "encryption.view")
+        if allowed is not None:
+            qs = qs.filter(vm__in=VirtualMachine.objects.filter(allowed))
+    rows = []
+    for disk in qs:
+        try:
+            rows.append(DiskRow(disk, cs.dump(disk.path)))
+        except (PortalError, OSError) as exc:
+            rows.append(DiskRow(disk, None, getattr(exc, "message", "") or "cannot read the header"))
+    return rows
+
+
+def disk_get(*, actor, pk: int) -> EncryptedDisk:
+    try:
+        return disk_for(actor, pk)
+    except NotFound as exc:
+        fail(actor=actor, action="encryption.disk.view", target=("encrypteddisk", pk, ""), error=exc.message)
+        raise

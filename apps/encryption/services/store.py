@@ -1,0 +1,119 @@
+"""The key store as a whole: status, initialise, unseal/seal (passphrase KEK) and KEK
+rotation. Unseal and a passphrase KEK's rotation take a passphrase the admin types: the
+Argon2id derivation runs here, in the request, and only the derived KEK reaches the
+runtime directory (tmpfs) the workers read; rotation's slow part (re-wrapping every key
+file) is a job that carries no secret."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.db import transaction
+
+from apps.audit.services import record
+from apps.core import jobs
+from apps.core.errors import InvalidInput, PortalError
+from apps.core.models import Host, Job
+
+from ..keystore import PassphraseKek
+from .common import authorize, fail, get_store, job_actor
+
+STORE_TARGET = ("keystore", "", "key store")
+
+
+@dataclass(frozen=True)
+class StoreStatus:
+    provider: str
+    initialized: bool
+    sealed: bool
+    kek_version: int
+    kek_versions: tuple[int, ...]
+    keys: int
+
+    @property
+    def rotating(self) -> bool:
+        return len(self.kek_versions) > 1
+
+
+def store_status(*, actor) -> StoreStatus:
+    authorize(actor, "encryption.view", anywhere=True, action="encryption.store.view")
+    store = get_store()
+    if not store.initialized():
+        return StoreStatus(store.provider_name, False, store.sealed(), 0, (), 0)
+    meta = store.meta()
+    return StoreStatus(
+        meta["provider"], True, store.sealed(), int(meta["current"]), tuple(meta["versions"]), len(store.key_ids())
+    )
+
+
+def store_initialize(*, actor, passphrase: str = "") -> StoreStatus:
+    action = "encryption.store.initialize"
+    authorize(actor, "encryption.keys", anywhere=True, action=action)
+    store = get_store()
+    try:
+        store.initialize(passphrase=passphrase.encode() or None)
+    except PortalError as exc:
+        fail(actor=actor, action=action, target=STORE_TARGET, error=exc.message)
+        raise
+    record(actor=actor, action=action, target=STORE_TARGET, outcome="success", params={"provider": store.provider_name})
+    return store_status(actor=actor)
+
+
+def store_unseal(*, actor, passphrase: str) -> None:
+    action = "encryption.store.unseal"
+    authorize(actor, "encryption.keys", anywhere=True, action=action)
+    store = get_store()
+    try:
+        if not store.initialized():
+            store.initialize(passphrase=passphrase.encode())
+        else:
+            store.unseal(passphrase.encode())
+    except PortalError as exc:
+        fail(actor=actor, action=action, target=STORE_TARGET, error=exc.message)
+        raise
+    record(actor=actor, action=action, target=STORE_TARGET, outcome="success")
+
+
+def store_seal(*, actor) -> None:
+    action = "encryption.store.seal"
+    authorize(actor, "encryption.keys", anywhere=True, action=action)
+    try:
+        get_store().seal()
+    except PortalError as exc:
+        fail(actor=actor, action=action, target=STORE_TARGET, error=exc.message)
+        raise
+    record(actor=actor, action=action, target=STORE_TARGET, outcome="success")
+
+
+def kek_rotate(*, actor, host: Host, new_passphrase: str = "") -> Job:
+    """Create KEK version N+1 (for a passphrase store, from `new_passphrase`, derived here)
+    and enqueue the job that re-wraps every key file and retires version N."""
+    action = "encryption.kek.rotate"
+    authorize(actor, "encryption.keys", anywhere=True, action=action)
+    store = get_store()
+    try:
+        store.require_unsealed()
+        if isinstance(store.provider, PassphraseKek) and len(store.meta()["versions"]) == 1:
+            if len(new_passphrase) < 12:
+                raise InvalidInput("Type the new store passphrase (at least 12 characters) to rotate its KEK.")
+        version = store.rotation_begin(passphrase=new_passphrase.encode() or None)
+        with transaction.atomic():
+            return jobs.job_enqueue(actor=actor, kind=action, target=host, host=host, params={"kek_version": version})
+    except PortalError as exc:
+        fail(actor=actor, action=action, target=STORE_TARGET, error=exc.message)
+        raise
+
+
+@jobs.handler("encryption.kek.rotate")
+def _run_kek_rotate(job: Job, progress: jobs.Progress) -> dict:
+    authorize(job_actor(job), "encryption.keys", anywhere=True, action=job.kind)
+    store = get_store()
+    store.require_unsealed()
+    key_ids = store.key_ids()
+    rewrapped = 0
+    for index, key_id in enumerate(key_ids):
+        if store.rewrap(key_id):
+            rewrapped += 1
+        progress(5 + 85 * (index + 1) // max(len(key_ids), 1), f"re-wrapped {index + 1} of {len(key_ids)} keys")
+    retired = store.rotation_finish()
+    return {"kek_version": store.current_version(), "rewrapped": rewrapped, "retired": retired}

@@ -1,0 +1,157 @@
+"""Fixtures of the encryption tests: shut-off VMs with a raw data disk in the session's
+pool, jobs run in this process (the code the Celery task runs), a watcher of every
+process's command line and environment, and a helper that decrypts a LUKS2 payload in
+Python to check data survived."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+from apps.core import jobs
+from apps.core.models import Job
+from apps.encryption.gateways import libvirt_luks as lv
+from apps.encryption.services import get_store
+from apps.vms.models import VirtualMachine
+from apps.vms.services import inventory_sync
+from tests.conftest import unique
+
+
+@pytest.fixture(autouse=True)
+def _store_ready():
+    get_store().initialize()
+
+
+def run_job(job: Job) -> Job:
+    """Run the job here, as the Celery task would (on_commit does not fire in db tests)."""
+    jobs.job_run(job.pk, worker="pytest")
+    job.refresh_from_db()
+    return job
+
+
+@pytest.fixture
+def shut_vm(host, make_domain):
+    """A shut-off VM, synced into the portal."""
+    name = make_domain(running=False)
+    inventory_sync(host)
+    return VirtualMachine.objects.get(host=host, name=name)
+
+
+@pytest.fixture
+def data_disk(shut_vm, libvirt_uri, test_pool):
+    """A raw volume of random data attached to the shut-off VM as vdb: (path, sha256, size)."""
+    made = []
+
+    def make(mib: int = 48):
+        name = f"{unique('data')}.img"
+        vol = lv.create_raw_volume(libvirt_uri, test_pool, name, mib << 20)
+        digest = hashlib.sha256()
+        with open(vol.path, "r+b") as fh:
+            for _ in range(mib):
+                chunk = os.urandom(1 << 20)
+                digest.update(chunk)
+                fh.write(chunk)
+        target = lv.next_free_target(libvirt_uri, shut_vm.name)
+        lv.attach_encrypted_disk(libvirt_uri, shut_vm.name, lv.encrypted_disk_xml(source=vol.path, target=target))
+        made.append(name)
+        return vol.path, digest.hexdigest(), mib << 20
+
+    yield make
+    for name in made:
+        try:
+            lv.volume_delete_if_exists(libvirt_uri, test_pool, name)
+        except Exception:
+            pass
+
+
+def luks2_payload_sha256(path: str, key: bytes, length: int, tmp_path: Path) -> str:
+    """Decrypt the first `length` bytes of a LUKS2 image's payload in Python (AES-XTS,
+    plain64 IVs) with its volume key: the only way to read it here without device-mapper.
+    Test-only: the volume key goes to a 0400 file in the test's temp dir."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    from apps.encryption.gateways import cryptsetup as cs
+
+    info = cs.dump(path)
+    assert info.cipher == "aes-xts-plain64"
+    vk_file = tmp_path / f"vk-{os.getpid()}"
+    subprocess.run(
+        [
+            "cryptsetup",
+            "luksDump",
+            "-q",
+            "--dump-volume-key",
+            "--volume-key-file",
+            str(vk_file),
+            "--key-file",
+            "-",
+            path,
+        ],
+        input=key,
+        check=True,
+        capture_output=True,
+    )
+    volume_key = vk_file.read_bytes()
+    vk_file.unlink()
+    sector = info.sector_size
+    alg = algorithms.AES(volume_key)
+    digest = hashlib.sha256()
+    iv_unit = 512
+    with open(path, "rb") as fh:
+        fh.seek(info.data_offset)
+        done = 0
+        while done < length:
+            buf = fh.read(min(1 << 20, length - done))
+            assert buf, "image shorter than expected"
+            for i in range(0, len(buf), sector):
+                iv = ((done + i) // iv_unit).to_bytes(16, "little")
+                digest.update(Cipher(alg, modes.XTS(iv)).decryptor().update(buf[i : i + sector]))
+            done += len(buf)
+    return digest.hexdigest()
+
+
+class ProcessWatcher:
+    """Samples /proc/*/cmdline and /proc/*/environ until stopped; `seen(secret)` says
+    whether any sample contained the secret (raw, hex or base64)."""
+
+    def __init__(self):
+        self.samples: list[bytes] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            for pid in os.listdir("/proc"):
+                if not pid.isdigit():
+                    continue
+                for name in ("cmdline", "environ"):
+                    try:
+                        with open(f"/proc/{pid}/{name}", "rb") as fh:
+                            data = fh.read()
+                    except OSError:
+                        continue
+                    if data:
+                        self.samples.append(data)
+            self._stop.wait(0.005)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def seen(self, secret: bytes) -> bool:
+        import base64
+
+        forms = [secret, secret.hex().encode(), base64.b64encode(secret)]
+        return any(f in s for s in self.samples for f in forms)
+
+    def saw(self, word: bytes) -> bool:
+        return any(word in s for s in self.samples)
