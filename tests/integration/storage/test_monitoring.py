@@ -1,0 +1,100 @@
+"""The periodic check on the real libvirtd: data written into a qcow2 volume grows its
+allocation; the check raises the alert, applies the breach action and clears it later."""
+
+import pytest
+from django.core import mail
+
+from apps.core.errors import Conflict
+from apps.core.gateways import libvirt_gw as gw
+from apps.storage import services
+from apps.storage.models import StorageAlert, UsageSample
+
+from .conftest import disk_path, events, write_data
+
+pytestmark = pytest.mark.libvirt
+
+
+def _alerts(vm):
+    return list(StorageAlert.objects.filter(vm=vm).order_by("id"))
+
+
+def test_usage_growth_raises_acts_and_clears(operator, off_vm, webhook, settings):
+    settings.STORAGE_ALERT_EMAIL_TO = ["ops@example.invalid"]
+    uri, path = off_vm.host.uri, disk_path(off_vm)
+    services.quota_set(actor=operator, vm=off_vm, limit_gib="0.25", alert_percent="50", breach_action="suspend")
+
+    services.storage_check(actor=None)
+    assert _alerts(off_vm) == []  # an empty thin disk: nothing to say
+
+    write_data(path, 160)  # 160 MiB of 256 MiB: over the 50% threshold
+    report = services.storage_check(actor=None)
+    (alert,) = _alerts(off_vm)
+    assert (alert.level, alert.state, alert.action_applied) == ("warning", "open", "")
+    assert any(off_vm.name in line for line in report.raised)
+    assert webhook[-1]["event"] == "raise" and webhook[-1]["vm"] == off_vm.name
+    assert off_vm.name in mail.outbox[-1].subject
+    assert events("storage.alert.raise", target_name=off_vm.name)[0].actor_name == "system"
+
+    write_data(path, 140, offset_mib=160)  # 300 MiB: over the hard limit
+    gw.start_domain(uri, off_vm.name)
+    report = services.storage_check(actor=None)
+    alert.refresh_from_db()
+    assert (alert.level, alert.action_applied) == ("breach", "suspend")
+    assert gw.domain_state(uri, off_vm.name) == "paused"
+    assert events("storage.quota.suspend", outcome="success", target_name=off_vm.name)
+    assert any(off_vm.name in line for line in report.over_limit)
+
+    services.storage_check(actor=None)  # unchanged usage: no new event, no flapping
+    assert len(events("storage.alert.escalate", target_name=off_vm.name)) == 1
+
+    services.quota_expand(actor=operator, vm=off_vm, by_gib="1")  # 300 MiB of 1.25 GiB
+    services.storage_check(actor=None)
+    alert.refresh_from_db()
+    assert (alert.state, alert.action_applied) == ("cleared", "")
+    assert gw.domain_state(uri, off_vm.name) == "running"  # the check resumed what it suspended
+    assert events("storage.quota.resume", outcome="success", target_name=off_vm.name)
+    assert webhook[-1]["event"] == "clear"
+    assert UsageSample.objects.filter(vm=off_vm).count() == 5
+
+
+def test_refuse_growth_blocks_new_volumes_while_breached(operator, off_vm):
+    write_data(disk_path(off_vm), 64)
+    services.quota_set(actor=operator, vm=off_vm, limit_gib="0.05", breach_action="refuse", confirmed=True)
+    services.storage_check(actor=None)
+    (alert,) = _alerts(off_vm)
+    assert (alert.level, alert.action_applied) == ("breach", "refuse")
+    services.quota_set(actor=operator, vm=off_vm, limit_gib="100")
+    # the quota now has room, but growth stays refused until the next check sees usage fall
+    with pytest.raises(Conflict, match="refuses growth"):
+        services.volume_create(actor=operator, vm=off_vm, size_gib="1")
+    assert events("storage.volume.create", outcome="failed")
+    services.storage_check(actor=None)
+    alert.refresh_from_db()
+    assert alert.state == "cleared"
+    services.volume_create(actor=operator, vm=off_vm, size_gib="1")  # accepted now
+
+
+def test_a_pool_inside_its_reserve_raises_an_alert(admin, host, test_pool, off_vm):
+    services.pool_limit_set(actor=admin, host=host, pool=test_pool, max_overcommit="", reserve_percent="99")
+    services.storage_check(actor=None)
+    alert = StorageAlert.objects.get(host=host, pool=test_pool, vm__isnull=True, state="open")
+    assert alert.level == "breach"
+    services.pool_limit_set(actor=admin, host=host, pool=test_pool, max_overcommit="", reserve_percent="0")
+    services.storage_check(actor=None)
+    alert.refresh_from_db()
+    assert alert.state == "cleared"
+    assert UsageSample.objects.filter(host=host, pool=test_pool, vm__isnull=True).count() == 2
+
+
+def test_acknowledging_an_alert_is_audited_once(operator, viewer, off_vm):
+    write_data(disk_path(off_vm), 64)
+    services.quota_set(actor=operator, vm=off_vm, limit_gib="0.05", confirmed=True)
+    services.storage_check(actor=None)
+    (alert,) = _alerts(off_vm)
+    assert services.alert_badge_count(operator) >= 1
+    with pytest.raises(Exception, match="permission"):
+        services.alert_acknowledge(actor=viewer, alert_id=alert.pk)
+    services.alert_acknowledge(actor=operator, alert_id=alert.pk)
+    with pytest.raises(Conflict, match="already acknowledged by oscar-operator"):
+        services.alert_acknowledge(actor=operator, alert_id=alert.pk)
+    assert [e.outcome for e in events("storage.alert.acknowledge")] == ["denied", "success", "failed"]
