@@ -43,8 +43,8 @@ def _write_quota(vm, expected_version: int | None, **changes) -> VmQuota | None:
     None is returned when the row changed meanwhile."""
     changes["version"] = F("version") + 1
     rows = VmQuota.objects.filter(vm=vm)
-    if expected_version:
-        rows = rows.filter(version=expected_version)
+    if expected_version is not None:
+        rows = rows.filter(version=expected_version)  # versions start at 1: 0 matches no row
     if rows.update(**changes):
         return VmQuota.objects.get(vm=vm)
     if expected_version or (expected_version == 0 and VmQuota.objects.filter(vm=vm).exists()):

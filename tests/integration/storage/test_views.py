@@ -1,0 +1,117 @@
+"""The storage pages through the Django test client: who sees what, forms, HTMX partials,
+refusals shown to people, confirmation of destructive actions."""
+
+import pytest
+from django.urls import reverse
+
+from apps.storage import services
+from apps.storage.models import GIB, StorageAlert, VmQuota
+
+from .conftest import disk_path, events, write_data
+
+pytestmark = pytest.mark.libvirt
+
+
+def _url(name, vm, *extra):
+    return reverse(f"storage:{name}", args=[vm.host.name, vm.name, *extra])
+
+
+def test_the_overview_shows_pools_thin_provisioning_and_vm_quotas(client, viewer, off_vm, test_pool):
+    client.force_login(viewer)
+    response = client.get(reverse("storage:pools"))
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert f'data-pool="{test_pool}"' in html
+    assert "Promised (sum of volume capacities)" in html
+    assert f'data-vm="{off_vm.name}"' in html
+    assert 'data-testid="usage-bar"' in html
+    assert "style=" not in html and "<script>" not in html  # CSP: no inline style or script
+
+
+def test_vm_and_pool_pages_render(client, viewer, off_vm, host, test_pool):
+    client.force_login(viewer)
+    response = client.get(_url("vm", off_vm))
+    assert response.status_code == 200
+    assert 'data-disk="vda"' in response.content.decode()
+    assert "Save quota" not in response.content.decode()  # a viewer gets no forms
+    assert client.get(reverse("storage:pool", args=[host.name, test_pool])).status_code == 200
+    assert client.get(reverse("storage:pool", args=[host.name, "no-such-pool"])).status_code == 404
+
+
+def test_an_operator_sets_a_quota_through_htmx(client, operator, off_vm):
+    client.force_login(operator)
+    response = client.post(
+        _url("quota_set", off_vm),
+        {"limit_gib": "12", "alert_percent": "75", "breach_action": "refuse", "version": "0"},
+        HTTP_HX_REQUEST="true",
+    )
+    assert response.status_code == 200
+    assert 'id="vm-storage"' in response.content.decode()
+    assert "<html" not in response.content.decode()  # the partial only
+    quota = VmQuota.objects.get(vm=off_vm)
+    assert (quota.limit_bytes, quota.alert_percent, quota.breach_action) == (12 * GIB, 75, "refuse")
+    # the same form again, from the now stale page: refused, not overwritten
+    response = client.post(_url("quota_set", off_vm), {"limit_gib": "13", "version": "0"}, HTTP_HX_REQUEST="true")
+    assert response.status_code == 409
+    assert "changed by oscar-operator" in response.content.decode()
+    assert response["HX-Retarget"] == "#toasts"
+
+
+def test_bad_input_shows_a_message_not_a_500(client, operator, off_vm):
+    client.force_login(operator)
+    response = client.post(_url("quota_set", off_vm), {"limit_gib": "-1"}, HTTP_HX_REQUEST="true")
+    assert response.status_code == 400
+    assert "more than 0 GiB" in response.content.decode()
+    response = client.post(_url("quota_expand", off_vm), {"by_gib": "ten"})
+    assert response.status_code == 400
+    assert "not a number" in response.content.decode()
+
+
+def test_deleting_a_disk_needs_the_confirmation(client, operator, off_vm):
+    client.force_login(operator)
+    response = client.post(_url("volume_delete", off_vm, "vda"), {}, HTTP_HX_REQUEST="true")
+    assert response.status_code == 400
+    assert "confirm" in response.content.decode()
+    html = client.get(_url("vm", off_vm)).content.decode()
+    assert 'hx-confirm="Delete disk vda' in html and 'data-confirm="Delete disk vda' in html
+
+
+def test_acknowledge_from_the_alert_list(client, operator, off_vm):
+    write_data(disk_path(off_vm), 64)
+    services.quota_set(actor=operator, vm=off_vm, limit_gib="0.05", confirmed=True)
+    services.storage_check(actor=None)
+    alert = StorageAlert.objects.get(vm=off_vm)
+    client.force_login(operator)
+    html = client.get(reverse("storage:alerts")).content.decode()
+    assert f'data-alert="{alert.pk}"' in html
+    assert 'data-testid="storage-alert-badge"' in html
+    response = client.post(reverse("storage:alert_ack", args=[alert.pk]), HTTP_HX_REQUEST="true")
+    assert response.status_code == 200
+    assert "oscar-operator" in response.content.decode()
+    assert client.post(reverse("storage:alert_ack", args=[alert.pk])).status_code == 409
+    assert len(events("storage.alert.acknowledge", outcome="success")) == 1
+
+
+def test_defaults_are_for_admins(client, admin, operator, host):
+    client.force_login(operator)
+    assert client.get(reverse("storage:settings")).status_code == 403
+    client.force_login(admin)
+    assert client.get(reverse("storage:settings")).status_code == 200
+    version = services.defaults_get().version
+    response = client.post(
+        reverse("storage:settings_save"),
+        {
+            "quota_gib": "50",
+            "alert_percent": "85",
+            "breach_action": "refuse",
+            "max_overcommit": "2.5",
+            "reserve_percent": "15",
+            "version": str(version),
+        },
+    )
+    assert response.status_code == 302
+    defaults = services.defaults_get()
+    assert (defaults.quota_bytes, defaults.alert_percent, str(defaults.max_overcommit)) == (50 * GIB, 85, "2.50")
+    response = client.post(reverse("storage:settings_save"), {"quota_gib": "1", "alert_percent": "150"})
+    assert response.status_code == 400
+    assert services.defaults_get().quota_bytes == 50 * GIB
