@@ -129,7 +129,8 @@ def _translate(exc: libvirt.libvirtError, what: str) -> GatewayError | NotFound 
     code = exc.get_error_code()
     message = exc.get_error_message() or str(exc)
     if code in _NOT_FOUND_CODES:
-        return NotFound(f"{_NOT_FOUND_CODES[code].capitalize()} not found: {what}")
+        kind = _NOT_FOUND_CODES[code]
+        return NotFound(f"{kind[0].upper()}{kind[1:]} not found: {what}")
     if code in _CONFLICT_CODES:
         return Conflict(f"{what}: {message}")
     return GatewayError(f"libvirt could not complete the request ({what}): {message}")

@@ -1,0 +1,90 @@
+"""The VM pages over HTTP: full pages and HTMX partials, and forged or hostile requests
+refused with a readable message, an audit event and no change."""
+
+import pytest
+from django.urls import reverse
+
+from apps.accounts.models import Role
+from apps.audit.models import AuditEvent
+from apps.core.gateways import libvirt_gw as gw
+from apps.core.models import Job
+
+pytestmark = pytest.mark.libvirt
+
+
+def action_url(vm):
+    return reverse("vms:action", args=[vm.host.name, vm.name])
+
+
+def test_vm_list_and_detail_show_live_state(client, viewer, vm):
+    client.force_login(viewer)
+    page = client.get(reverse("vms:list")).content.decode()
+    assert f'data-vm="{vm.name}"' in page and "running" in page
+    detail = client.get(reverse("vms:detail", args=[vm.host.name, vm.name])).content.decode().replace("\xa0", " ")
+    assert "1.0 GB" in detail and "64 MiB" in detail and "vda" in detail
+    assert 'data-action="suspend"' not in detail  # a viewer is offered no actions
+
+
+def test_htmx_requests_get_only_the_partial(client, viewer, vm):
+    client.force_login(viewer)
+    response = client.get(reverse("vms:list"), HTTP_HX_REQUEST="true")
+    body = response.content.decode()
+    assert body.lstrip().startswith('<div id="vm-table"') and "<html" not in body
+    assert "HX-Request" in response["Vary"]
+
+
+def test_operator_post_starts_a_job_and_shows_its_progress(client, operator, vm):
+    client.force_login(operator)
+    response = client.post(action_url(vm), {"action": "suspend"}, HTTP_HX_REQUEST="true")
+    assert response.status_code == 200
+    job = Job.objects.get()
+    assert f'id="job-{job.pk}"' in response.content.decode() and 'hx-trigger="every 1s"' in response.content.decode()
+    assert (job.kind, job.actor_name, job.source_ip) == ("vms.vm.suspend", operator.username, "127.0.0.1")
+
+
+def test_forged_post_to_a_vm_outside_the_users_scope_is_404_and_audited(client, make_user, host, vm, make_domain):
+    from apps.vms.models import VirtualMachine
+    from apps.vms.services import inventory_sync
+
+    other_name = make_domain()
+    inventory_sync(host)
+    mine = VirtualMachine.objects.get(host=host, name=other_name)
+    scoped = make_user(role=Role.OPERATOR, scope="vm", vm=mine)
+    client.force_login(scoped)
+    response = client.post(action_url(vm), {"action": "suspend"})
+    assert response.status_code == 404  # the VM stays invisible, not merely forbidden
+    assert gw.domain_state(host.uri, vm.name) == "running"
+    assert not Job.objects.exists()
+
+
+def test_viewer_post_is_403_with_a_readable_page_and_a_denied_event(client, viewer, vm):
+    client.force_login(viewer)
+    response = client.post(action_url(vm), {"action": "suspend"})
+    assert response.status_code == 403
+    assert "permission" in response.content.decode()
+    assert AuditEvent.objects.filter(actor_name=viewer.username, outcome="denied").exists()
+    assert gw.domain_state(vm.host.uri, vm.name) == "running"
+
+
+@pytest.mark.parametrize("name", ["demo;reboot", "$(id)", "..", "a" * 80])
+def test_hostile_vm_names_in_the_url_are_refused(client, operator, host, name):
+    client.force_login(operator)
+    response = client.post(f"/vms/{host.name}/{name}/action/", {"action": "start"})
+    assert response.status_code in (400, 404)
+    assert not Job.objects.exists()
+
+
+def test_htmx_errors_come_back_as_a_toast(client, operator, vm):
+    client.force_login(operator)
+    response = client.post(action_url(vm), {"action": "resume"}, HTTP_HX_REQUEST="true")
+    assert response.status_code == 409
+    assert response["HX-Retarget"] == "#toasts"
+    assert "it is running" in response.content.decode()
+    assert AuditEvent.objects.get(action="vms.vm.resume").outcome == "failed"
+
+
+def test_destructive_action_without_confirmation_changes_nothing(client, operator, vm):
+    client.force_login(operator)
+    response = client.post(action_url(vm), {"action": "force_off"})
+    assert response.status_code == 400 and "needs confirmation" in response.content.decode()
+    assert gw.domain_state(vm.host.uri, vm.name) == "running"
