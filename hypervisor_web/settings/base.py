@@ -148,7 +148,6 @@ STATIC_ROOT = VAR_DIR / "staticfiles"
 # libvirt
 LIBVIRT_URI = env("LIBVIRT_URI", "qemu:///system")
 DEFAULT_HOST_NAME = env("DEFAULT_HOST_NAME", "local")
-LIBVIRT_TIMEOUT = env_int("LIBVIRT_TIMEOUT", 30)
 
 # Encryption (apps.encryption): key store, KEK provider and LUKS defaults.
 # Production must keep the PBKDF cost at or above cryptsetup's defaults (1 GiB, 4 rounds).
