@@ -1,6 +1,13 @@
 from django.conf import settings
+from django.db import transaction
 
+from apps.accounts.permissions import require
+from apps.audit.services import record
+
+from .errors import Conflict, InvalidInput
+from .gateways import libvirt_gw as gw
 from .models import Host
+from .validators import validate_name
 
 
 def host_default() -> Host:
@@ -10,3 +17,30 @@ def host_default() -> Host:
         defaults={"uri": settings.LIBVIRT_URI, "description": "Default host (LIBVIRT_URI)"},
     )
     return host
+
+
+def host_create(*, actor, name: str, uri: str, description: str = "", check: bool = True) -> Host:
+    """Add a hypervisor host. With check=True the portal connects to it first."""
+    require(actor, "accounts.manage", action="core.host.create", target=("host", "", name))
+    try:
+        validate_name(name, "host name")
+        if not uri or any(c.isspace() for c in uri) or "://" not in uri:
+            raise InvalidInput(f"Invalid libvirt URI {uri!r}: expected e.g. qemu:///system or qemu+ssh://host/system.")
+        if Host.objects.filter(name=name).exists():
+            raise Conflict(f"A host named {name!r} already exists.")
+        if check:
+            gw.version(uri)
+        with transaction.atomic():
+            host = Host.objects.create(name=name, uri=uri, description=description)
+            record(actor=actor, action="core.host.create", target=host, outcome="success", params={"uri": uri})
+        return host
+    except (InvalidInput, Conflict, gw.GatewayError) as exc:
+        record(
+            actor=actor,
+            action="core.host.create",
+            target=("host", "", name),
+            outcome="failed",
+            params={"uri": uri},
+            error=exc.message,
+        )
+        raise

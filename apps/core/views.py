@@ -36,4 +36,7 @@ def job_list(request):
 @permission_required("jobs.view")
 def job_detail(request, pk: int):
     job = get_object_or_404(jobs_visible_to(request.user), pk=pk)
-    return render_page(request, "core/job.html", {"job": job}, partial="progress")
+    response = render_page(request, "core/job.html", {"job": job}, partial="progress")
+    if request.htmx and job.finished:
+        response["HX-Trigger"] = "job-finished"  # pages refresh what the job changed
+    return response
