@@ -132,3 +132,16 @@ def test_pages_send_a_content_security_policy(client, admin, host):
     response = client.get(reverse("dashboard"))
     assert "script-src 'self'" in response["Content-Security-Policy"]
     assert response["X-Frame-Options"] == "DENY"
+
+
+def test_an_expired_session_is_sent_to_login_and_changes_nothing(client, admin):
+    from django.contrib.sessions.models import Session
+    from django.utils import timezone
+
+    login(client, admin.username)
+    Session.objects.update(expire_date=timezone.now() - timezone.timedelta(seconds=1))
+    response = client.post(
+        reverse("accounts:create"), {"username": "late", "password": "a-long-enough-pass-42", "role": Role.VIEWER}
+    )
+    assert response.status_code == 302 and response["Location"].startswith(reverse("login"))
+    assert not User.objects.filter(username="late").exists()
