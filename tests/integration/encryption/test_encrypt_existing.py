@@ -1,0 +1,144 @@
+"""encrypt-existing: offline in-place LUKS2 encryption of a shut-off VM's disk, its checks,
+and a worker killed mid-way that resumes without losing a byte."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from django.conf import settings
+
+from apps.audit.models import AuditEvent
+from apps.core.errors import Conflict, InvalidInput
+from apps.core.gateways import libvirt_gw as gw
+from apps.core.models import Job
+from apps.encryption import services
+from apps.encryption.gateways import cryptsetup as cs
+from apps.encryption.models import EncryptedDisk
+from apps.encryption.services.common import stored_key
+from tests.conftest import ROOT
+
+from .conftest import luks2_payload_sha256, run_job
+
+pytestmark = pytest.mark.libvirt
+
+
+def _outcomes():
+    return list(
+        AuditEvent.objects.filter(action="encryption.disk.encrypt").order_by("id").values_list("outcome", flat=True)
+    )
+
+
+def test_encrypt_existing_keeps_the_data_and_backs_up_the_header(shut_vm, data_disk, operator, tmp_path):
+    path, digest, size = data_disk(48)
+    job = run_job(services.disk_encrypt_existing(actor=operator, vm=shut_vm, path=path))
+    assert job.state == Job.State.SUCCEEDED, job.error
+    disk = EncryptedDisk.objects.get(pk=job.params["disk_id"])
+    assert disk.state == EncryptedDisk.State.READY and disk.target == "vdb"
+    info = cs.dump(path)
+    assert (info.version, info.cipher, info.key_size, info.pbkdf) == (2, "aes-xts-plain64", 512, "argon2id")
+    assert not info.reencrypt_pending
+    key = stored_key(services.get_store(), disk)
+    assert luks2_payload_sha256(path, key, size, tmp_path) == digest
+    assert os.path.exists(job.result["header_backup"])
+    assert not os.path.exists(os.path.join(settings.ENCRYPTION_HEADER_BACKUP_DIR, f"{disk.key_id}.plain-head"))
+    assert _outcomes() == ["requested", "success"]
+
+
+def test_encrypt_existing_refuses_bad_requests_and_changes_nothing(
+    host, shut_vm, data_disk, operator, make_domain, tmp_path, libvirt_uri
+):
+    path, digest, size = data_disk(8)
+    # a path outside every pool, directly and through a symlink placed inside the pool
+    outside = tmp_path / "outside.img"
+    outside.write_bytes(b"\0" * 4096)
+    with pytest.raises(InvalidInput, match="not inside a storage pool"):
+        services.disk_encrypt_existing(actor=operator, vm=shut_vm, path=str(outside))
+    link = os.path.join(os.path.dirname(path), f"link-{os.getpid()}.img")
+    os.symlink(outside, link)
+    try:
+        with pytest.raises(InvalidInput, match="not inside a storage pool"):
+            services.disk_encrypt_existing(actor=operator, vm=shut_vm, path=link)
+    finally:
+        os.unlink(link)
+    # a pool file that is not a disk of this VM
+    with pytest.raises(InvalidInput, match="not a disk of"):
+        services.disk_encrypt_existing(
+            actor=operator, vm=shut_vm, path=os.path.join(os.path.dirname(path), "nothing.img")
+        )
+    # a running VM
+    gw.start_domain(libvirt_uri, shut_vm.name)
+    try:
+        with pytest.raises(Conflict, match="shut it off"):
+            services.disk_encrypt_existing(actor=operator, vm=shut_vm, path=path)
+    finally:
+        gw.force_off_domain(libvirt_uri, shut_vm.name)
+    # a disk that already is LUKS
+    cs.luks_format(path, os.urandom(64), services.luks_params())
+    with pytest.raises(Conflict, match="already a LUKS"):
+        services.disk_encrypt_existing(actor=operator, vm=shut_vm, path=path)
+    assert _outcomes() == ["failed"] * 5
+    assert not EncryptedDisk.objects.exists() and not Job.objects.exists()
+
+
+def test_too_little_space_is_refused(shut_vm, data_disk, operator, monkeypatch):
+    path, _, size = data_disk(8)
+    from apps.encryption.gateways import files
+
+    monkeypatch.setattr(files, "free_bytes", lambda directory: 1 << 20)  # a full filesystem
+    with pytest.raises(InvalidInput, match="Too little space"):
+        services.disk_encrypt_existing(actor=operator, vm=shut_vm, path=path)
+    assert os.path.getsize(path) == size and not cs.is_luks(path)
+
+
+def _job_process(job_id: int) -> subprocess.Popen:
+    """Run the job in another process, as a Celery worker would (same code path)."""
+    code = (
+        "import sys, django; django.setup(); from apps.core import jobs; "
+        "jobs.job_run(int(sys.argv[1]), worker='doomed-worker')"
+    )
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "hypervisor_web.settings.test", "PORTAL_USE_TEST_DB": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-c", code, str(job_id)],
+        cwd=ROOT,
+        env=env,
+        start_new_session=True,  # its own process group: cryptsetup dies with it
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def test_worker_killed_mid_encryption_resumes_and_keeps_the_data(
+    transactional_db, host, shut_vm, data_disk, operator, tmp_path
+):
+    path, digest, size = data_disk(160)
+    job = services.disk_encrypt_existing(actor=operator, vm=shut_vm, path=path)
+    proc = _job_process(job.pk)
+    killed_mid_way = False
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            pending = cs.is_luks(path) and cs.dump(path).reencrypt_pending
+        except Exception:  # the header is being written right now
+            pending = False
+        if pending:
+            os.killpg(proc.pid, signal.SIGKILL)  # the worker and its cryptsetup, mid-way
+            killed_mid_way = True
+            break
+        time.sleep(0.01)
+    proc.wait(timeout=30)
+    if not killed_mid_way:
+        pytest.skip("the encryption finished before it could be interrupted on this machine")
+    assert cs.dump(path).reencrypt_pending  # interrupted: the header says so
+    assert Job.objects.get(pk=job.pk).state == Job.State.RUNNING
+    # the job is delivered again (acks_late): it resumes from the header
+    job = run_job(Job.objects.get(pk=job.pk))
+    assert job.state == Job.State.SUCCEEDED, job.error
+    assert job.attempts == 2
+    assert any("resuming" in line["msg"] for line in job.log)
+    disk = EncryptedDisk.objects.get(pk=job.params["disk_id"])
+    assert not cs.dump(path).reencrypt_pending
+    key = stored_key(services.get_store(), disk)
+    assert luks2_payload_sha256(path, key, size, tmp_path) == digest
