@@ -56,8 +56,9 @@ def start_worker(hostname, queue):
     )
     deadline = time.monotonic() + 60
     while "ready." not in log.read_text():
-        assert proc.poll() is None, f"worker exited: {log.read_text()[-2000:]}"
-        assert time.monotonic() < deadline, "worker did not start"
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"worker did not start: {log.read_text()[-2000:]}")
         time.sleep(0.2)
     return proc
 
