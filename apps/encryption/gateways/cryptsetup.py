@@ -333,7 +333,7 @@ class SimulatedDeviceMapper:
     def open(self, path: str, name: str, key: bytes) -> str:
         if not test_key(path, key):
             raise InvalidInput(f"The stored key does not open {path}.")
-        os.makedirs(self.root, mode=0o700, exist_ok=True)
+        os.makedirs(self.root, mode=0o711, exist_ok=True)  # like /dev/mapper: QEMU's user may traverse
         info = dump(path)
         size = max(os.path.getsize(path) - info.data_offset, 0)
         target = self._path(name)

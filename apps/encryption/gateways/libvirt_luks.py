@@ -9,6 +9,7 @@ a log line or an error message.
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from dataclasses import dataclass
 
 import libvirt
 
@@ -17,6 +18,13 @@ from apps.core.gateways import libvirt_xml
 from apps.core.gateways.libvirt_gw import VolumeInfo, call
 
 _QEMU_IMG_FLAKE = "Unable to get accurate CPU usage"
+
+
+@dataclass(frozen=True)
+class PoolTarget:
+    name: str
+    path: str
+    available: int
 
 
 def _xml(el: ET.Element) -> str:
@@ -208,3 +216,24 @@ def set_disk_source(uri: str, name: str, target: str, source: str, *, block: boo
         dom.updateDeviceFlags(_with_source(disk, source=source, block=block), libvirt.VIR_DOMAIN_AFFECT_CONFIG)
 
     call(uri, name, _set)
+
+
+# ---------------------------------------------------------------- pools
+
+
+def active_pools(uri: str) -> list[PoolTarget]:
+    """Every active pool with its target directory and free bytes. A pool that goes away
+    or stops while we read is skipped, not an error (other clients manage pools too)."""
+
+    def _list(conn):
+        result = []
+        for pool in conn.listAllStoragePools(libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE):
+            try:
+                _state, _capacity, _allocation, available = pool.info()
+                path = ET.fromstring(pool.XMLDesc(0)).findtext("./target/path") or ""  # noqa: S314
+                result.append(PoolTarget(pool.name(), path, available))
+            except libvirt.libvirtError:
+                continue
+        return result
+
+    return call(uri, "list storage pools", _list)

@@ -13,9 +13,9 @@ from django.utils import timezone
 from apps.accounts.permissions import has_perm, require
 from apps.audit.services import record
 from apps.core.errors import InvalidInput, NotFound
-from apps.core.gateways import libvirt_gw as gw
 
 from ..gateways import cryptsetup as cs
+from ..gateways import libvirt_luks as lv
 from ..keystore import DISK_KEY_BYTES, KeyStore
 from ..models import EncryptedDisk
 
@@ -52,7 +52,7 @@ def luks_params() -> cs.LuksParams:
 
 def device_mapper():
     if settings.ENCRYPTION_DEVICE_MAPPER == "simulated":
-        return cs.SimulatedDeviceMapper(str(settings.ENCRYPTION_RUNTIME_DIR / "simulated-mapper"))
+        return cs.SimulatedDeviceMapper(str(settings.VAR_DIR / "simulated-mapper"))
     return cs.CryptsetupDeviceMapper()
 
 
@@ -93,12 +93,12 @@ def ensure_stored_key(store: KeyStore, disk: EncryptedDisk, key_id: str | None =
         return key
 
 
-def pool_of_path(host, path: str) -> gw.PoolInfo:
+def pool_of_path(host, path: str) -> lv.PoolTarget:
     """The active pool whose target directory holds `path` after resolving symlinks
     (os.path.realpath on both sides); InvalidInput when there is none."""
     real = os.path.realpath(path)
-    for pool in gw.list_pools(host.uri):
-        if not pool.active or not pool.path:
+    for pool in lv.active_pools(host.uri):
+        if not pool.path:
             continue
         root = os.path.realpath(pool.path)
         if os.path.commonpath([real, root]) == root and real != root:
@@ -108,13 +108,11 @@ def pool_of_path(host, path: str) -> gw.PoolInfo:
     )
 
 
-def pool_by_name(host, name: str) -> gw.PoolInfo:
-    for pool in gw.list_pools(host.uri):
+def pool_by_name(host, name: str) -> lv.PoolTarget:
+    for pool in lv.active_pools(host.uri):
         if pool.name == name:
-            if not pool.active:
-                raise InvalidInput(f"Pool {name} is not active.")
             return pool
-    raise NotFound(f"Host {host.name} has no pool named {name!r}.")
+    raise NotFound(f"Host {host.name} has no active pool named {name!r}.")
 
 
 def disk_for(user, pk: int, perm: str = "encryption.view") -> EncryptedDisk:

@@ -53,7 +53,7 @@ def _parse_gib(value) -> int:
     return gib
 
 
-def _space_check(vm: VirtualMachine, pool: gw.PoolInfo, grow: int, allocation: int) -> None:
+def _space_check(vm: VirtualMachine, pool: lv.PoolTarget, grow: int, allocation: int) -> None:
     """The VM's quota and the pool's limits (the storage app's rule, when installed), then
     the pool's free space: refuse before anything is written."""
     try:
