@@ -153,59 +153,53 @@ def vm(host, make_domain):
 # ------------------------------------------------------------------ Celery worker
 
 
-@pytest.fixture(scope="session")
-def celery_worker_process(django_db_setup, django_db_blocker):
-    """A real Celery worker process on the real Redis, on a queue of this session only,
-    reading the test database. Tests using it must be transactional."""
-    queue = settings.CELERY_TASK_DEFAULT_QUEUE
-    hostname = f"{unique('worker')}@localhost"
+def start_worker(hostname: str, queue: str) -> subprocess.Popen:
+    """Start a real Celery worker on `queue` reading the test database; wait until ready."""
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "hypervisor_web.settings.test",
         "PORTAL_USE_TEST_DB": "1",
         "CELERY_QUEUE": queue,
     }
-    log = open(ROOT / "var" / f"test-worker-{os.getpid()}.log", "w")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "hypervisor_web",
-            "worker",
-            "--pool=solo",
-            "-Q",
-            queue,
-            "-n",
-            hostname,
-            "--loglevel=INFO",
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    log = ROOT / "var" / f"test-{hostname.split('@')[0]}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "hypervisor_web", "worker", "--pool=solo", "-Q", queue,
+             "-n", hostname, "--loglevel=INFO", "--without-gossip", "--without-mingle", "--without-heartbeat"],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"the Celery worker exited early; see {log.name}")
-        if "ready." in Path(log.name).read_text():
-            break
+    while "ready." not in log.read_text():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"the Celery worker did not become ready: {log.read_text()[-2000:]}")
         time.sleep(0.2)
-    else:
-        proc.kill()
-        pytest.fail(f"the Celery worker did not become ready; see {log.name}")
-    yield {"proc": proc, "hostname": hostname, "queue": queue, "log": log.name}
+    return proc
+
+
+def stop_worker(proc: subprocess.Popen) -> None:
     proc.terminate()
     try:
         proc.wait(timeout=15)
     except subprocess.TimeoutExpired:
         proc.kill()
-    log.close()
+
+
+@pytest.fixture(scope="session")
+def celery_worker_process(django_db_setup, django_db_blocker):
+    """A real Celery worker process on the real Redis, on a queue of this session only,
+    reading the test database. Tests using it must be transactional."""
+    queue = settings.CELERY_TASK_DEFAULT_QUEUE
+    hostname = f"{unique('worker')}@localhost"
+    proc = start_worker(hostname, queue)
+    yield {
+        "proc": proc,
+        "hostname": hostname,
+        "queue": queue,
+        "log": str(ROOT / "var" / f"test-{hostname.split('@')[0]}.log"),
+    }
+    stop_worker(proc)
 
 
 @pytest.fixture

@@ -3,10 +3,8 @@
 import os
 import signal
 import subprocess
-import sys
 import time
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from django.conf import settings
@@ -18,49 +16,9 @@ from apps.audit.models import AuditEvent
 from apps.core import jobs
 from apps.core.models import Job
 from apps.vms import services
-from tests.conftest import ROOT, unique, wait_for_job
+from tests.conftest import start_worker, stop_worker, unique, wait_for_job
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.worker]
-
-
-def start_worker(hostname, queue):
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "hypervisor_web.settings.test",
-        "PORTAL_USE_TEST_DB": "1",
-        "CELERY_QUEUE": queue,
-    }
-    log = ROOT / "var" / f"test-{hostname.split('@')[0]}.log"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "hypervisor_web",
-            "worker",
-            "--pool=solo",
-            "-Q",
-            queue,
-            "-n",
-            hostname,
-            "--loglevel=INFO",
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 60
-    while "ready." not in log.read_text():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError(f"worker did not start: {log.read_text()[-2000:]}")
-        time.sleep(0.2)
-    return proc
 
 
 def libvirtd_pid() -> int:
@@ -103,8 +61,7 @@ def test_a_worker_killed_mid_job_is_marked_failed_when_it_restarts(transactional
     try:
         job = wait_for_job(job.pk, timeout=30)
     finally:
-        proc.terminate()
-        proc.wait(timeout=15)
+        stop_worker(proc)
     assert job.state == Job.State.FAILED
     assert "restarted while running" in job.error
     assert AuditEvent.objects.filter(job_id=job.pk, outcome="failed").count() == 1
@@ -134,4 +91,3 @@ def test_progress_reaches_the_job_log(worker, operator, vm):
     job = wait_for_job(services.vm_lifecycle(actor=operator, vm=vm, action="suspend").pk)
     messages = [line["msg"] for line in job.log]
     assert any("suspend" in m for m in messages) and messages[-1] == "finished"
-    assert Path(ROOT).exists()
