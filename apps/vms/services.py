@@ -26,6 +26,14 @@ LIFECYCLE = {
     "suspend": ({"running"}, "vms.operate", False),
     "resume": ({"paused"}, "vms.operate", False),
 }
+LABELS = {"start": "Start", "shutdown": "Shut down", "force_off": "Force off", "suspend": "Suspend", "resume": "Resume"}
+
+
+def actions_for(state: str) -> list[tuple[str, str, bool]]:
+    """(action, label, needs confirmation) for each lifecycle action possible from `state`."""
+    return [(a, LABELS[a], spec[2]) for a, spec in LIFECYCLE.items() if state in spec[0]]
+
+
 # the state each action leads to: re-running a job that already reached it is a no-op
 _RESULT_STATE = {
     "start": "running",

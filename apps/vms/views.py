@@ -3,6 +3,7 @@ from django.shortcuts import redirect
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
+from apps.accounts.permissions import has_perm
 from apps.core.views_util import permission_required, render_page
 
 from . import services
@@ -18,7 +19,14 @@ def vm_list(request):
 def vm_detail(request, host: str, name: str):
     vm = services.vm_for(request.user, host, name)
     live, snapshots = services.vm_detail(actor=request.user, vm=vm)
-    context = {"vm": vm, "live": live, "snapshots": snapshots, "actions": services.LIFECYCLE}
+    context = {
+        "vm": vm,
+        "live": live,
+        "snapshots": snapshots,
+        "actions": services.actions_for(live.state),
+        "can_operate": has_perm(request.user, "vms.operate", vm),
+        "can_snapshot": has_perm(request.user, "vms.snapshot", vm),
+    }
     return render_page(request, "vms/detail.html", context, partial="summary")
 
 
