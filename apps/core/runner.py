@@ -28,6 +28,7 @@ def run(
     check: bool = True,
     env: dict[str, str] | None = None,
     pass_fds: tuple[int, ...] = (),
+    cwd: str | None = None,
 ) -> Result:
     """Run argv and return its output. `stdin` carries secrets; it is never logged.
 
@@ -49,6 +50,7 @@ def run(
             check=False,
             env=env,
             pass_fds=pass_fds,
+            cwd=cwd,
         )
     except subprocess.TimeoutExpired:
         raise GatewayTimeout(f"{argv[0]} did not finish within {timeout:g} seconds") from None

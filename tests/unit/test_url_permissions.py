@@ -41,6 +41,20 @@ EXPECTED = {
     "accounts:set_active": ("accounts.manage", "POST"),
     "accounts:assignment_add": ("accounts.manage", "POST"),
     "accounts:assignment_remove": ("accounts.manage", "POST"),
+    "accounts:reauth": ("dashboard.view", "GET"),
+    "encryption:index": ("encryption.view", "GET"),
+    "encryption:disk": ("encryption.view", "GET"),
+    "encryption:create": ("encryption.change", "POST"),
+    "encryption:encrypt_existing": ("encryption.change", "POST"),
+    "encryption:change_key": ("encryption.change", "POST"),
+    "encryption:header_backup": ("encryption.change", "POST"),
+    "encryption:escrow_export": ("encryption.keys", "POST"),
+    "encryption:recovery_test": ("encryption.keys", "POST"),
+    "encryption:vm_start": ("vms.operate", "POST"),
+    "encryption:vm_stop": ("vms.operate", "POST"),
+    "encryption:unseal": ("encryption.keys", "POST"),
+    "encryption:seal": ("encryption.keys", "POST"),
+    "encryption:rotate": ("encryption.keys", "POST"),
 }
 
 # sample values for URL arguments; they name nothing that exists, so an allowed role

@@ -75,8 +75,24 @@ class LuksInfo:
         return [s.slot for s in self.slots]
 
 
-def _run(argv: list[str], *, key: bytes | None = None, timeout: float = 120, check: bool = True, pass_fds=()):
-    return runner.run([CRYPTSETUP, *argv], stdin=key, timeout=timeout, check=check, pass_fds=pass_fds)
+def _run(argv: list[str], *, key: bytes | None = None, timeout: float = 120, check: bool = True, pass_fds=(), cwd=None):
+    return runner.run([CRYPTSETUP, *argv], stdin=key, timeout=timeout, check=check, pass_fds=pass_fds, cwd=cwd)
+
+
+@contextmanager
+def _workdir(workdir: str):
+    """cryptsetup's in-place encryption writes a temporary header (LUKS2-temp-*.new) to its
+    working directory: give it a private one, and sweep what a killed run left behind."""
+    os.makedirs(workdir, mode=0o700, exist_ok=True)
+    try:
+        yield workdir
+    finally:
+        for name in os.listdir(workdir):
+            if name.startswith("LUKS2-temp-"):
+                try:
+                    os.unlink(os.path.join(workdir, name))
+                except FileNotFoundError:
+                    pass
 
 
 @contextmanager
@@ -179,36 +195,40 @@ def header_backup(path: str, destination: str) -> None:
     _fsync_dir(os.path.dirname(destination))
 
 
-def reencrypt_encrypt(path: str, key: bytes, params: LuksParams, *, timeout: float) -> None:
+def reencrypt_encrypt(path: str, key: bytes, params: LuksParams, *, timeout: float, workdir: str) -> None:
     """Encrypt a plain image in place (offline). Its last ENCRYPT_RESERVE_BYTES must be free
     (the caller grows the image first); cryptsetup moves the data forward to fit the header.
     Interrupted, the header records where it stopped: `reencrypt_resume` continues."""
-    _run(
-        [
-            "reencrypt",
-            "-q",
-            "--encrypt",
-            *params.format_args(),
-            "--reduce-device-size",
-            f"{ENCRYPT_RESERVE_BYTES >> 20}M",
-            "--force-offline-reencrypt",
-            "--key-file",
-            "-",
-            path,
-        ],
-        key=key,
-        timeout=timeout,
-    )
+    with _workdir(workdir) as cwd:
+        _run(
+            [
+                "reencrypt",
+                "-q",
+                "--encrypt",
+                *params.format_args(),
+                "--reduce-device-size",
+                f"{ENCRYPT_RESERVE_BYTES >> 20}M",
+                "--force-offline-reencrypt",
+                "--key-file",
+                "-",
+                path,
+            ],
+            key=key,
+            timeout=timeout,
+            cwd=cwd,
+        )
 
 
-def reencrypt_resume(path: str, key: bytes, *, timeout: float) -> None:
+def reencrypt_resume(path: str, key: bytes, *, timeout: float, workdir: str) -> None:
     """Finish an interrupted re-encryption from where its header says it stopped."""
-    result = _run(
-        ["reencrypt", "-q", "--resume-only", "--force-offline-reencrypt", "--key-file", "-", path],
-        key=key,
-        timeout=timeout,
-        check=False,
-    )
+    with _workdir(workdir) as cwd:
+        result = _run(
+            ["reencrypt", "-q", "--resume-only", "--force-offline-reencrypt", "--key-file", "-", path],
+            key=key,
+            timeout=timeout,
+            check=False,
+            cwd=cwd,
+        )
     if result.returncode == WRONG_KEY_STATUS:
         raise InvalidInput(f"The stored key does not open {path}; the re-encryption cannot resume.")
     if result.returncode != 0:

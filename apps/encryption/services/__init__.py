@@ -1,6 +1,7 @@
 """Encryption services: key store, LUKS disks, escrow and recovery, unlock. Views,
 management commands and jobs all call these."""
 
+from ..models import EncryptedDisk  # noqa: F401
 from .common import device_mapper, disk_for, get_store, luks_params  # noqa: F401
 from .disks import (  # noqa: F401
     DiskRow,

@@ -221,6 +221,10 @@ def disk_encrypt_existing(*, actor, vm: VirtualMachine, path: str) -> Job:
         raise
 
 
+def _workdir() -> str:
+    return str(settings.ENCRYPTION_RUNTIME_DIR / "cryptsetup")
+
+
 def _head_backup_path(disk: EncryptedDisk) -> str:
     return os.path.join(str(settings.ENCRYPTION_HEADER_BACKUP_DIR), f"{disk.key_id}.plain-head")
 
@@ -250,10 +254,10 @@ def _run_disk_encrypt(job: Job, progress: jobs.Progress) -> dict:
             progress(15, "growing the image by 32 MiB for the LUKS2 header")
             files.grow(disk.path, original + cs.ENCRYPT_RESERVE_BYTES)
         progress(20, "encrypting in place (cryptsetup reencrypt --encrypt)")
-        cs.reencrypt_encrypt(disk.path, key, luks_params(), timeout=timeout)
+        cs.reencrypt_encrypt(disk.path, key, luks_params(), timeout=timeout, workdir=_workdir())
     elif cs.dump(disk.path).reencrypt_pending:
         progress(20, "resuming the interrupted encryption from its header")
-        cs.reencrypt_resume(disk.path, key, timeout=timeout)
+        cs.reencrypt_resume(disk.path, key, timeout=timeout, workdir=_workdir())
     else:
         progress(80, "the disk is already encrypted")
     if cs.dump(disk.path).reencrypt_pending or not cs.test_key(disk.path, key):

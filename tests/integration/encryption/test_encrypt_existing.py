@@ -142,3 +142,6 @@ def test_worker_killed_mid_encryption_resumes_and_keeps_the_data(
     assert not cs.dump(path).reencrypt_pending
     key = stored_key(services.get_store(), disk)
     assert luks2_payload_sha256(path, key, size, tmp_path) == digest
+    # cryptsetup's temporary header of the killed run was swept from its private work dir
+    workdir = settings.ENCRYPTION_RUNTIME_DIR / "cryptsetup"
+    assert not list(workdir.glob("LUKS2-temp-*")) and not list(ROOT.glob("LUKS2-temp-*"))

@@ -1,0 +1,185 @@
+"""Encryption pages. Thin: parse, check the permission (decorator; services check again
+against the object), call one service, render a partial or redirect. Sensitive actions
+(key change, escrow export, recovery test, unseal, KEK rotation) need a recent
+re-authentication; destructive ones a confirmation."""
+
+from django.conf import settings
+from django.contrib import messages
+from django.http import HttpResponse
+from django.shortcuts import redirect
+from django.urls import reverse
+from django.views.decorators.http import require_POST
+
+from apps.accounts.reauth import recent_auth_required
+from apps.core.errors import InvalidInput
+from apps.core.models import Host
+from apps.core.views_util import permission_required, render_page
+from apps.vms.services import vm_for
+
+from . import selectors, services
+
+MAX_ESCROW_BYTES = 64 * 1024
+
+
+def _job_response(request, job, message, back):
+    if request.htmx:
+        return render_page(request, "core/job.html", {"job": job}, partial="progress")
+    messages.success(request, message)
+    return redirect(f"{back}?job={job.pk}")
+
+
+def _vm_from_post(request):
+    """The VM named by the form's `vm` field ("host/name"), if the user may see it."""
+    host, _, name = request.POST.get("vm", "").partition("/")
+    return vm_for(request.user, host, name)
+
+
+def _confirmed(request, what: str) -> None:
+    if request.POST.get("confirm") != "yes":
+        raise InvalidInput(f"{what} needs confirmation.")
+
+
+@permission_required("encryption.view")
+def index(request):
+    context = {
+        "rows": services.disks_list(actor=request.user),
+        "store": services.store_status(actor=request.user),
+        "kinds": services.EncryptedDisk.Kind.choices,
+        "max_age_days": settings.ENCRYPTION_KEY_MAX_AGE_DAYS,
+        "vms": selectors.vms_for_change(request.user),
+    }
+    return render_page(request, "encryption/index.html", context, partial="table")
+
+
+@permission_required("encryption.view")
+def disk_detail(request, pk: int):
+    disk = services.disk_get(actor=request.user, pk=pk)
+    row = next((r for r in services.disks_list(actor=request.user, host=disk.host) if r.disk.pk == disk.pk), None)
+    return render_page(request, "encryption/disk.html", {"disk": disk, "row": row}, partial="summary")
+
+
+@require_POST
+@permission_required("encryption.change")
+def disk_create(request):
+    vm = _vm_from_post(request)
+    job = services.disk_create_encrypted(
+        actor=request.user,
+        vm=vm,
+        size_gib=request.POST.get("size_gib", ""),
+        pool=request.POST.get("pool", "").strip(),
+        kind=request.POST.get("kind", "luks2"),
+    )
+    return _job_response(request, job, f"Creating an encrypted disk for {vm.name}.", reverse("encryption:index"))
+
+
+@require_POST
+@permission_required("encryption.change")
+def disk_encrypt_existing(request):
+    vm = _vm_from_post(request)
+    _confirmed(request, f"Encrypting a disk of {vm.name} in place")
+    job = services.disk_encrypt_existing(actor=request.user, vm=vm, path=request.POST.get("path", "").strip())
+    return _job_response(request, job, f"Encrypting the disk of {vm.name}.", reverse("encryption:index"))
+
+
+@require_POST
+@permission_required("encryption.change")
+@recent_auth_required
+def disk_change_key(request, pk: int):
+    disk = services.disk_for(request.user, pk)
+    _confirmed(request, f"Changing the key of {disk}")
+    job = services.disk_change_key(actor=request.user, disk=disk)
+    return _job_response(request, job, f"Changing the key of {disk}.", reverse("encryption:disk", args=[pk]))
+
+
+@require_POST
+@permission_required("encryption.change")
+def disk_header_backup(request, pk: int):
+    disk = services.disk_for(request.user, pk)
+    job = services.disk_header_backup(actor=request.user, disk=disk)
+    return _job_response(request, job, f"Backing up the header of {disk}.", reverse("encryption:disk", args=[pk]))
+
+
+@require_POST
+@permission_required("encryption.keys")
+@recent_auth_required
+def escrow_export(request, pk: int):
+    """Download the key wrapped to the recovery passphrase just typed (never stored)."""
+    disk = services.disk_for(request.user, pk)
+    passphrase = request.POST.get("recovery_passphrase", "")
+    if passphrase != request.POST.get("recovery_passphrase_again", ""):
+        raise InvalidInput("The two recovery passphrases differ.")
+    document = services.disk_escrow_export(actor=request.user, disk=disk, recovery_passphrase=passphrase)
+    response = HttpResponse(document, content_type="application/json")
+    response["Content-Disposition"] = f'attachment; filename="escrow-{disk.vm.name}-{disk.target or disk.pk}.json"'
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+@require_POST
+@permission_required("encryption.keys")
+@recent_auth_required
+def recovery_test(request, pk: int):
+    disk = services.disk_for(request.user, pk)
+    upload = request.FILES.get("escrow")
+    if upload is None or upload.size > MAX_ESCROW_BYTES:
+        raise InvalidInput("Choose the escrow file (a small JSON document) to test.")
+    result = services.disk_recovery_test(
+        actor=request.user,
+        disk=disk,
+        escrow=upload.read(),
+        recovery_passphrase=request.POST.get("recovery_passphrase", ""),
+    )
+    stale = "" if result["escrow_current"] else " (the escrow is of an earlier key: export a new one)"
+    messages.success(request, f"Recovery test passed: the stored and the escrowed key open {disk}{stale}.")
+    return redirect("encryption:disk", pk=pk)
+
+
+@require_POST
+@permission_required("vms.operate")
+def vm_start(request, host: str, name: str):
+    vm = vm_for(request.user, host, name)
+    job = services.vm_start_unlocked(actor=request.user, vm=vm)
+    return _job_response(request, job, f"Starting {vm.name}.", reverse("vms:detail", args=[host, name]))
+
+
+@require_POST
+@permission_required("vms.operate")
+def vm_stop(request, host: str, name: str):
+    vm = vm_for(request.user, host, name)
+    job = services.vm_stop_locked(
+        actor=request.user,
+        vm=vm,
+        force=request.POST.get("force") == "yes",
+        confirmed=request.POST.get("confirm") == "yes",
+    )
+    return _job_response(request, job, f"Stopping {vm.name}.", reverse("vms:detail", args=[host, name]))
+
+
+@require_POST
+@permission_required("encryption.keys")
+@recent_auth_required
+def store_unseal(request):
+    services.store_unseal(actor=request.user, passphrase=request.POST.get("passphrase", ""))
+    messages.success(request, "The key store is unsealed.")
+    return redirect("encryption:index")
+
+
+@require_POST
+@permission_required("encryption.keys")
+def store_seal(request):
+    _confirmed(request, "Sealing the key store")
+    services.store_seal(actor=request.user)
+    messages.success(request, "The key store is sealed: no encrypted disk can be opened until it is unsealed.")
+    return redirect("encryption:index")
+
+
+@require_POST
+@permission_required("encryption.keys")
+@recent_auth_required
+def kek_rotate(request):
+    _confirmed(request, "Rotating the key-encryption key")
+    host = Host.objects.filter(name=settings.DEFAULT_HOST_NAME).first() or Host.objects.first()
+    if host is None:
+        raise InvalidInput("No host is registered in the portal.")
+    job = services.kek_rotate(actor=request.user, host=host, new_passphrase=request.POST.get("new_passphrase", ""))
+    return _job_response(request, job, "Rotating the key-encryption key.", reverse("encryption:index"))

@@ -1,0 +1,119 @@
+"""The encryption pages: thin views over the services, re-authentication for sensitive
+actions, scope hiding, HTMX partials, no inline script or style."""
+
+import re
+
+import pytest
+from django.urls import reverse
+
+from apps.accounts.models import Role
+from apps.audit.models import AuditEvent
+from apps.core.models import Host, Job
+from apps.encryption import services
+from apps.encryption.gateways import libvirt_luks as lv
+from apps.encryption.models import EncryptedDisk
+from tests.conftest import PASSWORD, unique
+
+from .conftest import run_job
+
+pytestmark = pytest.mark.libvirt
+
+
+@pytest.fixture
+def disk(shut_vm, operator, test_pool):
+    job = run_job(services.disk_create_encrypted(actor=operator, vm=shut_vm, size_gib=1, pool=test_pool))
+    assert job.state == Job.State.SUCCEEDED, job.error
+    d = EncryptedDisk.objects.select_related("vm", "host").get(pk=job.params["disk_id"])
+    yield d
+    lv.volume_delete_if_exists(d.host.uri, d.pool, d.volume)
+
+
+def _reauth(client, next_url="/encryption/"):
+    return client.post(reverse("accounts:reauth"), {"password": PASSWORD, "next": next_url})
+
+
+def test_index_lists_disks_with_their_header_facts_and_no_inline_code(client, operator, disk):
+    client.force_login(operator)
+    response = client.get(reverse("encryption:index"))
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert f'data-disk="{disk.pk}"' in html and "aes-xts-plain64" in html and "argon2id" in html
+    assert not re.search(r"<script(?![^>]*\bsrc=)", html) and " style=" not in html
+    partial = client.get(reverse("encryption:index"), headers={"HX-Request": "true"})
+    assert partial.status_code == 200 and b"<html" not in partial.content and b"aes-xts-plain64" in partial.content
+    assert client.get(reverse("encryption:disk", args=[disk.pk])).status_code == 200
+
+
+def test_a_vm_outside_the_operators_scope_is_hidden(client, make_user, disk, host):
+    other = Host.objects.create(name=unique("other"), uri="test:///default")
+    scoped = make_user(role=Role.OPERATOR, scope="host", host=other)
+    # an operator of another host: sees the page, not the disk
+    client.force_login(scoped)
+    assert client.get(reverse("encryption:disk", args=[disk.pk])).status_code == 404
+    assert f'data-disk="{disk.pk}"'.encode() not in client.get(reverse("encryption:index")).content
+    response = client.post(reverse("encryption:header_backup", args=[disk.pk]))
+    assert response.status_code == 404
+
+
+def test_create_from_the_page_queues_a_job(client, operator, shut_vm, test_pool):
+    client.force_login(operator)
+    response = client.post(
+        reverse("encryption:create"),
+        {"vm": f"{shut_vm.host.name}/{shut_vm.name}", "size_gib": "1", "kind": "luks2", "pool": test_pool},
+        headers={"HX-Request": "true"},
+    )
+    assert response.status_code == 200 and b'data-state="queued"' in response.content
+    job = Job.objects.get(kind="encryption.disk.create")
+    job = run_job(job)
+    assert job.state == Job.State.SUCCEEDED, job.error
+    d = EncryptedDisk.objects.get(pk=job.params["disk_id"])
+    lv.volume_delete_if_exists(d.host.uri, d.pool, d.volume)
+    bad = client.post(reverse("encryption:create"), {"vm": f"{shut_vm.host.name}/{shut_vm.name}", "size_gib": "x"})
+    assert bad.status_code == 400 and b"whole number" in bad.content
+
+
+def test_change_key_needs_a_recent_reauthentication_and_a_confirmation(client, operator, disk):
+    client.force_login(operator)
+    url = reverse("encryption:change_key", args=[disk.pk])
+    response = client.post(url, {"confirm": "yes"}, headers={"HX-Request": "true"})
+    assert response.status_code == 204 and response["HX-Redirect"].startswith(reverse("accounts:reauth"))
+    assert not Job.objects.filter(kind="encryption.disk.change_key").exists()
+    wrong = client.post(reverse("accounts:reauth"), {"password": "not my password", "next": "/encryption/"})
+    assert wrong.status_code == 400
+    assert _reauth(client).status_code == 302
+    assert client.post(url, {}).status_code == 400  # no confirmation
+    response = client.post(url, {"confirm": "yes"})
+    assert response.status_code == 302
+    assert Job.objects.filter(kind="encryption.disk.change_key").count() == 1
+    outcomes = list(AuditEvent.objects.filter(action="auth.reauth").order_by("id").values_list("outcome", flat=True))
+    assert outcomes == ["failed", "success"]
+
+
+def test_escrow_download_and_recovery_test_from_the_page(client, admin, disk):
+    client.force_login(admin)
+    export = reverse("encryption:escrow_export", args=[disk.pk])
+    passphrase = "the admin's recovery passphrase"
+    assert client.post(export, {"recovery_passphrase": passphrase}).status_code == 302  # to re-auth
+    _reauth(client)
+    differ = client.post(export, {"recovery_passphrase": passphrase, "recovery_passphrase_again": "other"})
+    assert differ.status_code == 400
+    response = client.post(export, {"recovery_passphrase": passphrase, "recovery_passphrase_again": passphrase})
+    assert response.status_code == 200 and response["Content-Disposition"].startswith("attachment")
+    assert response["Cache-Control"] == "no-store"
+    document = response.content
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    test = client.post(
+        reverse("encryption:recovery_test", args=[disk.pk]),
+        {"escrow": SimpleUploadedFile("escrow.json", document), "recovery_passphrase": passphrase},
+    )
+    assert test.status_code == 302
+    disk.refresh_from_db()
+    assert disk.recovery_tested_at is not None and disk.escrowed_at is not None
+    failed = client.post(
+        reverse("encryption:recovery_test", args=[disk.pk]),
+        {"escrow": SimpleUploadedFile("escrow.json", document), "recovery_passphrase": "wrong wrong wrong"},
+    )
+    assert failed.status_code == 400 and b"Wrong recovery passphrase" in failed.content
+    for event in AuditEvent.objects.all():
+        assert passphrase not in f"{event.params} {event.error}"
