@@ -214,6 +214,8 @@ STORAGE_ALERT_WEBHOOK_TIMEOUT = env_int("STORAGE_ALERT_WEBHOOK_TIMEOUT", 5)
 STORAGE_SAMPLE_RAW_HOURS = env_int("STORAGE_SAMPLE_RAW_HOURS", 48)  # then hourly averages
 STORAGE_SAMPLE_HOURLY_DAYS = env_int("STORAGE_SAMPLE_HOURLY_DAYS", 30)  # then daily averages
 STORAGE_SAMPLE_KEEP_DAYS = env_int("STORAGE_SAMPLE_KEEP_DAYS", 400)
+# concurrent libvirt calls of the periodic check (volume reads, domain stats); 1: one after another
+STORAGE_LIBVIRT_READ_WORKERS = env_int("STORAGE_LIBVIRT_READ_WORKERS", 4)
 CELERY_BEAT_SCHEDULE["storage-check"] = {
     "task": "apps.storage.tasks.storage_check",
     "schedule": float(STORAGE_CHECK_INTERVAL),

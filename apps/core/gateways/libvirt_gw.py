@@ -11,6 +11,7 @@ import os
 import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -563,12 +564,34 @@ class StorageSnapshot:
     domains: tuple[DomainDisks, ...]
 
 
+_VANISHED = {libvirt.VIR_ERR_NO_STORAGE_POOL, libvirt.VIR_ERR_NO_STORAGE_VOL, libvirt.VIR_ERR_NO_DOMAIN}
+
+
+def _vanished(exc: libvirt.libvirtError) -> bool:
+    """Removed (or its pool stopped) between being listed and being read."""
+    return exc.get_error_code() in _VANISHED or (
+        exc.get_error_code() == libvirt.VIR_ERR_OPERATION_INVALID and "not active" in (exc.get_error_message() or "")
+    )
+
+
+def _volume_infos(items: list) -> list[VolumeInfo]:
+    """info() of each (pool name, file pool?, volume); volumes removed meanwhile are skipped."""
+    result = []
+    for pool_name, file_pool, vol in items:
+        try:
+            _t, cap, alloc = vol.info()
+            path = vol.key() if file_pool else vol.path()
+        except libvirt.libvirtError as exc:
+            if _vanished(exc):
+                continue
+            raise
+        result.append(VolumeInfo(pool_name, vol.name(), path, cap, alloc))
+    return result
+
+
 def _pool_volumes(pool, pool_name: str, pool_type: str) -> tuple[VolumeInfo, ...]:
-    vols = []
     file_pool = pool_type in _FILE_POOL_TYPES
-    for vol in pool.listAllVolumes(0):
-        _t, cap, alloc = vol.info()
-        vols.append(VolumeInfo(pool_name, vol.name(), vol.key() if file_pool else vol.path(), cap, alloc))
+    vols = _volume_infos([(pool_name, file_pool, vol) for vol in pool.listAllVolumes(0)])
     return tuple(sorted(vols, key=lambda v: v.name))
 
 
@@ -596,13 +619,50 @@ def _disks_from_stats(stats: dict, volumes_by_path: dict[str, VolumeInfo]) -> tu
 _STORAGE_STATS = libvirt.VIR_DOMAIN_STATS_STATE | libvirt.VIR_DOMAIN_STATS_BLOCK
 
 
-def storage_snapshot(uri: str) -> StorageSnapshot:
-    """Every pool, volume and domain disk of a host in bulk: one listAllVolumes per pool
-    and one getAllDomainStats for all domains, never a round trip per VM."""
+def storage_snapshot(uri: str, workers: int = 4) -> StorageSnapshot:
+    """Every pool, volume and domain disk of a host in bulk: one listAllVolumes per pool,
+    one info() per volume and one getAllDomainStats for all domains, never a round trip
+    per VM. With workers > 1 the volume reads and the domain stats go to libvirtd as
+    concurrent calls on the one connection (its RPC layer pipelines them). Pools and
+    volumes removed while being read are left out, not an error."""
 
     def _read(conn):
-        pools = tuple(sorted((_read_pool(p) for p in conn.listAllStoragePools(0)), key=lambda p: p.name))
-        by_path = {v.path: v for p in pools for v in p.volumes}
+        heads, items = [], []
+        for pool in conn.listAllStoragePools(0):
+            try:
+                active = bool(pool.isActive())
+                _state, capacity, allocation, available = pool.info()
+                root = ET.fromstring(pool.XMLDesc(0))
+                name = pool.name()
+                file_pool = root.get("type", "") in _FILE_POOL_TYPES
+                if active:
+                    items.extend((name, file_pool, vol) for vol in pool.listAllVolumes(0))
+            except libvirt.libvirtError as exc:
+                if _vanished(exc):
+                    continue
+                raise
+            path = root.findtext("./target/path") or ""
+            heads.append((pool.UUIDString(), name, active, capacity, allocation, available, path))
+        flags = libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_BACKING
+        if workers > 1:
+            chunks = [items[i::workers] for i in range(workers)]
+            with ThreadPoolExecutor(max_workers=workers + 1, thread_name_prefix="libvirt-read") as pool_exec:
+                stats_future = pool_exec.submit(conn.getAllDomainStats, _STORAGE_STATS, flags)
+                volumes = [v for part in pool_exec.map(_volume_infos, chunks) for v in part]
+                all_stats = stats_future.result()
+        else:
+            volumes = _volume_infos(items)
+            all_stats = conn.getAllDomainStats(_STORAGE_STATS, flags)
+        by_pool: dict[str, list[VolumeInfo]] = {}
+        for v in volumes:
+            by_pool.setdefault(v.pool, []).append(v)
+        pools = tuple(
+            sorted(
+                (PoolInfo(*head[:7], tuple(sorted(by_pool.get(head[1], ()), key=lambda v: v.name))) for head in heads),
+                key=lambda p: p.name,
+            )
+        )
+        by_path = {v.path: v for v in volumes}
         domains = tuple(
             DomainDisks(
                 dom.UUIDString(),
@@ -610,7 +670,7 @@ def storage_snapshot(uri: str) -> StorageSnapshot:
                 _STATES.get(stats.get("state.state", 0), "unknown"),
                 _disks_from_stats(stats, by_path),
             )
-            for dom, stats in conn.getAllDomainStats(_STORAGE_STATS, libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_BACKING)
+            for dom, stats in all_stats
         )
         return StorageSnapshot(pools, domains)
 

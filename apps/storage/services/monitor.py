@@ -84,7 +84,7 @@ def storage_check(*, actor=None, now: datetime | None = None) -> CheckReport:
     defaults = defaults_get()
     for host in Host.objects.all():
         try:
-            snapshot = gw.storage_snapshot(host.uri)
+            snapshot = gw.storage_snapshot(host.uri, workers=settings.STORAGE_LIBVIRT_READ_WORKERS)
         except PortalError as exc:
             log.warning("storage check: host %s unreadable: %s", host.name, exc.message)
             report.errors.append(f"{host.name}: {exc.message}")
@@ -95,18 +95,23 @@ def storage_check(*, actor=None, now: datetime | None = None) -> CheckReport:
 
 
 def _vm_rows(host: Host, snapshot: gw.StorageSnapshot) -> dict[str, VirtualMachine]:
-    rows = {
-        str(vm.uuid): vm
-        for vm in VirtualMachine.objects.filter(host=host, present=True).select_related("storage_quota", "host")
-    }
-    if any(d.uuid not in rows for d in snapshot.domains):  # a VM defined outside the portal: register it
-        from apps.vms.services import inventory_sync
+    """The portal's rows of the host's domains. A domain defined outside the portal is
+    registered here from the data already read (the VM inventory fills in the rest the
+    next time it syncs), so it is measured and held to the default quota at once."""
 
-        inventory_sync(host)
-        rows = {
-            str(vm.uuid): vm
-            for vm in VirtualMachine.objects.filter(host=host, present=True).select_related("storage_quota", "host")
-        }
+    def load():
+        rows = VirtualMachine.objects.filter(host=host, present=True).select_related("storage_quota", "host")
+        return {str(vm.uuid): vm for vm in rows}
+
+    rows = load()
+    missing = [d for d in snapshot.domains if d.uuid not in rows]
+    if missing:
+        now = timezone.now()
+        VirtualMachine.objects.bulk_create(
+            [VirtualMachine(host=host, uuid=d.uuid, name=d.name, last_state=d.state, last_seen=now) for d in missing],
+            ignore_conflicts=True,  # a stale row holds the name: the inventory sync sorts it out
+        )
+        rows = load()
     return rows
 
 

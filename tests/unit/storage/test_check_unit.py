@@ -131,7 +131,7 @@ def test_the_check_costs_a_constant_number_of_queries(monkeypatch, django_assert
     services.defaults_get()
     Host.objects.all().delete()
     small, small_snap = _fake_host(10)
-    monkeypatch.setattr(gw, "storage_snapshot", lambda uri: small_snap)
+    monkeypatch.setattr(gw, "storage_snapshot", lambda uri, **kw: small_snap)
     services.storage_check(actor=None)  # first run: nothing cached either way
     with CaptureQueriesContext(connection) as ten:
         report = services.storage_check(actor=None)
@@ -139,7 +139,7 @@ def test_the_check_costs_a_constant_number_of_queries(monkeypatch, django_assert
     VirtualMachine.objects.filter(host=small).delete()
     small.delete()
     _large, large_snap = _fake_host(50)
-    monkeypatch.setattr(gw, "storage_snapshot", lambda uri: large_snap)
+    monkeypatch.setattr(gw, "storage_snapshot", lambda uri, **kw: large_snap)
     with django_assert_num_queries(len(ten.captured_queries)):
         report = services.storage_check(actor=None)
     assert report.vms == 50

@@ -1,0 +1,56 @@
+"""`make bench`: run every benchmark (tests/bench/bench_*.py) and print their ratios.
+
+Benchmarks are not tests: pytest does not collect them and nothing here asserts a time.
+Each module offers `run(args) -> dict` with at least "name", "ratio" and "target".
+Django is set up on a throwaway SQLite database under a temporary directory."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import pkgutil
+import sys
+import tempfile
+from pathlib import Path
+
+
+def _setup_django(workdir: Path) -> None:
+    os.environ["DJANGO_SETTINGS_MODULE"] = "hypervisor_web.settings.test"
+    os.environ.setdefault("DATABASE_URL", f"sqlite:///{workdir / 'bench.sqlite3'}")
+    os.environ.setdefault("PORTAL_VAR_DIR", str(workdir))
+    import django
+    from django.core.management import call_command
+
+    django.setup()
+    call_command("migrate", verbosity=0, interactive=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--only", help="run only benchmarks whose name contains this")
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply the sizes (e.g. 0.1 for a quick run)")
+    args = parser.parse_args(argv)
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
+    with tempfile.TemporaryDirectory(prefix="portal-bench-") as tmp:
+        _setup_django(Path(tmp))
+        results = []
+        here = Path(__file__).resolve().parent
+        for info in sorted(pkgutil.iter_modules([str(here)]), key=lambda i: i.name):
+            if not info.name.startswith("bench_") or (args.only and args.only not in info.name):
+                continue
+            module = importlib.import_module(f"tests.bench.{info.name}")
+            print(f"== {info.name}", flush=True)
+            results.append(module.run(args))
+    print()
+    print(f"{'benchmark':40} {'ratio':>8} {'target':>8}")
+    for r in results:
+        print(f"{r['name']:40} {r['ratio']:>8.2f} {r['target']:>8}")
+        for key, value in r.items():
+            if key not in ("name", "ratio", "target"):
+                print(f"    {key}: {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
