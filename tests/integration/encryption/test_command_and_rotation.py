@@ -1,0 +1,89 @@
+"""`manage.py vm_encryption` (the seed's commands) and KEK rotation as a job."""
+
+import io
+import os
+import stat
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from apps.audit.models import AuditEvent
+from apps.core.models import Job
+from apps.encryption import services
+from apps.encryption.gateways import cryptsetup as cs
+from apps.encryption.gateways import libvirt_luks as lv
+from apps.encryption.models import EncryptedDisk
+from apps.encryption.services.common import stored_key
+
+from .conftest import run_job
+
+pytestmark = pytest.mark.libvirt
+
+
+def _cmd(*args):
+    out = io.StringIO()
+    call_command("vm_encryption", *args, stdout=out)
+    return out.getvalue()
+
+
+@pytest.fixture
+def cleanup(host):
+    yield
+    for disk in EncryptedDisk.objects.all():
+        lv.volume_delete_if_exists(host.uri, disk.pool, disk.volume)
+
+
+def test_the_seed_commands_work_as_the_system_actor(host, shut_vm, test_pool, tmp_path, cleanup):
+    out = _cmd("--no-wait", "create-encrypted", shut_vm.name, "1", "--pool", test_pool)
+    assert "queued" in out
+    job = run_job(Job.objects.get(kind="encryption.disk.create"))
+    assert job.state == Job.State.SUCCEEDED, job.error
+    assert AuditEvent.objects.filter(action="encryption.disk.create", actor_name="system").count() == 2
+    listing = _cmd("list-encrypted")
+    assert shut_vm.name in listing and "aes-xts-plain64" in listing and "argon2id" in listing
+    _cmd("--no-wait", "change-passphrase", shut_vm.name)
+    assert run_job(Job.objects.get(kind="encryption.disk.change_key")).state == Job.State.SUCCEEDED
+    _cmd("--no-wait", "header-backup", shut_vm.name)
+    assert run_job(Job.objects.get(kind="encryption.disk.header_backup")).state == Job.State.SUCCEEDED
+    passfile = tmp_path / "recovery-pass"
+    passfile.write_text("a long recovery passphrase\n")
+    escrow = tmp_path / "escrow.json"
+    _cmd("escrow-export", shut_vm.name, "--output", str(escrow), "--passphrase-file", str(passfile))
+    assert stat.S_IMODE(os.stat(escrow).st_mode) == 0o400
+    assert "passed" in _cmd("recovery-test", shut_vm.name, "--escrow", str(escrow), "--passphrase-file", str(passfile))
+    passfile.write_text("the wrong passphrase\n")
+    with pytest.raises(CommandError, match="Wrong recovery passphrase"):
+        _cmd("recovery-test", shut_vm.name, "--escrow", str(escrow), "--passphrase-file", str(passfile))
+    with pytest.raises(CommandError, match="exists"):
+        _cmd("escrow-export", shut_vm.name, "--output", str(escrow), "--passphrase-file", str(passfile))
+
+
+def test_the_command_checks_roles_with_as_user(host, shut_vm, viewer, operator, test_pool, cleanup):
+    with pytest.raises(CommandError, match="permission"):
+        _cmd("--as", viewer.username, "--no-wait", "create-encrypted", shut_vm.name, "1", "--pool", test_pool)
+    _cmd("--as", operator.username, "--no-wait", "create-encrypted", shut_vm.name, "1", "--pool", test_pool)
+    assert Job.objects.get(kind="encryption.disk.create").actor == operator
+    with pytest.raises(CommandError, match="No VM named"):
+        _cmd("--no-wait", "change-passphrase", "no-such-vm")
+
+
+def test_kek_rotation_rewraps_every_key_without_touching_a_disk(host, shut_vm, admin, operator, test_pool, cleanup):
+    job = run_job(services.disk_create_encrypted(actor=operator, vm=shut_vm, size_gib=1, pool=test_pool))
+    disk = EncryptedDisk.objects.get(pk=job.params["disk_id"])
+    store = services.get_store()
+    key = stored_key(store, disk)
+    header = cs.dump(disk.path)
+    with open(disk.path, "rb") as fh:
+        head = fh.read(1 << 20)
+    before = store.current_version()
+    with pytest.raises(Exception, match="encryption.keys"):
+        services.kek_rotate(actor=operator, host=host)
+    job = run_job(services.kek_rotate(actor=admin, host=host))
+    assert job.state == Job.State.SUCCEEDED, job.error
+    assert job.result["kek_version"] == before + 1 and job.result["retired"] == [before]
+    assert store.describe(disk.key_id).kek_version == before + 1
+    assert stored_key(store, disk) == key
+    assert cs.dump(disk.path) == header
+    with open(disk.path, "rb") as fh:
+        assert fh.read(1 << 20) == head
+    assert "kek_version" in Job.objects.get(pk=job.pk).params and len(job.params) == 1
