@@ -6,4 +6,4 @@ class EncryptionConfig(AppConfig):
     label = "encryption"
 
     def ready(self):
-        from . import services  # noqa: F401  (registers the job handlers)
+        from . import checks, services  # noqa: F401  (registers the system check and the job handlers)

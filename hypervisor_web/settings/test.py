@@ -29,6 +29,7 @@ if env("PORTAL_USE_TEST_DB") == "1":
 ENCRYPTION_KEY_DIR = VAR_DIR / "test-encryption" / "keys"  # noqa: F405
 ENCRYPTION_RUNTIME_DIR = VAR_DIR / "test-encryption" / "run"  # noqa: F405
 ENCRYPTION_HEADER_BACKUP_DIR = VAR_DIR / "test-encryption" / "headers"  # noqa: F405
+ENCRYPTION_ALLOW_WEAK_PBKDF = True  # only here: apps/encryption/checks.py refuses it elsewhere
 ENCRYPTION_PBKDF_MEMORY_KIB = 32768
 ENCRYPTION_PBKDF_FORCE_ITERATIONS = 4
 ENCRYPTION_KDF_MEMORY_KIB = 8192

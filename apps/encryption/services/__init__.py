@@ -11,6 +11,7 @@ from .disks import (  # noqa: F401
     disk_get,
     disk_header_backup,
     disks_list,
+    keys_due,
 )
 from .recovery import disk_escrow_export, disk_recovery_test  # noqa: F401
 from .store import StoreStatus, kek_rotate, store_initialize, store_seal, store_status, store_unseal  # noqa: F401

@@ -421,3 +421,11 @@ def disk_get(*, actor, pk: int) -> EncryptedDisk:
     except NotFound as exc:
         fail(actor=actor, action="encryption.disk.view", target=("encrypteddisk", pk, ""), error=exc.message)
         raise
+
+
+def keys_due(*, actor) -> list[DiskRow]:
+    """Disks whose key is older than settings.ENCRYPTION_KEY_MAX_AGE_DAYS, or whose escrow or
+    header backup is missing: the reminders list-encrypted and the pages show."""
+    return [
+        r for r in disks_list(actor=actor) if r.rotation_due or not r.disk.escrowed_at or not r.disk.header_backup_at
+    ]

@@ -87,3 +87,17 @@ def test_kek_rotation_rewraps_every_key_without_touching_a_disk(host, shut_vm, a
     with open(disk.path, "rb") as fh:
         assert fh.read(1 << 20) == head
     assert "kek_version" in Job.objects.get(pk=job.pk).params and len(job.params) == 1
+
+
+def test_key_reminders_name_old_keys_and_missing_escrow(host, shut_vm, operator, test_pool, cleanup):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    job = run_job(services.disk_create_encrypted(actor=operator, vm=shut_vm, size_gib=1, pool=test_pool))
+    disk = EncryptedDisk.objects.get(pk=job.params["disk_id"])
+    out = _cmd("key-reminders")
+    assert f"{shut_vm.name} {disk.target}: no escrow" in out and "no header backup" in out and "days old" not in out
+    EncryptedDisk.objects.filter(pk=disk.pk).update(key_created_at=timezone.now() - timedelta(days=400))
+    assert "key is 400 days old" in _cmd("key-reminders")
+    assert "rotate!" in _cmd("list-encrypted")

@@ -4,6 +4,7 @@
     encrypt-existing VM PATH
     change-passphrase VM [--disk vdb]
     list-encrypted
+    key-reminders
     header-backup VM [--disk vdb]
     escrow-export VM --output FILE [--disk vdb] [--passphrase-file F]
     recovery-test VM --escrow FILE [--disk vdb] [--passphrase-file F]
@@ -57,6 +58,7 @@ class Command(BaseCommand):
             p.add_argument("vm")
             p.add_argument("--disk", default="", help="guest device (e.g. vdb) when the VM has several")
         sub.add_parser("list-encrypted")
+        sub.add_parser("key-reminders", help="disks whose key is old, or that lack an escrow or a header backup")
         p = sub.add_parser("escrow-export")
         p.add_argument("vm")
         p.add_argument("--disk", default="")
@@ -161,6 +163,8 @@ class Command(BaseCommand):
         action = o["action"]
         if action == "list-encrypted":
             return self._list(actor)
+        if action == "key-reminders":
+            return self._reminders(actor)
         if action in ("status", "init", "unseal", "seal", "rotate-kek"):
             return self._store(actor, action, o)
         host = self._host(o["host"])
@@ -200,6 +204,17 @@ class Command(BaseCommand):
                 f"{(i.key_size if i else 0):>4} {(i.pbkdf if i else '-'):<9} {slots:<8} {r.key_age_days:>4}d  "
                 f"{r.disk.path}{due}"
             )
+
+    def _reminders(self, actor):
+        for r in services.keys_due(actor=actor):
+            needs = []
+            if r.rotation_due:
+                needs.append(f"key is {r.key_age_days} days old: change-passphrase")
+            if not r.disk.escrowed_at:
+                needs.append("no escrow: escrow-export")
+            if not r.disk.header_backup_at:
+                needs.append("no header backup: header-backup")
+            self.stdout.write(f"{r.disk.vm.name} {r.disk.target}: {'; '.join(needs)}")
 
     def _store(self, actor, action, o):
         if action == "init":
