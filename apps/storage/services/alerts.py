@@ -31,10 +31,14 @@ def alerts_visible_to(user, *, open_only: bool = False):
     allowed = scope_filter(user, "storage.view")
     if allowed is None:
         return qs
+    from django.db.models import Q
+
+    from apps.core.models import Host
     from apps.vms.models import VirtualMachine
 
-    vm_ids = VirtualMachine.objects.filter(allowed).values_list("pk", flat=True)
-    return qs.filter(vm_id__in=list(vm_ids))
+    vm_ids = list(VirtualMachine.objects.filter(allowed).values_list("pk", flat=True))
+    host_ids = [h.pk for h in Host.objects.all() if has_perm(user, "storage.view", h)]
+    return qs.filter(Q(vm_id__in=vm_ids) | Q(vm__isnull=True, host_id__in=host_ids))
 
 
 def alert_badge_count(user) -> int:

@@ -98,3 +98,13 @@ def test_acknowledging_an_alert_is_audited_once(operator, viewer, off_vm):
     with pytest.raises(Conflict, match="already acknowledged by oscar-operator"):
         services.alert_acknowledge(actor=operator, alert_id=alert.pk)
     assert [e.outcome for e in events("storage.alert.acknowledge")] == ["denied", "success", "failed"]
+
+
+def test_celery_beat_runs_the_check(settings, off_vm):
+    from apps.storage.tasks import storage_check
+
+    assert settings.CELERY_BEAT_SCHEDULE["storage-check"]["task"] == "apps.storage.tasks.storage_check"
+    assert settings.CELERY_BEAT_SCHEDULE["storage-check"]["schedule"] == float(settings.STORAGE_CHECK_INTERVAL)
+    result = storage_check()  # the task body, run here
+    assert result["vms"] >= 1
+    assert UsageSample.objects.filter(vm=off_vm).count() == 1

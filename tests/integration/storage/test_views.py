@@ -115,3 +115,22 @@ def test_defaults_are_for_admins(client, admin, operator, host):
     response = client.post(reverse("storage:settings_save"), {"quota_gib": "1", "alert_percent": "150"})
     assert response.status_code == 400
     assert services.defaults_get().quota_bytes == 50 * GIB
+
+
+def test_a_vm_scoped_operator_sees_and_changes_only_that_vm(client, make_user, host, make_domain):
+    from apps.accounts.models import Role
+    from apps.vms.models import VirtualMachine
+    from apps.vms.services import inventory_sync
+
+    mine, other = make_domain(running=False), make_domain(running=False)
+    inventory_sync(host)
+    mine_vm = VirtualMachine.objects.select_related("host").get(host=host, name=mine)
+    other_vm = VirtualMachine.objects.select_related("host").get(host=host, name=other)
+    user = make_user(role=Role.OPERATOR, scope="vm", vm=mine_vm)
+    client.force_login(user)
+    html = client.get(reverse("storage:pools")).content.decode()
+    assert f'data-vm="{mine}"' in html and f'data-vm="{other}"' not in html
+    assert "data-pool=" not in html  # pools belong to the host, outside this user's scope
+    assert client.post(_url("quota_set", other_vm), {"limit_gib": "5"}).status_code == 404
+    assert client.post(_url("quota_set", mine_vm), {"limit_gib": "5"}).status_code == 302
+    assert not VmQuota.objects.filter(vm=other_vm).exists()

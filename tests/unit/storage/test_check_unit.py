@@ -144,3 +144,18 @@ def test_the_check_costs_a_constant_number_of_queries(monkeypatch, django_assert
         report = services.storage_check(actor=None)
     assert report.vms == 50
     assert UsageSample.objects.filter(vm__isnull=False).count() == 50
+
+
+@pytest.mark.django_db
+def test_a_vm_defined_outside_the_portal_is_registered_and_measured(monkeypatch):
+    services.defaults_get()
+    host, snap = _fake_host(2)
+    stranger = gw.DomainDisks(str(uuid.uuid4()), "made-by-virsh", "shut off", (gw.DiskInfo("vda", "/x", GIB, 5, 5),))
+    monkeypatch.setattr(
+        gw, "storage_snapshot", lambda uri, **kw: gw.StorageSnapshot(snap.pools, (*snap.domains, stranger))
+    )
+    Host.objects.exclude(pk=host.pk).delete()
+    report = services.storage_check(actor=None)
+    assert report.vms == 3
+    vm = VirtualMachine.objects.get(host=host, name="made-by-virsh")
+    assert UsageSample.objects.get(vm=vm).allocation == 5
