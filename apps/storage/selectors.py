@@ -181,7 +181,7 @@ def vm_storage(user, vm: VirtualMachine) -> VmStorage:
         snapshots=len(gw.list_snapshots(uri, vm.name)),
         alerts=list(StorageAlert.objects.filter(vm=vm)[:10]),
         trend=trend(vm_samples(vm, now=now), now=now),
-        pools=[p.name for p in gw.list_pools(uri) if p.active],
+        pools=gw.pool_names(uri),
     )
 
 

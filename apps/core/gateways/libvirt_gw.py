@@ -677,6 +677,12 @@ def storage_snapshot(uri: str, workers: int = 4) -> StorageSnapshot:
     return call(uri, "read storage", _read)
 
 
+def pool_names(uri: str, active_only: bool = True) -> list[str]:
+    """Names of the host's pools, without reading their volumes (cheap)."""
+    flags = libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE if active_only else 0
+    return sorted(p.name() for p in call(uri, "list storage pools", lambda conn: conn.listAllStoragePools(flags)))
+
+
 def get_pool(uri: str, name: str) -> PoolInfo:
     return call(uri, name, lambda conn: _read_pool(conn.storagePoolLookupByName(name)))
 
