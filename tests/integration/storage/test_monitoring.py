@@ -108,3 +108,17 @@ def test_celery_beat_runs_the_check(settings, off_vm):
     result = storage_check()  # the task body, run here
     assert result["vms"] >= 1
     assert UsageSample.objects.filter(vm=off_vm).count() == 1
+
+
+def test_snapshots_count_in_a_vms_allocation(operator, off_vm):
+    uri, path = off_vm.host.uri, disk_path(off_vm)
+    write_data(path, 64)
+    before = gw.domain_disks(uri, off_vm.name).allocation
+    gw.create_snapshot(uri, off_vm.name, "before-rewrite")  # internal qcow2 snapshot keeps the old clusters
+    write_data(path, 64)  # the same 64 MiB again: new clusters, the old ones stay for the snapshot
+    after = gw.domain_disks(uri, off_vm.name).allocation
+    assert after - before >= 60 << 20
+    view = services.quota_get(actor=operator, vm=off_vm)
+    assert view.allocation == after
+    services.storage_check(actor=None)
+    assert UsageSample.objects.get(vm=off_vm).allocation == after

@@ -134,3 +134,23 @@ def test_a_vm_scoped_operator_sees_and_changes_only_that_vm(client, make_user, h
     assert client.post(_url("quota_set", other_vm), {"limit_gib": "5"}).status_code == 404
     assert client.post(_url("quota_set", mine_vm), {"limit_gib": "5"}).status_code == 302
     assert not VmQuota.objects.filter(vm=other_vm).exists()
+
+
+def test_usage_history_is_charted_with_a_projection(client, viewer, off_vm, host, test_pool):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from apps.storage.models import UsageSample
+
+    now = timezone.now()
+    UsageSample.objects.bulk_create(
+        UsageSample(
+            host=host, vm=off_vm, at=now - timedelta(days=d), allocation=(10 - d) * GIB, provisioned=0, limit=20 * GIB
+        )
+        for d in range(10, 0, -1)
+    )
+    client.force_login(viewer)
+    html = client.get(_url("vm", off_vm)).content.decode()
+    assert "<polyline points=" in html
+    assert "Full in about 11 days" in html
