@@ -68,6 +68,7 @@ class Trend:
     days_left: float | None
     polyline: str = ""
     limit_y: float = 0.0
+    last_xy: tuple[float, float] = (0.0, 0.0)
 
 
 CHART_W, CHART_H = 600, 150
@@ -92,7 +93,7 @@ def trend(samples, *, now: datetime, window_days: int = 14) -> Trend:
                 days_left = (limit - last) / slope
             elif limit <= last:
                 days_left = 0.0
-    polyline, limit_y = "", 0.0
+    polyline, limit_y, last_xy = "", 0.0, (0.0, 0.0)
     if points:
         t0, t1 = points[0][0], points[-1][0]
         span = max((t1 - t0).total_seconds(), 1.0)
@@ -100,7 +101,8 @@ def trend(samples, *, now: datetime, window_days: int = 14) -> Trend:
         coords = [(CHART_W * (at - t0).total_seconds() / span, CHART_H - CHART_H * v / top) for at, v in points]
         polyline = " ".join(f"{x:.1f},{y:.1f}" for x, y in coords)
         limit_y = CHART_H - CHART_H * limit / top
-    return Trend(points, limit, slope, days_left, polyline, limit_y)
+        last_xy = (round(coords[-1][0], 1), round(coords[-1][1], 1))
+    return Trend(points, limit, slope, days_left, polyline, limit_y, last_xy)
 
 
 def vm_samples(vm, *, now: datetime, days: int = 30):
