@@ -216,6 +216,14 @@ STORAGE_SAMPLE_HOURLY_DAYS = env_int("STORAGE_SAMPLE_HOURLY_DAYS", 30)  # then d
 STORAGE_SAMPLE_KEEP_DAYS = env_int("STORAGE_SAMPLE_KEEP_DAYS", 400)
 # concurrent libvirt calls of the periodic check (volume reads, domain stats); 1: one after another
 STORAGE_LIBVIRT_READ_WORKERS = env_int("STORAGE_LIBVIRT_READ_WORKERS", 4)
+# Outgoing mail (storage alerts): Django's send_mail.
+EMAIL_HOST = env("EMAIL_HOST", "localhost")
+EMAIL_PORT = env_int("EMAIL_PORT", 25)
+EMAIL_HOST_USER = env("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = env("EMAIL_HOST_PASSWORD", "")  # use EMAIL_HOST_PASSWORD_FILE
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
+EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT", 10)
+DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", "hypervisor-portal@localhost")
 CELERY_BEAT_SCHEDULE["storage-check"] = {
     "task": "apps.storage.tasks.storage_check",
     "schedule": float(STORAGE_CHECK_INTERVAL),
