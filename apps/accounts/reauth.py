@@ -27,9 +27,12 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 
+from apps.audit.middleware import client_ip
 from apps.audit.services import record
 from apps.core.errors import PortalError
 from apps.core.views_util import permission_required
+
+from . import throttle
 
 SESSION_KEY = "portal_reauth_at"
 
@@ -92,13 +95,22 @@ def reauth_view(request):
     """Ask for the password again; on success mark the session and go back to `next`."""
     next_url = _safe_next(request, request.POST.get("next") or request.GET.get("next") or "")
     form = ReauthForm(request.POST or None)
+    username, ip = request.user.get_username(), client_ip(request)
     if request.method == "POST" and form.is_valid():
-        user = authenticate(request, username=request.user.get_username(), password=form.cleaned_data["password"])
-        if user is not None and user.pk == request.user.pk:
-            mark_recent_auth(request)
-            record(actor=request.user, action="auth.reauth", target=request.user, outcome="success")
-            return redirect(next_url)
-        record(actor=request.user, action="auth.reauth", target=request.user, outcome="failed", error="wrong password")
-        form.add_error("password", "That is not your password.")
+        if throttle.is_locked(username, ip):  # the sign-in throttle: no password guessing here either
+            record(actor=request.user, action="auth.reauth", target=request.user, outcome="denied", error="throttled")
+            form.add_error("password", "Too many wrong passwords. Wait 15 minutes.")
+        else:
+            user = authenticate(request, username=username, password=form.cleaned_data["password"])
+            if user is not None and user.pk == request.user.pk:
+                throttle.clear(username, ip)
+                mark_recent_auth(request)
+                record(actor=request.user, action="auth.reauth", target=request.user, outcome="success")
+                return redirect(next_url)
+            throttle.note_failure(username, ip)
+            record(
+                actor=request.user, action="auth.reauth", target=request.user, outcome="failed", error="wrong password"
+            )
+            form.add_error("password", "That is not your password.")
     status = 400 if request.method == "POST" else 200
     return render(request, "accounts/reauth.html", {"form": form, "next": next_url}, status=status)

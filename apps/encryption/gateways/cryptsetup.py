@@ -317,6 +317,11 @@ def _fsync_dir(path: str) -> None:
 class CryptsetupDeviceMapper:
     """Opens and closes real dm-crypt mappings (`cryptsetup open/close`), key on stdin."""
 
+    block = True  # the VM's disk points at a block device
+
+    def mapping_path(self, name: str) -> str:
+        return f"/dev/mapper/{name}"
+
     def open(self, path: str, name: str, key: bytes) -> str:
         result = _run(["open", "--type", "luks", "--key-file", "-", path, name], key=key, check=False)
         if result.returncode == WRONG_KEY_STATUS:
@@ -344,11 +349,15 @@ class SimulatedDeviceMapper:
     = "simulated" (tests, and hosts without dm-crypt); production uses CryptsetupDeviceMapper.
     """
 
+    block = False  # the stand-in is a plain file
+
     def __init__(self, root: str):
         self.root = root
 
-    def _path(self, name: str) -> str:
+    def mapping_path(self, name: str) -> str:
         return os.path.join(self.root, name)
+
+    _path = mapping_path
 
     def open(self, path: str, name: str, key: bytes) -> str:
         if not test_key(path, key):

@@ -130,6 +130,14 @@ def disk_create_encrypted(*, actor, vm: VirtualMachine, size_gib, pool: str = ""
 def _run_disk_create(job: Job, progress: jobs.Progress) -> dict:
     disk = EncryptedDisk.objects.select_related("vm", "host").get(pk=job.params["disk_id"])
     authorize(job_actor(job), "encryption.change", disk.vm, action=job.kind)
+    try:
+        return _disk_create(disk, progress)
+    except Exception:
+        _mark_failed(disk)
+        raise
+
+
+def _disk_create(disk: EncryptedDisk, progress: jobs.Progress) -> dict:
     uri = disk.host.uri
     store = get_store()
     store.require_unsealed()
@@ -184,6 +192,11 @@ def disk_encrypt_existing(*, actor, vm: VirtualMachine, path: str) -> Job:
             raise Conflict(f"{vm.name} is {state}: shut it off before encrypting its disk in place.")
         if not os.path.isfile(real):
             raise InvalidInput(f"{path} is not a regular file.")
+        unfinished = EncryptedDisk.objects.filter(
+            host=vm.host, path=real, state__in=[EncryptedDisk.State.ENCRYPTING, EncryptedDisk.State.FAILED]
+        ).first()
+        if unfinished is not None:
+            return _encrypt_resume(actor, vm, unfinished, params)
         if EncryptedDisk.objects.filter(host=vm.host, path=real).exists() or cs.is_luks(real):
             raise Conflict(f"{path} is already a LUKS device.")
         size = os.path.getsize(real)
@@ -221,6 +234,32 @@ def disk_encrypt_existing(*, actor, vm: VirtualMachine, path: str) -> Job:
         raise
 
 
+def _encrypt_resume(actor, vm: VirtualMachine, disk: EncryptedDisk, params: dict) -> Job:
+    """Ask again for an encryption whose job failed (e.g. its worker was killed and the job
+    marked failed when the worker restarted): a new job continues from the disk's header."""
+    action = "encryption.disk.encrypt"
+    busy = Job.objects.filter(kind=action, state__in=[Job.State.QUEUED, Job.State.RUNNING], params__disk_id=disk.pk)
+    if busy.exists():
+        raise Conflict(f"The encryption of {disk.path} is already under way (job {busy.first().pk}).")
+    get_store().require_unsealed()
+    with transaction.atomic():
+        EncryptedDisk.objects.filter(pk=disk.pk).update(state=EncryptedDisk.State.ENCRYPTING)
+        original = disk.size_bytes - cs.ENCRYPT_RESERVE_BYTES
+        return jobs.job_enqueue(
+            actor=actor,
+            kind=action,
+            target=vm,
+            host=vm.host,
+            params={**params, "disk_id": disk.pk, "original_size": original, "resume": True},
+        )
+
+
+def _mark_failed(disk: EncryptedDisk) -> None:
+    EncryptedDisk.objects.filter(pk=disk.pk).exclude(state=EncryptedDisk.State.READY).update(
+        state=EncryptedDisk.State.FAILED
+    )
+
+
 def _workdir() -> str:
     return str(settings.ENCRYPTION_RUNTIME_DIR / "cryptsetup")
 
@@ -233,7 +272,14 @@ def _head_backup_path(disk: EncryptedDisk) -> str:
 def _run_disk_encrypt(job: Job, progress: jobs.Progress) -> dict:
     disk = EncryptedDisk.objects.select_related("vm", "host").get(pk=job.params["disk_id"])
     authorize(job_actor(job), "encryption.change", disk.vm, action=job.kind)
-    original = int(job.params["original_size"])
+    try:
+        return _disk_encrypt(disk, int(job.params["original_size"]), progress)
+    except Exception:
+        _mark_failed(disk)  # the header knows how far it got: asking again resumes
+        raise
+
+
+def _disk_encrypt(disk: EncryptedDisk, original: int, progress: jobs.Progress) -> dict:
     state = gw.domain_state(disk.host.uri, disk.vm.name)
     if state != "shut off":
         raise Conflict(f"{disk.vm.name} is {state}: it must stay shut off while its disk is encrypted.")

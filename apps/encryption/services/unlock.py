@@ -21,7 +21,6 @@ from apps.core.gateways import libvirt_gw as gw
 from apps.core.models import Job
 from apps.vms.models import VirtualMachine
 
-from ..gateways import cryptsetup as cs
 from ..gateways import libvirt_luks as lv
 from ..models import EncryptedDisk
 from .common import authorize, device_mapper, fail, get_store, job_actor, stored_key
@@ -56,12 +55,8 @@ def disks_unlock(vm: VirtualMachine, progress: jobs.Progress | None = None) -> l
             lv.secret_set_value(vm.host.uri, disk.secret_uuid, key.hex().encode())
         else:
             name = disk.mapping_name
-            source = dm._path(name) if isinstance(dm, cs.SimulatedDeviceMapper) else f"/dev/mapper/{name}"
-            if not dm.is_open(name):
-                source = dm.open(disk.path, name, key)
-            lv.set_disk_source(
-                vm.host.uri, vm.name, disk.target, source, block=not isinstance(dm, cs.SimulatedDeviceMapper)
-            )
+            source = dm.mapping_path(name) if dm.is_open(name) else dm.open(disk.path, name, key)
+            lv.set_disk_source(vm.host.uri, vm.name, disk.target, source, block=dm.block)
             EncryptedDisk.objects.filter(pk=disk.pk).update(mapping=name)
         opened.append(disk.target)
         if progress:

@@ -110,8 +110,9 @@ def _job_process(job_id: int) -> subprocess.Popen:
     )
 
 
+@pytest.mark.parametrize("recovery", ["redelivered", "asked-again"])
 def test_worker_killed_mid_encryption_resumes_and_keeps_the_data(
-    transactional_db, host, shut_vm, data_disk, operator, tmp_path
+    transactional_db, host, shut_vm, data_disk, operator, tmp_path, recovery
 ):
     path, digest, size = data_disk(160)
     job = services.disk_encrypt_existing(actor=operator, vm=shut_vm, path=path)
@@ -133,10 +134,21 @@ def test_worker_killed_mid_encryption_resumes_and_keeps_the_data(
         pytest.skip("the encryption finished before it could be interrupted on this machine")
     assert cs.dump(path).reencrypt_pending  # interrupted: the header says so
     assert Job.objects.get(pk=job.pk).state == Job.State.RUNNING
-    # the job is delivered again (acks_late): it resumes from the header
-    job = run_job(Job.objects.get(pk=job.pk))
+    if recovery == "redelivered":
+        # another worker gets the message again (acks_late): the same job resumes
+        job = run_job(Job.objects.get(pk=job.pk))
+        assert job.attempts == 2
+    else:
+        # the worker restarts: the core marks its unfinished job failed (jobs_recover_worker)
+        from apps.core import jobs
+
+        assert jobs.jobs_recover_worker("doomed-worker") == 1
+        assert Job.objects.get(pk=job.pk).state == Job.State.FAILED
+        disk = EncryptedDisk.objects.get(pk=job.params["disk_id"])
+        # the operator asks again: a new job resumes from the header, it does not start over
+        job = run_job(services.disk_encrypt_existing(actor=operator, vm=shut_vm, path=path))
+        assert job.params["resume"] is True and job.params["disk_id"] == disk.pk
     assert job.state == Job.State.SUCCEEDED, job.error
-    assert job.attempts == 2
     assert any("resuming" in line["msg"] for line in job.log)
     disk = EncryptedDisk.objects.get(pk=job.params["disk_id"])
     assert not cs.dump(path).reencrypt_pending

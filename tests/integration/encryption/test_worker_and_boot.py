@@ -103,7 +103,7 @@ def test_luks2_disks_are_opened_at_start_and_closed_at_stop(shut_vm, operator, t
         assert isinstance(dm, cs.SimulatedDeviceMapper)  # this machine has no device-mapper
         assert disk.mapping and dm.is_open(disk.mapping)
         sources = {d["target"]: d["path"] for d in lv.domain_disks(uri, shut_vm.name)}
-        assert sources[disk.target] == dm._path(disk.mapping)
+        assert sources[disk.target] == dm.mapping_path(disk.mapping)
         assert gw.domain_state(uri, shut_vm.name) == "running"
         job = run_job(services.vm_stop_locked(actor=operator, vm=shut_vm, force=True, confirmed=True))
         assert job.state == Job.State.SUCCEEDED, job.error
