@@ -5,6 +5,7 @@ job is asked for and again when it runs."""
 from __future__ import annotations
 
 from django.db import transaction
+from django.db.models import F
 
 from apps.core import jobs
 from apps.core.errors import Conflict, InvalidInput, NotFound, PortalError
@@ -67,6 +68,13 @@ def growth_check(vm, disks: gw.DomainDisks, pool: gw.PoolInfo, grow: int, new_al
         )
 
 
+def _growth_lock(vm) -> None:
+    """Serialise growth of one VM between workers: a no-op UPDATE of its row takes the
+    row lock (PostgreSQL) or the write lock (SQLite) until the transaction ends, so two
+    jobs cannot both pass the quota check and together exceed it."""
+    VirtualMachine.objects.filter(pk=vm.pk).update(last_seen=F("last_seen"))
+
+
 def _disk(disks: gw.DomainDisks, target: str) -> gw.DiskInfo:
     for d in disks.disks:  # the first entry of a target is the top of its chain
         if d.target == target:
@@ -122,15 +130,17 @@ def _run_volume_create(job: Job, progress: jobs.Progress) -> dict:
     vm = VirtualMachine.objects.select_related("host").get(pk=job.target_id)
     authorize(job.actor, "storage.change", vm, action=job.kind)
     uri, pool, name, size = vm.host.uri, job.params["pool"], job.params["volume"], job.params["bytes"]
-    vol = gw.find_volume(uri, pool, name)
-    if vol is None:
-        growth_check(vm, gw.domain_disks(uri, vm.name), gw.get_pool(uri, pool), size, NEW_VOLUME_ALLOCATION)
-        progress(20, f"creating {name} ({fmt_bytes(size)}, thin qcow2) in {pool}")
-        vol = gw.create_volume(uri, pool, name, size)
-    else:
-        progress(50, f"{name} already exists")  # re-delivered job
-    progress(70, f"attaching {name} to {vm.name}")
-    target = gw.attach_disk(uri, vm.name, vol.path)
+    with transaction.atomic():
+        _growth_lock(vm)
+        vol = gw.find_volume(uri, pool, name)
+        if vol is None:
+            growth_check(vm, gw.domain_disks(uri, vm.name), gw.get_pool(uri, pool), size, NEW_VOLUME_ALLOCATION)
+            progress(20, f"creating {name} ({fmt_bytes(size)}, thin qcow2) in {pool}")
+            vol = gw.create_volume(uri, pool, name, size)
+        else:
+            progress(50, f"{name} already exists")  # re-delivered job
+        progress(70, f"attaching {name} to {vm.name}")
+        target = gw.attach_disk(uri, vm.name, vol.path)
     return {"volume": name, "pool": pool, "target": target, "capacity": vol.capacity}
 
 
@@ -164,21 +174,23 @@ def _run_volume_resize(job: Job, progress: jobs.Progress) -> dict:
     vm = VirtualMachine.objects.select_related("host").get(pk=job.target_id)
     authorize(job.actor, "storage.change", vm, action=job.kind)
     uri, path, size = vm.host.uri, job.params["path"], job.params["bytes"]
-    disks = gw.domain_disks(uri, vm.name)
-    disk = _disk(disks, job.params["target"])
-    if disk.path != path:
-        raise Conflict(f"Disk {disk.target} of {vm.name} is no longer {path}; nothing was resized.")
-    vol = _volume_of(vm, disk)
-    if vol.capacity >= size:
-        progress(90, f"{disk.target} is already {fmt_bytes(vol.capacity)}")  # re-delivered job
-        return {"target": disk.target, "capacity": vol.capacity, "live": False}
-    growth_check(vm, disks, gw.get_pool(uri, vol.pool), size - vol.capacity)
-    live = disks.state in ("running", "paused")
-    progress(30, f"resizing {disk.target} to {fmt_bytes(size)} {'live' if live else 'offline'}")
-    if live:
-        gw.block_resize(uri, vm.name, path, size)
-    else:
-        gw.resize_volume(uri, path, size)
+    with transaction.atomic():
+        _growth_lock(vm)
+        disks = gw.domain_disks(uri, vm.name)
+        disk = _disk(disks, job.params["target"])
+        if disk.path != path:
+            raise Conflict(f"Disk {disk.target} of {vm.name} is no longer {path}; nothing was resized.")
+        vol = _volume_of(vm, disk)
+        if vol.capacity >= size:
+            progress(90, f"{disk.target} is already {fmt_bytes(vol.capacity)}")  # re-delivered job
+            return {"target": disk.target, "capacity": vol.capacity, "live": False}
+        growth_check(vm, disks, gw.get_pool(uri, vol.pool), size - vol.capacity)
+        live = disks.state in ("running", "paused")
+        progress(30, f"resizing {disk.target} to {fmt_bytes(size)} {'live' if live else 'offline'}")
+        if live:
+            gw.block_resize(uri, vm.name, path, size)
+        else:
+            gw.resize_volume(uri, path, size)
     return {"target": disk.target, "capacity": size, "live": live}
 
 
