@@ -122,3 +122,15 @@ def test_snapshots_count_in_a_vms_allocation(operator, off_vm):
     assert view.allocation == after
     services.storage_check(actor=None)
     assert UsageSample.objects.get(vm=off_vm).allocation == after
+
+
+def test_an_unreachable_host_or_webhook_does_not_stop_the_check(operator, off_vm, settings):
+    from apps.core.models import Host
+
+    Host.objects.create(name="ghost", uri="qemu+unix:///system?socket=/nonexistent/libvirt-sock")
+    settings.STORAGE_ALERT_WEBHOOK_URL = "http://127.0.0.1:9/nothing-listens-here"
+    write_data(disk_path(off_vm), 64)
+    services.quota_set(actor=operator, vm=off_vm, limit_gib="0.05", confirmed=True)
+    report = services.storage_check(actor=None)
+    assert any(line.startswith("ghost:") for line in report.errors)
+    assert StorageAlert.objects.get(vm=off_vm).level == "breach"  # raised although the webhook failed
