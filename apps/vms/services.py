@@ -173,12 +173,24 @@ def _run_lifecycle(job: Job, progress: jobs.Progress) -> dict:
         progress(90, f"{vm.name} is already {state}")
     else:
         progress(20, f"{action.replace('_', ' ')} {vm.name}")
+        if action == "start":
+            for hook in BEFORE_START:
+                hook(vm, progress)
         _GATEWAY[action](uri, vm.name)
     if action == "shutdown":
         progress(60, "shutdown requested; the guest OS decides when to power off")
     state = gw.domain_state(uri, vm.name)
+    if state == "shut off":
+        for hook in AFTER_STOP:
+            hook(vm, progress)
     VirtualMachine.objects.filter(pk=vm.pk).update(last_state=state)
     return {"state": state}
+
+
+# Other apps hook into the lifecycle jobs (registered in their AppConfig.ready): the
+# encryption app opens a VM's encrypted disks before it starts and closes them once it is off.
+BEFORE_START: list = []  # hook(vm, progress); raising a PortalError keeps the VM off
+AFTER_STOP: list = []  # hook(vm, progress)
 
 
 for _action in LIFECYCLE:

@@ -45,11 +45,14 @@ def vm_start_unlocked(*, actor, vm: VirtualMachine) -> Job:
 
 def disks_unlock(vm: VirtualMachine, progress: jobs.Progress | None = None) -> list[str]:
     """Open every ready encrypted disk of the VM with its stored key (idempotent)."""
+    disks = list(EncryptedDisk.objects.filter(vm=vm, state=EncryptedDisk.State.READY).select_related("vm"))
+    if not disks:
+        return []
     store = get_store()
     store.require_unsealed()
     dm = device_mapper()
     opened = []
-    for disk in EncryptedDisk.objects.filter(vm=vm, state=EncryptedDisk.State.READY).select_related("vm"):
+    for disk in disks:
         key = stored_key(store, disk)
         if disk.kind == EncryptedDisk.Kind.QEMU_LUKS:
             lv.secret_set_value(vm.host.uri, disk.secret_uuid, key.hex().encode())
@@ -60,7 +63,7 @@ def disks_unlock(vm: VirtualMachine, progress: jobs.Progress | None = None) -> l
             EncryptedDisk.objects.filter(pk=disk.pk).update(mapping=name)
         opened.append(disk.target)
         if progress:
-            progress(20 + 50 * len(opened) // max(1, len(opened)), f"opened {disk.target}")
+            progress(20 + 50 * len(opened) // len(disks), f"opened encrypted disk {disk.target}")
     return opened
 
 
@@ -128,3 +131,14 @@ def _run_stop(job: Job, progress: jobs.Progress) -> dict:
     closed = disks_lock(vm)
     VirtualMachine.objects.filter(pk=vm.pk).update(last_state=state)
     return {"state": state, "closed": closed}
+
+
+def unlock_hook(vm: VirtualMachine, progress: jobs.Progress) -> None:
+    """Before the portal starts a VM (vms lifecycle job): open its encrypted disks."""
+    disks_unlock(vm, progress)
+
+
+def lock_hook(vm: VirtualMachine, progress: jobs.Progress) -> None:
+    """Once the portal sees a VM off (vms lifecycle job): close its encrypted disks."""
+    if disks_lock(vm):
+        progress(80, "closed the encrypted disks")

@@ -127,3 +127,24 @@ def test_a_wrong_stored_key_keeps_the_vm_off(shut_vm, operator, test_pool):
         assert gw.domain_state(disk.host.uri, shut_vm.name) == "shut off"
     finally:
         _cleanup(disk)
+
+
+def test_the_portals_own_vm_start_and_stop_open_and_close_encrypted_disks(shut_vm, operator, test_pool):
+    """vms.vm.start / vms.vm.force_off (the VM page's buttons) run the encryption hooks."""
+    from apps.vms.services import vm_lifecycle
+
+    job = run_job(services.disk_create_encrypted(actor=operator, vm=shut_vm, size_gib=1, pool=test_pool))
+    disk = EncryptedDisk.objects.select_related("vm", "host").get(pk=job.params["disk_id"])
+    dm = services.device_mapper()
+    try:
+        job = run_job(vm_lifecycle(actor=operator, vm=shut_vm, action="start"))
+        assert job.state == Job.State.SUCCEEDED, job.error
+        disk.refresh_from_db()
+        assert disk.mapping and dm.is_open(disk.mapping)
+        assert any("opened encrypted disk" in line["msg"] for line in job.log)
+        job = run_job(vm_lifecycle(actor=operator, vm=shut_vm, action="force_off", confirmed=True))
+        assert job.state == Job.State.SUCCEEDED, job.error
+        disk.refresh_from_db()
+        assert disk.mapping == "" and not dm.is_open(disk.mapping_name)
+    finally:
+        _cleanup(disk)
