@@ -633,7 +633,7 @@ def escrow_unwrap(document: bytes, passphrase: bytes) -> tuple[dict, bytes]:
         memory_kib, iterations = int(kdf["memory_kib"]), int(kdf["iterations"])
     except (ValueError, KeyError, TypeError, AttributeError):
         raise InvalidInput("This is not a key escrow file of this portal (or it is damaged).") from None
-    if not (8 <= memory_kib <= 4 << 20 and 1 <= iterations <= 64):
+    if not (8 <= memory_kib <= 1 << 20 and 1 <= iterations <= 16):  # at most 1 GiB: no DoS by upload
         raise InvalidInput("The escrow file asks for an unreasonable key derivation cost; refusing it.")
     kek = argon2id(passphrase, salt, memory_kib=memory_kib, iterations=iterations)
     aad = json.dumps(binding, sort_keys=True, separators=(",", ":")).encode()

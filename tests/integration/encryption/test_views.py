@@ -117,3 +117,34 @@ def test_escrow_download_and_recovery_test_from_the_page(client, admin, disk):
     assert failed.status_code == 400 and b"Wrong recovery passphrase" in failed.content
     for event in AuditEvent.objects.all():
         assert passphrase not in f"{event.params} {event.error}"
+
+
+def test_a_passphrase_store_is_unsealed_and_rotated_from_the_page(client, admin, host, settings, tmp_path):
+    settings.ENCRYPTION_KEY_DIR = tmp_path / "keys"
+    settings.ENCRYPTION_RUNTIME_DIR = tmp_path / "run"
+    settings.ENCRYPTION_KEK_PROVIDER = "passphrase"
+    client.force_login(admin)
+    _reauth(client)
+    first = "the first store passphrase"
+    assert client.post(reverse("encryption:unseal"), {"passphrase": first}).status_code == 302  # initialises
+    store = services.get_store()
+    assert store.initialized() and not store.sealed()
+    key_id = store.new_key_id()
+    store.put(key_id=key_id, vm_uuid="00000000-0000-0000-0000-000000000001", volume="/p/x.img", key=b"k" * 64)
+    assert client.post(reverse("encryption:seal"), {"confirm": "yes"}).status_code == 302
+    assert store.sealed()
+    page = client.get(reverse("encryption:index"))
+    assert b"sealed" in page.content and b'name="passphrase"' in page.content
+    wrong = client.post(reverse("encryption:unseal"), {"passphrase": "not the passphrase"})
+    assert wrong.status_code == 400 and b"Wrong passphrase" in wrong.content and store.sealed()
+    client.post(reverse("encryption:unseal"), {"passphrase": first})
+    assert not store.sealed()
+    # KEK rotation to a new passphrase: derived in the request, the job only re-wraps
+    response = client.post(reverse("encryption:rotate"), {"confirm": "yes", "new_passphrase": "a second passphrase"})
+    assert response.status_code == 302
+    job = run_job(Job.objects.get(kind="encryption.kek.rotate"))
+    assert job.state == Job.State.SUCCEEDED, job.error
+    assert "passphrase" not in str(job.params)
+    store.seal()
+    store.unseal(b"a second passphrase")
+    assert store.get(key_id=key_id, vm_uuid="00000000-0000-0000-0000-000000000001", volume="/p/x.img") == b"k" * 64
