@@ -216,3 +216,19 @@ def test_sealed_store_refuses_work_and_changes_nothing(shut_vm, operator, admin,
     services.store_unseal(actor=admin, passphrase="the store passphrase, long enough")
     assert not services.store_status(actor=admin).sealed
     assert _events("encryption.store.unseal") == ["failed", "denied", "success"]
+
+
+def test_a_disk_that_is_not_luks_is_refused(shut_vm, operator, admin, data_disk):
+    path, digest, size = data_disk(4)
+    disk = EncryptedDisk.objects.create(
+        host=shut_vm.host, vm=shut_vm, vm_uuid=shut_vm.uuid, path=path, key_id="0" * 32, state="ready"
+    )
+    with pytest.raises(Conflict, match="not a LUKS device"):
+        services.disk_header_backup(actor=operator, disk=disk)
+    rows = services.disks_list(actor=operator)
+    assert next(r for r in rows if r.disk.pk == disk.pk).error == f"{path} is not a LUKS device."
+    assert _events("encryption.disk.header_backup") == ["failed"]
+    with open(path, "rb") as fh:
+        import hashlib
+
+        assert hashlib.sha256(fh.read()).hexdigest() == digest
