@@ -1,9 +1,11 @@
 // Confirmation before destructive actions for plain (non-htmx) forms: the server refuses
 // them unless confirm=yes, which only this dialog adds. htmx forms use hx-confirm.
+// When htmx has taken the submit over (it cancels it and asks with hx-confirm), asking
+// again here would show the question twice.
 document.addEventListener("submit", function (event) {
   const form = event.target;
   const message = form.dataset.confirm;
-  if (!message || form.querySelector("input[name=confirm]")) return;
+  if (event.defaultPrevented || !message || form.querySelector("input[name=confirm]")) return;
   if (!window.confirm(message)) { event.preventDefault(); return; }
   const input = document.createElement("input");
   input.type = "hidden"; input.name = "confirm"; input.value = "yes";

@@ -263,9 +263,14 @@ def get_domain(uri: str, name: str) -> DomainInfo:
     def _get(conn):
         dom = conn.lookupByName(name)
         ((_, stats),) = conn.domainListGetStats([dom], _STATS, 0)
-        volumes_by_path = {v.path: v for v in _all_volumes(conn)}
-        info = _domain_from_stats(dom, stats, volumes_by_path)
         disks_xml, ifaces_xml = libvirt_xml.parse_domain_devices(dom.XMLDesc(0))
+        # only this domain's volumes: reading every volume of the host costs seconds on
+        # a host with thousands of them
+        paths = {d["path"] for d in disks_xml} | {
+            stats.get(f"block.{i}.path", "") for i in range(stats.get("block.count", 0))
+        }
+        volumes_by_path = _volumes_at(conn, paths)
+        info = _domain_from_stats(dom, stats, volumes_by_path)
         by_target = {d.target: d for d in info.disks}
         disks = []
         for d in disks_xml:
@@ -389,10 +394,45 @@ def _all_volumes(conn) -> list[VolumeInfo]:
     volumes = []
     for pool in conn.listAllStoragePools(libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE):
         pool_name = pool.name()
-        for vol in pool.listAllVolumes(0):
-            _type, capacity, allocation = vol.info()
-            volumes.append(VolumeInfo(pool_name, vol.name(), vol.path(), capacity, allocation))
+        try:
+            pool_volumes = pool.listAllVolumes(0)
+        except libvirt.libvirtError as exc:
+            if _gone(exc):  # stopped or removed since it was listed: it holds nothing now
+                continue
+            raise
+        for vol in pool_volumes:
+            try:
+                _type, capacity, allocation = vol.info()
+                volumes.append(VolumeInfo(pool_name, vol.name(), vol.path(), capacity, allocation))
+            except libvirt.libvirtError as exc:
+                if not _gone(exc):
+                    raise
     return volumes
+
+
+def _volumes_at(conn, paths) -> dict[str, VolumeInfo]:
+    """The pool volumes at these paths (paths outside any pool are left out)."""
+    found = {}
+    for path in paths:
+        if not path:
+            continue
+        try:
+            vol = conn.storageVolLookupByPath(path)
+            _type, capacity, allocation = vol.info()
+            found[path] = VolumeInfo(vol.storagePoolLookupByVolume().name(), vol.name(), path, capacity, allocation)
+        except libvirt.libvirtError as exc:
+            if not _gone(exc):
+                raise
+    return found
+
+
+def _gone(exc: libvirt.libvirtError) -> bool:
+    """A pool or volume that went away (stopped, deleted) while we were reading it."""
+    return exc.get_error_code() in (
+        libvirt.VIR_ERR_OPERATION_INVALID,  # "storage pool 'x' is not active"
+        libvirt.VIR_ERR_NO_STORAGE_POOL,
+        libvirt.VIR_ERR_NO_STORAGE_VOL,
+    )
 
 
 def list_pools(uri: str) -> list[PoolInfo]:

@@ -1,0 +1,198 @@
+"""Browser end-to-end harness: Debian's Chromium driven by Playwright (sync API) against
+pytest-django's live server, with the real Celery worker and the real libvirtd of
+tests/conftest.py.
+
+Every page a test opens fails the test on a browser console error or a Content Security
+Policy violation (the portal's CSP forbids inline script and style): both reach us as
+console messages of type "error", and uncaught script exceptions as page errors."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from tests.conftest import PASSWORD, ROOT
+
+# The sync API runs an asyncio loop in this thread; Django's ORM, used by the tests
+# between browser steps, would otherwise refuse to run ("async context").
+os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+DESKTOP = {"width": 1280, "height": 800}
+PHONE = {"width": 390, "height": 844}
+SCREENSHOTS = ROOT / "var" / "e2e-screenshots"
+TIMEOUT_MS = 30_000  # generous waits, never a timed assertion
+
+# Chromium reports CSP violations on the console; this makes sure each one is reported
+# even where Chromium would stay quiet (e.g. report-only or a swallowed eval).
+_CSP_LISTENER = """
+document.addEventListener("securitypolicyviolation", function (e) {
+  console.error("CSP violation: " + e.violatedDirective + " blocked " + (e.blockedURI || "inline") +
+                " at " + e.sourceFile + ":" + e.lineNumber);
+});
+"""
+
+
+def pytest_collection_modifyitems(items):
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture(scope="session")
+def browser() -> Browser:
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.fail(f"{CHROMIUM} is missing: `make setup` installs Debian's chromium")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    for old in SCREENSHOTS.glob("*.png"):
+        old.unlink()
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+class BrowserProblems(list):
+    """Console errors, CSP violations and uncaught exceptions seen by a test's pages."""
+
+    def expect(self, pattern: str, page: Page) -> None:
+        """Wait for a problem matching pattern and take it off the list (for a test that
+        provokes one on purpose)."""
+        for _ in range(int(TIMEOUT_MS / 50)):
+            for i, problem in enumerate(self):
+                if re.search(pattern, problem):
+                    del self[i]
+                    return
+            page.wait_for_timeout(50)  # lets Playwright deliver the browser's events
+        raise AssertionError(f"expected a browser error matching {pattern!r}; saw {list(self)}")
+
+
+@pytest.fixture
+def browser_problems() -> BrowserProblems:
+    return BrowserProblems()
+
+
+@pytest.fixture
+def new_page(browser, live_server, browser_problems):
+    """Open a page in a fresh browser context (its own cookies): one per user of a test."""
+    contexts = []
+
+    def make(viewport: dict | None = None) -> Page:
+        context = browser.new_context(base_url=live_server.url, viewport=viewport or DESKTOP)
+        context.set_default_timeout(TIMEOUT_MS)
+        context.add_init_script(_CSP_LISTENER)
+        contexts.append(context)
+        page = context.new_page()
+
+        def on_console(msg):
+            if msg.type == "error":
+                loc = msg.location or {}
+                browser_problems.append(f"console error on {page.url}: {msg.text} ({loc.get('url', '')})")
+
+        page.on("console", on_console)
+        page.on("pageerror", lambda exc: browser_problems.append(f"uncaught exception on {page.url}: {exc}"))
+        pending: set = set()
+        page.on("request", lambda r: pending.add(r))
+        page.on("requestfinished", lambda r: pending.discard(r))
+        page.on("requestfailed", lambda r: pending.discard(r))
+        pages.append((page, pending))
+        return page
+
+    pages: list = []
+    yield make
+    # Let the pages fall quiet before the database is flushed for the next test: stop
+    # their htmx polling timers, then wait for requests already on their way to the live
+    # server (a request still running after the flush would write into the next test).
+    for page, pending in pages:
+        if page.is_closed():
+            continue
+        page.evaluate(
+            "() => { const last = setTimeout(() => {}, 0);"
+            " for (let id = 0; id <= last; id++) { clearTimeout(id); clearInterval(id); } }"
+        )
+        for _ in range(int(TIMEOUT_MS / 50)):
+            if not pending:
+                break
+            page.wait_for_timeout(50)
+    for context in contexts:
+        context.close()
+
+
+@pytest.fixture
+def page(new_page) -> Page:
+    return new_page()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    """A test passes only if its pages saw no console error nor CSP violation."""
+    result = yield
+    problems = item.funcargs.get("browser_problems")
+    if problems:
+        raise AssertionError("the browser reported problems:\n  " + "\n  ".join(problems))
+    return result
+
+
+expect.set_options(timeout=TIMEOUT_MS)
+
+
+def login(page: Page, live_server, username: str, password: str = PASSWORD) -> None:
+    """Sign in through the login form and wait until the portal has let us in."""
+    page.goto(f"{live_server.url}/accounts/login/")
+    page.fill("input[name=username]", username)
+    page.fill("input[name=password]", password)
+    page.click("form button[type=submit]")
+    expect(page).not_to_have_url(re.compile(r"/accounts/login/"))
+    expect(page.locator("header nav")).to_contain_text(f"Sign out {username}")
+
+
+def screenshot(page: Page, name: str) -> Path:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOTS / f"{name}-{page.viewport_size['width']}.png"
+    page.screenshot(path=str(path), full_page=True)
+    return path
+
+
+def check_phone_layout(page: Page, name: str | None = None) -> None:
+    """Re-lay the current page out at phone size (390x844) and check it still fits: no
+    sideways scrolling of the page itself (wide tables scroll inside .table-wrap), the
+    heading and the navigation are on screen."""
+    page.set_viewport_size(PHONE)
+    page.wait_for_function("window.innerWidth === 390")
+    overflow = page.evaluate(
+        """() => {
+            const width = document.documentElement.clientWidth;
+            const out = [];
+            for (const el of document.querySelectorAll("body *")) {
+                if (el.closest(".table-wrap")) continue;
+                const r = el.getBoundingClientRect();
+                if (r.width && (r.right > width + 1 || r.left < -1)) out.push(el.tagName + (el.id ? "#" + el.id : "")
+                    + (el.className && typeof el.className === "string" ? "." + el.className : "")
+                    + " " + Math.round(r.left) + ".." + Math.round(r.right));
+            }
+            return {scroll: document.documentElement.scrollWidth, width: width, out: out.slice(0, 10)};
+        }"""
+    )
+    assert overflow["scroll"] <= overflow["width"] and not overflow["out"], (
+        f"{page.url} is wider than a phone ({overflow['scroll']}px > {overflow['width']}px): {overflow['out']}"
+    )
+    heading = page.locator("main h1, main h2").first
+    expect(heading).to_be_visible()
+    box = heading.bounding_box()
+    assert box and box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"] + 1, f"heading off screen: {box}"
+    if name:
+        screenshot(page, name)

@@ -1,0 +1,83 @@
+"""The gateway on a busy host: pools that disappear while being read, and a VM's detail
+that does not read every volume of the host (both seen from the browser tests while
+other sessions ran benchmarks with thousands of volumes on the same libvirtd)."""
+
+import libvirt
+import pytest
+
+from apps.core.gateways import libvirt_gw as gw
+
+pytestmark = pytest.mark.libvirt
+
+
+def _error(code: int) -> libvirt.libvirtError:
+    exc = libvirt.libvirtError("simulated")
+    exc.get_error_code = lambda: code
+    return exc
+
+
+class _Vol:
+    def __init__(self, name, exc=None):
+        self._name, self._exc = name, exc
+
+    def name(self):
+        return self._name
+
+    def path(self):
+        return f"/p/{self._name}"
+
+    def info(self):
+        if self._exc:
+            raise self._exc
+        return (0, 1 << 30, 1 << 20)
+
+
+class _Pool:
+    def __init__(self, name, vols=(), exc=None):
+        self._name, self._vols, self._exc = name, list(vols), exc
+
+    def name(self):
+        return self._name
+
+    def listAllVolumes(self, flags):  # noqa: N802 (libvirt's name)
+        if self._exc:
+            raise self._exc
+        return self._vols
+
+
+class _Conn:
+    def __init__(self, pools):
+        self._pools = pools
+
+    def listAllStoragePools(self, flags):  # noqa: N802
+        return self._pools
+
+
+def test_pools_and_volumes_that_vanish_while_listed_are_skipped():
+    conn = _Conn(
+        [
+            _Pool("stopped", exc=_error(libvirt.VIR_ERR_OPERATION_INVALID)),  # "pool is not active"
+            _Pool("removed", exc=_error(libvirt.VIR_ERR_NO_STORAGE_POOL)),
+            _Pool("ok", [_Vol("a"), _Vol("deleted", exc=_error(libvirt.VIR_ERR_NO_STORAGE_VOL)), _Vol("b")]),
+        ]
+    )
+    assert [(v.pool, v.name) for v in gw._all_volumes(conn)] == [("ok", "a"), ("ok", "b")]
+
+
+def test_other_pool_errors_still_surface():
+    conn = _Conn([_Pool("broken", exc=_error(libvirt.VIR_ERR_INTERNAL_ERROR))])
+    with pytest.raises(libvirt.libvirtError):
+        gw._all_volumes(conn)
+
+
+def test_vm_detail_reads_only_its_own_volumes(libvirt_uri, make_domain, monkeypatch):
+    name = make_domain(running=True)
+
+    def every_volume(conn):
+        raise AssertionError("get_domain read every volume of the host")
+
+    monkeypatch.setattr(gw, "_all_volumes", every_volume)
+    info = gw.get_domain(libvirt_uri, name)
+    (disk,) = info.disks
+    assert disk.path.endswith(f"{name}.qcow2")
+    assert disk.capacity == 1 << 30 and 0 < disk.allocation < 1 << 30
