@@ -1,14 +1,21 @@
+import os
 import uuid
 
 from .base import *  # noqa: F403
 from .base import env
+
+# One id per test run, inherited by the Celery workers the run starts: concurrent runs on
+# one machine get their own database and queue and never wipe each other's.
+if env("PORTAL_USE_TEST_DB") != "1":
+    os.environ.setdefault("PORTAL_TEST_RUN", uuid.uuid4().hex[:8])
+TEST_RUN = os.environ.get("PORTAL_TEST_RUN", "shared")
 
 SECRET_KEY = "test-only-insecure-key-0123456789-abcdefghijklmnopqrstuvwxyz"
 DEBUG = False
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast tests only
 CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 CELERY_TASK_ALWAYS_EAGER = False
-CELERY_TASK_DEFAULT_QUEUE = env("CELERY_QUEUE") or f"portal-test-{uuid.uuid4().hex[:8]}"
+CELERY_TASK_DEFAULT_QUEUE = env("CELERY_QUEUE") or f"portal-test-{TEST_RUN}"
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
@@ -18,9 +25,9 @@ STORAGES = {
 # the worker (PORTAL_USE_TEST_DB=1) opens the database pytest-django created.
 _db = DATABASES["default"]  # noqa: F405
 if _db["ENGINE"].endswith("sqlite3"):
-    _db["TEST"] = {"NAME": str(VAR_DIR / "test-portal.sqlite3")}  # noqa: F405
+    _db["TEST"] = {"NAME": str(VAR_DIR / f"test-portal-{TEST_RUN}.sqlite3")}  # noqa: F405
 else:
-    _db["TEST"] = {"NAME": f"test_{_db['NAME']}"}
+    _db["TEST"] = {"NAME": f"test_{_db['NAME']}_{TEST_RUN}"}
 if env("PORTAL_USE_TEST_DB") == "1":
     _db["NAME"] = _db["TEST"]["NAME"]
 
