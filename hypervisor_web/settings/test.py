@@ -33,9 +33,9 @@ if env("PORTAL_USE_TEST_DB") == "1":
 
 # Encryption: cheap PBKDF for tests only (production keeps the defaults of base.py); the
 # pytest process and the Celery worker it starts share these directories.
-ENCRYPTION_KEY_DIR = VAR_DIR / "test-encryption" / "keys"  # noqa: F405
-ENCRYPTION_RUNTIME_DIR = VAR_DIR / "test-encryption" / "run"  # noqa: F405
-ENCRYPTION_HEADER_BACKUP_DIR = VAR_DIR / "test-encryption" / "headers"  # noqa: F405
+ENCRYPTION_KEY_DIR = VAR_DIR / "test-encryption" / TEST_RUN / "keys"  # noqa: F405
+ENCRYPTION_RUNTIME_DIR = VAR_DIR / "test-encryption" / TEST_RUN / "run"  # noqa: F405
+ENCRYPTION_HEADER_BACKUP_DIR = VAR_DIR / "test-encryption" / TEST_RUN / "headers"  # noqa: F405
 ENCRYPTION_ALLOW_WEAK_PBKDF = True  # only here: apps/encryption/checks.py refuses it elsewhere
 ENCRYPTION_PBKDF_MEMORY_KIB = 32768
 ENCRYPTION_PBKDF_FORCE_ITERATIONS = 4

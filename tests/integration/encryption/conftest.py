@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import threading
 from pathlib import Path
@@ -20,6 +21,18 @@ from apps.encryption.services import get_store
 from apps.vms.models import VirtualMachine
 from apps.vms.services import inventory_sync
 from tests.conftest import unique
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _run_store_removed_at_the_end():
+    """The key store, runtime and header-backup directories of this test run
+    (var/test-encryption/<run>/, see settings/test.py) go away with the run."""
+    yield
+    from django.conf import settings
+
+    run_dir = settings.ENCRYPTION_KEY_DIR.parent
+    if run_dir.parent.name == "test-encryption":
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)
@@ -46,21 +59,25 @@ def shut_vm(host, make_domain):
 def data_disk(shut_vm, libvirt_uri, test_pool):
     """A raw volume of random data attached to the shut-off VM as vdb: (path, sha256, size)."""
     made = []
+    chunk_digests: list[str] = []  # sha256 of each MiB of the last image made
 
     def make(mib: int = 48):
         name = f"{unique('data')}.img"
         vol = lv.create_raw_volume(libvirt_uri, test_pool, name, mib << 20)
         digest = hashlib.sha256()
+        chunk_digests.clear()
         with open(vol.path, "r+b") as fh:
             for _ in range(mib):
                 chunk = os.urandom(1 << 20)
                 digest.update(chunk)
+                chunk_digests.append(hashlib.sha256(chunk).hexdigest())
                 fh.write(chunk)
         target = lv.next_free_target(libvirt_uri, shut_vm.name)
         lv.attach_encrypted_disk(libvirt_uri, shut_vm.name, lv.encrypted_disk_xml(source=vol.path, target=target))
         made.append(name)
         return vol.path, digest.hexdigest(), mib << 20
 
+    make.chunk_digests = chunk_digests
     yield make
     for name in made:
         try:
@@ -69,16 +86,8 @@ def data_disk(shut_vm, libvirt_uri, test_pool):
             pass
 
 
-def luks2_payload_sha256(path: str, key: bytes, length: int, tmp_path: Path) -> str:
-    """Decrypt the first `length` bytes of a LUKS2 image's payload in Python (AES-XTS,
-    plain64 IVs) with its volume key: the only way to read it here without device-mapper.
-    Test-only: the volume key goes to a 0400 file in the test's temp dir."""
-    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-
-    from apps.encryption.gateways import cryptsetup as cs
-
-    info = cs.dump(path)
-    assert info.cipher == "aes-xts-plain64"
+def _volume_key(path: str, key: bytes, tmp_path: Path) -> bytes:
+    """Test-only: the LUKS2 volume key, through a 0400 file in the test's temp dir."""
     vk_file = tmp_path / f"vk-{os.getpid()}"
     subprocess.run(
         [
@@ -98,21 +107,52 @@ def luks2_payload_sha256(path: str, key: bytes, length: int, tmp_path: Path) -> 
     )
     volume_key = vk_file.read_bytes()
     vk_file.unlink()
-    sector = info.sector_size
+    return volume_key
+
+
+def _decrypt(fh, volume_key: bytes, info, offset: int, length: int) -> bytes:
+    """Payload bytes [offset, offset+length) of a LUKS2 image: AES-XTS, plain64 IVs counted
+    in 512-byte sectors from the start of the payload (dm-crypt's default)."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
     alg = algorithms.AES(volume_key)
+    fh.seek(info.data_offset + offset)
+    buf = fh.read(length)
+    assert len(buf) == length, "image shorter than expected"
+    out = bytearray()
+    for i in range(0, length, info.sector_size):
+        iv = ((offset + i) // 512).to_bytes(16, "little")
+        out += Cipher(alg, modes.XTS(iv)).decryptor().update(buf[i : i + info.sector_size])
+    return bytes(out)
+
+
+def luks2_payload_sha256(path: str, key: bytes, length: int, tmp_path: Path) -> str:
+    """sha256 of the first `length` bytes of a LUKS2 image's payload, decrypted in Python
+    (the only way to read it here without device-mapper)."""
+    from apps.encryption.gateways import cryptsetup as cs
+
+    info = cs.dump(path)
+    assert info.cipher == "aes-xts-plain64"
+    volume_key = _volume_key(path, key, tmp_path)
     digest = hashlib.sha256()
-    iv_unit = 512
     with open(path, "rb") as fh:
-        fh.seek(info.data_offset)
-        done = 0
-        while done < length:
-            buf = fh.read(min(1 << 20, length - done))
-            assert buf, "image shorter than expected"
-            for i in range(0, len(buf), sector):
-                iv = ((done + i) // iv_unit).to_bytes(16, "little")
-                digest.update(Cipher(alg, modes.XTS(iv)).decryptor().update(buf[i : i + sector]))
-            done += len(buf)
+        for offset in range(0, length, 1 << 20):
+            digest.update(_decrypt(fh, volume_key, info, offset, min(1 << 20, length - offset)))
     return digest.hexdigest()
+
+
+def luks2_chunks_match(path: str, key: bytes, chunk_digests: list[str], indexes, tmp_path: Path) -> bool:
+    """True when the payload's MiB number i (for each i in indexes) decrypts to the
+    plaintext whose sha256 is chunk_digests[i]."""
+    from apps.encryption.gateways import cryptsetup as cs
+
+    info = cs.dump(path)
+    volume_key = _volume_key(path, key, tmp_path)
+    with open(path, "rb") as fh:
+        return all(
+            hashlib.sha256(_decrypt(fh, volume_key, info, i << 20, 1 << 20)).hexdigest() == chunk_digests[i]
+            for i in indexes
+        )
 
 
 class ProcessWatcher:
