@@ -68,14 +68,18 @@ def test_a_worker_killed_mid_job_is_marked_failed_when_it_restarts(transactional
 
 
 def test_stale_running_jobs_are_reaped(transactional_db, operator, vm):
-    job = services.vm_lifecycle(actor=operator, vm=vm, action="suspend")
-    stale = timezone.now() - timedelta(seconds=settings.JOB_STALE_SECONDS + 5)
-    Job.objects.filter(pk=job.pk).update(state=Job.State.RUNNING, heartbeat_at=stale, worker="gone@nowhere")
-    fresh = services.vm_lifecycle(actor=operator, vm=vm, action="suspend")
-    Job.objects.filter(pk=fresh.pk).update(state=Job.State.RUNNING, heartbeat_at=timezone.now(), worker="busy@x")
+    def running_job(heartbeat):
+        return Job.objects.create(kind="vms.vm.suspend", target_type="virtualmachine", target_id=str(vm.pk),
+                                  target_name=vm.name, actor=operator, actor_name=operator.username,
+                                  state=Job.State.RUNNING, worker="gone@nowhere", heartbeat_at=heartbeat)  # fmt: skip
+
+    stale = running_job(timezone.now() - timedelta(seconds=settings.JOB_STALE_SECONDS + 5))
+    fresh = running_job(timezone.now())
     assert jobs.jobs_reap_stale() == 1
-    assert Job.objects.get(pk=job.pk).state == Job.State.FAILED
+    stale.refresh_from_db()
+    assert (stale.state, "stopped reporting" in stale.error) == (Job.State.FAILED, True)
     assert Job.objects.get(pk=fresh.pk).state == Job.State.RUNNING
+    assert AuditEvent.objects.get(job_id=stale.pk).outcome == "failed"
 
 
 def test_a_redelivered_job_is_not_run_twice(worker, operator, vm):
