@@ -193,7 +193,7 @@ def test_every_page_of_the_navigation_loads_cleanly_on_desktop_and_phone(live_se
         slug = "vm-detail" if url == vm_url(vm) else url.strip("/").replace("/", "_") or "dashboard"
         page.set_viewport_size(DESKTOP)
         response = page.goto(url)
-        assert response.status == 200, (url, response.status)
+        assert response.status == 200, (url, response.status, page.locator("main").inner_text())
         expect(page.locator("main h1").first).to_be_visible()
         current = page.locator("header nav a[aria-current='page']")
         if url != vm_url(vm):
