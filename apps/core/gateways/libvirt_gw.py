@@ -436,22 +436,31 @@ def _gone(exc: libvirt.libvirtError) -> bool:
 
 
 def list_pools(uri: str) -> list[PoolInfo]:
+    """Every pool with its volumes. A pool or volume removed while we read is left out."""
+
+    def _read(pool) -> PoolInfo:
+        active = bool(pool.isActive())
+        _state, capacity, allocation, available = pool.info()
+        path = ET.fromstring(pool.XMLDesc(0)).findtext("./target/path") or ""
+        vols = []
+        for vol in pool.listAllVolumes(0) if active else ():
+            try:
+                _t, cap, alloc = vol.info()
+                vols.append(VolumeInfo(pool.name(), vol.name(), vol.path(), cap, alloc))
+            except libvirt.libvirtError as exc:
+                if not _gone(exc):
+                    raise
+        volumes = tuple(sorted(vols, key=lambda v: v.name))
+        return PoolInfo(pool.UUIDString(), pool.name(), active, capacity, allocation, available, path, volumes)
+
     def _list(conn):
         pools = []
         for pool in conn.listAllStoragePools(0):
-            active = bool(pool.isActive())
-            _state, capacity, allocation, available = pool.info()
-            path = ET.fromstring(pool.XMLDesc(0)).findtext("./target/path") or ""
-            volumes = ()
-            if active:
-                vols = []
-                for vol in pool.listAllVolumes(0):
-                    _t, cap, alloc = vol.info()
-                    vols.append(VolumeInfo(pool.name(), vol.name(), vol.path(), cap, alloc))
-                volumes = tuple(sorted(vols, key=lambda v: v.name))
-            pools.append(
-                PoolInfo(pool.UUIDString(), pool.name(), active, capacity, allocation, available, path, volumes)
-            )
+            try:
+                pools.append(_read(pool))
+            except libvirt.libvirtError as exc:
+                if not _gone(exc):
+                    raise
         return sorted(pools, key=lambda p: p.name)
 
     return call(uri, "list storage pools", _list)
