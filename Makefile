@@ -29,3 +29,6 @@ lint: venv
 
 bench: setup
 	$(PY) -m tests.bench.run
+
+clean-test-resources: venv
+	$(PY) scripts/clean-test-resources.py

@@ -1,0 +1,30 @@
+"""Remove libvirt objects left behind by test runs that were cut short (tvm-*, tpool-*,
+tnet-*). Never run while a test run is going on. Usage: make clean-test-resources"""
+
+import os
+import sys
+
+import django
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "hypervisor_web.settings.dev")
+django.setup()
+
+from django.conf import settings  # noqa: E402
+
+from apps.core.gateways import libvirt_gw as gw  # noqa: E402
+
+PREFIXES = ("tvm-", "tpool-", "tnet-", "bench-")
+uri = settings.LIBVIRT_URI
+for d in gw.list_domains(uri):
+    if d.name.startswith(PREFIXES):
+        gw.undefine_domain(uri, d.name)
+        print("removed VM", d.name)
+for p in gw.list_pools(uri):
+    if p.name.startswith(PREFIXES):
+        gw.remove_pool(uri, p.name)
+        print("removed pool", p.name)
+for n in gw.list_networks(uri):
+    if n.name.startswith(PREFIXES):
+        gw.remove_network(uri, n.name)
+        print("removed network", n.name)
