@@ -112,8 +112,13 @@ def _job_process(job_id: int) -> subprocess.Popen:
 
 @pytest.mark.parametrize("recovery", ["redelivered", "asked-again"])
 def test_worker_killed_mid_encryption_resumes_and_keeps_the_data(
-    transactional_db, host, shut_vm, data_disk, operator, tmp_path, recovery
+    transactional_db, host, shut_vm, data_disk, operator, tmp_path, recovery, monkeypatch
 ):
+    from apps.core import jobs as core_jobs
+
+    # This test plays the worker itself (a process it can kill): keep the job away from the
+    # session's Celery worker, which would otherwise run it at the same time.
+    monkeypatch.setattr(core_jobs, "_send", lambda job_id: None)
     path, digest, size = data_disk(512)  # large enough to be caught mid-way on a fast machine
     job = services.disk_encrypt_existing(actor=operator, vm=shut_vm, path=path)
     proc = _job_process(job.pk)
