@@ -136,7 +136,7 @@ def test_worker_killed_mid_encryption_resumes_and_keeps_the_data(
         time.sleep(0.01)
     proc.wait(timeout=30)
     if not killed_mid_way:
-        pytest.skip("the encryption finished before it could be interrupted on this machine")
+        pytest.skip(reason="this machine encrypted the whole image before the kill could land mid-way")
     assert cs.dump(path).reencrypt_pending  # interrupted: the header says so
     assert Job.objects.get(pk=job.pk).state == Job.State.RUNNING
     if recovery == "redelivered":
