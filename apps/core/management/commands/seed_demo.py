@@ -45,11 +45,14 @@ class Command(BaseCommand):
                 gw.define_domain(
                     host.uri, domain_xml(name=name, memory_mib=64, vcpus=1, disk_paths=[vol.path], networks=[network])
                 )
-            if running and gw.domain_state(host.uri, name) == "shut off":
-                try:
+            state = gw.domain_state(host.uri, name)
+            try:
+                if running and state == "shut off":
                     gw.start_domain(host.uri, name)
-                except Conflict:
-                    pass
+                elif running and state == "paused":
+                    gw.resume_domain(host.uri, name)
+            except Conflict:  # changed state under us: leave it as it is
+                pass
         inventory_sync(host)
         for name, zone, _net, _running in VMS:
             VirtualMachine.objects.filter(host=host, name=name).update(zone=zone)
