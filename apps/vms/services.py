@@ -66,37 +66,46 @@ class VmRow:
 
 
 def inventory_sync(host: Host) -> list[tuple[VirtualMachine, gw.DomainInfo]]:
-    """Read every domain of the host in bulk and bring the VM rows up to date
-    (a constant number of queries, whatever the number of VMs)."""
+    """Read every domain of the host in bulk and bring the VM rows up to date: a constant
+    number of queries whatever the number of VMs, and writes only for rows that changed."""
     domains = gw.list_domains(host.uri)
     now = timezone.now()
     existing = {str(vm.uuid): vm for vm in VirtualMachine.objects.filter(host=host)}
-    seen = set()
     to_create, to_update = [], []
     for d in domains:
-        seen.add(d.uuid)
         vm = existing.get(d.uuid)
+        live = (d.name, d.state, d.vcpus, d.memory_kib, True)
         if vm is None:
-            vm = VirtualMachine(host=host, uuid=d.uuid, name=d.name)
+            vm = VirtualMachine(host=host, uuid=d.uuid)
             to_create.append(vm)
-        else:
+        elif (vm.name, vm.last_state, vm.vcpus, vm.memory_kib, vm.present) != live:
             to_update.append(vm)
-        vm.name, vm.last_state, vm.vcpus, vm.memory_kib = d.name, d.state, d.vcpus, d.memory_kib
-        vm.present, vm.last_seen = True, now
+        else:
+            continue
+        vm.name, vm.last_state, vm.vcpus, vm.memory_kib, vm.present = live
+        vm.last_seen = now
+    seen = {d.uuid for d in domains}
     gone = [vm for uuid, vm in existing.items() if uuid not in seen and vm.present]
     for vm in gone:
         vm.present = False
-    with transaction.atomic():
-        if gone:
-            VirtualMachine.objects.bulk_update(gone, ["present"])
-        if to_update:
-            VirtualMachine.objects.bulk_update(
-                to_update, ["name", "last_state", "vcpus", "memory_kib", "present", "last_seen"]
-            )
-        if to_create:
-            VirtualMachine.objects.bulk_create(to_create)
-    by_uuid = {str(vm.uuid): vm for vm in VirtualMachine.objects.filter(host=host, present=True)}
-    return [(by_uuid[d.uuid], d) for d in domains if d.uuid in by_uuid]
+    if gone or to_update or to_create:
+        with transaction.atomic():
+            if gone:
+                VirtualMachine.objects.bulk_update(gone, ["present"])
+            if to_update:
+                VirtualMachine.objects.bulk_update(
+                    to_update, ["name", "last_state", "vcpus", "memory_kib", "present", "last_seen"]
+                )
+            if to_create:
+                VirtualMachine.objects.bulk_create(to_create)
+        existing = {str(vm.uuid): vm for vm in VirtualMachine.objects.filter(host=host)}
+    rows = []
+    for d in domains:
+        vm = existing.get(d.uuid)
+        if vm is not None:
+            vm.host = host  # the rows are shown with their host: no query per row
+            rows.append((vm, d))
+    return rows
 
 
 def inventory_for(user, hosts=None) -> list[VmRow]:

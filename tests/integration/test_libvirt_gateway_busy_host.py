@@ -10,9 +10,10 @@ from apps.core.gateways import libvirt_gw as gw
 pytestmark = pytest.mark.libvirt
 
 
-def _error(code: int) -> libvirt.libvirtError:
-    exc = libvirt.libvirtError("simulated")
+def _error(code: int, message: str = "simulated") -> libvirt.libvirtError:
+    exc = libvirt.libvirtError(message)
     exc.get_error_code = lambda: code
+    exc.get_error_message = lambda: message
     return exc
 
 
@@ -24,6 +25,9 @@ class _Vol:
         return self._name
 
     def path(self):
+        return f"/p/{self._name}"
+
+    def key(self):  # a dir pool's volume key is its path
         return f"/p/{self._name}"
 
     def info(self):
@@ -38,6 +42,9 @@ class _Pool:
 
     def name(self):
         return self._name
+
+    def XMLDesc(self, flags):  # noqa: N802 (libvirt's name)
+        return '<pool type="dir"/>'
 
     def listAllVolumes(self, flags):  # noqa: N802 (libvirt's name)
         if self._exc:
@@ -56,7 +63,7 @@ class _Conn:
 def test_pools_and_volumes_that_vanish_while_listed_are_skipped():
     conn = _Conn(
         [
-            _Pool("stopped", exc=_error(libvirt.VIR_ERR_OPERATION_INVALID)),  # "pool is not active"
+            _Pool("stopped", exc=_error(libvirt.VIR_ERR_OPERATION_INVALID, "storage pool 'stopped' is not active")),
             _Pool("removed", exc=_error(libvirt.VIR_ERR_NO_STORAGE_POOL)),
             _Pool("ok", [_Vol("a"), _Vol("deleted", exc=_error(libvirt.VIR_ERR_NO_STORAGE_VOL)), _Vol("b")]),
         ]

@@ -391,22 +391,15 @@ def delete_snapshot(uri: str, name: str, snapshot: str) -> None:
 
 
 def _all_volumes(conn) -> list[VolumeInfo]:
+    """Every volume of every active pool (one listAllVolumes per pool)."""
     volumes = []
     for pool in conn.listAllStoragePools(libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE):
-        pool_name = pool.name()
         try:
-            pool_volumes = pool.listAllVolumes(0)
+            pool_type = ET.fromstring(pool.XMLDesc(0)).get("type", "")
+            volumes.extend(_pool_volumes(pool, pool.name(), pool_type))
         except libvirt.libvirtError as exc:
-            if _gone(exc):  # stopped or removed since it was listed: it holds nothing now
-                continue
-            raise
-        for vol in pool_volumes:
-            try:
-                _type, capacity, allocation = vol.info()
-                volumes.append(VolumeInfo(pool_name, vol.name(), vol.path(), capacity, allocation))
-            except libvirt.libvirtError as exc:
-                if not _gone(exc):
-                    raise
+            if not _vanished(exc):  # stopped or removed since it was listed: it holds nothing now
+                raise
     return volumes
 
 
@@ -421,45 +414,21 @@ def _volumes_at(conn, paths) -> dict[str, VolumeInfo]:
             _type, capacity, allocation = vol.info()
             found[path] = VolumeInfo(vol.storagePoolLookupByVolume().name(), vol.name(), path, capacity, allocation)
         except libvirt.libvirtError as exc:
-            if not _gone(exc):
+            if not _vanished(exc):
                 raise
     return found
-
-
-def _gone(exc: libvirt.libvirtError) -> bool:
-    """A pool or volume that went away (stopped, deleted) while we were reading it."""
-    return exc.get_error_code() in (
-        libvirt.VIR_ERR_OPERATION_INVALID,  # "storage pool 'x' is not active"
-        libvirt.VIR_ERR_NO_STORAGE_POOL,
-        libvirt.VIR_ERR_NO_STORAGE_VOL,
-    )
 
 
 def list_pools(uri: str) -> list[PoolInfo]:
     """Every pool with its volumes. A pool or volume removed while we read is left out."""
 
-    def _read(pool) -> PoolInfo:
-        active = bool(pool.isActive())
-        _state, capacity, allocation, available = pool.info()
-        path = ET.fromstring(pool.XMLDesc(0)).findtext("./target/path") or ""
-        vols = []
-        for vol in pool.listAllVolumes(0) if active else ():
-            try:
-                _t, cap, alloc = vol.info()
-                vols.append(VolumeInfo(pool.name(), vol.name(), vol.path(), cap, alloc))
-            except libvirt.libvirtError as exc:
-                if not _gone(exc):
-                    raise
-        volumes = tuple(sorted(vols, key=lambda v: v.name))
-        return PoolInfo(pool.UUIDString(), pool.name(), active, capacity, allocation, available, path, volumes)
-
     def _list(conn):
         pools = []
         for pool in conn.listAllStoragePools(0):
             try:
-                pools.append(_read(pool))
+                pools.append(_read_pool(pool))
             except libvirt.libvirtError as exc:
-                if not _gone(exc):
+                if not _vanished(exc):
                     raise
         return sorted(pools, key=lambda p: p.name)
 

@@ -1,0 +1,106 @@
+"""The VM inventory page's read (inventory_for: one bulk libvirt read, the VM rows brought up
+to date, scoping) over 500 defined domains, against the bare libvirt reads it needs
+(getAllDomainStats + every pool's volumes), in the same run.
+
+Target: at most 1.5x the bare reads, with a constant number of SQL queries. Defines 500
+small domains (one sparse disk each) on qemu:///system in a temporary pool; removes them."""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+import time
+import uuid
+from pathlib import Path
+
+import libvirt
+from django.conf import settings
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+VMS = 500
+ROUNDS = 5
+STATS = (
+    libvirt.VIR_DOMAIN_STATS_STATE
+    | libvirt.VIR_DOMAIN_STATS_VCPU
+    | libvirt.VIR_DOMAIN_STATS_BALLOON
+    | libvirt.VIR_DOMAIN_STATS_BLOCK
+    | libvirt.VIR_DOMAIN_STATS_INTERFACE
+)
+
+
+def _bare(conn) -> int:
+    domains = conn.getAllDomainStats(STATS, 0)
+    for pool in conn.listAllStoragePools(libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE):
+        try:
+            for vol in pool.listAllVolumes(0):
+                vol.info()
+        except libvirt.libvirtError:  # a pool another process removed meanwhile
+            continue
+    return len(domains)
+
+
+def run(args) -> dict:
+    from django.contrib.auth import get_user_model
+
+    from apps.accounts.models import RoleAssignment
+    from apps.core.gateways import libvirt_gw as gw
+    from apps.core.gateways.libvirt_xml import domain_xml
+    from apps.core.models import Host
+    from apps.vms.services import inventory_for
+
+    vms = max(1, int(VMS * args.scale))
+    uri = settings.LIBVIRT_URI
+    tag = uuid.uuid4().hex[:6]
+    pool_name = f"bench-{tag}"
+    pool_dir = Path(settings.BASE_DIR) / "var" / "bench-pools" / pool_name
+    pool_dir.mkdir(parents=True, exist_ok=True)
+    conn = libvirt.open(uri)
+    names: list[str] = []
+    try:
+        for i in range(vms):
+            path = pool_dir / f"d{i:04d}.qcow2"
+            with open(path, "wb") as f:
+                f.truncate(1 << 20)
+            name = f"bench-{tag}-{i:04d}"
+            conn.defineXML(domain_xml(name=name, memory_mib=64, vcpus=1, disk_paths=[str(path)], networks=[]))
+            names.append(name)
+        gw.ensure_dir_pool(uri, pool_name, str(pool_dir))
+        Host.objects.all().delete()
+        host = Host.objects.create(name=f"bench-{tag}", uri=uri)
+        user = get_user_model().objects.create_user(f"bench-{tag}")
+        RoleAssignment.objects.create(user=user, role="viewer", scope="host", host=host)
+        inventory_for(user)  # warm-up: connection and first sync
+        bare, portal, queries = [], [], []
+        for _ in range(ROUNDS):
+            t = time.perf_counter()
+            listed = _bare(conn)
+            bare.append(time.perf_counter() - t)
+            user = get_user_model().objects.get(pk=user.pk)  # no cached assignments
+            with CaptureQueriesContext(connection) as ctx:
+                t = time.perf_counter()
+                rows = inventory_for(user)
+                portal.append(time.perf_counter() - t)
+            queries.append(len(ctx.captured_queries))
+        b, p = statistics.median(bare), statistics.median(portal)
+        return {
+            "name": f"VM inventory, {listed} domains",
+            "target": "<= 1.5",
+            "ratio": p / b,
+            "bare libvirt reads (median s)": round(b, 3),
+            "inventory_for (median s)": round(p, 3),
+            "rows shown": len(rows),
+            "SQL queries per call": sorted(set(queries)),
+        }
+    finally:
+        for name in names:
+            try:
+                conn.lookupByName(name).undefine()
+            except libvirt.libvirtError:
+                pass
+        try:
+            gw.remove_pool(uri, pool_name, delete_volumes=False)
+        except Exception:  # noqa: BLE001  (already gone)
+            pass
+        conn.close()
+        shutil.rmtree(pool_dir, ignore_errors=True)
