@@ -1,5 +1,6 @@
-"""Login throttling: after LOGIN_FAILURE_LIMIT failures for a username or an address within
-LOGIN_FAILURE_WINDOW seconds, further attempts are refused until the window passes."""
+"""Login throttling: after LOGIN_FAILURE_LIMIT failures for a user name, or ten times as many
+from one address (behind a proxy many people share one), within LOGIN_FAILURE_WINDOW
+seconds, further attempts are refused until the window passes."""
 
 from django.conf import settings
 from django.core.cache import cache
@@ -10,8 +11,9 @@ def _keys(username: str, ip: str | None) -> list[str]:
 
 
 def is_locked(username: str, ip: str | None) -> bool:
+    user_key, ip_key = _keys(username, ip)
     limit = settings.LOGIN_FAILURE_LIMIT
-    return any((cache.get(k) or 0) >= limit for k in _keys(username, ip))
+    return (cache.get(user_key) or 0) >= limit or (cache.get(ip_key) or 0) >= 10 * limit
 
 
 def note_failure(username: str, ip: str | None) -> None:

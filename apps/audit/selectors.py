@@ -2,11 +2,15 @@ from django.contrib.auth import get_user_model
 from django.db.models import Count, Max, Q
 
 from apps.accounts.models import RoleAssignment
+from apps.accounts.permissions import require
 
 from .models import AuditEvent
 
 
-def events_filtered(params) -> "AuditEvent.objects":
+def events_filtered(user, params):
+    """The audit log, filtered. It names every user, address and host: only a global audit
+    role reads it (an auditor scoped to one host or zone does not)."""
+    require(user, "audit.view", None, action="audit.events.view")
     qs = AuditEvent.objects.all()
     if params.get("actor"):
         qs = qs.filter(actor_name__iexact=params["actor"])
@@ -19,9 +23,10 @@ def events_filtered(params) -> "AuditEvent.objects":
     return qs
 
 
-def access_review():
+def access_review(user):
     """Every user with their roles, last sign-in, activity and denials: what an auditor
-    reviews each quarter (who can do what, and who still needs to)."""
+    reviews each quarter (who can do what, and who still needs to). Global auditors only."""
+    require(user, "access_review.view", None, action="audit.access_review.view")
     users = (
         get_user_model()
         .objects.order_by("username")

@@ -11,7 +11,7 @@ from .models import AuditEvent
 
 @permission_required("audit.view")
 def event_list(request):
-    qs = selectors.events_filtered(request.GET)
+    qs = selectors.events_filtered(request.user, request.GET)
     page = Paginator(qs, 50).get_page(request.GET.get("page"))
     context = {"page": page, "filters": request.GET, "outcomes": AuditEvent.Outcome.values}
     return render_page(request, "audit/events.html", context, partial="table")
@@ -19,7 +19,7 @@ def event_list(request):
 
 @permission_required("access_review.view")
 def access_review(request):
-    rows = selectors.access_review()
+    rows = selectors.access_review(request.user)
     if request.GET.get("format") == "csv":
         response = HttpResponse(content_type="text/csv")
         response["Content-Disposition"] = 'attachment; filename="access-review.csv"'

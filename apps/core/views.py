@@ -18,11 +18,11 @@ def dashboard(request):
     for row in rows:
         states[row.live.state] = states.get(row.live.state, 0) + 1
     context = {
-        "hosts": Host.objects.all(),
+        "hosts": [h for h in Host.objects.all() if has_perm(request.user, "dashboard.view", h)],
         "vm_count": len(rows),
         "states": sorted(states.items()),
         "jobs": jobs_visible_to(request.user)[:8],
-        "events": AuditEvent.objects.all()[:8] if has_perm(request.user, "audit.view", anywhere=True) else None,
+        "events": AuditEvent.objects.all()[:8] if has_perm(request.user, "audit.view") else None,  # global only
     }
     return render_page(request, "core/dashboard.html", context)
 

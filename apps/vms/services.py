@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from django.db import transaction
 from django.utils import timezone
 
-from apps.accounts.permissions import require, scope_filter
+from apps.accounts.permissions import has_perm, require, scope_filter
 from apps.audit.services import record
 from apps.core import jobs
 from apps.core.errors import Conflict, InvalidInput, NotFound
@@ -123,11 +123,15 @@ def inventory_for(user, hosts=None) -> list[VmRow]:
 
 
 def vm_for(user, host_name: str, vm_name: str, perm: str = "vms.view") -> VirtualMachine:
-    """The VM, if the user may see it (NotFound otherwise, so hidden VMs stay hidden)."""
-    validate_name(host_name, "host name")
-    validate_name(vm_name, "VM name")
-    from apps.accounts.permissions import has_perm
-
+    """The VM, if the user may see it (NotFound otherwise, so hidden VMs stay hidden).
+    A refused lookup is audited: it is how a forged request for another scope shows up."""
+    target = ("virtualmachine", "", f"{host_name}/{vm_name}"[:200])
+    try:
+        validate_name(host_name, "host name")
+        validate_name(vm_name, "VM name")
+    except InvalidInput as exc:
+        record(actor=user, action="vms.vm.lookup", target=target, outcome="failed", error=exc.message)
+        raise
     vm = VirtualMachine.objects.select_related("host").filter(host__name=host_name, name=vm_name, present=True).first()
     if vm is None:
         host = Host.objects.filter(name=host_name).first()
@@ -135,6 +139,9 @@ def vm_for(user, host_name: str, vm_name: str, perm: str = "vms.view") -> Virtua
             inventory_sync(host)
             vm = VirtualMachine.objects.select_related("host").filter(host=host, name=vm_name, present=True).first()
     if vm is None or not has_perm(user, "vms.view", vm):
+        hidden = vm is not None
+        record(actor=user, action="vms.vm.lookup", target=vm or target, outcome="denied" if hidden else "failed",
+               error="outside the user's scope" if hidden else "no such VM")  # fmt: skip
         raise NotFound(f"No VM named {vm_name!r} on host {host_name!r} that you can see.")
     return vm
 

@@ -55,6 +55,8 @@ def test_forged_post_to_a_vm_outside_the_users_scope_is_404_and_audited(client, 
     assert response.status_code == 404  # the VM stays invisible, not merely forbidden
     assert gw.domain_state(host.uri, vm.name) == "running"
     assert not Job.objects.exists()
+    refused = AuditEvent.objects.get(action="vms.vm.lookup")
+    assert (refused.outcome, refused.actor_name, refused.target_name) == ("denied", scoped.username, vm.name)
 
 
 def test_viewer_post_is_403_with_a_readable_page_and_a_denied_event(client, viewer, vm):
@@ -72,6 +74,7 @@ def test_hostile_vm_names_in_the_url_are_refused(client, operator, host, name):
     response = client.post(f"/vms/{host.name}/{name}/action/", {"action": "start"})
     assert response.status_code in (400, 404)
     assert not Job.objects.exists()
+    assert AuditEvent.objects.filter(actor_name=operator.username, outcome="failed").exists()
 
 
 def test_htmx_errors_come_back_as_a_toast(client, operator, vm):

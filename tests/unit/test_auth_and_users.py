@@ -145,3 +145,18 @@ def test_an_expired_session_is_sent_to_login_and_changes_nothing(client, admin):
     )
     assert response.status_code == 302 and response["Location"].startswith(reverse("login"))
     assert not User.objects.filter(username="late").exists()
+
+
+def test_a_scoped_auditor_cannot_read_the_whole_audit_log(client, make_user, host):
+    scoped = make_user(role=Role.AUDITOR, scope="host", host=host)
+    client.force_login(scoped)
+    assert client.get(reverse("audit:events")).status_code == 403
+    assert client.get(reverse("audit:access_review")).status_code == 403
+    assert AuditEvent.objects.filter(actor_name=scoped.username, outcome="denied").count() == 2
+
+
+def test_host_uris_are_shown_to_admins_only(client, admin, viewer, host):
+    client.force_login(viewer)
+    assert host.uri not in client.get(reverse("dashboard")).content.decode()
+    client.force_login(admin)
+    assert host.uri in client.get(reverse("dashboard")).content.decode()
