@@ -98,7 +98,8 @@ def test_operator_suspends_and_resumes_a_vm_and_the_auditor_sees_it(
     expect(success).to_contain_text(operator.username)
     expect(success.get_by_role("link", name=f"job {suspend_job}")).to_be_visible()
     expect(audit.locator("#audit-table tr[data-action='vms.vm.resume'][data-outcome='success']")).to_have_count(1)
-    # the filter was applied: every row left is about this VM
+    # the filter is applied (htmx swaps the table in): every row left is about this VM
+    expect(audit.locator("#audit-table tbody tr").filter(has_not_text=vm.name)).to_have_count(0)
     targets = audit.locator("#audit-table tbody tr td:nth-child(5)").all_inner_texts()
     assert targets and set(targets) == {vm.name}
 
