@@ -5,17 +5,27 @@ looks up the handler registered for the job's kind. The handler is a service fun
 gets the job and a `progress(percent, message)` callback. `job_run` records the outcome in
 the audit log under the job's kind, so every job ends in exactly one success or failure
 event. Handlers must be idempotent: a job whose worker died is delivered again (acks_late).
+
+A handler that blocks for long in one call (an in-place encryption runs cryptsetup for
+hours) wraps it in `heartbeat(job)`, so the stale-job reaper does not take it for lost, and
+is registered with `long=True`, so it runs in the task whose time limits
+(settings.JOB_LONG_TIME_LIMIT) are above the command's own timeout.
+
+A job runs as the user who asked for it; it runs as the system only when a command asked
+for it without a user (actor_name "system"). A job whose user was deleted since is denied.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 
 from django.conf import settings
 from django.core.exceptions import PermissionDenied
-from django.db import transaction
+from django.db import connections, transaction
 from django.utils import timezone
 
 from apps.audit import context as audit_context
@@ -29,16 +39,38 @@ log = logging.getLogger(__name__)
 Progress = Callable[[int, str], None]
 Handler = Callable[[Job, Progress], dict | None]
 _HANDLERS: dict[str, Handler] = {}
+_LONG_KINDS: set[str] = set()
+SYSTEM_ACTOR = "system"
 
 
-def handler(kind: str):
-    """Register the function that does the work of jobs of this kind."""
+def handler(kind: str, *, long: bool = False):
+    """Register the function that does the work of jobs of this kind. long=True: the job may
+    block for hours (it must keep its heartbeat with `heartbeat`) and runs in the task with
+    the long time limits."""
 
     def register(fn: Handler) -> Handler:
         _HANDLERS[kind] = fn
+        if long:
+            _LONG_KINDS.add(kind)
+        else:
+            _LONG_KINDS.discard(kind)
         return fn
 
     return register
+
+
+def is_long(kind: str) -> bool:
+    return kind in _LONG_KINDS
+
+
+def job_actor(job: Job):
+    """The user the job acts for, or None for the system (a job a command asked for without
+    a user). A job whose user was deleted since is not the system: PermissionDenied."""
+    if job.actor_id is not None:
+        return job.actor
+    if job.actor_name == SYSTEM_ACTOR:
+        return None
+    raise PermissionDenied(f"The user {job.actor_name!r} who asked for this job no longer exists; the job was not run.")
 
 
 def job_enqueue(*, actor, kind: str, target, host=None, params: dict | None = None) -> Job:
@@ -53,7 +85,7 @@ def job_enqueue(*, actor, kind: str, target, host=None, params: dict | None = No
         target_name=str(target),
         params=params or {},
         actor=actor if getattr(actor, "is_authenticated", False) else None,
-        actor_name=getattr(actor, "username", "") or "system",
+        actor_name=SYSTEM_ACTOR if actor is None else (getattr(actor, "username", "") or "anonymous"),
         source_ip=audit_context.source_ip.get(),
         request_id=audit_context.request_id.get(),
     )
@@ -62,10 +94,16 @@ def job_enqueue(*, actor, kind: str, target, host=None, params: dict | None = No
     return job
 
 
-def _send(job_id: int) -> None:
-    from .tasks import run_job
+def task_for(kind: str):
+    """The Celery task that runs jobs of this kind: long jobs get the long time limits."""
+    from .tasks import run_job, run_long_job
 
-    result = run_job.apply_async(args=[job_id])
+    return run_long_job if is_long(kind) else run_job
+
+
+def _send(job_id: int) -> None:
+    kind = Job.objects.filter(pk=job_id).values_list("kind", flat=True).first() or ""
+    result = task_for(kind).apply_async(args=[job_id])
     Job.objects.filter(pk=job_id, celery_task_id="").update(celery_task_id=result.id or "")
 
 
@@ -79,6 +117,34 @@ def _progress_callback(job: Job) -> Progress:
         Job.objects.filter(pk=job.pk).update(progress=percent, log=job.log, heartbeat_at=job.heartbeat_at)
 
     return progress
+
+
+@contextmanager
+def heartbeat(job: Job, *, every: float | None = None) -> Iterator[None]:
+    """Keep the job's heartbeat moving while the handler blocks in one long call: a daemon
+    thread updates Job.heartbeat_at every `every` seconds (default: a minute, or a third of
+    JOB_STALE_SECONDS if less), with its own database connection, which it closes when the
+    block ends."""
+    every = every or max(1, min(60, settings.JOB_STALE_SECONDS / 3))
+    stop = threading.Event()
+
+    def beat() -> None:
+        try:
+            while not stop.wait(every):
+                try:
+                    Job.objects.filter(pk=job.pk, state=Job.State.RUNNING).update(heartbeat_at=timezone.now())
+                except Exception:  # a missed beat is not worth ending the job for
+                    log.warning("job %s: heartbeat update failed", job.pk, exc_info=True)
+        finally:
+            connections.close_all()  # this thread's connections only
+
+    thread = threading.Thread(target=beat, name=f"job-{job.pk}-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=30)
 
 
 def job_run(job_id: int, *, worker: str = "") -> Job | None:
@@ -102,6 +168,7 @@ def job_run(job_id: int, *, worker: str = "") -> Job | None:
         try:
             if work is None:
                 raise PortalError(f"This portal version cannot run jobs of kind {job.kind}.")
+            job_actor(job)  # a job whose user was deleted is denied, never run as the system
             result = work(job, progress) or {}
         except PermissionDenied as exc:
             _finish(job, Job.State.FAILED, error=str(exc), outcome="denied")

@@ -66,7 +66,9 @@ def ensure_private_dir(path: Path) -> Path:
 
 
 def write_private_file(path: Path, data: bytes, *, replace: bool = False) -> None:
-    """Write `data` to `path` atomically, mode 0400, in its (0700) directory."""
+    """Write `data` to `path` atomically, mode 0400, in its (0700) directory. Without
+    `replace`, an existing file is never overwritten, even one created meanwhile: the new
+    file is linked in (link fails if the name exists), not renamed over it."""
     directory = ensure_private_dir(path.parent)
     if path.exists() and not replace:
         raise KeyFileRejected(f"{path} already exists; refusing to overwrite a key file.")
@@ -77,7 +79,14 @@ def write_private_file(path: Path, data: bytes, *, replace: bool = False) -> Non
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o400)
-        os.rename(tmp, path)
+        if replace:
+            os.rename(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise KeyFileRejected(f"{path} already exists; refusing to overwrite a key file.") from None
+            os.unlink(tmp)
     except BaseException:
         try:
             os.unlink(tmp)
@@ -629,6 +638,8 @@ def escrow_unwrap(document: bytes, passphrase: bytes) -> tuple[dict, bytes]:
         if doc.get("format") != ESCROW_FORMAT:
             raise ValueError
         binding, kdf = doc["binding"], doc["kdf"]
+        if not isinstance(binding, dict):
+            raise ValueError
         salt, blob = _unb64(kdf["salt"]), _unb64(doc["wrapped"])
         memory_kib, iterations = int(kdf["memory_kib"]), int(kdf["iterations"])
     except (ValueError, KeyError, TypeError, AttributeError):

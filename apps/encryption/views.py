@@ -34,9 +34,9 @@ def _vm_from_post(request):
     return vm_for(request.user, host, name)
 
 
-def _confirmed(request, what: str) -> None:
-    if request.POST.get("confirm") != "yes":
-        raise InvalidInput(f"{what} needs confirmation.")
+def _confirmed(request) -> bool:
+    """The form's confirmation box; the service refuses (and audits) an unconfirmed request."""
+    return request.POST.get("confirm") == "yes"
 
 
 @permission_required("encryption.view")
@@ -76,8 +76,9 @@ def disk_create(request):
 @permission_required("encryption.change")
 def disk_encrypt_existing(request):
     vm = _vm_from_post(request)
-    _confirmed(request, f"Encrypting a disk of {vm.name} in place")
-    job = services.disk_encrypt_existing(actor=request.user, vm=vm, path=request.POST.get("path", "").strip())
+    job = services.disk_encrypt_existing(
+        actor=request.user, vm=vm, path=request.POST.get("path", "").strip(), confirmed=_confirmed(request)
+    )
     return _job_response(request, job, f"Encrypting the disk of {vm.name}.", reverse("encryption:index"))
 
 
@@ -86,8 +87,7 @@ def disk_encrypt_existing(request):
 @recent_auth_required
 def disk_change_key(request, pk: int):
     disk = services.disk_for(request.user, pk)
-    _confirmed(request, f"Changing the key of {disk}")
-    job = services.disk_change_key(actor=request.user, disk=disk)
+    job = services.disk_change_key(actor=request.user, disk=disk, confirmed=_confirmed(request))
     return _job_response(request, job, f"Changing the key of {disk}.", reverse("encryption:disk", args=[pk]))
 
 
@@ -167,8 +167,7 @@ def store_unseal(request):
 @require_POST
 @permission_required("encryption.keys")
 def store_seal(request):
-    _confirmed(request, "Sealing the key store")
-    services.store_seal(actor=request.user)
+    services.store_seal(actor=request.user, confirmed=_confirmed(request))
     messages.success(request, "The key store is sealed: no encrypted disk can be opened until it is unsealed.")
     return redirect("encryption:index")
 
@@ -177,9 +176,13 @@ def store_seal(request):
 @permission_required("encryption.keys")
 @recent_auth_required
 def kek_rotate(request):
-    _confirmed(request, "Rotating the key-encryption key")
     host = Host.objects.filter(name=settings.DEFAULT_HOST_NAME).first() or Host.objects.first()
     if host is None:
         raise InvalidInput("No host is registered in the portal.")
-    job = services.kek_rotate(actor=request.user, host=host, new_passphrase=request.POST.get("new_passphrase", ""))
+    job = services.kek_rotate(
+        actor=request.user,
+        host=host,
+        new_passphrase=request.POST.get("new_passphrase", ""),
+        confirmed=_confirmed(request),
+    )
     return _job_response(request, job, "Rotating the key-encryption key.", reverse("encryption:index"))

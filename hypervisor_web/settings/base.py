@@ -185,7 +185,14 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600)}
+# Long jobs (in-place encryption, registered with long=True) run in apps.core.tasks.run_long_job
+# under this hard time limit, above ENCRYPTION_COMMAND_TIMEOUT. Redis re-delivers a message
+# not acknowledged within the visibility timeout (acks_late: a job is acknowledged when it
+# ends), so the visibility timeout must exceed the longest job's time limit.
+JOB_LONG_TIME_LIMIT = env_int("JOB_LONG_TIME_LIMIT", ENCRYPTION_COMMAND_TIMEOUT + 1800)
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", ENCRYPTION_COMMAND_TIMEOUT + 3600)
+}
 CELERY_TASK_DEFAULT_QUEUE = env("CELERY_QUEUE", "portal")
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 JOB_STALE_SECONDS = env_int("JOB_STALE_SECONDS", 1800)

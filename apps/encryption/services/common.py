@@ -70,8 +70,11 @@ def fail(*, actor, action: str, target, error: str, params: dict | None = None) 
 
 
 def job_actor(job):
-    """The user who asked for the job, or None (system) when a command asked for it."""
-    return job.actor if job.actor_id is not None else None
+    """The user who asked for the job, or None (system) when a command asked for it without
+    a user. A job whose user was deleted is denied (PermissionDenied), never the system."""
+    from apps.core.jobs import job_actor as core_job_actor
+
+    return core_job_actor(job)
 
 
 def new_disk_key() -> bytes:

@@ -171,14 +171,17 @@ def _disk_create(disk: EncryptedDisk, progress: jobs.Progress) -> dict:
 # ---------------------------------------------------------------- encrypt-existing
 
 
-def disk_encrypt_existing(*, actor, vm: VirtualMachine, path: str) -> Job:
+def disk_encrypt_existing(*, actor, vm: VirtualMachine, path: str, confirmed: bool = False) -> Job:
     """Encrypt a disk of a shut-off VM in place (LUKS2, offline re-encryption). The image
     grows by 32 MiB for the header; its first 32 MiB are saved first so a failed start can
-    be undone; cryptsetup records its progress in the header, so a killed job resumes."""
+    be undone; cryptsetup records its progress in the header, so a killed job resumes.
+    Destructive: refused unless `confirmed`."""
     action = "encryption.disk.encrypt"
     authorize(actor, "encryption.change", vm, action=action)
     params = {"path": str(path)[:500]}
     try:
+        if not confirmed:
+            raise InvalidInput(f"Encrypting a disk of {vm.name} in place needs confirmation.")
         if not path or "\x00" in path:
             raise InvalidInput("Give the path of the disk image to encrypt.")
         info = pool_of_path(vm.host, path)
@@ -238,11 +241,13 @@ def _encrypt_resume(actor, vm: VirtualMachine, disk: EncryptedDisk, params: dict
     """Ask again for an encryption whose job failed (e.g. its worker was killed and the job
     marked failed when the worker restarted): a new job continues from the disk's header."""
     action = "encryption.disk.encrypt"
-    busy = Job.objects.filter(kind=action, state__in=[Job.State.QUEUED, Job.State.RUNNING], params__disk_id=disk.pk)
-    if busy.exists():
-        raise Conflict(f"The encryption of {disk.path} is already under way (job {busy.first().pk}).")
     get_store().require_unsealed()
     with transaction.atomic():
+        # the disk's row is the lock: two requests cannot both start a job on it
+        disk = EncryptedDisk.objects.select_for_update().get(pk=disk.pk)
+        busy = _jobs_on_disk(disk, action)
+        if busy is not None:
+            raise Conflict(f"The encryption of {disk.path} is already under way (job {busy.pk}).")
         EncryptedDisk.objects.filter(pk=disk.pk).update(state=EncryptedDisk.State.ENCRYPTING)
         original = disk.size_bytes - cs.ENCRYPT_RESERVE_BYTES
         return jobs.job_enqueue(
@@ -252,6 +257,15 @@ def _encrypt_resume(actor, vm: VirtualMachine, disk: EncryptedDisk, params: dict
             host=vm.host,
             params={**params, "disk_id": disk.pk, "original_size": original, "resume": True},
         )
+
+
+def _jobs_on_disk(disk: EncryptedDisk, kind: str) -> Job | None:
+    """A queued or running job of this kind on the disk, if any. Params are compared in
+    Python (a JSON key lookup compares types differently on SQLite and PostgreSQL)."""
+    for job in Job.objects.filter(kind=kind, state__in=[Job.State.QUEUED, Job.State.RUNNING], host=disk.host):
+        if str(job.params.get("disk_id")) == str(disk.pk):
+            return job
+    return None
 
 
 def _mark_failed(disk: EncryptedDisk) -> None:
@@ -268,18 +282,18 @@ def _head_backup_path(disk: EncryptedDisk) -> str:
     return os.path.join(str(settings.ENCRYPTION_HEADER_BACKUP_DIR), f"{disk.key_id}.plain-head")
 
 
-@jobs.handler("encryption.disk.encrypt")
+@jobs.handler("encryption.disk.encrypt", long=True)
 def _run_disk_encrypt(job: Job, progress: jobs.Progress) -> dict:
     disk = EncryptedDisk.objects.select_related("vm", "host").get(pk=job.params["disk_id"])
     authorize(job_actor(job), "encryption.change", disk.vm, action=job.kind)
     try:
-        return _disk_encrypt(disk, int(job.params["original_size"]), progress)
+        return _disk_encrypt(disk, int(job.params["original_size"]), progress, job)
     except Exception:
         _mark_failed(disk)  # the header knows how far it got: asking again resumes
         raise
 
 
-def _disk_encrypt(disk: EncryptedDisk, original: int, progress: jobs.Progress) -> dict:
+def _disk_encrypt(disk: EncryptedDisk, original: int, progress: jobs.Progress, job: Job) -> dict:
     state = gw.domain_state(disk.host.uri, disk.vm.name)
     if state != "shut off":
         raise Conflict(f"{disk.vm.name} is {state}: it must stay shut off while its disk is encrypted.")
@@ -300,10 +314,12 @@ def _disk_encrypt(disk: EncryptedDisk, original: int, progress: jobs.Progress) -
             progress(15, "growing the image by 32 MiB for the LUKS2 header")
             files.grow(disk.path, original + cs.ENCRYPT_RESERVE_BYTES)
         progress(20, "encrypting in place (cryptsetup reencrypt --encrypt)")
-        cs.reencrypt_encrypt(disk.path, key, luks_params(), timeout=timeout, workdir=_workdir())
+        with jobs.heartbeat(job):  # hours in one call: keep the job from looking lost
+            cs.reencrypt_encrypt(disk.path, key, luks_params(), timeout=timeout, workdir=_workdir())
     elif cs.dump(disk.path).reencrypt_pending:
         progress(20, "resuming the interrupted encryption from its header")
-        cs.reencrypt_resume(disk.path, key, timeout=timeout, workdir=_workdir())
+        with jobs.heartbeat(job):
+            cs.reencrypt_resume(disk.path, key, timeout=timeout, workdir=_workdir())
     else:
         progress(80, "the disk is already encrypted")
     if cs.dump(disk.path).reencrypt_pending or not cs.test_key(disk.path, key):
@@ -321,12 +337,15 @@ def _disk_encrypt(disk: EncryptedDisk, original: int, progress: jobs.Progress) -
 # ---------------------------------------------------------------- change-passphrase
 
 
-def disk_change_key(*, actor, disk: EncryptedDisk) -> Job:
+def disk_change_key(*, actor, disk: EncryptedDisk, confirmed: bool = False) -> Job:
     """Replace the disk's key with a new random one: add it to a free slot, verify it,
-    remove the old slot. The disk opens with the old or the new stored key at every step."""
+    remove the old slot. The disk opens with the old or the new stored key at every step.
+    Refused unless `confirmed`, and while another key change of the disk is under way."""
     action = "encryption.disk.change_key"
     authorize(actor, "encryption.change", disk.vm, action=action)
     try:
+        if not confirmed:
+            raise InvalidInput(f"Changing the key of {disk} needs confirmation.")
         if disk.state != EncryptedDisk.State.READY:
             raise Conflict(f"{disk} is {disk.state}; only a ready disk can change its key.")
         if disk.kind == EncryptedDisk.Kind.QEMU_LUKS and gw.domain_state(disk.host.uri, disk.vm.name) != "shut off":
@@ -334,6 +353,10 @@ def disk_change_key(*, actor, disk: EncryptedDisk) -> Job:
         store = get_store()
         store.require_unsealed()
         with transaction.atomic():
+            EncryptedDisk.objects.select_for_update().filter(pk=disk.pk).first()  # one request at a time
+            busy = _jobs_on_disk(disk, action)
+            if busy is not None:
+                raise Conflict(f"The key of {disk} is already being changed (job {busy.pk}); wait for it to end.")
             # the new key's id (not the key) names the job's goal: a re-delivered job that
             # finds it already in place does nothing
             params = {"disk_id": disk.pk, "new_key_id": store.new_key_id()}
@@ -358,8 +381,8 @@ def _run_change_key(job: Job, progress: jobs.Progress) -> dict:
         progress(90, "the new key is already in place")
         return {"disk_id": disk.pk, "slots": cs.dump(disk.path).slot_numbers}
     if disk.pending_key_id != goal:
-        if disk.pending_key_id:  # an earlier change died before adding its key: forget it
-            store.delete(disk.pending_key_id)
+        if disk.pending_key_id:
+            _settle_earlier_change(store, disk, progress)
         disk.pending_key_id = goal
         EncryptedDisk.objects.filter(pk=disk.pk).update(pending_key_id=goal)
     old_key = stored_key(store, disk)
@@ -371,10 +394,20 @@ def _run_change_key(job: Job, progress: jobs.Progress) -> dict:
     progress(50, f"verifying the new key opens slot {new_slots[0]}")
     if not cs.test_key(disk.path, new_key, slot=new_slots[0]):
         raise Conflict(f"The new key does not open {disk.path}; the old key was kept.")
-    for slot in _slots_opened_by(disk.path, old_key):
-        if slot not in new_slots:
-            progress(70, f"removing the old key slot {slot}")
-            cs.kill_slot(disk.path, slot, new_key)
+    _complete_change(store, disk, new_key, new_slots, old_key, progress)
+    return {"disk_id": disk.pk, "slots": cs.dump(disk.path).slot_numbers}
+
+
+def _complete_change(
+    store, disk: EncryptedDisk, new_key: bytes, new_slots: list[int], old_key: bytes | None, progress
+) -> None:
+    """The new key (disk.pending_key_id) opens `new_slots`: remove the old key's slots,
+    record the new key as the disk's, then delete the old key file."""
+    if old_key is not None:
+        for slot in _slots_opened_by(disk.path, old_key):
+            if slot not in new_slots:
+                progress(70, f"removing the old key slot {slot}")
+                cs.kill_slot(disk.path, slot, new_key)
     if disk.kind == EncryptedDisk.Kind.QEMU_LUKS and disk.secret_uuid:
         lv.secret_set_value(disk.host.uri, disk.secret_uuid, new_key.hex().encode())
     old_key_id = disk.key_id
@@ -383,7 +416,31 @@ def _run_change_key(job: Job, progress: jobs.Progress) -> dict:
             key_id=disk.pending_key_id, pending_key_id="", key_created_at=timezone.now(), escrowed_at=None
         )
     store.delete(old_key_id)
-    return {"disk_id": disk.pk, "slots": cs.dump(disk.path).slot_numbers}
+    disk.key_id, disk.pending_key_id = disk.pending_key_id, ""
+
+
+def _settle_earlier_change(store, disk: EncryptedDisk, progress) -> None:
+    """An earlier key change stopped (its worker died) with its key pending. If that key
+    already opens a slot, the old slot may be gone: finish that change with it (it becomes
+    the disk's key). Only a pending key that opens nothing is forgotten. A pending key file
+    that cannot be read (altered, wrong mode) fails the job and is kept."""
+    try:
+        pending_key = stored_key(store, disk, disk.pending_key_id)
+    except NotFound:  # it died before storing its key: nothing to forget
+        pending_key = None
+    pending_slots = _slots_opened_by(disk.path, pending_key) if pending_key is not None else []
+    if not pending_slots:
+        if pending_key is not None:
+            store.delete(disk.pending_key_id)
+        disk.pending_key_id = ""
+        EncryptedDisk.objects.filter(pk=disk.pk).update(pending_key_id="")
+        return
+    progress(10, "finishing an earlier key change whose key is already on the disk")
+    try:
+        old_key = stored_key(store, disk)
+    except NotFound:
+        old_key = None
+    _complete_change(store, disk, pending_key, pending_slots, old_key, progress)
 
 
 # ---------------------------------------------------------------- header backup

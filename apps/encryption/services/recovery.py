@@ -52,6 +52,10 @@ def disk_recovery_test(*, actor, disk: EncryptedDisk, escrow: bytes, recovery_pa
     authorize(actor, "encryption.keys", disk.vm, action=action)
     try:
         binding, escrowed = escrow_unwrap(escrow, recovery_passphrase.encode())
+        if not isinstance(binding, dict) or not all(
+            isinstance(binding.get(field), str) for field in ("key_id", "vm_uuid", "volume")
+        ):
+            raise InvalidInput("This escrow file's disk binding is damaged (it names no key, VM and volume).")
         if binding.get("vm_uuid") != str(disk.vm_uuid) or binding.get("volume") != disk.path:
             raise InvalidInput(f"This escrow file belongs to {binding.get('vm')}:{binding.get('volume')}, not {disk}.")
         stored_ok = cs.test_key(disk.path, stored_key(get_store(), disk))

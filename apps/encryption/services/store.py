@@ -6,19 +6,34 @@ file) is a job that carries no secret."""
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
 
 from django.db import transaction
 
+from apps.accounts import throttle
+from apps.audit import context as audit_context
 from apps.audit.services import record
 from apps.core import jobs
-from apps.core.errors import InvalidInput, PortalError
+from apps.core.errors import Conflict, InvalidInput, PortalError
 from apps.core.models import Host, Job
 
 from ..keystore import PassphraseKek
 from .common import authorize, fail, get_store, job_actor
 
 STORE_TARGET = ("keystore", "", "key store")
+MIN_STORE_PASSPHRASE = 12
+
+
+def _require_strong(passphrase: str, what: str = "The store passphrase") -> None:
+    if len(passphrase) < MIN_STORE_PASSPHRASE:
+        raise InvalidInput(f"{what} must be at least {MIN_STORE_PASSPHRASE} characters long.")
+
+
+def _unseal_throttle_key() -> tuple[str, str]:
+    """Unseal guesses are throttled like sign-ins (apps.accounts.throttle), counted per
+    store (this host) and per address."""
+    return f"store-unseal:{socket.gethostname()}", audit_context.source_ip.get() or "store-unseal-local"
 
 
 @dataclass(frozen=True)
@@ -51,6 +66,8 @@ def store_initialize(*, actor, passphrase: str = "") -> StoreStatus:
     authorize(actor, "encryption.keys", anywhere=True, action=action)
     store = get_store()
     try:
+        if store.provider_name == "passphrase" and not store.initialized():
+            _require_strong(passphrase)
         store.initialize(passphrase=passphrase.encode() or None)
     except PortalError as exc:
         fail(actor=actor, action=action, target=STORE_TARGET, error=exc.message)
@@ -63,21 +80,34 @@ def store_unseal(*, actor, passphrase: str) -> None:
     action = "encryption.store.unseal"
     authorize(actor, "encryption.keys", anywhere=True, action=action)
     store = get_store()
+    who, address = _unseal_throttle_key()
     try:
-        if not store.initialized():
+        if throttle.is_locked(who, address):
+            raise Conflict("Too many wrong store passphrases: unsealing is refused for a while; try again later.")
+        if not store.initialized():  # the first unseal sets the passphrase
+            _require_strong(passphrase)
             store.initialize(passphrase=passphrase.encode())
         else:
-            store.unseal(passphrase.encode())
+            try:
+                store.unseal(passphrase.encode())
+            except InvalidInput:
+                throttle.note_failure(who, address)
+                raise
     except PortalError as exc:
         fail(actor=actor, action=action, target=STORE_TARGET, error=exc.message)
         raise
+    throttle.clear(who, address)
     record(actor=actor, action=action, target=STORE_TARGET, outcome="success")
 
 
-def store_seal(*, actor) -> None:
+def store_seal(*, actor, confirmed: bool = False) -> None:
+    """Seal a passphrase store: no encrypted disk opens until an admin unseals it.
+    Refused unless `confirmed`."""
     action = "encryption.store.seal"
     authorize(actor, "encryption.keys", anywhere=True, action=action)
     try:
+        if not confirmed:
+            raise InvalidInput("Sealing the key store needs confirmation.")
         get_store().seal()
     except PortalError as exc:
         fail(actor=actor, action=action, target=STORE_TARGET, error=exc.message)
@@ -85,17 +115,22 @@ def store_seal(*, actor) -> None:
     record(actor=actor, action=action, target=STORE_TARGET, outcome="success")
 
 
-def kek_rotate(*, actor, host: Host, new_passphrase: str = "") -> Job:
+def kek_rotate(*, actor, host: Host, new_passphrase: str = "", confirmed: bool = False) -> Job:
     """Create KEK version N+1 (for a passphrase store, from `new_passphrase`, derived here)
-    and enqueue the job that re-wraps every key file and retires version N."""
+    and enqueue the job that re-wraps every key file and retires version N. Refused unless
+    `confirmed`."""
     action = "encryption.kek.rotate"
     authorize(actor, "encryption.keys", anywhere=True, action=action)
     store = get_store()
     try:
+        if not confirmed:
+            raise InvalidInput("Rotating the key-encryption key needs confirmation.")
         store.require_unsealed()
         if isinstance(store.provider, PassphraseKek) and len(store.meta()["versions"]) == 1:
-            if len(new_passphrase) < 12:
-                raise InvalidInput("Type the new store passphrase (at least 12 characters) to rotate its KEK.")
+            if len(new_passphrase) < MIN_STORE_PASSPHRASE:
+                raise InvalidInput(
+                    f"Type the new store passphrase (at least {MIN_STORE_PASSPHRASE} characters) to rotate its KEK."
+                )
         version = store.rotation_begin(passphrase=new_passphrase.encode() or None)
         with transaction.atomic():
             return jobs.job_enqueue(actor=actor, kind=action, target=host, host=host, params={"kek_version": version})

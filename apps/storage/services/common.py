@@ -20,7 +20,8 @@ MIB = 1 << 20
 def authorize(actor, perm: str, obj=None, *, action: str, anywhere: bool = False, target=None) -> None:
     """The permission check of every storage service. actor None is the system user
     (the periodic check, `storage_quota` without --as): it is trusted explicitly and
-    audited as "system"."""
+    audited as "system". Job handlers pass `jobs.job_actor(job)`, never `job.actor`: a job
+    whose user was deleted has no actor but is not the system, and is denied."""
     if actor is None:
         return
     require(actor, perm, obj, anywhere=anywhere, action=action, target=target)

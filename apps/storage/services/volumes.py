@@ -128,7 +128,7 @@ def volume_create(*, actor, vm, size_gib, name: str = "", pool: str = "") -> Job
 @jobs.handler("storage.volume.create")
 def _run_volume_create(job: Job, progress: jobs.Progress) -> dict:
     vm = VirtualMachine.objects.select_related("host").get(pk=job.target_id)
-    authorize(job.actor, "storage.change", vm, action=job.kind)
+    authorize(jobs.job_actor(job), "storage.change", vm, action=job.kind)
     uri, pool, name, size = vm.host.uri, job.params["pool"], job.params["volume"], job.params["bytes"]
     with transaction.atomic():
         _growth_lock(vm)
@@ -172,7 +172,7 @@ def volume_resize(*, actor, vm, target: str, size_gib) -> Job:
 @jobs.handler("storage.volume.resize")
 def _run_volume_resize(job: Job, progress: jobs.Progress) -> dict:
     vm = VirtualMachine.objects.select_related("host").get(pk=job.target_id)
-    authorize(job.actor, "storage.change", vm, action=job.kind)
+    authorize(jobs.job_actor(job), "storage.change", vm, action=job.kind)
     uri, path, size = vm.host.uri, job.params["path"], job.params["bytes"]
     with transaction.atomic():
         _growth_lock(vm)
@@ -217,7 +217,7 @@ def volume_delete(*, actor, vm, target: str, confirmed: bool = False) -> Job:
 @jobs.handler("storage.volume.delete")
 def _run_volume_delete(job: Job, progress: jobs.Progress) -> dict:
     vm = VirtualMachine.objects.select_related("host").get(pk=job.target_id)
-    authorize(job.actor, "storage.change", vm, action=job.kind)
+    authorize(jobs.job_actor(job), "storage.change", vm, action=job.kind)
     uri, path, pool, name = vm.host.uri, job.params["path"], job.params["pool"], job.params["volume"]
     if gw.domain_state(uri, vm.name) != "shut off":
         raise Conflict(f"{vm.name} was started meanwhile; the disk was not deleted.")

@@ -41,7 +41,7 @@ def test_the_seed_commands_work_as_the_system_actor(host, shut_vm, test_pool, tm
     assert AuditEvent.objects.filter(action="encryption.disk.create", actor_name="system").count() == 2
     listing = _cmd("list-encrypted")
     assert shut_vm.name in listing and "aes-xts-plain64" in listing and "argon2id" in listing
-    _cmd("--no-wait", "change-passphrase", shut_vm.name)
+    _cmd("--no-wait", "--yes", "change-passphrase", shut_vm.name)
     assert run_job(Job.objects.get(kind="encryption.disk.change_key")).state == Job.State.SUCCEEDED
     _cmd("--no-wait", "header-backup", shut_vm.name)
     assert run_job(Job.objects.get(kind="encryption.disk.header_backup")).state == Job.State.SUCCEEDED
@@ -77,8 +77,8 @@ def test_kek_rotation_rewraps_every_key_without_touching_a_disk(host, shut_vm, a
         head = fh.read(1 << 20)
     before = store.current_version()
     with pytest.raises(Exception, match="encryption.keys"):
-        services.kek_rotate(actor=operator, host=host)
-    job = run_job(services.kek_rotate(actor=admin, host=host))
+        services.kek_rotate(actor=operator, host=host, confirmed=True)
+    job = run_job(services.kek_rotate(actor=admin, host=host, confirmed=True))
     assert job.state == Job.State.SUCCEEDED, job.error
     assert job.result["kek_version"] == before + 1 and job.result["retired"] == [before]
     assert store.describe(disk.key_id).kek_version == before + 1

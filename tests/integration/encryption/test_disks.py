@@ -74,7 +74,7 @@ def test_list_encrypted_reports_cipher_key_size_pbkdf_slots_and_age(encrypted, o
 def test_change_passphrase_replaces_the_key_and_keeps_the_disk_openable(encrypted, operator):
     store = services.get_store()
     old_key = stored_key(store, encrypted)
-    job = run_job(services.disk_change_key(actor=operator, disk=encrypted))
+    job = run_job(services.disk_change_key(actor=operator, disk=encrypted, confirmed=True))
     assert job.state == Job.State.SUCCEEDED, job.error
     disk = EncryptedDisk.objects.get(pk=encrypted.pk)
     new_key = stored_key(store, disk)
@@ -102,7 +102,7 @@ def test_change_key_resumes_after_a_crash_between_add_and_kill(encrypted, operat
     store.put(key_id=pending, vm_uuid=str(disk.vm_uuid), volume=disk.path, key=new_key)
     cs.add_key(disk.path, old_key, new_key, services.luks_params())
     assert len(cs.dump(disk.path).slot_numbers) == 2
-    job = services.disk_change_key(actor=operator, disk=disk)
+    job = services.disk_change_key(actor=operator, disk=disk, confirmed=True)
     Job.objects.filter(pk=job.pk).update(params={**job.params, "new_key_id": pending})
     job = run_job(job)
     assert job.state == Job.State.SUCCEEDED, job.error
@@ -146,7 +146,7 @@ def test_escrow_export_and_recovery_test(encrypted, admin, operator):
 def test_escrow_after_a_key_change_is_reported_stale(encrypted, admin, operator):
     passphrase = "a recovery passphrase typed by the admin"
     document = services.disk_escrow_export(actor=admin, disk=encrypted, recovery_passphrase=passphrase)
-    run_job(services.disk_change_key(actor=operator, disk=encrypted))
+    run_job(services.disk_change_key(actor=operator, disk=encrypted, confirmed=True))
     disk = EncryptedDisk.objects.get(pk=encrypted.pk)
     with pytest.raises(InvalidInput, match="escrowed key does not open"):
         services.disk_recovery_test(actor=admin, disk=disk, escrow=document, recovery_passphrase=passphrase)
@@ -163,7 +163,7 @@ def test_tampered_key_file_fails_the_job_and_leaves_disk_and_store_as_before(enc
     os.chmod(key_file, 0o600)
     key_file.write_bytes(bytes(tampered))
     os.chmod(key_file, 0o400)
-    job = run_job(services.disk_change_key(actor=operator, disk=encrypted))
+    job = run_job(services.disk_change_key(actor=operator, disk=encrypted, confirmed=True))
     assert job.state == Job.State.FAILED
     assert "altered or belongs to another" in job.error
     assert cs.dump(encrypted.path) == header_before
@@ -180,7 +180,7 @@ def test_key_file_with_wrong_mode_is_refused(encrypted, operator):
     try:
         job = run_job(services.disk_header_backup(actor=operator, disk=encrypted))
         assert job.state == Job.State.SUCCEEDED  # a header backup needs no key
-        job = run_job(services.disk_change_key(actor=operator, disk=encrypted))
+        job = run_job(services.disk_change_key(actor=operator, disk=encrypted, confirmed=True))
         assert job.state == Job.State.FAILED and "mode 0644" in job.error
         assert cs.dump(encrypted.path).slot_numbers == [0]
     finally:
@@ -205,7 +205,7 @@ def test_sealed_store_refuses_work_and_changes_nothing(shut_vm, operator, admin,
     settings.ENCRYPTION_RUNTIME_DIR = tmp_path / "run"
     settings.ENCRYPTION_KEK_PROVIDER = "passphrase"
     services.store_initialize(actor=admin, passphrase="the store passphrase, long enough")
-    services.store_seal(actor=admin)
+    services.store_seal(actor=admin, confirmed=True)
     with pytest.raises(Conflict, match="sealed"):
         services.disk_create_encrypted(actor=operator, vm=shut_vm, size_gib=1, pool=test_pool)
     assert not EncryptedDisk.objects.exists()

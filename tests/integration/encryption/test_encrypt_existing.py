@@ -33,7 +33,7 @@ def _outcomes():
 
 def test_encrypt_existing_keeps_the_data_and_backs_up_the_header(shut_vm, data_disk, operator, tmp_path):
     path, digest, size = data_disk(48)
-    job = run_job(services.disk_encrypt_existing(actor=operator, vm=shut_vm, path=path))
+    job = run_job(services.disk_encrypt_existing(actor=operator, vm=shut_vm, path=path, confirmed=True))
     assert job.state == Job.State.SUCCEEDED, job.error
     disk = EncryptedDisk.objects.get(pk=job.params["disk_id"])
     assert disk.state == EncryptedDisk.State.READY and disk.target == "vdb"
@@ -55,30 +55,30 @@ def test_encrypt_existing_refuses_bad_requests_and_changes_nothing(
     outside = tmp_path / "outside.img"
     outside.write_bytes(b"\0" * 4096)
     with pytest.raises(InvalidInput, match="not inside a storage pool"):
-        services.disk_encrypt_existing(actor=operator, vm=shut_vm, path=str(outside))
+        services.disk_encrypt_existing(actor=operator, vm=shut_vm, path=str(outside), confirmed=True)
     link = os.path.join(os.path.dirname(path), f"link-{os.getpid()}.img")
     os.symlink(outside, link)
     try:
         with pytest.raises(InvalidInput, match="not inside a storage pool"):
-            services.disk_encrypt_existing(actor=operator, vm=shut_vm, path=link)
+            services.disk_encrypt_existing(actor=operator, vm=shut_vm, path=link, confirmed=True)
     finally:
         os.unlink(link)
     # a pool file that is not a disk of this VM
     with pytest.raises(InvalidInput, match="not a disk of"):
         services.disk_encrypt_existing(
-            actor=operator, vm=shut_vm, path=os.path.join(os.path.dirname(path), "nothing.img")
+            actor=operator, vm=shut_vm, path=os.path.join(os.path.dirname(path), "nothing.img"), confirmed=True
         )
     # a running VM
     gw.start_domain(libvirt_uri, shut_vm.name)
     try:
         with pytest.raises(Conflict, match="shut it off"):
-            services.disk_encrypt_existing(actor=operator, vm=shut_vm, path=path)
+            services.disk_encrypt_existing(actor=operator, vm=shut_vm, path=path, confirmed=True)
     finally:
         gw.force_off_domain(libvirt_uri, shut_vm.name)
     # a disk that already is LUKS
     cs.luks_format(path, os.urandom(64), services.luks_params())
     with pytest.raises(Conflict, match="already a LUKS"):
-        services.disk_encrypt_existing(actor=operator, vm=shut_vm, path=path)
+        services.disk_encrypt_existing(actor=operator, vm=shut_vm, path=path, confirmed=True)
     assert _outcomes() == ["failed"] * 5
     assert not EncryptedDisk.objects.exists() and not Job.objects.exists()
 
@@ -89,7 +89,7 @@ def test_too_little_space_is_refused(shut_vm, data_disk, operator, monkeypatch):
 
     monkeypatch.setattr(files, "free_bytes", lambda directory: 1 << 20)  # a full filesystem
     with pytest.raises(InvalidInput, match="Too little space"):
-        services.disk_encrypt_existing(actor=operator, vm=shut_vm, path=path)
+        services.disk_encrypt_existing(actor=operator, vm=shut_vm, path=path, confirmed=True)
     assert os.path.getsize(path) == size and not cs.is_luks(path)
 
 
@@ -120,7 +120,7 @@ def test_worker_killed_mid_encryption_resumes_and_keeps_the_data(
     # session's Celery worker, which would otherwise run it at the same time.
     monkeypatch.setattr(core_jobs, "_send", lambda job_id: None)
     path, digest, size = data_disk(512)  # large enough to be caught mid-way on a fast machine
-    job = services.disk_encrypt_existing(actor=operator, vm=shut_vm, path=path)
+    job = services.disk_encrypt_existing(actor=operator, vm=shut_vm, path=path, confirmed=True)
     proc = _job_process(job.pk)
     killed_mid_way = False
     deadline = time.monotonic() + 120
@@ -151,7 +151,7 @@ def test_worker_killed_mid_encryption_resumes_and_keeps_the_data(
         assert Job.objects.get(pk=job.pk).state == Job.State.FAILED
         disk = EncryptedDisk.objects.get(pk=job.params["disk_id"])
         # the operator asks again: a new job resumes from the header, it does not start over
-        job = run_job(services.disk_encrypt_existing(actor=operator, vm=shut_vm, path=path))
+        job = run_job(services.disk_encrypt_existing(actor=operator, vm=shut_vm, path=path, confirmed=True))
         assert job.params["resume"] is True and job.params["disk_id"] == disk.pk
     assert job.state == Job.State.SUCCEEDED, job.error
     assert any("resuming" in line["msg"] for line in job.log)

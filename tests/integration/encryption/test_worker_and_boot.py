@@ -42,7 +42,7 @@ def test_no_key_ever_shows_in_a_process_list_or_a_job(worker, shut_vm, operator,
         assert job.state == Job.State.SUCCEEDED, job.error
         disk = EncryptedDisk.objects.get(pk=job.params["disk_id"])
         keys.append(stored_key(services.get_store(), disk))
-        job = wait_for_job(services.disk_change_key(actor=operator, disk=disk).pk, timeout=120)
+        job = wait_for_job(services.disk_change_key(actor=operator, disk=disk, confirmed=True).pk, timeout=120)
         assert job.state == Job.State.SUCCEEDED, job.error
         disk.refresh_from_db()
         keys.append(stored_key(services.get_store(), disk))

@@ -226,3 +226,27 @@ def test_escrow_round_trip_and_wrong_passphrase():
         escrow_unwrap(b"{}", b"recovery passphrase 1")
     with pytest.raises(InvalidInput, match="at least 12"):
         escrow_wrap(key, b"short", binding, memory_kib=8192, iterations=1)
+
+
+def test_a_key_file_created_meanwhile_is_not_overwritten(store, monkeypatch):
+    """The name was free when checked, then another writer created it before ours landed:
+    ours is refused and theirs kept (link, not rename)."""
+    import tempfile
+
+    from apps.encryption import keystore
+
+    key_id = store.new_key_id()
+    target = store.directory / "disks" / f"{key_id}.key"
+    real_mkstemp = tempfile.mkstemp
+
+    def racing_mkstemp(*args, **kwargs):
+        if not target.exists():  # the other writer wins the race right after our check
+            target.write_bytes(b"the other writer's key file")
+            os.chmod(target, 0o400)
+        return real_mkstemp(*args, **kwargs)
+
+    monkeypatch.setattr(keystore.tempfile, "mkstemp", racing_mkstemp)
+    with pytest.raises(KeyFileRejected, match="already exists"):
+        store.put(key_id=key_id, vm_uuid=VM_A, volume="/pool/a.img", key=os.urandom(64))
+    assert target.read_bytes() == b"the other writer's key file"
+    assert [p.name for p in target.parent.iterdir() if p.name.endswith(".tmp")] == []

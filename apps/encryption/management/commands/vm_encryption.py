@@ -12,6 +12,8 @@
     start VM | stop VM [--force]
 
 Jobs are queued for the workers and followed until they end (--no-wait returns at once).
+Destructive actions (encrypt-existing, change-passphrase, seal, rotate-kek) ask for a
+confirmation on the terminal, or need --yes; without a terminal and --yes they are refused.
 Passphrases come from a prompt (getpass) or --passphrase-file, never from argv. The actor
 is the system unless --as USER, whose roles are then checked like in the portal.
 """
@@ -43,6 +45,7 @@ class Command(BaseCommand):
         parser.add_argument("--as", dest="as_user", default="", help="act as this portal user (default: system)")
         parser.add_argument("--host", default=settings.DEFAULT_HOST_NAME)
         parser.add_argument("--no-wait", action="store_true", help="queue the job and return")
+        parser.add_argument("--yes", action="store_true", help="confirm a destructive action without asking")
         parser.add_argument("--timeout", type=int, default=6 * 3600, help="seconds to wait for a job")
         sub = parser.add_subparsers(dest="action", required=True)
         p = sub.add_parser("create-encrypted")
@@ -128,6 +131,14 @@ class Command(BaseCommand):
             raise CommandError("The passphrases differ.")
         return first
 
+    def _confirm(self, options, what: str) -> bool:
+        """--yes, or a "yes" typed on the terminal; without a terminal, refused (False)."""
+        if options.get("yes"):
+            return True
+        if not sys.stdin.isatty():
+            raise CommandError(f"{what} needs confirmation: add --yes (no terminal to ask on).")
+        return input(f"{what}. Type yes to go on: ").strip().lower() == "yes"
+
     def _follow(self, job: Job, options) -> None:
         self.stdout.write(f"job {job.pk} {job.kind} queued")
         if options["no_wait"]:
@@ -172,9 +183,12 @@ class Command(BaseCommand):
         if action == "create-encrypted":
             job = services.disk_create_encrypted(actor=actor, vm=vm, size_gib=o["gib"], pool=o["pool"], kind=o["kind"])
         elif action == "encrypt-existing":
-            job = services.disk_encrypt_existing(actor=actor, vm=vm, path=o["path"])
+            confirmed = self._confirm(o, f"Encrypting {o['path']} of {vm.name} in place")
+            job = services.disk_encrypt_existing(actor=actor, vm=vm, path=o["path"], confirmed=confirmed)
         elif action == "change-passphrase":
-            job = services.disk_change_key(actor=actor, disk=self._disk(vm, o["disk"]))
+            disk = self._disk(vm, o["disk"])
+            confirmed = self._confirm(o, f"Changing the key of {disk}")
+            job = services.disk_change_key(actor=actor, disk=disk, confirmed=confirmed)
         elif action == "header-backup":
             job = services.disk_header_backup(actor=actor, disk=self._disk(vm, o["disk"]))
         elif action == "start":
@@ -225,13 +239,15 @@ class Command(BaseCommand):
         elif action == "unseal":
             services.store_unseal(actor=actor, passphrase=self._passphrase(o, "Key store passphrase: "))
         elif action == "seal":
-            services.store_seal(actor=actor)
+            services.store_seal(actor=actor, confirmed=self._confirm(o, "Sealing the key store"))
         elif action == "rotate-kek":
+            confirmed = self._confirm(o, "Rotating the key-encryption key")
             passphrase = ""
             if settings.ENCRYPTION_KEK_PROVIDER == "passphrase":
                 passphrase = self._passphrase(o, "New key store passphrase: ", confirm=True)
             host = self._host(o["host"])
-            return self._follow(services.kek_rotate(actor=actor, host=host, new_passphrase=passphrase), o)
+            job = services.kek_rotate(actor=actor, host=host, new_passphrase=passphrase, confirmed=confirmed)
+            return self._follow(job, o)
         s = services.store_status(actor=actor)
         self.stdout.write(
             f"provider {s.provider}, {'initialised' if s.initialized else 'not initialised'}, "
