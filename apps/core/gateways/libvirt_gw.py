@@ -496,21 +496,28 @@ def find_volume(uri: str, pool: str, name: str) -> VolumeInfo | None:
 
 
 def list_networks(uri: str) -> list[NetworkInfo]:
+    """Every network of the host; one removed while we read is left out."""
+
+    def _read(net) -> NetworkInfo:
+        root = ET.fromstring(net.XMLDesc(0))
+        bridge = root.find("bridge")
+        forward = root.find("forward")
+        return NetworkInfo(
+            uuid=net.UUIDString(),
+            name=net.name(),
+            active=bool(net.isActive()),
+            bridge=bridge.get("name", "") if bridge is not None else "",
+            forward_mode=(forward.get("mode", "nat") if forward is not None else "isolated"),
+        )
+
     def _list(conn):
         nets = []
         for net in conn.listAllNetworks(0):
-            root = ET.fromstring(net.XMLDesc(0))
-            bridge = root.find("bridge")
-            forward = root.find("forward")
-            nets.append(
-                NetworkInfo(
-                    uuid=net.UUIDString(),
-                    name=net.name(),
-                    active=bool(net.isActive()),
-                    bridge=bridge.get("name", "") if bridge is not None else "",
-                    forward_mode=(forward.get("mode", "nat") if forward is not None else "isolated"),
-                )
-            )
+            try:
+                nets.append(_read(net))
+            except libvirt.libvirtError as exc:
+                if not _vanished(exc):
+                    raise
         return sorted(nets, key=lambda n: n.name)
 
     return call(uri, "list networks", _list)
@@ -582,7 +589,12 @@ class StorageSnapshot:
     domains: tuple[DomainDisks, ...]
 
 
-_VANISHED = {libvirt.VIR_ERR_NO_STORAGE_POOL, libvirt.VIR_ERR_NO_STORAGE_VOL, libvirt.VIR_ERR_NO_DOMAIN}
+_VANISHED = {
+    libvirt.VIR_ERR_NO_STORAGE_POOL,
+    libvirt.VIR_ERR_NO_STORAGE_VOL,
+    libvirt.VIR_ERR_NO_DOMAIN,
+    libvirt.VIR_ERR_NO_NETWORK,
+}
 
 
 def _vanished(exc: libvirt.libvirtError) -> bool:
