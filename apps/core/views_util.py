@@ -3,6 +3,7 @@ HTMX-aware rendering."""
 
 from functools import wraps
 
+from django.contrib import messages
 from django.http import HttpResponse
 from django.shortcuts import redirect, render
 
@@ -39,3 +40,12 @@ def redirect_htmx(request, url: str):
         response["HX-Redirect"] = url
         return response
     return redirect(url)
+
+
+def job_started(request, job, message: str, back: str):
+    """What a view answers once it has started a job: the job's live progress partial for
+    HTMX, otherwise a message and a redirect to `back`, which shows the job."""
+    if request.htmx:
+        return render_page(request, "core/job.html", {"job": job}, partial="progress")
+    messages.success(request, message)
+    return redirect(f"{back}?job={job.pk}")

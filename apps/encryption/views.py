@@ -13,19 +13,12 @@ from django.views.decorators.http import require_POST
 from apps.accounts.reauth import recent_auth_required
 from apps.core.errors import InvalidInput
 from apps.core.models import Host
-from apps.core.views_util import permission_required, render_page
+from apps.core.views_util import job_started, permission_required, render_page
 from apps.vms.services import vm_for
 
 from . import selectors, services
 
 MAX_ESCROW_BYTES = 64 * 1024
-
-
-def _job_response(request, job, message, back):
-    if request.htmx:
-        return render_page(request, "core/job.html", {"job": job}, partial="progress")
-    messages.success(request, message)
-    return redirect(f"{back}?job={job.pk}")
 
 
 def _vm_from_post(request):
@@ -69,7 +62,7 @@ def disk_create(request):
         pool=request.POST.get("pool", "").strip(),
         kind=request.POST.get("kind", "luks2"),
     )
-    return _job_response(request, job, f"Creating an encrypted disk for {vm.name}.", reverse("encryption:index"))
+    return job_started(request, job, f"Creating an encrypted disk for {vm.name}.", reverse("encryption:index"))
 
 
 @require_POST
@@ -79,7 +72,7 @@ def disk_encrypt_existing(request):
     job = services.disk_encrypt_existing(
         actor=request.user, vm=vm, path=request.POST.get("path", "").strip(), confirmed=_confirmed(request)
     )
-    return _job_response(request, job, f"Encrypting the disk of {vm.name}.", reverse("encryption:index"))
+    return job_started(request, job, f"Encrypting the disk of {vm.name}.", reverse("encryption:index"))
 
 
 @require_POST
@@ -88,7 +81,7 @@ def disk_encrypt_existing(request):
 def disk_change_key(request, pk: int):
     disk = services.disk_for(request.user, pk)
     job = services.disk_change_key(actor=request.user, disk=disk, confirmed=_confirmed(request))
-    return _job_response(request, job, f"Changing the key of {disk}.", reverse("encryption:disk", args=[pk]))
+    return job_started(request, job, f"Changing the key of {disk}.", reverse("encryption:disk", args=[pk]))
 
 
 @require_POST
@@ -96,7 +89,7 @@ def disk_change_key(request, pk: int):
 def disk_header_backup(request, pk: int):
     disk = services.disk_for(request.user, pk)
     job = services.disk_header_backup(actor=request.user, disk=disk)
-    return _job_response(request, job, f"Backing up the header of {disk}.", reverse("encryption:disk", args=[pk]))
+    return job_started(request, job, f"Backing up the header of {disk}.", reverse("encryption:disk", args=[pk]))
 
 
 @require_POST
@@ -139,7 +132,7 @@ def recovery_test(request, pk: int):
 def vm_start(request, host: str, name: str):
     vm = vm_for(request.user, host, name)
     job = services.vm_start_unlocked(actor=request.user, vm=vm)
-    return _job_response(request, job, f"Starting {vm.name}.", reverse("vms:detail", args=[host, name]))
+    return job_started(request, job, f"Starting {vm.name}.", reverse("vms:detail", args=[host, name]))
 
 
 @require_POST
@@ -152,7 +145,7 @@ def vm_stop(request, host: str, name: str):
         force=request.POST.get("force") == "yes",
         confirmed=request.POST.get("confirm") == "yes",
     )
-    return _job_response(request, job, f"Stopping {vm.name}.", reverse("vms:detail", args=[host, name]))
+    return job_started(request, job, f"Stopping {vm.name}.", reverse("vms:detail", args=[host, name]))
 
 
 @require_POST
@@ -185,4 +178,4 @@ def kek_rotate(request):
         new_passphrase=request.POST.get("new_passphrase", ""),
         confirmed=_confirmed(request),
     )
-    return _job_response(request, job, "Rotating the key-encryption key.", reverse("encryption:index"))
+    return job_started(request, job, "Rotating the key-encryption key.", reverse("encryption:index"))

@@ -9,7 +9,7 @@ from django.views.decorators.http import require_POST
 
 from apps.core.errors import NotFound
 from apps.core.models import Host
-from apps.core.views_util import permission_required, render_page
+from apps.core.views_util import job_started, permission_required, render_page
 from apps.vms.services import vm_for
 
 from . import selectors, services
@@ -98,10 +98,7 @@ def quota_expand(request, host: str, name: str):
 
 
 def _job_response(request, vm, job, message):
-    if request.htmx:
-        return render_page(request, "core/job.html", {"job": job}, partial="progress")
-    messages.success(request, message)
-    return redirect(reverse("storage:vm", args=[vm.host.name, vm.name]) + f"?job={job.pk}")
+    return job_started(request, job, message, reverse("storage:vm", args=[vm.host.name, vm.name]))
 
 
 @require_POST

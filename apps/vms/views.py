@@ -1,10 +1,8 @@
-from django.contrib import messages
-from django.shortcuts import redirect
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from apps.accounts.permissions import has_perm
-from apps.core.views_util import permission_required, render_page
+from apps.core.views_util import job_started, permission_required, render_page
 
 from . import services
 
@@ -31,10 +29,7 @@ def vm_detail(request, host: str, name: str):
 
 
 def _job_response(request, vm, job, message):
-    if request.htmx:
-        return render_page(request, "core/job.html", {"job": job}, partial="progress")
-    messages.success(request, message)
-    return redirect(reverse("vms:detail", args=[vm.host.name, vm.name]) + f"?job={job.pk}")
+    return job_started(request, job, message, reverse("vms:detail", args=[vm.host.name, vm.name]))
 
 
 @require_POST
