@@ -57,6 +57,7 @@ def run(args) -> dict:
     pool_dir.mkdir(parents=True, exist_ok=True)
     conn = libvirt.open(uri)
     names: list[str] = []
+    host = None
     try:
         for i in range(vms):
             path = pool_dir / f"d{i:04d}.qcow2"
@@ -66,7 +67,6 @@ def run(args) -> dict:
             conn.defineXML(domain_xml(name=name, memory_mib=64, vcpus=1, disk_paths=[str(path)], networks=[]))
             names.append(name)
         gw.ensure_dir_pool(uri, pool_name, str(pool_dir))
-        Host.objects.all().delete()
         host = Host.objects.create(name=f"bench-{tag}", uri=uri)
         user = get_user_model().objects.create_user(f"bench-{tag}")
         RoleAssignment.objects.create(user=user, role="viewer", scope="host", host=host)
@@ -93,6 +93,12 @@ def run(args) -> dict:
             "SQL queries per call": sorted(set(queries)),
         }
     finally:
+        if host is not None:  # the next benchmark must not see this host's VMs
+            from apps.vms.models import VirtualMachine
+
+            RoleAssignment.objects.filter(host=host).delete()
+            VirtualMachine.objects.filter(host=host).delete()
+            host.delete()
         for name in names:
             try:
                 conn.lookupByName(name).undefine()
