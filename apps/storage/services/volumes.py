@@ -10,7 +10,7 @@ from django.db.models import F
 from apps.core import jobs
 from apps.core.errors import Conflict, InvalidInput, NotFound, PortalError
 from apps.core.gateways import libvirt_gw as gw
-from apps.core.models import Job
+from apps.core.models import Host, Job
 from apps.core.validators import validate_name
 from apps.vms.models import VirtualMachine
 
@@ -69,10 +69,11 @@ def growth_check(vm, disks: gw.DomainDisks, pool: gw.PoolInfo, grow: int, new_al
 
 
 def _growth_lock(vm) -> None:
-    """Serialise growth of one VM between workers: a no-op UPDATE of its row takes the
-    row lock (PostgreSQL) or the write lock (SQLite) until the transaction ends, so two
-    jobs cannot both pass the quota check and together exceed it."""
-    VirtualMachine.objects.filter(pk=vm.pk).update(last_seen=F("last_seen"))
+    """Serialise disk growth on the VM's host between workers: a no-op UPDATE of the host
+    row takes its row lock (PostgreSQL) or the write lock (SQLite) until the transaction
+    ends, so two jobs, of one VM or of two VMs sharing a pool, cannot both pass the quota
+    and pool-limit checks and together exceed them."""
+    Host.objects.filter(pk=vm.host_id).update(name=F("name"))
 
 
 def _disk(disks: gw.DomainDisks, target: str) -> gw.DiskInfo:
