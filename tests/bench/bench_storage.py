@@ -10,14 +10,14 @@ from __future__ import annotations
 import shutil
 import statistics
 import time
-import uuid
 import xml.etree.ElementTree as ET
-from pathlib import Path
 
 import libvirt
 from django.conf import settings
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
+
+from tests.bench._scratch import scratch_pool
 
 VMS, DISKS_PER_VM = 1000, 10
 ROUNDS = 3
@@ -101,10 +101,7 @@ def run(args) -> dict:
 
     vms = max(1, int(VMS * args.scale))
     uri = settings.LIBVIRT_URI
-    tag = uuid.uuid4().hex[:6]
-    pool_name = f"bench-{tag}"
-    pool_dir = Path(settings.BASE_DIR) / "var" / "bench-pools" / pool_name
-    pool_dir.mkdir(parents=True, exist_ok=True)
+    tag, pool_name, pool_dir = scratch_pool()
     conn = libvirt.open(uri)
     names: list[str] = []
     try:
