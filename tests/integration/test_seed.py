@@ -10,6 +10,7 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 
 from apps.accounts.models import Role
+from apps.audit.models import AuditEvent
 from apps.core.gateways import libvirt_gw as gw
 from apps.vms.models import VirtualMachine
 
@@ -32,3 +33,6 @@ def test_seed_demo_twice_gives_the_same_demo(libvirt_uri):
     assert stat.S_IMODE(creds.stat().st_mode) == 0o600
     password = dict(line.split() for line in creds.read_text().splitlines())["auditor"]
     assert users.get(username="auditor").check_password(password)
+    seeded = AuditEvent.objects.filter(action="core.demo.seed")
+    assert seeded.count() == 2 and {e.actor_name for e in seeded} == {"system"}
+    assert "password" not in str(seeded.first().params).lower()

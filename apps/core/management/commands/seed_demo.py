@@ -9,6 +9,7 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 
 from apps.accounts.models import Role, RoleAssignment
+from apps.audit.services import record
 from apps.core.errors import Conflict
 from apps.core.gateways import libvirt_gw as gw
 from apps.core.gateways.libvirt_xml import domain_xml
@@ -57,6 +58,13 @@ class Command(BaseCommand):
         for name, zone, _net, _running in VMS:
             VirtualMachine.objects.filter(host=host, name=name).update(zone=zone)
         creds = self._users()
+        record(
+            actor=None,
+            action="core.demo.seed",
+            target=host,
+            outcome="success",
+            params={"pool": POOL, "networks": list(NETWORKS), "vms": [v[0] for v in VMS], "users": USERS},
+        )
         self.stdout.write(
             self.style.SUCCESS(
                 f"Demo host {host.name} ({host.uri}) ready: pool {POOL}, "
