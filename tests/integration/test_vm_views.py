@@ -22,7 +22,7 @@ def test_vm_list_and_detail_show_live_state(client, viewer, vm):
     page = client.get(reverse("vms:list")).content.decode()
     assert f'data-vm="{vm.name}"' in page and "running" in page
     detail = client.get(reverse("vms:detail", args=[vm.host.name, vm.name])).content.decode().replace("\xa0", " ")
-    assert "1.0 GB" in detail and "64 MiB" in detail and "vda" in detail
+    assert "1 GiB" in detail and "64 MiB" in detail and "vda" in detail and "GB" not in detail
     assert 'data-action="suspend"' not in detail  # a viewer is offered no actions
 
 
