@@ -26,6 +26,14 @@ def unique(prefix: str = "t") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
+def reauthenticate(client, password: str = PASSWORD) -> None:
+    """Type the password again (the sudo mode that REAUTH_POLICY's actions ask for)."""
+    from django.urls import reverse
+
+    response = client.post(reverse("accounts:reauth"), {"password": password, "next": "/"})
+    assert response.status_code == 302, "the re-authentication was refused"
+
+
 @pytest.fixture(autouse=True)
 def _fresh_cache():
     """Login throttling counters and other cached values never leak between tests."""

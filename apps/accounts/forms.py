@@ -69,3 +69,7 @@ class AssignmentForm(forms.Form):
     host = forms.ModelChoiceField(queryset=Host.objects.all(), required=False)
     zone = forms.RegexField(regex=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$", required=False)
     vm = forms.CharField(required=False, help_text="host/vm, e.g. local/web-1")
+
+
+class ReauthForm(forms.Form):
+    password = forms.CharField(widget=forms.PasswordInput(attrs={"autocomplete": "current-password"}), strip=False)

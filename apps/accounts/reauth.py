@@ -1,44 +1,102 @@
-"""Sudo mode: sensitive actions (reveal or export a key, change a passphrase, unseal a key
-store) need the password typed again within settings.REAUTH_MAX_AGE seconds.
+"""Sudo mode: account changes and destructive or key-revealing actions need the password
+typed again within settings.REAUTH_MAX_AGE seconds.
 
-    from apps.accounts.reauth import recent_auth_required
-
-    @require_POST
-    @permission_required("encryption.keys")
-    @recent_auth_required
-    def escrow_export(request, pk): ...
-
-A view without a recent re-authentication sends the browser to the re-auth form (HTMX:
-HX-Redirect), which comes back to `next` (the page the action was on) once confirmed.
-Services stay free of requests: this is a view-level check, like the CSRF token.
+REAUTH_POLICY below is the one list of which actions need it, by URL name. Every
+state-changing URL has an entry, ALWAYS, NEVER or When(field, values) for a URL whose form
+does several things (the VM page's action buttons: only force off needs it); a test
+enumerates the URL conf, so a new view without a decision fails it
+(tests/unit/test_reauth_policy.py). The check runs in `permission_required`, right after
+the permission: a user who may not act gets a 403, one who may but has not confirmed
+recently is sent to the re-auth form (HTMX: HX-Redirect), which comes back to `next` (the
+page the action was on). The refusal is audited as `auth.reauth.required`. Services stay
+free of requests: this is a view-level check, like the CSRF token.
 """
 
 from __future__ import annotations
 
 import time
-from functools import wraps
+from dataclasses import dataclass
 from urllib.parse import urlencode
 
-from django import forms
 from django.conf import settings
-from django.contrib.auth import authenticate
-from django.http import HttpResponse
-from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 
 from apps.audit.middleware import client_ip
 from apps.audit.services import record
 from apps.core.errors import PortalError
-from apps.core.views_util import permission_required
 
 from . import throttle
 
 SESSION_KEY = "portal_reauth_at"
 
+ALWAYS = "always"
+NEVER = "never"
+
+
+@dataclass(frozen=True)
+class When:
+    """Needed only when the posted form's `field` is one of `values`."""
+
+    field: str
+    values: frozenset[str]
+
+    def __init__(self, field: str, *values: str):
+        object.__setattr__(self, "field", field)
+        object.__setattr__(self, "values", frozenset(values))
+
+
+# URL name -> whether a recent re-authentication is needed. NEVER entries are decisions
+# too: reversible or additive, confirmed where destructive, audited like everything.
+REAUTH_POLICY: dict[str, str | When] = {
+    # who may do what: every account and role change
+    "accounts:create": ALWAYS,
+    "accounts:set_active": ALWAYS,
+    "accounts:assignment_add": ALWAYS,
+    "accounts:assignment_remove": ALWAYS,
+    # VMs: force off loses unsaved work, a deleted snapshot is gone
+    "vms:action": When("action", "force_off"),  # start, shutdown, suspend, resume: NEVER
+    "vms:snapshot_create": NEVER,
+    "vms:snapshot_delete": ALWAYS,
+    # storage: a deleted volume is gone; quotas, limits and resizes (growth only) are reversible
+    "storage:alert_ack": NEVER,
+    "storage:settings_save": NEVER,
+    "storage:pool_limits": NEVER,
+    "storage:quota_set": NEVER,
+    "storage:quota_expand": NEVER,
+    "storage:volume_create": NEVER,
+    "storage:volume_resize": NEVER,
+    "storage:volume_delete": ALWAYS,
+    # encryption: keys, passphrases and the key store
+    "encryption:create": NEVER,
+    "encryption:encrypt_existing": NEVER,  # confirmed; keeps the data (header backed up first)
+    "encryption:change_key": ALWAYS,
+    "encryption:header_backup": NEVER,
+    "encryption:escrow_export": ALWAYS,
+    "encryption:recovery_test": ALWAYS,
+    "encryption:vm_start": NEVER,
+    "encryption:vm_stop": When("force", "yes"),  # a forced stop is a force off
+    "encryption:unseal": ALWAYS,
+    "encryption:seal": ALWAYS,  # stops every encrypted disk from opening
+    "encryption:rotate": ALWAYS,
+}
+
 
 class ReauthRequired(PortalError):
     status = 403
+
+
+class ReauthRefused(PortalError):
+    status = 400
+
+
+def needs_reauth(request) -> bool:
+    """Does this request, by REAUTH_POLICY, need a recent re-authentication?"""
+    match = getattr(request, "resolver_match", None)
+    rule = REAUTH_POLICY.get(match.view_name if match else "", NEVER)
+    if isinstance(rule, When):
+        return request.method == "POST" and request.POST.get(rule.field, "") in rule.values
+    return rule == ALWAYS
 
 
 def has_recent_auth(request) -> bool:
@@ -56,7 +114,20 @@ def require_recent_auth(request) -> None:
         raise ReauthRequired("Confirm your password first: this action needs a recent sign-in.")
 
 
-def _safe_next(request, candidate: str) -> str:
+def refuse(request) -> str:
+    """Audit a request refused for want of a re-authentication; the URL of the re-auth form."""
+    record(
+        actor=request.user,
+        action="auth.reauth.required",
+        target=("page", "", request.resolver_match.view_name),
+        outcome="denied",
+        params={"page": request.resolver_match.view_name},
+        error="needs a recent re-authentication",
+    )
+    return reauth_url(request)
+
+
+def safe_next(request, candidate: str) -> str:
     if candidate and url_has_allowed_host_and_scheme(candidate, {request.get_host()}, request.is_secure()):
         return candidate
     return reverse("dashboard")
@@ -66,51 +137,22 @@ def reauth_url(request) -> str:
     back = request.headers.get("HX-Current-URL") or request.headers.get("Referer") or request.get_full_path()
     if request.method != "GET" and back == request.get_full_path():
         back = ""
-    return f"{reverse('accounts:reauth')}?{urlencode({'next': _safe_next(request, back)})}"
+    return f"{reverse('accounts:reauth')}?{urlencode({'next': safe_next(request, back)})}"
 
 
-def recent_auth_required(view):
-    """Decorator: without a recent re-authentication, send the user to confirm their password."""
-
-    @wraps(view)
-    def wrapped(request, *args, **kwargs):
-        if not has_recent_auth(request):
-            url = reauth_url(request)
-            if getattr(request, "htmx", False):
-                response = HttpResponse(status=204)
-                response["HX-Redirect"] = url
-                return response
-            return redirect(url)
-        return view(request, *args, **kwargs)
-
-    return wrapped
-
-
-class ReauthForm(forms.Form):
-    password = forms.CharField(widget=forms.PasswordInput(attrs={"autocomplete": "current-password"}), strip=False)
-
-
-@permission_required("dashboard.view")
-def reauth_view(request):
-    """Ask for the password again; on success mark the session and go back to `next`."""
-    next_url = _safe_next(request, request.POST.get("next") or request.GET.get("next") or "")
-    form = ReauthForm(request.POST or None)
-    username, ip = request.user.get_username(), client_ip(request)
-    if request.method == "POST" and form.is_valid():
-        if throttle.is_locked(username, ip):  # the sign-in throttle: no password guessing here either
-            record(actor=request.user, action="auth.reauth", target=request.user, outcome="denied", error="throttled")
-            form.add_error("password", "Too many wrong passwords. Wait 15 minutes.")
-        else:
-            user = authenticate(request, username=username, password=form.cleaned_data["password"])
-            if user is not None and user.pk == request.user.pk:
-                throttle.clear(username, ip)
-                mark_recent_auth(request)
-                record(actor=request.user, action="auth.reauth", target=request.user, outcome="success")
-                return redirect(next_url)
-            throttle.note_failure(username, ip)
-            record(
-                actor=request.user, action="auth.reauth", target=request.user, outcome="failed", error="wrong password"
-            )
-            form.add_error("password", "That is not your password.")
-    status = 400 if request.method == "POST" else 200
-    return render(request, "accounts/reauth.html", {"form": form, "next": next_url}, status=status)
+def confirm_password(request, password: str) -> None:
+    """The re-authentication itself: mark the session when `password` is the signed-in
+    user's; otherwise raise ReauthRefused. Guesses are throttled by their own counter
+    (throttle.REAUTH), never the sign-in one; each outcome is audited."""
+    user, ip = request.user, client_ip(request)
+    username = user.get_username()
+    if throttle.is_locked(username, ip, throttle.REAUTH):
+        record(actor=user, action="auth.reauth.throttled", target=user, outcome="denied", error="too many failures")
+        raise ReauthRefused(f"Too many wrong passwords. Wait {settings.LOGIN_FAILURE_WINDOW // 60} minutes.")
+    if not user.check_password(password):  # not authenticate(): that would log a failed sign-in
+        throttle.note_failure(username, ip, throttle.REAUTH)
+        record(actor=user, action="auth.reauth.failed", target=user, outcome="failed", error="wrong password")
+        raise ReauthRefused("That is not your password.")
+    throttle.clear(username, ip, throttle.REAUTH)
+    mark_recent_auth(request)
+    record(actor=user, action="auth.reauth", target=user, outcome="success")

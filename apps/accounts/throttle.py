@@ -1,23 +1,44 @@
-"""Login throttling: after LOGIN_FAILURE_LIMIT failures for a user name, or ten times as many
-from one address (behind a proxy many people share one), within LOGIN_FAILURE_WINDOW
-seconds, further attempts are refused until the window passes."""
+"""Throttling of password guesses, with one counter per purpose so that one cannot lock
+the other.
+
+- Sign-in (LOGIN): after LOGIN_FAILURE_LIMIT failures for a user name, or ten times as many
+  from one address (behind a proxy many people share one), further sign-ins are refused.
+- Re-authentication (REAUTH, the sudo mode of apps.accounts.reauth): after
+  REAUTH_FAILURE_LIMIT wrong passwords typed by a signed-in user, further re-authentications
+  are refused. Kept apart from the sign-in counters: a stolen session guessing the
+  password must not lock the real user out of signing in.
+
+Both last LOGIN_FAILURE_WINDOW seconds from the first failure."""
 
 from django.conf import settings
 from django.core.cache import cache
 
-
-def _keys(username: str, ip: str | None) -> list[str]:
-    return [f"login-fail:user:{username.lower()[:150]}", f"login-fail:ip:{ip or 'unknown'}"]
-
-
-def is_locked(username: str, ip: str | None) -> bool:
-    user_key, ip_key = _keys(username, ip)
-    limit = settings.LOGIN_FAILURE_LIMIT
-    return (cache.get(user_key) or 0) >= limit or (cache.get(ip_key) or 0) >= 10 * limit
+LOGIN = "login"
+REAUTH = "reauth"
 
 
-def note_failure(username: str, ip: str | None) -> None:
-    for key in _keys(username, ip):
+def _keys(username: str, ip: str | None, kind: str) -> list[str]:
+    user_key = f"{kind}-fail:user:{username.lower()[:150]}"
+    if kind == REAUTH:
+        return [user_key]  # the user is signed in already: their address adds nothing
+    if kind != LOGIN:
+        raise ValueError(f"unknown throttle {kind!r}")
+    return [user_key, f"{kind}-fail:ip:{ip or 'unknown'}"]
+
+
+def _limits(kind: str) -> list[int]:
+    if kind == REAUTH:
+        return [settings.REAUTH_FAILURE_LIMIT]
+    return [settings.LOGIN_FAILURE_LIMIT, 10 * settings.LOGIN_FAILURE_LIMIT]
+
+
+def is_locked(username: str, ip: str | None, kind: str = LOGIN) -> bool:
+    keys = _keys(username, ip, kind)
+    return any((cache.get(key) or 0) >= limit for key, limit in zip(keys, _limits(kind), strict=True))
+
+
+def note_failure(username: str, ip: str | None, kind: str = LOGIN) -> None:
+    for key in _keys(username, ip, kind):
         cache.add(key, 0, settings.LOGIN_FAILURE_WINDOW)
         try:
             cache.incr(key)
@@ -25,5 +46,5 @@ def note_failure(username: str, ip: str | None) -> None:
             cache.set(key, 1, settings.LOGIN_FAILURE_WINDOW)
 
 
-def clear(username: str, ip: str | None) -> None:
-    cache.delete(_keys(username, ip)[0])
+def clear(username: str, ip: str | None, kind: str = LOGIN) -> None:
+    cache.delete(_keys(username, ip, kind)[0])

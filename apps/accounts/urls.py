@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import reauth, views
+from . import views
 
 app_name = "accounts"
 urlpatterns = [
@@ -10,5 +10,5 @@ urlpatterns = [
     path("<int:pk>/active/", views.user_set_active, name="set_active"),
     path("<int:pk>/assignments/", views.assignment_add, name="assignment_add"),
     path("<int:pk>/assignments/<int:assignment_id>/delete/", views.assignment_remove, name="assignment_remove"),
-    path("reauth/", reauth.reauth_view, name="reauth"),
+    path("reauth/", views.reauth_confirm, name="reauth"),
 ]

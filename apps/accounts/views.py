@@ -1,15 +1,15 @@
 from django.contrib import messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth import views as auth_views
-from django.shortcuts import get_object_or_404, redirect
+from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
 from apps.core.errors import InvalidInput
 from apps.core.views_util import permission_required, render_page
 from apps.vms.models import VirtualMachine
 
-from . import services
-from .forms import AssignmentForm, ThrottledAuthenticationForm, UserCreateForm
+from . import reauth, services
+from .forms import AssignmentForm, ReauthForm, ThrottledAuthenticationForm, UserCreateForm
 from .models import RoleAssignment
 
 User = get_user_model()
@@ -102,3 +102,19 @@ def assignment_remove(request, pk: int, assignment_id: int):
     services.assignment_remove(actor=request.user, assignment=assignment)
     messages.success(request, "Role revoked.")
     return redirect("accounts:detail", pk=pk)
+
+
+@permission_required("dashboard.view")
+def reauth_confirm(request):
+    """Ask for the password again; once confirmed, go back to `next` (the page of the action)."""
+    next_url = reauth.safe_next(request, request.POST.get("next") or request.GET.get("next") or "")
+    form = ReauthForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            reauth.confirm_password(request, form.cleaned_data["password"])
+        except reauth.ReauthRefused as exc:
+            form.add_error("password", exc.message)
+        else:
+            return redirect(next_url)
+    status = 400 if request.method == "POST" else 200
+    return render(request, "accounts/reauth.html", {"form": form, "next": next_url}, status=status)

@@ -7,17 +7,22 @@ from django.contrib import messages
 from django.http import HttpResponse
 from django.shortcuts import redirect, render
 
+from apps.accounts import reauth
 from apps.accounts.permissions import require
 
 
 def permission_required(perm: str, action: str | None = None):
     """Every portal view is wrapped with this: the URL-enumeration test checks for it.
-    It is the page-level check; services check again against the object."""
+    It is the page-level check; services check again against the object. An action that
+    apps.accounts.reauth.REAUTH_POLICY lists also needs a recent re-authentication: without
+    one the user is sent to confirm their password first (audited)."""
 
     def decorate(view):
         @wraps(view)
         def wrapped(request, *args, **kwargs):
             require(request.user, perm, anywhere=True, action=action or f"page.{request.resolver_match.url_name}")
+            if reauth.needs_reauth(request) and not reauth.has_recent_auth(request):
+                return redirect_htmx(request, reauth.refuse(request))
             return view(request, *args, **kwargs)
 
         wrapped.portal_permission = perm

@@ -1,7 +1,8 @@
 """Encryption pages. Thin: parse, check the permission (decorator; services check again
 against the object), call one service, render a partial or redirect. Sensitive actions
-(key change, escrow export, recovery test, unseal, KEK rotation) need a recent
-re-authentication; destructive ones a confirmation."""
+(key change, escrow export, recovery test, unseal, seal, KEK rotation) need a recent
+re-authentication (listed in apps.accounts.reauth.REAUTH_POLICY); destructive ones a
+confirmation."""
 
 from django.conf import settings
 from django.contrib import messages
@@ -10,7 +11,6 @@ from django.shortcuts import redirect
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
-from apps.accounts.reauth import recent_auth_required
 from apps.core.errors import InvalidInput
 from apps.core.models import Host
 from apps.core.views_util import job_started, permission_required, render_page
@@ -77,7 +77,6 @@ def disk_encrypt_existing(request):
 
 @require_POST
 @permission_required("encryption.change")
-@recent_auth_required
 def disk_change_key(request, pk: int):
     disk = services.disk_for(request.user, pk)
     job = services.disk_change_key(actor=request.user, disk=disk, confirmed=_confirmed(request))
@@ -94,7 +93,6 @@ def disk_header_backup(request, pk: int):
 
 @require_POST
 @permission_required("encryption.keys")
-@recent_auth_required
 def escrow_export(request, pk: int):
     """Download the key wrapped to the recovery passphrase just typed (never stored)."""
     disk = services.disk_for(request.user, pk)
@@ -110,7 +108,6 @@ def escrow_export(request, pk: int):
 
 @require_POST
 @permission_required("encryption.keys")
-@recent_auth_required
 def recovery_test(request, pk: int):
     disk = services.disk_for(request.user, pk)
     upload = request.FILES.get("escrow")
@@ -150,7 +147,6 @@ def vm_stop(request, host: str, name: str):
 
 @require_POST
 @permission_required("encryption.keys")
-@recent_auth_required
 def store_unseal(request):
     services.store_unseal(actor=request.user, passphrase=request.POST.get("passphrase", ""))
     messages.success(request, "The key store is unsealed.")
@@ -167,7 +163,6 @@ def store_seal(request):
 
 @require_POST
 @permission_required("encryption.keys")
-@recent_auth_required
 def kek_rotate(request):
     host = Host.objects.filter(name=settings.DEFAULT_HOST_NAME).first() or Host.objects.first()
     if host is None:

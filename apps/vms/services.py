@@ -125,6 +125,17 @@ def inventory_for(user, hosts=None) -> list[VmRow]:
 def vm_for(user, host_name: str, vm_name: str, perm: str = "vms.view") -> VirtualMachine:
     """The VM, if the user may see it (NotFound otherwise, so hidden VMs stay hidden).
     A refused lookup is audited: it is how a forged request for another scope shows up."""
+    return _lookup(user, host_name, vm_name, system=False)
+
+
+def vm_for_actor(actor, host_name: str, vm_name: str) -> VirtualMachine:
+    """vm_for for management commands: actor None is the system user (no --as), who sees
+    every VM; a portal user (--as USER) gets the pages' answer, "not found" for a VM outside
+    their scope, audited as a refused lookup, never a "no permission" that confirms it exists."""
+    return _lookup(actor, host_name, vm_name, system=actor is None)
+
+
+def _lookup(user, host_name: str, vm_name: str, *, system: bool) -> VirtualMachine:
     target = ("virtualmachine", "", f"{host_name}/{vm_name}"[:200])
     try:
         validate_name(host_name, "host name")
@@ -138,11 +149,11 @@ def vm_for(user, host_name: str, vm_name: str, perm: str = "vms.view") -> Virtua
         if host is not None:
             inventory_sync(host)
             vm = VirtualMachine.objects.select_related("host").filter(host=host, name=vm_name, present=True).first()
-    if vm is None or not has_perm(user, "vms.view", vm):
+    if vm is None or not (system or has_perm(user, "vms.view", vm)):
         hidden = vm is not None
         record(actor=user, action="vms.vm.lookup", target=vm or target, outcome="denied" if hidden else "failed",
                error="outside the user's scope" if hidden else "no such VM")  # fmt: skip
-        raise NotFound(f"No VM named {vm_name!r} on host {host_name!r} that you can see.")
+        raise NotFound(f"No VM named {vm_name!r} on host {host_name!r}{'' if system else ' that you can see'}.")
     return vm
 
 

@@ -13,6 +13,7 @@ from playwright.sync_api import expect
 from apps.audit.models import AuditEvent
 from apps.core.gateways import libvirt_gw as gw
 from apps.core.models import Job
+from tests.conftest import PASSWORD
 
 from .conftest import DESKTOP, check_phone_layout, login, screenshot
 
@@ -136,7 +137,7 @@ def test_force_off_asks_first_dismissing_changes_nothing_accepting_runs_the_job(
     expect(page.get_by_test_id("vm-state")).to_have_text("running")
 
     dialogs: list[str] = []
-    answers = iter([False, True])
+    answers = iter([False, True, True])
 
     def answer(dialog):
         dialogs.append(dialog.message)
@@ -150,8 +151,16 @@ def test_force_off_asks_first_dismissing_changes_nothing_accepting_runs_the_job(
     expect(page.locator("#vm-jobs .job")).to_have_count(0)
     expect(page.get_by_test_id("vm-state")).to_have_text("running")
 
-    action_button(page, "force_off").click()  # accepted
+    action_button(page, "force_off").click()  # accepted, but the session alone is not enough
     assert len(dialogs) == 2, dialogs  # one question per click, never two
+    expect(page).to_have_url(re.compile(r"/users/reauth/\?next="))  # htmx followed HX-Redirect
+    assert gw.domain_state(vm.host.uri, vm.name) == "running" and not Job.objects.exists()
+    page.fill("input[name=password]", PASSWORD)
+    page.click("main form button[type=submit]")
+    expect(page).to_have_url(re.compile(re.escape(vm_url(vm)) + "$"))  # back where the action was
+
+    action_button(page, "force_off").click()  # accepted, recently re-authenticated
+    assert len(dialogs) == 3, dialogs
     watch_job(page, 1, "shut off")
     assert gw.domain_state(vm.host.uri, vm.name) == "shut off"
     assert offered_actions(page) == ["start"]

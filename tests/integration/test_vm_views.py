@@ -8,6 +8,7 @@ from apps.accounts.models import Role
 from apps.audit.models import AuditEvent
 from apps.core.gateways import libvirt_gw as gw
 from apps.core.models import Job
+from tests.conftest import reauthenticate
 
 pytestmark = pytest.mark.libvirt
 
@@ -21,7 +22,7 @@ def test_vm_list_and_detail_show_live_state(client, viewer, vm):
     page = client.get(reverse("vms:list")).content.decode()
     assert f'data-vm="{vm.name}"' in page and "running" in page
     detail = client.get(reverse("vms:detail", args=[vm.host.name, vm.name])).content.decode().replace("\xa0", " ")
-    assert "1.0 GB" in detail and "64 MiB" in detail and "vda" in detail
+    assert "1 GiB" in detail and "64 MiB" in detail and "vda" in detail and "GB" not in detail
     assert 'data-action="suspend"' not in detail  # a viewer is offered no actions
 
 
@@ -86,8 +87,38 @@ def test_htmx_errors_come_back_as_a_toast(client, operator, vm):
     assert AuditEvent.objects.get(action="vms.vm.resume").outcome == "failed"
 
 
+def test_force_off_needs_a_recent_reauthentication(client, operator, vm):
+    client.force_login(operator)
+    page = f"http://testserver{reverse('vms:detail', args=[vm.host.name, vm.name])}"
+    form = {"action": "force_off", "confirm": "yes"}
+    response = client.post(action_url(vm), form, HTTP_HX_REQUEST="true", HTTP_HX_CURRENT_URL=page)
+    assert response.status_code == 204 and response["HX-Redirect"].startswith(reverse("accounts:reauth"))
+    assert not Job.objects.exists() and gw.domain_state(vm.host.uri, vm.name) == "running"
+    refused = AuditEvent.objects.get(action="auth.reauth.required")
+    assert (refused.outcome, refused.params) == ("denied", {"page": "vms:action"})
+    reauthenticate(client)
+    response = client.post(action_url(vm), form, HTTP_HX_REQUEST="true")
+    assert response.status_code == 200
+    assert Job.objects.get().kind == "vms.vm.force_off"
+
+
+def test_deleting_a_snapshot_from_the_page_needs_a_recent_reauthentication(client, operator, vm):
+    gw.create_snapshot(vm.host.uri, vm.name, "before-upgrade", "")
+    client.force_login(operator)
+    url = reverse("vms:snapshot_delete", args=[vm.host.name, vm.name, "before-upgrade"])
+    response = client.post(url, {"confirm": "yes"})
+    assert response.status_code == 302 and response["Location"].startswith(reverse("accounts:reauth"))
+    assert not Job.objects.exists()
+    assert AuditEvent.objects.get(action="auth.reauth.required").params == {"page": "vms:snapshot_delete"}
+    reauthenticate(client)
+    assert client.post(url, {"confirm": "yes"}).status_code == 302
+    job = Job.objects.get()
+    assert (job.kind, job.params["snapshot"]) == ("vms.snapshot.delete", "before-upgrade")
+
+
 def test_destructive_action_without_confirmation_changes_nothing(client, operator, vm):
     client.force_login(operator)
+    reauthenticate(client)
     response = client.post(action_url(vm), {"action": "force_off"})
     assert response.status_code == 400 and "needs confirmation" in response.content.decode()
     assert gw.domain_state(vm.host.uri, vm.name) == "running"

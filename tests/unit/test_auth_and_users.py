@@ -6,11 +6,11 @@ from django.core.exceptions import PermissionDenied
 from django.test import Client, override_settings
 from django.urls import reverse
 
-from apps.accounts import services
+from apps.accounts import reauth, services
 from apps.accounts.models import Role, RoleAssignment
 from apps.audit.models import AuditEvent
 from apps.core.errors import Conflict, InvalidInput
-from tests.conftest import PASSWORD
+from tests.conftest import PASSWORD, reauthenticate
 
 pytestmark = pytest.mark.django_db
 User = get_user_model()
@@ -67,10 +67,13 @@ def test_admin_cannot_disable_themselves(admin):
 
 def test_admin_creates_a_user_through_the_page(client, admin):
     client.force_login(admin)
-    response = client.post(
-        reverse("accounts:create"),
-        {"username": "newbie", "password": "a-long-enough-pass-42", "role": Role.VIEWER, "email": ""},
-    )
+    form = {"username": "newbie", "password": "a-long-enough-pass-42", "role": Role.VIEWER, "email": ""}
+    response = client.post(reverse("accounts:create"), form)
+    assert response["Location"].startswith(reverse("accounts:reauth"))  # the session alone is not enough
+    assert not User.objects.filter(username="newbie").exists()
+    assert AuditEvent.objects.get(action="auth.reauth.required").params == {"page": "accounts:create"}
+    reauthenticate(client)
+    response = client.post(reverse("accounts:create"), form)
     assert response.status_code == 302
     newbie = User.objects.get(username="newbie")
     assert newbie.check_password("a-long-enough-pass-42")
@@ -81,6 +84,7 @@ def test_admin_creates_a_user_through_the_page(client, admin):
 
 def test_bad_user_input_is_refused_and_audited(client, admin):
     client.force_login(admin)
+    reauthenticate(client)
     response = client.post(reverse("accounts:create"), {"username": "bad name;rm", "password": "short", "role": "x"})
     assert response.status_code == 400
     assert not User.objects.filter(username="bad name;rm").exists()
@@ -160,3 +164,62 @@ def test_host_uris_are_shown_to_admins_only(client, admin, viewer, host):
     assert host.uri not in client.get(reverse("dashboard")).content.decode()
     client.force_login(admin)
     assert host.uri in client.get(reverse("dashboard")).content.decode()
+
+
+def test_enabling_a_user_needs_a_recent_reauthentication(client, admin, operator):
+    operator.is_active = False
+    operator.save()
+    client.force_login(admin)
+    url = reverse("accounts:set_active", args=[operator.pk])
+    assert client.post(url, {"active": "yes"})["Location"].startswith(reverse("accounts:reauth"))
+    assert not User.objects.get(pk=operator.pk).is_active
+    assert not AuditEvent.objects.filter(action="accounts.user.enable").exists()
+    reauthenticate(client)
+    assert client.post(url, {"active": "yes"}).status_code == 302
+    assert User.objects.get(pk=operator.pk).is_active
+    assert AuditEvent.objects.get(action="accounts.user.enable").outcome == "success"
+
+
+def test_granting_the_admin_role_needs_a_recent_reauthentication(client, admin, viewer):
+    client.force_login(admin)
+    url = reverse("accounts:assignment_add", args=[viewer.pk])
+    grant = {"role": Role.ADMIN, "scope": "global"}
+    response = client.post(
+        url, grant, HTTP_HX_REQUEST="true", HTTP_HX_CURRENT_URL=f"http://testserver/users/{viewer.pk}/"
+    )
+    assert response.status_code == 204 and response["HX-Redirect"].startswith(reverse("accounts:reauth"))
+    assert not viewer.role_assignments.filter(role=Role.ADMIN).exists()
+    refused = AuditEvent.objects.get(action="auth.reauth.required")
+    assert (refused.outcome, refused.actor_name) == ("denied", admin.username)
+    reauthenticate(client)
+    assert client.post(url, grant).status_code == 302
+    assert viewer.role_assignments.filter(role=Role.ADMIN, scope="global").exists()
+
+
+@override_settings(REAUTH_FAILURE_LIMIT=3, LOGIN_FAILURE_LIMIT=3)
+def test_failed_reauthentications_do_not_lock_the_user_out_of_signing_in(client, operator):
+    """A stolen session guessing the password throttles its re-authentication, never the
+    real user's sign-in; each counter is audited as its own action."""
+    stolen = Client()
+    stolen.force_login(operator)
+    for _ in range(3):
+        assert stolen.post(reverse("accounts:reauth"), {"password": "guess-guess-guess"}).status_code == 400
+    throttled = stolen.post(reverse("accounts:reauth"), {"password": PASSWORD})  # even the right one, now
+    assert throttled.status_code == 400 and b"Too many wrong passwords" in throttled.content
+    assert reauth.SESSION_KEY not in stolen.session
+
+    assert login(client, operator.username).status_code == 302  # the real user signs in as usual
+    assert "_auth_user_id" in client.session
+    assert not AuditEvent.objects.filter(action="auth.login", outcome__in=["failed", "denied"]).exists()
+    assert AuditEvent.objects.filter(action="auth.reauth.failed", outcome="failed").count() == 3
+    assert AuditEvent.objects.filter(action="auth.reauth.throttled", outcome="denied").count() == 1
+
+
+@override_settings(REAUTH_FAILURE_LIMIT=3, LOGIN_FAILURE_LIMIT=3)
+def test_failed_sign_ins_do_not_throttle_a_signed_in_users_reauthentication(client, operator):
+    for _ in range(3):
+        login(Client(), operator.username, "nope-nope-nope")
+    assert b"Too many failed sign-ins" in login(Client(), operator.username).content  # sign-in is throttled
+    client.force_login(operator)
+    reauthenticate(client)  # the re-authentication has its own counter
+    assert AuditEvent.objects.get(action="auth.reauth").outcome == "success"

@@ -1,12 +1,20 @@
 from django import template
 
+from apps.core.units import format_bytes
+
 register = template.Library()
+
+_SCALE = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
 
 
 @register.filter
-def mib(kib) -> str:
-    """KiB -> 'N MiB'."""
-    return f"{int(kib or 0) // 1024} MiB"
+def size(value, unit: str = "B") -> str:
+    """A size in binary units: {{ bytes|size }}, {{ memory_kib|size:"KiB" }}. The one size
+    filter of the templates (never Django's decimal filesizeformat)."""
+    try:
+        return format_bytes(float(value or 0) * _SCALE[unit])
+    except (TypeError, ValueError, KeyError):
+        return ""
 
 
 @register.filter

@@ -11,6 +11,7 @@ from django.conf import settings
 from apps.accounts.permissions import require
 from apps.audit.services import record
 from apps.core.errors import InvalidInput
+from apps.core.units import format_bytes
 
 from ..models import GIB, BreachAction, PoolLimit, StorageDefaults, VmQuota
 
@@ -32,11 +33,8 @@ def record_failure(*, actor, action: str, target, params: dict | None, error: st
 
 
 def fmt_bytes(n: int | float) -> str:
-    """12.5 GiB / 300 MiB: sizes in messages people read."""
-    n = float(n)
-    if abs(n) >= GIB:
-        return f"{n / GIB:.2f}".rstrip("0").rstrip(".") + " GiB"
-    return f"{n / MIB:.1f}".rstrip("0").rstrip(".") + " MiB"
+    """12.5 GiB / 300 MiB: sizes in messages people read, in the portal's one format."""
+    return format_bytes(n)
 
 
 def parse_gib(value, what: str = "size") -> int:

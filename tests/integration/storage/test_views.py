@@ -4,8 +4,10 @@ refusals shown to people, confirmation of destructive actions."""
 import pytest
 from django.urls import reverse
 
+from apps.core.models import Job
 from apps.storage import services
 from apps.storage.models import GIB, StorageAlert, VmQuota
+from tests.conftest import reauthenticate
 
 from .conftest import disk_path, events, write_data
 
@@ -67,11 +69,17 @@ def test_bad_input_shows_a_message_not_a_500(client, operator, off_vm):
     assert "not a number" in response.content.decode()
 
 
-def test_deleting_a_disk_needs_the_confirmation(client, operator, off_vm):
+def test_deleting_a_disk_needs_a_recent_reauthentication_and_the_confirmation(client, operator, off_vm):
     client.force_login(operator)
+    response = client.post(_url("volume_delete", off_vm, "vda"), {"confirm": "yes"}, HTTP_HX_REQUEST="true")
+    assert response.status_code == 204 and response["HX-Redirect"].startswith(reverse("accounts:reauth"))
+    assert events("auth.reauth.required", outcome="denied") and not Job.objects.exists()
+    reauthenticate(client)
     response = client.post(_url("volume_delete", off_vm, "vda"), {}, HTTP_HX_REQUEST="true")
     assert response.status_code == 400
     assert "confirm" in response.content.decode()
+    response = client.post(_url("volume_delete", off_vm, "vda"), {"confirm": "yes"}, HTTP_HX_REQUEST="true")
+    assert response.status_code == 200 and Job.objects.get().kind == "storage.volume.delete"
     html = client.get(_url("vm", off_vm)).content.decode()
     assert 'hx-confirm="Delete disk vda' in html and 'data-confirm="Delete disk vda' in html
 

@@ -34,9 +34,9 @@ def test_reauth_refuses_foreign_next_urls_and_throttles_guessing(client, operato
     client.force_login(operator)
     response = client.post(reverse("accounts:reauth"), {"password": PASSWORD, "next": "https://evil.example/"})
     assert response["Location"] == reverse("dashboard")
-    for _ in range(settings.LOGIN_FAILURE_LIMIT):
+    for _ in range(settings.REAUTH_FAILURE_LIMIT):
         assert client.post(reverse("accounts:reauth"), {"password": "guess"}).status_code == 400
     locked = client.post(reverse("accounts:reauth"), {"password": PASSWORD})
     assert locked.status_code == 400 and b"Too many" in locked.content
-    outcomes = list(AuditEvent.objects.filter(action="auth.reauth").values_list("outcome", flat=True))
-    assert outcomes.count("failed") == settings.LOGIN_FAILURE_LIMIT and "denied" in outcomes
+    assert AuditEvent.objects.filter(action="auth.reauth.failed").count() == settings.REAUTH_FAILURE_LIMIT
+    assert AuditEvent.objects.filter(action="auth.reauth.throttled", outcome="denied").count() == 1

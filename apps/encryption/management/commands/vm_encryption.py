@@ -34,8 +34,7 @@ from apps.core.errors import PortalError
 from apps.core.models import Host, Job
 from apps.encryption import services
 from apps.encryption.models import EncryptedDisk
-from apps.vms.models import VirtualMachine
-from apps.vms.services import inventory_sync
+from apps.vms.services import vm_for_actor
 
 
 class Command(BaseCommand):
@@ -98,15 +97,6 @@ class Command(BaseCommand):
         if host is None:
             raise CommandError(f"No host named {name!r} in the portal.")
         return host
-
-    def _vm(self, host, name) -> VirtualMachine:
-        vm = VirtualMachine.objects.filter(host=host, name=name, present=True).first()
-        if vm is None:
-            inventory_sync(host)
-            vm = VirtualMachine.objects.filter(host=host, name=name, present=True).first()
-        if vm is None:
-            raise CommandError(f"No VM named {name!r} on host {host.name}.")
-        return vm
 
     def _disk(self, vm, target) -> EncryptedDisk:
         disks = EncryptedDisk.objects.select_related("vm", "host").filter(vm=vm)
@@ -178,8 +168,7 @@ class Command(BaseCommand):
             return self._reminders(actor)
         if action in ("status", "init", "unseal", "seal", "rotate-kek"):
             return self._store(actor, action, o)
-        host = self._host(o["host"])
-        vm = self._vm(host, o["vm"])
+        vm = vm_for_actor(actor, o["host"], o["vm"])  # "not found" outside the scope, as on the pages
         if action == "create-encrypted":
             job = services.disk_create_encrypted(actor=actor, vm=vm, size_gib=o["gib"], pool=o["pool"], kind=o["kind"])
         elif action == "encrypt-existing":

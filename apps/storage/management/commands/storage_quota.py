@@ -8,12 +8,10 @@ from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied
 from django.core.management.base import BaseCommand, CommandError
 
-from apps.core.errors import NotFound, PortalError
-from apps.core.models import Host
-from apps.core.validators import validate_name
+from apps.core.errors import PortalError
 from apps.storage import selectors, services
 from apps.storage.services import fmt_bytes
-from apps.vms.models import VirtualMachine
+from apps.vms.services import vm_for_actor
 
 
 class Command(BaseCommand):
@@ -45,7 +43,7 @@ class Command(BaseCommand):
                 return self._list(actor)
             if verb == "check":
                 return self._check(actor)
-            vm = self._vm(host, options["vm"])
+            vm = vm_for_actor(actor, host, options["vm"])  # "not found" outside the scope, as on the pages
             if verb == "set":
                 services.quota_set(actor=actor, vm=vm, limit_gib=options["gib"], confirmed=options["confirm"])
             elif verb == "expand":
@@ -65,23 +63,6 @@ class Command(BaseCommand):
         if user is None:
             raise CommandError(f"No active portal user named {username!r}.")
         return user
-
-    def _vm(self, host_name: str, name: str) -> VirtualMachine:
-        try:
-            validate_name(name, "VM name")
-        except PortalError as exc:
-            raise CommandError(exc.message)
-        vm = VirtualMachine.objects.select_related("host").filter(host__name=host_name, name=name, present=True).first()
-        if vm is None:
-            host = Host.objects.filter(name=host_name).first()
-            if host is not None:
-                from apps.vms.services import inventory_sync
-
-                inventory_sync(host)
-                vm = VirtualMachine.objects.select_related("host").filter(host=host, name=name, present=True).first()
-        if vm is None:
-            raise NotFound(f"No VM named {name!r} on host {host_name!r}.")
-        return vm
 
     def _show(self, q):
         quota = q.quota
