@@ -65,24 +65,47 @@ class VmRow:
         return sum(d.allocation for d in self.live.disks)
 
 
-def inventory_sync(host: Host) -> list[tuple[VirtualMachine, gw.DomainInfo]]:
-    """Read every domain of the host in bulk and bring the VM rows up to date: a constant
-    number of queries whatever the number of VMs, and writes only for rows that changed."""
-    domains = gw.list_domains(host.uri)
+@dataclass
+class SyncResult:
+    rows: list[tuple[VirtualMachine, gw.DomainInfo]]
+    found: list[VirtualMachine]  # new to the portal (defined outside it, or before it ran)
+    gone: list[VirtualMachine]  # no longer listed by libvirt
+
+    def __iter__(self):  # a SyncResult reads as its rows
+        return iter(self.rows)
+
+
+def _live_fields(d: gw.DomainInfo) -> tuple:
+    return (d.name, d.state, d.vcpus, d.memory_kib, True, sum(x.capacity for x in d.disks),
+            sum(x.allocation for x in d.disks))  # fmt: skip
+
+
+_SYNCED = ["name", "last_state", "vcpus", "memory_kib", "present", "disk_capacity", "disk_allocation", "last_seen"]
+
+
+def inventory_sync(host: Host, domains: list[gw.DomainInfo] | None = None) -> SyncResult:
+    """Read every domain of the host in bulk (or take `domains`, already read) and bring the
+    VM rows up to date: a constant number of queries whatever the number of VMs, and writes
+    only for rows that changed."""
+    if domains is None:
+        domains = gw.list_domains(host.uri)
     now = timezone.now()
     existing = {str(vm.uuid): vm for vm in VirtualMachine.objects.filter(host=host)}
-    to_create, to_update = [], []
+    to_create, to_update, found = [], [], []
     for d in domains:
         vm = existing.get(d.uuid)
-        live = (d.name, d.state, d.vcpus, d.memory_kib, True)
+        live = _live_fields(d)
         if vm is None:
             vm = VirtualMachine(host=host, uuid=d.uuid)
             to_create.append(vm)
-        elif (vm.name, vm.last_state, vm.vcpus, vm.memory_kib, vm.present) != live:
+        elif (vm.name, vm.last_state, vm.vcpus, vm.memory_kib, vm.present, vm.disk_capacity,
+              vm.disk_allocation) != live:  # fmt: skip
+            if not vm.present:
+                found.append(vm)
             to_update.append(vm)
         else:
             continue
-        vm.name, vm.last_state, vm.vcpus, vm.memory_kib, vm.present = live
+        (vm.name, vm.last_state, vm.vcpus, vm.memory_kib, vm.present, vm.disk_capacity, vm.disk_allocation) = live
         vm.last_seen = now
     seen = {d.uuid for d in domains}
     gone = [vm for uuid, vm in existing.items() if uuid not in seen and vm.present]
@@ -93,9 +116,7 @@ def inventory_sync(host: Host) -> list[tuple[VirtualMachine, gw.DomainInfo]]:
             if gone:
                 VirtualMachine.objects.bulk_update(gone, ["present"])
             if to_update:
-                VirtualMachine.objects.bulk_update(
-                    to_update, ["name", "last_state", "vcpus", "memory_kib", "present", "last_seen"]
-                )
+                VirtualMachine.objects.bulk_update(to_update, _SYNCED)
             if to_create:
                 VirtualMachine.objects.bulk_create(to_create)
         existing = {str(vm.uuid): vm for vm in VirtualMachine.objects.filter(host=host)}
@@ -105,7 +126,8 @@ def inventory_sync(host: Host) -> list[tuple[VirtualMachine, gw.DomainInfo]]:
         if vm is not None:
             vm.host = host  # the rows are shown with their host: no query per row
             rows.append((vm, d))
-    return rows
+    new = {str(vm.uuid) for vm in to_create + found}
+    return SyncResult(rows=rows, found=[vm for vm, _ in rows if str(vm.uuid) in new], gone=gone)
 
 
 def inventory_for(user, hosts=None) -> list[VmRow]:
