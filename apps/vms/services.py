@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from django.db import transaction
 from django.utils import timezone
 
-from apps.accounts.permissions import has_perm, require, scope_filter
+from apps.accounts.permissions import has_perm, require
 from apps.audit.services import record
 from apps.core import jobs
 from apps.core.errors import Conflict, InvalidInput, NotFound
@@ -49,20 +49,6 @@ _GATEWAY = {
     "suspend": gw.suspend_domain,
     "resume": gw.resume_domain,
 }
-
-
-@dataclass(frozen=True)
-class VmRow:
-    vm: VirtualMachine
-    live: gw.DomainInfo
-
-    @property
-    def disk_capacity(self) -> int:
-        return sum(d.capacity for d in self.live.disks)
-
-    @property
-    def disk_allocation(self) -> int:
-        return sum(d.allocation for d in self.live.disks)
 
 
 @dataclass
@@ -130,18 +116,12 @@ def inventory_sync(host: Host, domains: list[gw.DomainInfo] | None = None) -> Sy
     return SyncResult(rows=rows, found=[vm for vm, _ in rows if str(vm.uuid) in new], gone=gone)
 
 
-def inventory_for(user, hosts=None) -> list[VmRow]:
-    """The VMs of every host the user may see, live state included."""
+def inventory_for(user) -> list[VirtualMachine]:
+    """The VMs the user may see, as the state collector last read them (no libvirt call)."""
+    from .selectors import vms_visible_to
+
     require(user, "vms.view", anywhere=True, action="vms.inventory.view")
-    allowed = scope_filter(user, "vms.view")
-    rows: list[VmRow] = []
-    for host in hosts if hosts is not None else Host.objects.all():
-        pairs = inventory_sync(host)
-        visible = None
-        if allowed is not None:
-            visible = set(VirtualMachine.objects.filter(allowed, host=host).values_list("pk", flat=True))
-        rows.extend(VmRow(vm, live) for vm, live in pairs if visible is None or vm.pk in visible)
-    return sorted(rows, key=lambda r: (r.vm.host.name, r.vm.name))
+    return list(vms_visible_to(user).order_by("host__name", "name"))
 
 
 def vm_for(user, host_name: str, vm_name: str, perm: str = "vms.view") -> VirtualMachine:
@@ -221,7 +201,7 @@ def _run_lifecycle(job: Job, progress: jobs.Progress) -> dict:
     if state == "shut off":
         for hook in AFTER_STOP:
             hook(vm, progress)
-    VirtualMachine.objects.filter(pk=vm.pk).update(last_state=state)
+    VirtualMachine.objects.filter(pk=vm.pk).update(last_state=state, last_seen=timezone.now())
     return {"state": state}
 
 
