@@ -36,6 +36,8 @@ from .services import _SYNCED, _live_fields, inventory_sync
 
 log = logging.getLogger(__name__)
 
+COALESCE = 0.05  # seconds to gather a burst of events before applying them
+
 
 def _audit_found_and_gone(host: Host, found, gone) -> None:
     for vm in found:
@@ -143,17 +145,19 @@ class Collector:
         feed.next_read = 0  # (re)connected: read everything now, to repair what was missed
 
     def _drain_events(self) -> None:
-        deadline = time.monotonic() + self.tick
-        while True:
+        """Wait up to a tick for events; once one arrives, gather a burst for COALESCE seconds
+        (one read per domain however many events it sent), then apply them."""
+        timeout, until = self.tick, None
+        while until is None or time.monotonic() < until:
             try:
-                host_id, ev = self._events.get(timeout=max(deadline - time.monotonic(), 0.01))
+                host_id, ev = self._events.get(timeout=timeout)
             except queue.Empty:
                 break
             feed = self._feeds.get(host_id)
             if feed is not None:
-                feed.pending[ev.uuid] = (ev.name, ev.kind)  # coalesce a burst per domain
-            if time.monotonic() >= deadline:
-                break
+                feed.pending[ev.uuid] = (ev.name, ev.kind)
+            timeout = COALESCE
+            until = until or time.monotonic() + self.tick  # a steady stream is applied at least every tick
         for feed in self._feeds.values():
             pending, feed.pending = feed.pending, {}
             for uuid, (name, kind) in pending.items():
