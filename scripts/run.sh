@@ -17,10 +17,12 @@ trap cleanup EXIT INT TERM
 
 .venv/bin/celery -A hypervisor_web worker --loglevel=INFO --concurrency=2 -n "portal@%h" >var/log/worker.log 2>&1 &
 pids+=($!)
+$PY manage.py collector >var/log/collector.log 2>&1 &
+pids+=($!)
 .venv/bin/celery -A hypervisor_web beat --loglevel=INFO --schedule var/celerybeat-schedule >var/log/beat.log 2>&1 &
 pids+=($!)
 
 echo
-echo "Portal: http://$BIND:$PORT/  (worker log: var/log/worker.log, beat log: var/log/beat.log)"
+echo "Portal: http://$BIND:$PORT/  (logs: var/log/worker.log, beat.log, collector.log)"
 echo "Sign in with one of the demo users above. Ctrl-C stops the portal, worker and beat."
 $PY manage.py runserver --noreload "$BIND:$PORT"

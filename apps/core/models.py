@@ -14,6 +14,10 @@ class Host(models.Model):
     uri = models.CharField(max_length=255, help_text="libvirt URI, e.g. qemu:///system")
     description = models.CharField(max_length=255, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
+    # written by the state collector (apps/vms/collector.py), read by the pages
+    collected_at = models.DateTimeField(null=True, blank=True, help_text="last complete read of the host")
+    unreachable_since = models.DateTimeField(null=True, blank=True, help_text="set while the host cannot be read")
+    collect_error = models.CharField(max_length=500, blank=True)
 
     class Meta:
         ordering = ["name"]
@@ -23,6 +27,11 @@ class Host(models.Model):
 
     def scope_path(self):
         return (self.pk, None, None)
+
+    @property
+    def stale(self) -> bool:
+        """True when the portal's picture of this host may be out of date."""
+        return self.unreachable_since is not None or self.collected_at is None
 
 
 class Job(models.Model):

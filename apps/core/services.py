@@ -33,6 +33,10 @@ def host_create(*, actor, name: str, uri: str, description: str = "", check: boo
         with transaction.atomic():
             host = Host.objects.create(name=name, uri=uri, description=description)
             record(actor=actor, action="core.host.create", target=host, outcome="success", params={"uri": uri})
+        if check:  # its first read now, so its VMs show at once; the collector keeps them current
+            from apps.vms.collector import host_collect
+
+            host_collect(host)
         return host
     except (InvalidInput, Conflict, gw.GatewayError) as exc:
         record(

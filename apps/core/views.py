@@ -11,16 +11,13 @@ from .views_util import permission_required, render_page
 
 @permission_required("dashboard.view")
 def dashboard(request):
-    from apps.vms.services import inventory_for
+    from apps.vms.selectors import vm_state_counts
 
-    rows = inventory_for(request.user)
-    states: dict[str, int] = {}
-    for row in rows:
-        states[row.live.state] = states.get(row.live.state, 0) + 1
+    states = vm_state_counts(request.user)
     context = {
         "hosts": [h for h in Host.objects.all() if has_perm(request.user, "dashboard.view", h)],
-        "vm_count": len(rows),
-        "states": sorted(states.items()),
+        "vm_count": sum(n for _, n in states),
+        "states": states,
         "jobs": jobs_visible_to(request.user)[:8],
         "events": AuditEvent.objects.all()[:8] if has_perm(request.user, "audit.view") else None,  # global only
     }

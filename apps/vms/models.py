@@ -4,8 +4,8 @@ from apps.core.models import Host, name_validator
 
 
 class VirtualMachine(models.Model):
-    """A libvirt domain as the portal knows it. Live state is read from libvirt; this row
-    gives the VM an identity for permissions (its host and zone), quotas and audit."""
+    """A libvirt domain as the portal knows it: an identity for permissions (its host and
+    zone), quotas and audit, and its last known state as the state collector read it."""
 
     host = models.ForeignKey(Host, on_delete=models.PROTECT, related_name="vms")
     uuid = models.UUIDField()
@@ -14,6 +14,8 @@ class VirtualMachine(models.Model):
     last_state = models.CharField(max_length=20, blank=True)
     vcpus = models.PositiveIntegerField(default=0)
     memory_kib = models.PositiveBigIntegerField(default=0)
+    disk_capacity = models.PositiveBigIntegerField(default=0, help_text="bytes provisioned, all disks")
+    disk_allocation = models.PositiveBigIntegerField(default=0, help_text="bytes allocated, all disks")
     present = models.BooleanField(default=True, help_text="False once libvirt no longer lists it")
     last_seen = models.DateTimeField(null=True, blank=True)
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from django.db import transaction
 from django.utils import timezone
 
-from apps.accounts.permissions import has_perm, require, scope_filter
+from apps.accounts.permissions import has_perm, require
 from apps.audit.services import record
 from apps.core import jobs
 from apps.core.errors import Conflict, InvalidInput, NotFound
@@ -51,38 +51,47 @@ _GATEWAY = {
 }
 
 
-@dataclass(frozen=True)
-class VmRow:
-    vm: VirtualMachine
-    live: gw.DomainInfo
+@dataclass
+class SyncResult:
+    rows: list[tuple[VirtualMachine, gw.DomainInfo]]
+    found: list[VirtualMachine]  # new to the portal (defined outside it, or before it ran)
+    gone: list[VirtualMachine]  # no longer listed by libvirt
 
-    @property
-    def disk_capacity(self) -> int:
-        return sum(d.capacity for d in self.live.disks)
-
-    @property
-    def disk_allocation(self) -> int:
-        return sum(d.allocation for d in self.live.disks)
+    def __iter__(self):  # a SyncResult reads as its rows
+        return iter(self.rows)
 
 
-def inventory_sync(host: Host) -> list[tuple[VirtualMachine, gw.DomainInfo]]:
-    """Read every domain of the host in bulk and bring the VM rows up to date: a constant
-    number of queries whatever the number of VMs, and writes only for rows that changed."""
-    domains = gw.list_domains(host.uri)
+def _live_fields(d: gw.DomainInfo) -> tuple:
+    return (d.name, d.state, d.vcpus, d.memory_kib, True, sum(x.capacity for x in d.disks),
+            sum(x.allocation for x in d.disks))  # fmt: skip
+
+
+_SYNCED = ["name", "last_state", "vcpus", "memory_kib", "present", "disk_capacity", "disk_allocation", "last_seen"]
+
+
+def inventory_sync(host: Host, domains: list[gw.DomainInfo] | None = None) -> SyncResult:
+    """Read every domain of the host in bulk (or take `domains`, already read) and bring the
+    VM rows up to date: a constant number of queries whatever the number of VMs, and writes
+    only for rows that changed."""
+    if domains is None:
+        domains = gw.list_domains(host.uri)
     now = timezone.now()
     existing = {str(vm.uuid): vm for vm in VirtualMachine.objects.filter(host=host)}
-    to_create, to_update = [], []
+    to_create, to_update, found = [], [], []
     for d in domains:
         vm = existing.get(d.uuid)
-        live = (d.name, d.state, d.vcpus, d.memory_kib, True)
+        live = _live_fields(d)
         if vm is None:
             vm = VirtualMachine(host=host, uuid=d.uuid)
             to_create.append(vm)
-        elif (vm.name, vm.last_state, vm.vcpus, vm.memory_kib, vm.present) != live:
+        elif (vm.name, vm.last_state, vm.vcpus, vm.memory_kib, vm.present, vm.disk_capacity,
+              vm.disk_allocation) != live:  # fmt: skip
+            if not vm.present:
+                found.append(vm)
             to_update.append(vm)
         else:
             continue
-        vm.name, vm.last_state, vm.vcpus, vm.memory_kib, vm.present = live
+        (vm.name, vm.last_state, vm.vcpus, vm.memory_kib, vm.present, vm.disk_capacity, vm.disk_allocation) = live
         vm.last_seen = now
     seen = {d.uuid for d in domains}
     gone = [vm for uuid, vm in existing.items() if uuid not in seen and vm.present]
@@ -93,9 +102,7 @@ def inventory_sync(host: Host) -> list[tuple[VirtualMachine, gw.DomainInfo]]:
             if gone:
                 VirtualMachine.objects.bulk_update(gone, ["present"])
             if to_update:
-                VirtualMachine.objects.bulk_update(
-                    to_update, ["name", "last_state", "vcpus", "memory_kib", "present", "last_seen"]
-                )
+                VirtualMachine.objects.bulk_update(to_update, _SYNCED)
             if to_create:
                 VirtualMachine.objects.bulk_create(to_create)
         existing = {str(vm.uuid): vm for vm in VirtualMachine.objects.filter(host=host)}
@@ -105,21 +112,16 @@ def inventory_sync(host: Host) -> list[tuple[VirtualMachine, gw.DomainInfo]]:
         if vm is not None:
             vm.host = host  # the rows are shown with their host: no query per row
             rows.append((vm, d))
-    return rows
+    new = {str(vm.uuid) for vm in to_create + found}
+    return SyncResult(rows=rows, found=[vm for vm, _ in rows if str(vm.uuid) in new], gone=gone)
 
 
-def inventory_for(user, hosts=None) -> list[VmRow]:
-    """The VMs of every host the user may see, live state included."""
+def inventory_for(user) -> list[VirtualMachine]:
+    """The VMs the user may see, as the state collector last read them (no libvirt call)."""
+    from .selectors import vms_visible_to
+
     require(user, "vms.view", anywhere=True, action="vms.inventory.view")
-    allowed = scope_filter(user, "vms.view")
-    rows: list[VmRow] = []
-    for host in hosts if hosts is not None else Host.objects.all():
-        pairs = inventory_sync(host)
-        visible = None
-        if allowed is not None:
-            visible = set(VirtualMachine.objects.filter(allowed, host=host).values_list("pk", flat=True))
-        rows.extend(VmRow(vm, live) for vm, live in pairs if visible is None or vm.pk in visible)
-    return sorted(rows, key=lambda r: (r.vm.host.name, r.vm.name))
+    return list(vms_visible_to(user).order_by("host__name", "name"))
 
 
 def vm_for(user, host_name: str, vm_name: str, perm: str = "vms.view") -> VirtualMachine:
@@ -210,7 +212,7 @@ def _run_lifecycle(job: Job, progress: jobs.Progress) -> dict:
     if state == "shut off":
         for hook in AFTER_STOP:
             hook(vm, progress)
-    VirtualMachine.objects.filter(pk=vm.pk).update(last_state=state)
+    VirtualMachine.objects.filter(pk=vm.pk).update(last_state=state, last_seen=timezone.now())
     return {"state": state}
 
 

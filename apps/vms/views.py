@@ -1,16 +1,51 @@
+from urllib.parse import urlencode
+
+from django.http import HttpResponse
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from apps.accounts.permissions import has_perm
 from apps.core.views_util import job_started, permission_required, render_page
 
-from . import services
+from . import selectors, services
 
 
 @permission_required("vms.view")
 def vm_list(request):
-    rows = services.inventory_for(request.user)
-    return render_page(request, "vms/list.html", {"rows": rows}, partial="table")
+    filters = selectors.VmFilters.from_query(request.GET)
+    version = selectors.vms_version(request.user)
+    if request.htmx and request.GET.get("since") == version:
+        return HttpResponse(status=204)  # nothing changed since the open page was drawn: htmx keeps it
+    page = selectors.vm_page(request.user, filters, request.GET.get("page"))
+    query = filters.as_query()
+    context = {
+        "page": page,
+        "filters": query,
+        "current": filters,
+        "columns": _sort_columns(filters, query),
+        "states": selectors.STATES,
+        "poll_query": urlencode({**query, "page": page.number, "since": version}),
+        "stale_hosts": selectors.stale_hosts(request.user),
+    }
+    return render_page(request, "vms/list.html", context, partial="table")
+
+
+_COLUMNS = [("Name", "name"), ("Host", "host"), ("Zone", "zone"), ("State", "state"), ("vCPUs", None),
+            ("Memory", "memory"), ("Disks (allocated / capacity)", "disk")]  # fmt: skip
+
+
+def _sort_columns(filters, query: dict) -> list[tuple[str, str, str]]:
+    """(label, query string that sorts by it, arrow if sorted by it) per column."""
+    columns = []
+    for label, key in _COLUMNS:
+        if key is None:
+            columns.append((label, "", ""))
+            continue
+        current = filters.sort == key
+        sort = f"-{key}" if current and not filters.descending else key
+        arrow = ("\u2193" if filters.descending else "\u2191") if current else ""
+        columns.append((label, urlencode({**query, "sort": sort}), arrow))
+    return columns
 
 
 @permission_required("vms.view")

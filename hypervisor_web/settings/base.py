@@ -197,6 +197,7 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
 CELERY_TASK_DEFAULT_QUEUE = env("CELERY_QUEUE", "portal")
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 JOB_STALE_SECONDS = env_int("JOB_STALE_SECONDS", 1800)
+COLLECTOR_INTERVAL = env_int("COLLECTOR_INTERVAL", 30)  # seconds between bulk reads of each host
 CELERY_BEAT_SCHEDULE = {
     "jobs-reap-stale": {"task": "apps.core.tasks.jobs_reap_stale", "schedule": 60.0},
 }

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.django_db
 
 def test_admin_adds_a_second_host_and_its_vms_appear(admin, host):
     second = host_create(actor=admin, name="lab-2", uri="test:///default")
-    names = {(row.vm.host.name, row.vm.name) for row in inventory_for(admin)}
+    names = {(vm.host.name, vm.name) for vm in inventory_for(admin)}
     assert ("lab-2", "test") in names
     assert AuditEvent.objects.get(action="core.host.create").target_name == second.name
 

@@ -16,16 +16,16 @@ def compose():
     return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 
 
-def test_compose_has_the_five_services_with_health_checks():
+def test_compose_has_the_six_services_with_health_checks():
     services = compose()["services"]
-    assert set(services) == {"web", "worker", "beat", "postgres", "redis"}
+    assert set(services) == {"web", "worker", "beat", "collector", "postgres", "redis"}
     for name, service in services.items():
         assert "healthcheck" in service and service["healthcheck"]["test"], f"{name} has no health check"
 
 
 def test_portal_services_share_one_image_and_the_libvirt_socket():
     services = compose()["services"]
-    for name in ("web", "worker", "beat"):
+    for name in ("web", "worker", "beat", "collector"):
         s = services[name]
         assert s["image"] == "hypervisor-portal:latest"
         assert "/var/run/libvirt/libvirt-sock:/var/run/libvirt/libvirt-sock" in s["volumes"]

@@ -1,0 +1,197 @@
+"""The per-host state collector: libvirt is read here, in a long-running worker-side process
+(`python manage.py collector`), and the pages read the database.
+
+Two feeds keep the VM rows current, the way Proxmox's status daemon and oVirt's VDSM polling
+feed their UIs:
+- libvirt's domain lifecycle events (a watch per host): a `virsh start`, `suspend`,
+  `define` or `undefine` made outside the portal reaches the row within a second or two;
+- a periodic bulk read of each host (`getAllDomainStats` plus one volume listing per pool),
+  which also catches anything an event could not tell (disk growth) and repairs what was
+  missed while the watch was down.
+A host that cannot be read is marked unreachable (since when, and why); its rows keep their
+last known state and the pages say they are stale. Watches are re-opened after libvirtd
+restarts. VMs that appear or vanish outside the portal are recorded in the audit log as
+found or gone, by the system."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+
+from django.conf import settings
+from django.db import close_old_connections, transaction
+from django.utils import timezone
+
+from apps.audit.services import record
+from apps.core.errors import GatewayError, NotFound, PortalError
+from apps.core.gateways import libvirt_events as events
+from apps.core.gateways import libvirt_gw as gw
+from apps.core.models import Host
+
+from .models import VirtualMachine
+from .services import _SYNCED, _live_fields, inventory_sync
+
+log = logging.getLogger(__name__)
+
+COALESCE = 0.05  # seconds to gather a burst of events before applying them
+
+
+def _audit_found_and_gone(host: Host, found, gone) -> None:
+    for vm in found:
+        record(actor=None, action="vms.vm.found", target=vm, outcome="success", params={"host": host.name})
+    for vm in gone:
+        record(actor=None, action="vms.vm.gone", target=vm, outcome="success", params={"host": host.name})
+
+
+def host_mark_unreachable(host: Host, error: str) -> None:
+    now = timezone.now()
+    changed = Host.objects.filter(pk=host.pk, unreachable_since__isnull=True).update(
+        unreachable_since=now, collect_error=error[:500]
+    )
+    if changed:
+        record(actor=None, action="vms.host.unreachable", target=host, outcome="failed", error=error[:500])
+        log.warning("host %s unreachable: %s", host.name, error)
+    else:
+        Host.objects.filter(pk=host.pk).update(collect_error=error[:500])
+
+
+def host_collect(host: Host) -> bool:
+    """One bulk read of the host into the database. False (and the host marked unreachable)
+    when it cannot be read."""
+    try:
+        result = inventory_sync(host)
+    except PortalError as exc:
+        host_mark_unreachable(host, exc.message)
+        return False
+    was_unreachable = Host.objects.filter(pk=host.pk, unreachable_since__isnull=False).exists()
+    Host.objects.filter(pk=host.pk).update(collected_at=timezone.now(), unreachable_since=None, collect_error="")
+    if was_unreachable:
+        record(actor=None, action="vms.host.reachable", target=host, outcome="success")
+    _audit_found_and_gone(host, result.found, result.gone)
+    return True
+
+
+def domain_refresh(host: Host, name: str, uuid: str, kind: str) -> VirtualMachine | None:
+    """Bring one VM's row up to date after a lifecycle event (one domain read, not a host scan)."""
+    vm = VirtualMachine.objects.filter(host=host, uuid=uuid).first()
+    try:
+        info = None if kind == "undefined" else gw.get_domain(host.uri, name)
+    except NotFound:
+        info = None
+    if info is None or not info.persistent and info.state == "shut off":
+        if vm is not None and vm.present:
+            VirtualMachine.objects.filter(pk=vm.pk).update(present=False, last_state="")
+            vm.present = False
+            _audit_found_and_gone(host, [], [vm])
+        return vm
+    live = _live_fields(info)
+    with transaction.atomic():
+        found = vm is None or not vm.present
+        if vm is None:
+            # a name freed by an undefined domain may still sit on a row that is not present
+            vm = VirtualMachine(host=host, uuid=info.uuid)
+        (vm.name, vm.last_state, vm.vcpus, vm.memory_kib, vm.present, vm.disk_capacity, vm.disk_allocation) = live
+        vm.last_seen = timezone.now()
+        if vm.pk is None:
+            vm.save()
+        else:
+            vm.save(update_fields=_SYNCED)
+    if found:
+        _audit_found_and_gone(host, [vm], [])
+    return vm
+
+
+@dataclass
+class _HostFeed:
+    host: Host
+    watch: events.DomainWatch | None = None
+    next_read: float = 0.0
+    pending: dict[str, tuple[str, str]] = field(default_factory=dict)  # uuid -> (name, kind)
+
+
+class Collector:
+    """Runs the feeds of every host until `stop` is set. One thread writes the database;
+    libvirt's event thread only puts events on a queue."""
+
+    def __init__(self, *, interval: float | None = None, tick: float = 0.5, host_names: list[str] | None = None):
+        self.interval = interval if interval is not None else settings.COLLECTOR_INTERVAL
+        self.tick = tick
+        self.host_names = host_names
+        self.stop = threading.Event()
+        self._events: queue.Queue[tuple[int, events.DomainEvent]] = queue.Queue()
+        self._feeds: dict[int, _HostFeed] = {}
+
+    def _hosts(self) -> list[Host]:
+        qs = Host.objects.all()
+        if self.host_names is not None:
+            qs = qs.filter(name__in=self.host_names)
+        return list(qs)
+
+    def _ensure_watch(self, feed: _HostFeed) -> None:
+        if feed.watch is not None and feed.watch.alive:
+            return
+        if feed.watch is not None:
+            feed.watch.close()
+            feed.watch = None
+        host_id = feed.host.pk
+        try:
+            feed.watch = events.watch_domains(feed.host.uri, lambda ev: self._events.put((host_id, ev)))
+        except GatewayError as exc:
+            host_mark_unreachable(feed.host, exc.message)
+            return
+        feed.next_read = 0  # (re)connected: read everything now, to repair what was missed
+
+    def _drain_events(self) -> None:
+        """Wait up to a tick for events; once one arrives, gather a burst for COALESCE seconds
+        (one read per domain however many events it sent), then apply them."""
+        timeout, until = self.tick, None
+        while until is None or time.monotonic() < until:
+            try:
+                host_id, ev = self._events.get(timeout=timeout)
+            except queue.Empty:
+                break
+            feed = self._feeds.get(host_id)
+            if feed is not None:
+                feed.pending[ev.uuid] = (ev.name, ev.kind)
+            timeout = COALESCE
+            until = until or time.monotonic() + self.tick  # a steady stream is applied at least every tick
+        for feed in self._feeds.values():
+            pending, feed.pending = feed.pending, {}
+            for uuid, (name, kind) in pending.items():
+                try:
+                    domain_refresh(feed.host, name, uuid, kind)
+                except PortalError as exc:
+                    log.warning("refreshing %s on %s: %s", name, feed.host.name, exc.message)
+                    feed.next_read = 0
+
+    def run_once(self) -> None:
+        close_old_connections()  # a long-running process outlives database connections
+        hosts = self._hosts()
+        for gone in set(self._feeds) - {h.pk for h in hosts}:
+            feed = self._feeds.pop(gone)
+            if feed.watch is not None:
+                feed.watch.close()
+        for host in hosts:
+            feed = self._feeds.setdefault(host.pk, _HostFeed(host))
+            feed.host = host
+            self._ensure_watch(feed)
+            if time.monotonic() >= feed.next_read:
+                host_collect(host)
+                feed.next_read = time.monotonic() + self.interval
+        self._drain_events()
+
+    def run(self) -> None:
+        try:
+            while not self.stop.is_set():
+                try:
+                    self.run_once()
+                except Exception:  # the collector must outlive any one bad read
+                    log.exception("collector round failed")
+                    self.stop.wait(self.tick)
+        finally:
+            for feed in self._feeds.values():
+                if feed.watch is not None:
+                    feed.watch.close()
