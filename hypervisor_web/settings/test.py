@@ -25,6 +25,9 @@ STORAGES = {
 # the worker (PORTAL_USE_TEST_DB=1) opens the database pytest-django created.
 _db = DATABASES["default"]  # noqa: F405
 if _db["ENGINE"].endswith("sqlite3"):
+    # Django's SQLite engine, but its flush (between transactional tests) may empty the
+    # append-only audit table, as TRUNCATE does on PostgreSQL: see hypervisor_web/sqlite_test
+    _db["ENGINE"] = "hypervisor_web.sqlite_test"
     _db["TEST"] = {"NAME": str(VAR_DIR / f"test-portal-{TEST_RUN}.sqlite3")}  # noqa: F405
 else:
     _db["TEST"] = {"NAME": f"test_{_db['NAME']}_{TEST_RUN}"}
