@@ -34,6 +34,9 @@ else:
 if env("PORTAL_USE_TEST_DB") == "1":
     _db["NAME"] = _db["TEST"]["NAME"]
 
+# This run's VM images (pools, the simulated mapper's stand-ins), removed at the end of the run
+IMAGE_DIR = IMAGE_DIR / f"test-{TEST_RUN}"  # noqa: F405
+
 # Encryption: cheap PBKDF for tests only (production keeps the defaults of base.py); the
 # pytest process and the Celery worker it starts share these directories.
 ENCRYPTION_KEY_DIR = VAR_DIR / "test-encryption" / TEST_RUN / "keys"  # noqa: F405
