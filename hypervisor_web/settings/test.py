@@ -21,6 +21,8 @@ STORAGES = {
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
 
+VAR_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)  # noqa: F405  (the test database lives there)
+
 # Tests and the Celery worker they start share one real database: name it explicitly so
 # the worker (PORTAL_USE_TEST_DB=1) opens the database pytest-django created.
 _db = DATABASES["default"]  # noqa: F405
