@@ -8,6 +8,8 @@ PY=.venv/bin/python
 start=$(date +%s)
 
 .venv/bin/ruff check .
+# the state directory private, as `make run` keeps it (the start-up check refuses it open)
+(source scripts/private-state.sh && make_state_private "${PORTAL_VAR_DIR:-var}")
 # preflight: QEMU (libvirt-qemu) must reach the VM image directory; one line says how to fix it
 $PY manage.py check --tag images >/dev/null
 
