@@ -5,6 +5,7 @@ import grp
 import os
 import pwd
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -79,3 +80,16 @@ def test_image_directories_are_made_traversable_whatever_the_umask(tmp_path):
     finally:
         os.umask(old)
     assert [oct(p.stat().st_mode & 0o777) for p in (made.parent, made)] == ["0o711", "0o711"]
+
+
+def test_the_suite_stops_with_that_one_line_when_qemu_cannot_reach_its_images(private_clone):
+    env = {**os.environ, "PORTAL_IMAGE_DIR": str(private_clone / "images")}
+    env.pop("PORTAL_TEST_RUN", None)  # a run of its own: its own database
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "tests/integration/test_vm_lifecycle.py", "-q"],
+        cwd=settings.BASE_DIR, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 4, result.stdout[-2000:]
+    lines = [line for line in result.stdout.splitlines() if "cannot reach the VM image directory" in line]
+    assert len(lines) == 1 and "set PORTAL_IMAGE_DIR to a directory libvirt-qemu can traverse" in lines[0]
+    assert " passed" not in result.stdout and " error" not in result.stdout
