@@ -138,3 +138,23 @@ def test_a_demo_pool_whose_directory_is_gone_is_defined_again_here(libvirt_uri, 
     out = seed()
     assert f"Demo pool {demo['pool']} was at {old} (its directory is gone): defined again at" in out
     assert pool_path(libvirt_uri, demo["pool"]) == settings.IMAGE_DIR / "demo"
+
+
+def test_a_demo_vm_still_running_on_a_disk_outside_the_demo_pool_is_left_alone_and_said(libvirt_uri, demo):
+    old = settings.IMAGE_DIR / "deleted-clone"
+    gw.ensure_dir_pool(libvirt_uri, demo["pool"], str(old))
+    disk = gw.create_volume(libvirt_uri, demo["pool"], f"{demo['web']}.qcow2", 1 << 30)
+    gw.define_domain(
+        libvirt_uri, domain_xml(name=demo["web"], memory_mib=64, vcpus=1, disk_paths=[disk.path], networks=[])
+    )
+    gw.start_domain(libvirt_uri, demo["web"])
+    os.unlink(disk.path)  # the earlier clone was deleted under the running VM
+    os.rmdir(old)
+    out = seed()
+    assert f"Demo pool {demo['pool']} was at {old} (its directory is gone): defined again at" in out
+    assert (
+        f"{demo['web']} is running on {disk.path}, outside the demo pool {settings.IMAGE_DIR / 'demo'}: "
+        "left as it is; shut it down and run seed_demo again to move it." in out
+    )
+    assert gw.domain_state(libvirt_uri, demo["web"]) == "running"
+    assert disk_of(libvirt_uri, demo["web"]) == Path(disk.path)

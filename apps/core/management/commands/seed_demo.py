@@ -86,7 +86,7 @@ class Command(BaseCommand):
                 f"networks {', '.join(NETWORKS)}, VMs {', '.join(v[0] for v in VMS)}."
             )
         )
-        self.stdout.write("Demo users (also in var/demo-credentials.txt, mode 0600):")
+        self.stdout.write(f"Demo users (also in {Path(settings.VAR_DIR) / 'demo-credentials.txt'}, mode 0600):")
         for user, password in creds.items():
             self.stdout.write(f"  {user:10s} {password}")
 
