@@ -16,7 +16,7 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 venv: $(VENV)/.installed
 
 setup: system venv
-	mkdir -p var
+	mkdir -p -m 0700 var
 
 run: setup
 	bash scripts/run.sh

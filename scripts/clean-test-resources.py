@@ -2,6 +2,7 @@
 tnet-*). Never run while a test run is going on. Usage: make clean-test-resources"""
 
 import os
+import shutil
 import sys
 
 import django
@@ -28,3 +29,6 @@ for n in gw.list_networks(uri):
     if n.name.startswith(PREFIXES):
         gw.remove_network(uri, n.name)
         print("removed network", n.name)
+for run_dir in sorted(settings.IMAGE_DIR.glob("test-*")):  # images of cut-short runs
+    shutil.rmtree(run_dir, ignore_errors=True)
+    print("removed", run_dir)

@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
-# Migrate, seed the demo host, then serve the portal with a Celery worker and beat.
+# Migrate, seed the demo host, then serve the portal with a Celery worker, beat and the state collector.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 export DJANGO_SETTINGS_MODULE=${DJANGO_SETTINGS_MODULE:-hypervisor_web.settings.dev}
 PORT=${PORT:-8000}
 BIND=${BIND:-127.0.0.1}
-mkdir -p var/log
+VAR=${PORTAL_VAR_DIR:-var}
+source scripts/private-state.sh
+make_state_private "$VAR"
+
+$PY manage.py check --fail-level ERROR >/dev/null  # each problem in one line, with its fix
 
 $PY manage.py migrate --noinput >/dev/null
 $PY manage.py seed_demo
@@ -15,14 +19,14 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT INT TERM
 
-.venv/bin/celery -A hypervisor_web worker --loglevel=INFO --concurrency=2 -n "portal@%h" >var/log/worker.log 2>&1 &
+.venv/bin/celery -A hypervisor_web worker --loglevel=INFO --concurrency=2 -n "portal@%h" >"$VAR/log/worker.log" 2>&1 &
 pids+=($!)
-$PY manage.py collector >var/log/collector.log 2>&1 &
+$PY manage.py collector >"$VAR/log/collector.log" 2>&1 &
 pids+=($!)
-.venv/bin/celery -A hypervisor_web beat --loglevel=INFO --schedule var/celerybeat-schedule >var/log/beat.log 2>&1 &
+.venv/bin/celery -A hypervisor_web beat --loglevel=INFO --schedule "$VAR/celerybeat-schedule" >"$VAR/log/beat.log" 2>&1 &
 pids+=($!)
 
 echo
-echo "Portal: http://$BIND:$PORT/  (logs: var/log/worker.log, beat.log, collector.log)"
-echo "Sign in with one of the demo users above. Ctrl-C stops the portal, worker and beat."
+echo "Portal: http://$BIND:$PORT/  (logs in $VAR/log: worker.log, beat.log, collector.log)"
+echo "Sign in with one of the demo users above. Ctrl-C stops the portal, worker, beat and collector."
 $PY manage.py runserver --noreload "$BIND:$PORT"

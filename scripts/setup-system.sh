@@ -45,6 +45,16 @@ if ! virsh -c qemu:///system version >/dev/null 2>&1; then
   virsh -c qemu:///system version >/dev/null || { echo "setup-system: libvirtd did not answer" >&2; exit 1; }
 fi
 
+# VM images live where QEMU (user libvirt-qemu) can reach them whatever the clone's path
+# (a clone under /root or a 0700 home cannot): PORTAL_IMAGE_DIR, 0711 (others may enter, not
+# list), owned by the user who runs the portal. The portal checks it at start (core.E002).
+IMAGE_DIR=${PORTAL_IMAGE_DIR:-/var/lib/hypervisor-portal/images}
+if [ ! -d "$IMAGE_DIR" ]; then
+  (umask 022 && as_root mkdir -p "$IMAGE_DIR")
+  as_root chown "$(id -u):$(id -g)" "$IMAGE_DIR"
+  as_root chmod 0711 "$IMAGE_DIR"
+fi
+
 REDIS_HOST=${REDIS_HOST:-127.0.0.1}
 if ! redis-cli -h "$REDIS_HOST" ping >/dev/null 2>&1; then
   as_root mkdir -p /var/lib/redis /var/log/redis

@@ -8,6 +8,10 @@ PY=.venv/bin/python
 start=$(date +%s)
 
 .venv/bin/ruff check .
+# the state directory private, as `make run` keeps it (the start-up check refuses it open)
+(source scripts/private-state.sh && make_state_private "${PORTAL_VAR_DIR:-var}")
+# preflight: QEMU (libvirt-qemu) must reach the VM image directory; one line says how to fix it
+$PY manage.py check --tag images >/dev/null
 
 PG_URL=${DATABASE_URL:-}
 if [ -z "$PG_URL" ] && pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then

@@ -4,6 +4,7 @@ clean-up, and a real Celery worker on the real Redis."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -14,6 +15,7 @@ import pytest
 from django.conf import settings
 
 from apps.accounts.models import Role, RoleAssignment
+from apps.core.checks import image_dir_problem
 from apps.core.gateways import libvirt_gw as gw
 from apps.core.gateways.libvirt_xml import domain_xml
 from apps.core.models import Host, Job
@@ -88,6 +90,15 @@ def personas(admin, operator, auditor, viewer, outsider):
 # ------------------------------------------------------------------ libvirt
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _image_dir_removed_at_the_end():
+    """This run's VM images live in settings.IMAGE_DIR (PORTAL_IMAGE_DIR/test-<run>, where
+    QEMU can reach them whatever the clone's path); the run removes it when it ends."""
+    yield
+    if settings.IMAGE_DIR.name.startswith("test-"):
+        shutil.rmtree(settings.IMAGE_DIR, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def libvirt_uri():
     uri = settings.LIBVIRT_URI
@@ -95,6 +106,9 @@ def libvirt_uri():
         gw.version(uri)
     except Exception as exc:  # the suite needs the real daemon: say so, loudly
         pytest.fail(f"libvirtd is not answering at {uri}: {exc}. Run `make test` (it starts it).")
+    problem = image_dir_problem()
+    if problem:  # one line instead of an error per test that boots a VM
+        pytest.exit(problem, returncode=4)
     return uri
 
 
@@ -107,8 +121,7 @@ def host(db, libvirt_uri):
 def test_pool(libvirt_uri):
     """A dir pool of our own for the whole session, removed at the end."""
     name = unique("tpool")
-    path = ROOT / "var" / "test-pools" / name
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = settings.IMAGE_DIR / "pools" / name
     gw.ensure_dir_pool(libvirt_uri, name, str(path))
     yield name
     gw.remove_pool(libvirt_uri, name)

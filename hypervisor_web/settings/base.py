@@ -36,6 +36,10 @@ def env_int(name: str, default: int) -> int:
 
 
 VAR_DIR = Path(env("PORTAL_VAR_DIR", str(BASE_DIR / "var")))
+# VM images the portal makes on this host (the demo pool; the tests' pools): QEMU runs as its
+# own user (libvirt-qemu) and must be able to enter every directory on the way, so they live
+# neither in the private state directory nor in a clone under a 0700 home.
+IMAGE_DIR = Path(env("PORTAL_IMAGE_DIR", "/var/lib/hypervisor-portal/images"))
 
 SECRET_KEY = env("SECRET_KEY")
 DEBUG = False

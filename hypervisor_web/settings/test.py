@@ -21,15 +21,23 @@ STORAGES = {
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
 
+VAR_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)  # noqa: F405  (the test database lives there)
+
 # Tests and the Celery worker they start share one real database: name it explicitly so
 # the worker (PORTAL_USE_TEST_DB=1) opens the database pytest-django created.
 _db = DATABASES["default"]  # noqa: F405
 if _db["ENGINE"].endswith("sqlite3"):
+    # Django's SQLite engine, but its flush (between transactional tests) may empty the
+    # append-only audit table, as TRUNCATE does on PostgreSQL: see hypervisor_web/sqlite_test
+    _db["ENGINE"] = "hypervisor_web.sqlite_test"
     _db["TEST"] = {"NAME": str(VAR_DIR / f"test-portal-{TEST_RUN}.sqlite3")}  # noqa: F405
 else:
     _db["TEST"] = {"NAME": f"test_{_db['NAME']}_{TEST_RUN}"}
 if env("PORTAL_USE_TEST_DB") == "1":
     _db["NAME"] = _db["TEST"]["NAME"]
+
+# This run's VM images (pools, the simulated mapper's stand-ins), removed at the end of the run
+IMAGE_DIR = IMAGE_DIR / f"test-{TEST_RUN}"  # noqa: F405
 
 # Encryption: cheap PBKDF for tests only (production keeps the defaults of base.py); the
 # pytest process and the Celery worker it starts share these directories.

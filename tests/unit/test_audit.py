@@ -4,6 +4,7 @@ first altered or removed event."""
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.core.management.color import no_style
 from django.db import DatabaseError, connection, transaction
 
 from apps.audit.models import AppendOnlyError, AuditEvent
@@ -30,12 +31,18 @@ def tamper(sql, params):
             cur.execute(sql, params)
             cur.execute("SET session_replication_role = DEFAULT")
         else:
-            cur.execute("DROP TRIGGER audit_event_no_update")
+            triggers = sqlite_audit_triggers()
+            for name in triggers:
+                cur.execute(f"DROP TRIGGER {name}")
             cur.execute(sql, params)
-            cur.execute(
-                "CREATE TRIGGER audit_event_no_update BEFORE UPDATE ON audit_auditevent "
-                "BEGIN SELECT RAISE(ABORT, 'audit events are append-only (UPDATE refused)'); END;"
-            )
+            for text in triggers.values():
+                cur.execute(text)
+
+
+def sqlite_audit_triggers():
+    with connection.cursor() as cur:
+        cur.execute("SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'audit_auditevent'")
+        return dict(cur.fetchall())
 
 
 def test_record_keeps_names_context_and_chain(operator):
@@ -87,16 +94,38 @@ def test_the_model_refuses_updates_and_deletes(operator):
         AuditEvent.objects.all().delete()
 
 
-def test_the_database_refuses_updates_too(operator):
+def test_the_database_refuses_updates_and_deletes(operator):
+    (event,) = make_events(operator, 1)
+    for sql in ("UPDATE audit_auditevent SET outcome = 'failed' WHERE id = %s", "DELETE FROM audit_auditevent"):
+        with pytest.raises(DatabaseError, match="append-only"), transaction.atomic():
+            with connection.cursor() as cur:
+                cur.execute(sql, [event.pk] if "%s" in sql else None)
+    assert AuditEvent.objects.get(pk=event.pk).outcome == "success"
+
+
+def test_django_flush_is_refused_on_sqlite_outside_the_test_engine(operator):
+    if connection.vendor != "sqlite":
+        pytest.skip("PostgreSQL's flush is TRUNCATE, an owner-only operation that row triggers do not see")
+    from django.db.backends.sqlite3.operations import DatabaseOperations  # Django's own, as in production
+
+    make_events(operator, 1)
+    production_ops = DatabaseOperations(connection)
+    with pytest.raises(DatabaseError, match="DELETE refused"):
+        production_ops.execute_sql_flush(production_ops.sql_flush(no_style(), ["audit_auditevent"]))
+    assert AuditEvent.objects.count() == 1
+
+
+def test_the_test_engine_flush_empties_the_audit_table_and_keeps_its_triggers(operator):
+    make_events(operator, 2)
+    triggers = sqlite_audit_triggers() if connection.vendor == "sqlite" else None
+    connection.ops.execute_sql_flush(connection.ops.sql_flush(no_style(), ["audit_auditevent"]))
+    assert AuditEvent.objects.count() == 0
+    if triggers is not None:
+        assert sqlite_audit_triggers() == triggers
     (event,) = make_events(operator, 1)
     with pytest.raises(DatabaseError, match="append-only"), transaction.atomic():
         with connection.cursor() as cur:
-            cur.execute("UPDATE audit_auditevent SET outcome = 'failed' WHERE id = %s", [event.pk])
-    if connection.vendor == "postgresql":
-        with pytest.raises(DatabaseError, match="append-only"), transaction.atomic():
-            with connection.cursor() as cur:
-                cur.execute("DELETE FROM audit_auditevent WHERE id = %s", [event.pk])
-    assert AuditEvent.objects.get(pk=event.pk).outcome == "success"
+            cur.execute("DELETE FROM audit_auditevent WHERE id = %s", [event.pk])
 
 
 def test_verify_names_the_first_altered_event(operator):

@@ -1,4 +1,4 @@
-"""Refuse UPDATE and DELETE of audit events in the database itself.
+"""Refuse UPDATE and DELETE of audit events in the database itself (SQLite: DELETE since 0003).
 
 PostgreSQL: a trigger refuses UPDATE and DELETE (TRUNCATE stays an owner-only maintenance
 operation). SQLite: a trigger refuses UPDATE (a deleted row still breaks the hash chain,

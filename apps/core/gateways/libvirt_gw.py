@@ -19,7 +19,7 @@ import libvirt
 
 from apps.core.errors import Conflict, GatewayError, NotFound
 
-from . import libvirt_xml
+from . import host_paths, libvirt_xml
 
 T = TypeVar("T")
 
@@ -202,6 +202,25 @@ def version(uri: str) -> str:
         return f"{v // 1_000_000}.{(v // 1000) % 1000}.{v % 1000}"
 
     return call(uri, "version", _version)
+
+
+def qemu_identity(uri: str) -> tuple[int, int] | None:
+    """The uid and gid QEMU runs as on this host (libvirt's DAC security model, e.g.
+    libvirt-qemu's 64055:64055), or None when the host reports none."""
+
+    def _identity(conn):
+        caps = ET.fromstring(conn.getCapabilities())
+        for model in caps.iterfind("host/secmodel"):
+            if model.findtext("model") != "dac":
+                continue
+            labels = {el.get("type"): (el.text or "") for el in model.iterfind("baselabel")}
+            label = labels.get("kvm") or labels.get("qemu") or ""
+            uid, _, gid = label.partition(":")
+            if uid.lstrip("+").isdigit() and gid.lstrip("+").isdigit():
+                return int(uid.lstrip("+")), int(gid.lstrip("+"))
+        return None
+
+    return call(uri, "capabilities", _identity)
 
 
 # ---------------------------------------------------------------- domains
@@ -444,7 +463,7 @@ def ensure_dir_pool(uri: str, name: str, path: str) -> None:
         except libvirt.libvirtError as exc:
             if exc.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_POOL:
                 raise
-            os.makedirs(path, mode=0o711, exist_ok=True)
+            host_paths.make_traversable_dir(path)
             pool = conn.storagePoolDefineXML(libvirt_xml.pool_dir_xml(name, path), 0)
         if not pool.isActive():
             pool.create(0)

@@ -44,12 +44,15 @@ def domain_xml(
     disk_paths: list[str],
     networks: list[str],
     domain_type: str | None = None,
+    uuid: str | None = None,
 ) -> str:
     """A minimal guest: boots from its first disk only, NICs without option ROM (no PXE)."""
     if domain_type is None:
         domain_type = "kvm" if os.path.exists("/dev/kvm") else "qemu"
     dom = ET.Element("domain", type=domain_type)
     ET.SubElement(dom, "name").text = name
+    if uuid:
+        ET.SubElement(dom, "uuid").text = uuid
     ET.SubElement(dom, "memory", unit="MiB").text = str(memory_mib)
     ET.SubElement(dom, "vcpu").text = str(vcpus)
     os_el = ET.SubElement(dom, "os")

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from apps.core import runner
 from apps.core.errors import Conflict, GatewayError, InvalidInput
+from apps.core.gateways import host_paths
 
 CRYPTSETUP = "cryptsetup"
 WRONG_KEY_STATUS = 2  # cryptsetup's exit status for "No key available with this passphrase"
@@ -362,7 +363,7 @@ class SimulatedDeviceMapper:
     def open(self, path: str, name: str, key: bytes) -> str:
         if not test_key(path, key):
             raise InvalidInput(f"The stored key does not open {path}.")
-        os.makedirs(self.root, mode=0o711, exist_ok=True)  # like /dev/mapper: QEMU's user may traverse
+        host_paths.make_traversable_dir(self.root)  # like /dev/mapper: QEMU's user may enter it
         info = dump(path)
         size = max(os.path.getsize(path) - info.data_offset, 0)
         target = self._path(name)

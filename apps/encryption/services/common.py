@@ -52,7 +52,7 @@ def luks_params() -> cs.LuksParams:
 
 def device_mapper():
     if settings.ENCRYPTION_DEVICE_MAPPER == "simulated":
-        return cs.SimulatedDeviceMapper(str(settings.VAR_DIR / "simulated-mapper"))
+        return cs.SimulatedDeviceMapper(str(settings.IMAGE_DIR / "simulated-mapper"))  # QEMU opens it
     return cs.CryptsetupDeviceMapper()
 
 
