@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.libvirt]
 
 
 def test_operator_sets_a_quota_watches_usage_and_acknowledges_the_alert(live_server, operator, host, make_domain, page):
-    name = make_domain(running=False)
+    name = make_domain(running=False, disk_gib=0.25)  # a hard limit of 0.25 GiB must hold its disk
     inventory_sync(host)
     vm = VirtualMachine.objects.select_related("host").get(host=host, name=name)
     login(page, live_server, operator.username)

@@ -5,7 +5,7 @@ from django.core.management import CommandError, call_command
 
 from apps.storage.models import GIB, VmQuota
 
-from .conftest import disk_path, events, write_data
+from .conftest import events, overfill
 
 pytestmark = pytest.mark.libvirt
 
@@ -20,7 +20,7 @@ def _run(*args) -> str:
 
 def test_the_seed_verbs_work_as_the_system_user(off_vm):
     assert "quota 20 GiB," in _run("set", off_vm.name, "20")
-    assert "quota 25 GiB," in _run("expand", off_vm.name, "5")
+    assert "quota 25 GiB," in _run("expand", off_vm.name, "25")  # the seed: "Expand to ..."
     assert "alert at 90%" in _run("alert-threshold", off_vm.name, "90")
     assert "allocated" in _run("get", off_vm.name)
     assert off_vm.name in _run("list")
@@ -57,12 +57,13 @@ def test_bad_input_is_a_clear_error(off_vm, args, message):
     assert not VmQuota.objects.filter(vm=off_vm).exists()
 
 
-def test_check_fails_when_a_vm_is_over_its_hard_limit(off_vm):
+def test_check_fails_when_a_vm_is_over_its_hard_limit(small_vm):
+    off_vm = small_vm
     assert "checked" in _run("check")
-    write_data(disk_path(off_vm), 64)
+    overfill(off_vm)
     with pytest.raises(CommandError, match="below the"):
-        _run("set", off_vm.name, "0.03")
-    _run("set", off_vm.name, "0.03", "--confirm")
+        _run("set", off_vm.name, "0.25")
+    _run("set", off_vm.name, "0.25", "--confirm")
     with pytest.raises(CommandError, match="over their hard limit") as exc:
         _run("check")
     assert exc.value.returncode == 1

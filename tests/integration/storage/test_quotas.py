@@ -11,7 +11,7 @@ from apps.core.gateways import libvirt_gw as gw
 from apps.storage import services
 from apps.storage.models import GIB, VmQuota
 
-from .conftest import MIB, disk_path, events, write_data
+from .conftest import MIB, events, overfill
 
 pytestmark = pytest.mark.libvirt
 
@@ -66,13 +66,14 @@ def test_bad_input_is_refused_audited_and_changes_nothing(operator, off_vm, fiel
     assert message.split()[0] in event.error
 
 
-def test_a_quota_below_current_allocation_needs_confirmation(operator, off_vm):
-    write_data(disk_path(off_vm), 64)
+def test_a_quota_below_current_allocation_needs_confirmation(operator, small_vm):
+    off_vm = small_vm
+    overfill(off_vm)  # its disk and snapshot take more than the 256 MiB disk's size
     with pytest.raises(InvalidInput, match=r"below the .* already use.*Confirm"):
-        services.quota_set(actor=operator, vm=off_vm, limit_gib="0.03")
+        services.quota_set(actor=operator, vm=off_vm, limit_gib="0.25")
     assert not VmQuota.objects.filter(vm=off_vm).exists()
-    quota = services.quota_set(actor=operator, vm=off_vm, limit_gib="0.03", confirmed=True)
-    assert quota.limit_bytes == 31 * MIB
+    quota = services.quota_set(actor=operator, vm=off_vm, limit_gib="0.25", confirmed=True)
+    assert quota.limit_bytes == 256 * MIB
     assert [e.outcome for e in events("storage.quota.set")] == ["failed", "success"]
 
 

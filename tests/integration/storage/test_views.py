@@ -7,7 +7,7 @@ from django.urls import reverse
 from apps.storage import services
 from apps.storage.models import GIB, StorageAlert, VmQuota
 
-from .conftest import disk_path, events, write_data
+from .conftest import events, overfill
 
 pytestmark = pytest.mark.libvirt
 
@@ -76,9 +76,10 @@ def test_deleting_a_disk_needs_the_confirmation(client, operator, off_vm):
     assert 'hx-confirm="Delete disk vda' in html and 'data-confirm="Delete disk vda' in html
 
 
-def test_acknowledge_from_the_alert_list(client, operator, off_vm):
-    write_data(disk_path(off_vm), 64)
-    services.quota_set(actor=operator, vm=off_vm, limit_gib="0.05", confirmed=True)
+def test_acknowledge_from_the_alert_list(client, operator, small_vm):
+    off_vm = small_vm
+    overfill(off_vm)
+    services.quota_set(actor=operator, vm=off_vm, limit_gib="0.25", confirmed=True)
     services.storage_check(actor=None)
     alert = StorageAlert.objects.get(vm=off_vm)
     client.force_login(operator)
