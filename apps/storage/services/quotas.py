@@ -258,7 +258,11 @@ def pool_limit_set(*, actor, host: Host, pool: str, max_overcommit, reserve_perc
     Empty values fall back to the defaults."""
     action = "storage.pool.limit"
     authorize(actor, "storage.settings", host, action=action)
-    params = {"pool": pool, "max_overcommit": str(max_overcommit), "reserve_percent": str(reserve_percent)}
+    params = {
+        "pool": pool,
+        "max_overcommit": "" if max_overcommit is None else str(max_overcommit),
+        "reserve_percent": "" if reserve_percent is None else str(reserve_percent),
+    }
     target = ("pool", f"{host.name}/{pool}", pool)
     try:
         gw.get_pool(host.uri, pool)  # NotFound for an unknown pool

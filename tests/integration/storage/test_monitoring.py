@@ -144,3 +144,36 @@ def test_an_unreachable_host_or_webhook_does_not_stop_the_check(operator, small_
     report = services.storage_check(actor=None)
     assert [line.split(":")[0] for line in report.unreadable] == ["ghost"]
     assert StorageAlert.objects.get(vm=off_vm).level == "breach"  # raised although the webhook failed
+
+
+def test_a_breach_action_changed_during_a_breach_applies_at_the_next_check(operator, small_vm):
+    vm = small_vm
+    uri = vm.host.uri
+    overfill(vm)
+    services.quota_set(actor=operator, vm=vm, limit_gib="0.25", confirmed=True)  # breach action: alert
+    gw.start_domain(uri, vm.name)
+    services.storage_check(actor=None)
+    (alert,) = _alerts(vm)
+    assert (alert.level, alert.action_applied) == ("breach", "")
+
+    services.quota_set(actor=operator, vm=vm, breach_action="refuse")
+    services.storage_check(actor=None)  # the breach goes on: same level, new action
+    alert.refresh_from_db()
+    assert (alert.state, alert.action_applied) == ("open", "refuse")
+    with pytest.raises(Conflict, match="refuses growth"):
+        services.volume_create(actor=operator, vm=vm, size_gib="0.1")
+
+    services.quota_set(actor=operator, vm=vm, breach_action="suspend")
+    report = services.storage_check(actor=None)
+    alert.refresh_from_db()
+    assert alert.action_applied == "suspend"
+    assert gw.domain_state(uri, vm.name) == "paused"
+    assert [line.split(":")[0] for line in report.suspended] == [vm.name]
+    assert [e.params["on"] for e in events("storage.quota.refuse_growth")] == [True, False]  # refuse lifted
+
+    services.quota_set(actor=operator, vm=vm, breach_action="alert")
+    services.storage_check(actor=None)
+    alert.refresh_from_db()
+    assert alert.action_applied == ""
+    assert gw.domain_state(uri, vm.name) == "running"  # what the check suspended, it resumed
+    assert len(events("storage.alert.escalate")) + len(events("storage.alert.raise")) == 1  # one breach all along
