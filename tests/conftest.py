@@ -141,9 +141,9 @@ def make_domain(libvirt_uri, test_pool, test_network):
     """Define a real 64 MiB guest with an empty qcow2 disk; undefine it afterwards."""
     created: list[str] = []
 
-    def make(name: str | None = None, running: bool = False, disk_gib: int = 1) -> str:
+    def make(name: str | None = None, running: bool = False, disk_gib: float = 1) -> str:
         name = name or unique("tvm")
-        vol = gw.create_volume(libvirt_uri, test_pool, f"{name}.qcow2", disk_gib << 30)
+        vol = gw.create_volume(libvirt_uri, test_pool, f"{name}.qcow2", int(disk_gib * (1 << 30)))
         gw.define_domain(
             libvirt_uri, domain_xml(name=name, memory_mib=64, vcpus=1, disk_paths=[vol.path], networks=[test_network])
         )

@@ -215,3 +215,36 @@ def pool_detail(user, host_name: str, pool: str) -> PoolDetail:
         trend=trend(pool_samples(host, pool, now=now), now=now),
         alerts=list(StorageAlert.objects.filter(host=host, pool=pool, vm__isnull=True)[:10]),
     )
+
+
+def vm_trend(user, vm: VirtualMachine):
+    """A VM's usage history and projection (`storage_quota trend VM`)."""
+    if user is not None:
+        require(user, "storage.view", vm, action="storage.vm.view")
+    now = timezone.now()
+    return trend(vm_samples(vm, now=now), now=now)
+
+
+def pool_trend(user, host: Host, pool: str):
+    """A pool's usage history and projection (`storage_quota trend --pool POOL`)."""
+    if user is not None and not has_perm(user, "storage.view", host):
+        raise NotFound(f"No host named {host.name!r} that you can see.")
+    now = timezone.now()
+    return trend(pool_samples(host, pool, now=now), now=now)
+
+
+def pool_limits_for(user, host: Host, pool: str) -> tuple[PoolLimit | None, EffectivePoolLimit]:
+    """A pool's own limits (None: it has none) and the effective ones."""
+    if user is not None and not has_perm(user, "storage.view", host):
+        raise NotFound(f"No host named {host.name!r} that you can see.")
+    validate_name(pool, "pool name")
+    gw.get_pool(host.uri, pool)  # NotFound for an unknown pool
+    row = PoolLimit.objects.filter(host=host, pool=pool).first()
+    return row, effective_pool_limit(row, defaults_get())
+
+
+def defaults_for(user):
+    """The portal-wide storage defaults, for anyone who may see storage somewhere."""
+    if user is not None:
+        require(user, "storage.view", anywhere=True, action="storage.settings.view")
+    return defaults_get()

@@ -1,4 +1,5 @@
 """Storage pages. Each view: check the page permission, look the object up for the user,
+validate the input with its form (a refusal re-renders the form with its errors, audited),
 call one service or selector, render a page or (HTMX) a partial."""
 
 from django.contrib import messages
@@ -7,12 +8,22 @@ from django.shortcuts import redirect
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
-from apps.core.errors import NotFound
+from apps.core.errors import InvalidInput, NotFound
 from apps.core.models import Host
 from apps.core.views_util import job_started, permission_required, render_page
 from apps.vms.services import vm_for
 
 from . import selectors, services
+from .forms import (
+    DefaultsForm,
+    ExpandForm,
+    PoolLimitForm,
+    QuotaForm,
+    VolumeCreateForm,
+    VolumeResizeForm,
+    error_text,
+    submitted,
+)
 from .models import BreachAction
 
 
@@ -20,9 +31,17 @@ def _confirmed(request) -> bool:
     return request.POST.get("confirm") == "yes"
 
 
-def _version(request) -> int | None:
-    value = request.POST.get("version", "")
-    return int(value) if value.isdigit() else None
+def _refused(request, form, *, perm: str, obj, action: str, target=None) -> None:
+    """Audit a form's refusal the way the service would have (after its permission check)."""
+    services.input_refused(
+        actor=request.user,
+        perm=perm,
+        obj=obj,
+        action=action,
+        target=target,
+        params=submitted(form),
+        error=error_text(form),
+    )
 
 
 @permission_required("storage.view")
@@ -46,19 +65,25 @@ def pool_limits(request, host: str, pool: str):
     host_obj = Host.objects.filter(name=host).first()
     if host_obj is None:
         raise NotFound(f"No host named {host!r}.")
+    form = PoolLimitForm(request.POST)
+    if not form.is_valid():
+        target = ("pool", f"{host_obj.name}/{pool}", pool)
+        _refused(request, form, perm="storage.settings", obj=host_obj, action="storage.pool.limit", target=target)
+        detail = selectors.pool_detail(request.user, host, pool)
+        return render_page(request, "storage/pool.html", {"d": detail, "limit_form": form}, status=400)
     services.pool_limit_set(
         actor=request.user,
         host=host_obj,
         pool=pool,
-        max_overcommit=request.POST.get("max_overcommit", "").strip(),
-        reserve_percent=request.POST.get("reserve_percent", "").strip(),
+        max_overcommit=form.cleaned_data["max_overcommit"],
+        reserve_percent=form.cleaned_data["reserve_percent"],
     )
     messages.success(request, f"Limits of pool {pool} saved.")
     return redirect("storage:pool", host, pool)
 
 
-def _vm_page(request, vm, status=200):
-    context = {"s": selectors.vm_storage(request.user, vm), "actions": BreachAction.choices}
+def _vm_page(request, vm, status=200, **forms):
+    context = {"s": selectors.vm_storage(request.user, vm), "actions": BreachAction.choices, **forms}
     return render_page(request, "storage/vm.html", context, partial="quota", status=status)
 
 
@@ -71,14 +96,19 @@ def vm_storage(request, host: str, name: str):
 @permission_required("storage.change")
 def quota_set(request, host: str, name: str):
     vm = vm_for(request.user, host, name)
+    form = QuotaForm(request.POST)
+    if not form.is_valid():
+        _refused(request, form, perm="storage.change", obj=vm, action="storage.quota.set")
+        return _vm_page(request, vm, status=400, quota_form=form)
+    data = form.cleaned_data
     services.quota_set(
         actor=request.user,
         vm=vm,
-        limit_gib=request.POST.get("limit_gib", "").strip(),
-        alert_percent=request.POST.get("alert_percent", "").strip(),
-        breach_action=request.POST.get("breach_action", "").strip(),
-        confirmed=_confirmed(request),
-        expected_version=_version(request),
+        limit_gib=data["limit_gib"],
+        alert_percent=data["alert_percent"],
+        breach_action=data["breach_action"] or None,
+        confirmed=data["confirm"],
+        expected_version=data["version"],
     )
     if request.htmx:
         return _vm_page(request, vm)
@@ -90,7 +120,13 @@ def quota_set(request, host: str, name: str):
 @permission_required("storage.change")
 def quota_expand(request, host: str, name: str):
     vm = vm_for(request.user, host, name)
-    services.quota_expand(actor=request.user, vm=vm, by_gib=request.POST.get("by_gib", "").strip())
+    form = ExpandForm(request.POST)
+    if not form.is_valid():
+        _refused(request, form, perm="storage.change", obj=vm, action="storage.quota.expand")
+        return _vm_page(request, vm, status=400, expand_form=form)
+    services.quota_expand(
+        actor=request.user, vm=vm, to_gib=form.cleaned_data["to_gib"], by_gib=form.cleaned_data["by_gib"]
+    )
     if request.htmx:
         return _vm_page(request, vm)
     messages.success(request, f"Quota of {vm.name} expanded.")
@@ -105,12 +141,16 @@ def _job_response(request, vm, job, message):
 @permission_required("storage.change")
 def volume_create(request, host: str, name: str):
     vm = vm_for(request.user, host, name)
+    form = VolumeCreateForm(request.POST)
+    if not form.is_valid():
+        _refused(request, form, perm="storage.change", obj=vm, action="storage.volume.create")
+        raise InvalidInput(error_text(form))
     job = services.volume_create(
         actor=request.user,
         vm=vm,
-        size_gib=request.POST.get("size_gib", "").strip(),
-        name=request.POST.get("volume", "").strip(),
-        pool=request.POST.get("pool", "").strip(),
+        size_gib=form.cleaned_data["size_gib"],
+        name=form.cleaned_data["volume"].strip(),
+        pool=form.cleaned_data["pool"].strip(),
     )
     return _job_response(request, vm, job, "Creating the volume.")
 
@@ -119,7 +159,11 @@ def volume_create(request, host: str, name: str):
 @permission_required("storage.change")
 def volume_resize(request, host: str, name: str, target: str):
     vm = vm_for(request.user, host, name)
-    job = services.volume_resize(actor=request.user, vm=vm, target=target, size_gib=request.POST.get("size_gib", ""))
+    form = VolumeResizeForm(request.POST)
+    if not form.is_valid():
+        _refused(request, form, perm="storage.change", obj=vm, action="storage.volume.resize")
+        raise InvalidInput(error_text(form))
+    job = services.volume_resize(actor=request.user, vm=vm, target=target, size_gib=form.cleaned_data["size_gib"])
     return _job_response(request, vm, job, f"Resizing {target}.")
 
 
@@ -149,25 +193,33 @@ def alert_acknowledge(request, pk: int):
     return redirect("storage:alerts")
 
 
+def _settings_page(request, form=None, status=200):
+    context = {"d": services.defaults_get(), "actions": BreachAction.choices, "form": form}
+    return render_page(request, "storage/settings.html", context, status=status)
+
+
 @permission_required("storage.settings")
 def settings_page(request):
-    return render_page(
-        request, "storage/settings.html", {"d": services.defaults_get(), "actions": BreachAction.choices}
-    )
+    return _settings_page(request)
 
 
 @require_POST
 @permission_required("storage.settings")
 def settings_save(request):
-    p = request.POST
+    form = DefaultsForm(request.POST)
+    if not form.is_valid():
+        target = ("storagedefaults", "1", "storage defaults")
+        _refused(request, form, perm="storage.settings", obj=None, action="storage.settings.update", target=target)
+        return _settings_page(request, form, status=400)
+    data = form.cleaned_data
     services.defaults_update(
         actor=request.user,
-        quota_gib=p.get("quota_gib", "").strip(),
-        alert_percent=p.get("alert_percent", "").strip(),
-        breach_action=p.get("breach_action", "").strip(),
-        max_overcommit=p.get("max_overcommit", "").strip(),
-        reserve_percent=p.get("reserve_percent", "").strip(),
-        expected_version=_version(request),
+        quota_gib=data["quota_gib"],
+        alert_percent=data["alert_percent"],
+        breach_action=data["breach_action"],
+        max_overcommit=data["max_overcommit"],
+        reserve_percent=data["reserve_percent"],
+        expected_version=data["version"],
     )
     messages.success(request, "Storage defaults saved.")
     return redirect("storage:settings")

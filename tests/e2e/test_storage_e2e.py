@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.libvirt]
 
 
 def test_operator_sets_a_quota_watches_usage_and_acknowledges_the_alert(live_server, operator, host, make_domain, page):
-    name = make_domain(running=False)
+    name = make_domain(running=False, disk_gib=0.25)  # a hard limit of 0.25 GiB must hold its disk
     inventory_sync(host)
     vm = VirtualMachine.objects.select_related("host").get(host=host, name=name)
     login(page, live_server, operator.username)
@@ -62,3 +62,27 @@ def test_operator_sets_a_quota_watches_usage_and_acknowledges_the_alert(live_ser
     expect(page.get_by_test_id("storage-alert-badge")).to_have_count(0)
     alert.refresh_from_db()
     assert alert.acknowledged_by_name == operator.username
+
+
+def test_bad_input_shows_field_errors_in_place_and_expand_sets_the_size(
+    live_server, operator, host, make_domain, page, browser_problems
+):
+    name = make_domain(running=False)
+    inventory_sync(host)
+    login(page, live_server, operator.username)
+    page.goto(f"/storage/vms/{host.name}/{name}/")
+
+    form = page.get_by_test_id("quota-form")
+    form.get_by_label("Hard limit (GiB)").fill("\u00b2")
+    form.get_by_role("button", name="Save quota").click()
+    errors = page.get_by_test_id("quota-errors")  # a 400 partial, swapped in by htmx
+    expect(errors).to_contain_text("not a number of GiB")
+    browser_problems.expect(r"status of 400", page)  # the refusal, provoked on purpose
+    browser_problems.expect(r"Response Status Error Code 400", page)
+    expect(page.get_by_test_id("vm-quota")).to_contain_text("100 GiB")
+
+    expand = page.get_by_test_id("expand-form")
+    expand.get_by_label("Expand to (GiB, the new hard limit)").fill("120")
+    expand.get_by_role("button", name="Expand quota").click()
+    expect(page.get_by_test_id("vm-quota")).to_contain_text("120 GiB")
+    expect(page.get_by_test_id("quota-errors")).to_have_count(0)

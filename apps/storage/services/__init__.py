@@ -2,7 +2,15 @@
 Views, the `storage_quota` command and Celery tasks all call these."""
 
 from .alerts import alert_acknowledge, alert_badge_count, alerts_visible_to, notify
-from .common import defaults_get, effective_pool_limit, effective_quota, fmt_bytes, parse_gib, parse_percent
+from .common import (
+    defaults_get,
+    effective_pool_limit,
+    effective_quota,
+    fmt_bytes,
+    input_refused,
+    parse_gib,
+    parse_percent,
+)
 from .monitor import CheckReport, next_level, storage_check
 from .quotas import (
     QuotaView,
@@ -28,6 +36,7 @@ __all__ = [
     "effective_quota",
     "fmt_bytes",
     "growth_check",
+    "input_refused",
     "next_level",
     "notify",
     "parse_gib",

@@ -32,6 +32,13 @@ def record_failure(*, actor, action: str, target, params: dict | None, error: st
     record(actor=actor, action=action, target=target, outcome="failed", params=params, error=error)
 
 
+def input_refused(*, actor, perm: str, obj, action: str, params: dict, error: str, target=None) -> None:
+    """A page's form refused the input before the service ran: check the permission as the
+    service would (a denial is audited and raised as such), then audit the refusal."""
+    authorize(actor, perm, obj, action=action, target=target)
+    record_failure(actor=actor, action=action, target=target if target is not None else obj, params=params, error=error)
+
+
 def fmt_bytes(n: int | float) -> str:
     """12.5 GiB / 300 MiB: sizes in messages people read, in the portal's one format."""
     return format_bytes(n)

@@ -1,12 +1,19 @@
-"""The periodic check: measure every VM and pool of every host in bulk, raise and clear
+"""The periodic check: measure the VMs and pools of every host in bulk, raise and clear
 alerts (with hysteresis), apply breach actions, record usage samples.
 
+The quota model: a VM's hard limit caps the provisioned size of its disks (growth beyond it
+is refused); its allocation (what the disks and their snapshots really take) is watched
+against the same limit: an alert at the alert threshold, the breach action at 100%.
+
 Per host: one bulk libvirt read (gateway.storage_snapshot) and a constant number of
-queries, whatever the number of VMs and volumes; only alerts that change state cost more."""
+queries, whatever the number of VMs and volumes; only alerts that change state cost more.
+
+The system check (Celery beat, `storage_quota check` without --as) covers everything. A
+user's check covers only what the user may change (storage.change): it reads, reports and
+acts on those VMs (and pools of hosts in their scope) alone, audited as that user."""
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -14,6 +21,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from apps.accounts.permissions import has_perm
 from apps.audit.services import record
 from apps.core.errors import PortalError
 from apps.core.gateways import libvirt_gw as gw
@@ -25,7 +33,6 @@ from .alerts import notify
 from .common import authorize, defaults_get, effective_pool_limit, effective_quota, fmt_bytes
 from .samples import samples_compact
 
-log = logging.getLogger(__name__)
 WARNING, BREACH = StorageAlert.Level.WARNING, StorageAlert.Level.BREACH
 
 
@@ -42,6 +49,18 @@ def next_level(current: str | None, percent: float, warn: float, breach: float, 
     if current is not None and percent >= warn - hysteresis:
         return WARNING
     return None
+
+
+def action_wanted(level: str | None, action: str, state: str, applied: str) -> str:
+    """The breach action that should be in force after a check: the quota's action while
+    the breach lasts, none otherwise. A suspension stays recorded while the VM is not
+    running (someone resumed it: respected, not fought), and is only entered on a
+    running VM."""
+    if level != BREACH or action == BreachAction.ALERT:
+        return ""
+    if action == BreachAction.SUSPEND and applied != BreachAction.SUSPEND and state != "running":
+        return ""
+    return action
 
 
 @dataclass
@@ -71,33 +90,61 @@ class CheckReport:
     vms: int = 0
     pools: int = 0
     over_limit: list[str] = field(default_factory=list)
-    raised: list[str] = field(default_factory=list)
-    cleared: list[str] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
+    raised: list[str] = field(default_factory=list)  # new alerts and escalations to a breach
+    lowered: list[str] = field(default_factory=list)  # from a breach back to a warning
+    cleared: list[str] = field(default_factory=list)  # alerts ended because usage fell
+    eased: list[str] = field(default_factory=list)  # alerts ended because a limit was raised
+    suspended: list[str] = field(default_factory=list)
+    resumed: list[str] = field(default_factory=list)
+    unreadable: list[str] = field(default_factory=list)  # "host: reason", one per host
+    errors: list[str] = field(default_factory=list)  # one subject's action failed
 
 
 def storage_check(*, actor=None, now: datetime | None = None) -> CheckReport:
-    """Run by Celery beat every STORAGE_CHECK_INTERVAL seconds, and by `storage_quota check`."""
+    """Run by Celery beat every STORAGE_CHECK_INTERVAL seconds (actor None: the system,
+    everything), and by `storage_quota check` (as the system, or --as a user: their scope)."""
     authorize(actor, "storage.change", None, anywhere=True, action="storage.check")
     now = now or timezone.now()
     report = CheckReport()
     defaults = defaults_get()
     for host in Host.objects.all():
+        scope = _Scope(actor, host)
+        if not scope.anything():
+            continue
         try:
             snapshot = gw.storage_snapshot(host.uri, workers=settings.STORAGE_LIBVIRT_READ_WORKERS)
         except PortalError as exc:
-            log.warning("storage check: host %s unreadable: %s", host.name, exc.message)
-            report.errors.append(f"{host.name}: {exc.message}")
+            report.unreadable.append(f"{host.name}: {exc.message}")
             continue
-        _check_host(host, snapshot, defaults, now, report)
-    samples_compact(now)
+        _check_host(host, snapshot, defaults, now, report, scope)
+    if actor is None:
+        samples_compact(now)  # portal-wide housekeeping: the system check's
     return report
 
 
-def _vm_rows(host: Host, snapshot: gw.StorageSnapshot) -> dict[str, VirtualMachine]:
+class _Scope:
+    """What a check may read and act on, on one host: everything for the system; for a
+    user, the VMs and (with a host-wide role) the pools their storage.change covers."""
+
+    def __init__(self, actor, host: Host):
+        self.actor, self.host = actor, host
+        self.host_wide = actor is None or has_perm(actor, "storage.change", host)
+
+    def vm(self, vm: VirtualMachine) -> bool:
+        return self.host_wide or has_perm(self.actor, "storage.change", vm)
+
+    def anything(self) -> bool:
+        if self.host_wide:
+            return True
+        rows = VirtualMachine.objects.filter(host=self.host, present=True).only("pk", "host_id", "zone")
+        return any(self.vm(vm) for vm in rows)
+
+
+def _vm_rows(host: Host, snapshot: gw.StorageSnapshot, register: bool) -> dict[str, VirtualMachine]:
     """The portal's rows of the host's domains. A domain defined outside the portal is
     registered here from the data already read (the VM inventory fills in the rest the
-    next time it syncs), so it is measured and held to the default quota at once."""
+    next time it syncs), so it is measured and held to the default quota at once. Only a
+    check covering the whole host registers them."""
 
     def load():
         rows = VirtualMachine.objects.filter(host=host, present=True).select_related("storage_quota", "host")
@@ -105,7 +152,7 @@ def _vm_rows(host: Host, snapshot: gw.StorageSnapshot) -> dict[str, VirtualMachi
 
     rows = load()
     missing = [d for d in snapshot.domains if d.uuid not in rows]
-    if missing:
+    if missing and register:
         now = timezone.now()
         VirtualMachine.objects.bulk_create(
             [VirtualMachine(host=host, uuid=d.uuid, name=d.name, last_state=d.state, last_seen=now) for d in missing],
@@ -115,12 +162,15 @@ def _vm_rows(host: Host, snapshot: gw.StorageSnapshot) -> dict[str, VirtualMachi
     return rows
 
 
-def measure_host(host: Host, snapshot: gw.StorageSnapshot, defaults: StorageDefaults) -> list[Measure]:
-    vms = _vm_rows(host, snapshot)
+def measure_host(
+    host: Host, snapshot: gw.StorageSnapshot, defaults: StorageDefaults, scope: _Scope | None = None
+) -> list[Measure]:
+    scope = scope or _Scope(None, host)
+    vms = _vm_rows(host, snapshot, register=scope.host_wide)
     measures = []
     for dom in snapshot.domains:
         vm = vms.get(dom.uuid)
-        if vm is None:
+        if vm is None or not scope.vm(vm):
             continue
         quota = effective_quota(getattr(vm, "storage_quota", None), defaults)
         measures.append(
@@ -137,6 +187,8 @@ def measure_host(host: Host, snapshot: gw.StorageSnapshot, defaults: StorageDefa
                 dom.state,
             )
         )
+    if not scope.host_wide:
+        return measures  # pools belong to the host, outside a VM- or zone-scoped user's check
     limits = {pl.pool: pl for pl in PoolLimit.objects.filter(host=host)}
     for pool in snapshot.pools:
         if not pool.active or not pool.capacity:
@@ -157,8 +209,24 @@ def measure_host(host: Host, snapshot: gw.StorageSnapshot, defaults: StorageDefa
     return measures
 
 
-def _check_host(host, snapshot, defaults, now, report: CheckReport) -> None:
-    measures = measure_host(host, snapshot, defaults)
+def over_limit_line(m: Measure) -> str:
+    """Why a VM is over its hard limit (empty when it is not): its disks are provisioned
+    beyond it (no growth is possible), or they and their snapshots take more than it."""
+    if m.usage > m.limit:
+        return (
+            f"{m.vm.name}: {fmt_bytes(m.usage)} allocated, {fmt_bytes(m.usage - m.limit)} over its "
+            f"quota of {fmt_bytes(m.limit)}"
+        )
+    if m.provisioned > m.limit:
+        return (
+            f"{m.vm.name}: disks of {fmt_bytes(m.provisioned)} provisioned, "
+            f"{fmt_bytes(m.provisioned - m.limit)} over its quota of {fmt_bytes(m.limit)}"
+        )
+    return ""
+
+
+def _check_host(host, snapshot, defaults, now, report: CheckReport, scope: _Scope) -> None:
+    measures = measure_host(host, snapshot, defaults, scope)
     open_alerts = {(a.vm_id, a.pool): a for a in StorageAlert.objects.filter(host=host, state=StorageAlert.State.OPEN)}
     hysteresis = settings.STORAGE_ALERT_HYSTERESIS_PERCENT
     UsageSample.objects.bulk_create(
@@ -179,20 +247,20 @@ def _check_host(host, snapshot, defaults, now, report: CheckReport) -> None:
     for m in measures:
         if m.vm is not None:
             report.vms += 1
-            if m.usage > m.limit:
-                report.over_limit.append(
-                    f"{m.vm.name}: {fmt_bytes(m.usage)} used, {fmt_bytes(m.usage - m.limit)} over its "
-                    f"quota of {fmt_bytes(m.limit)}"
-                )
+            line = over_limit_line(m)
+            if line:
+                report.over_limit.append(line)
         else:
             report.pools += 1
         alert = open_alerts.get((m.vm.pk if m.vm else None, m.pool))
         current = alert.level if alert else None
         level = next_level(current, m.percent, m.warn, m.breach, hysteresis)
-        if level == current:
-            continue
         try:
-            _transition(m, alert, level, now, report)
+            if level != current:
+                alert = _transition(scope.actor, m, alert, level, now, report)
+            if alert is not None and m.vm is not None:
+                # also when the level stayed: a breach action changed meanwhile applies now
+                _apply_action(scope.actor, m, alert, level, report)
         except PortalError as exc:  # one VM's failure must not stop the check
             report.errors.append(f"{m.subject}: {exc.message}")
 
@@ -201,19 +269,24 @@ def _target(m: Measure):
     return m.vm if m.vm is not None else ("pool", f"{m.host.name}/{m.pool}", m.pool)
 
 
-def _message(m: Measure, level: str | None) -> str:
+def _message(m: Measure, level: str | None, before: StorageAlert | None = None) -> str:
     what = "quota" if m.vm is not None else "capacity"
-    if level is None:
-        return f"{m.subject} is back to {fmt_bytes(m.usage)} ({m.percent:.0f}% of its {what} of {fmt_bytes(m.limit)})."
+    now = f"{fmt_bytes(m.usage)}, {m.percent:.0f}% of its {what} of {fmt_bytes(m.limit)}"
+    if level is None or (level == WARNING and before is not None and before.level == BREACH):
+        where = "below its alert threshold" if level is None else "below its limit"
+        if before is not None and m.usage < before.usage:
+            return f"{m.subject} is {where} again: usage fell from {fmt_bytes(before.usage)} to {now}."
+        if before is not None and m.limit > before.limit:
+            return f"{m.subject} is {where} again: its {what} was raised from {fmt_bytes(before.limit)}; it uses {now}."
+        return f"{m.subject} is {where} again: its threshold was raised; it uses {now}."
     bound = m.breach if level == BREACH else m.warn
-    return (
-        f"{m.subject} uses {fmt_bytes(m.usage)}, {m.percent:.0f}% of its {what} of {fmt_bytes(m.limit)} "
-        f"({'limit' if level == BREACH else 'alert threshold'} {bound}%)."
-    )
+    return f"{m.subject} uses {now} ({'limit' if level == BREACH else 'alert threshold'} {bound}%)."
 
 
-def _transition(m: Measure, alert: StorageAlert | None, level: str | None, now, report: CheckReport) -> None:
-    message = _message(m, level)
+def _transition(actor, m: Measure, alert: StorageAlert | None, level: str | None, now, report) -> StorageAlert:
+    before = alert
+    message = _message(m, level, before)
+    usage_fell = before is not None and m.usage < before.usage
     params = {"usage": m.usage, "limit": m.limit, "percent": round(m.percent), "level": level or "cleared"}
     with transaction.atomic():
         if alert is None:
@@ -246,42 +319,50 @@ def _transition(m: Measure, alert: StorageAlert | None, level: str | None, now, 
                 if event == "escalate":  # a new, worse condition: it needs a new acknowledgement
                     alert.acknowledged_at, alert.acknowledged_by, alert.acknowledged_by_name = None, None, ""
             alert.save()
-        record(actor=None, action=f"storage.alert.{event}", target=_target(m), outcome="success", params=params)
-    (report.cleared if level is None else report.raised).append(message)
-    _apply_action(m, alert, level)
+        record(actor=actor, action=f"storage.alert.{event}", target=_target(m), outcome="success", params=params)
+    if event in ("raise", "escalate"):
+        report.raised.append(message)
+    elif event == "lower":
+        report.lowered.append(message)
+    else:
+        (report.cleared if usage_fell else report.eased).append(message)
     notify(alert, event)
+    return alert
 
 
-def _apply_action(m: Measure, alert: StorageAlert, level: str | None) -> None:
-    """Enter the breach action when the breach starts, leave it when the breach ends."""
-    if m.vm is None:
+def _apply_action(actor, m: Measure, alert: StorageAlert, level: str | None, report: CheckReport) -> None:
+    """Bring the breach action in force in line with the quota: enter it when a breach
+    starts, leave it when the breach ends, and switch when the quota's action was changed
+    during an open breach."""
+    wanted = action_wanted(level, m.action, m.state, alert.action_applied)
+    applied = alert.action_applied
+    if wanted == applied:
         return
-    uri, name = m.host.uri, m.vm.name
-    if level == BREACH and not alert.action_applied:
-        if m.action == BreachAction.SUSPEND and m.state == "running":
-            _with_audit(m.vm, "storage.quota.suspend", lambda: gw.suspend_domain(uri, name), alert.message)
-            alert.action_applied = BreachAction.SUSPEND
-        elif m.action == BreachAction.REFUSE:
-            record(
-                actor=None, action="storage.quota.refuse_growth", target=m.vm, outcome="success", params={"on": True}
-            )
-            alert.action_applied = BreachAction.REFUSE
-        StorageAlert.objects.filter(pk=alert.pk).update(action_applied=alert.action_applied)
-    elif level != BREACH and alert.action_applied:
-        if alert.action_applied == BreachAction.SUSPEND and gw.domain_state(uri, name) == "paused":
-            _with_audit(m.vm, "storage.quota.resume", lambda: gw.resume_domain(uri, name), alert.message)
-        elif alert.action_applied == BreachAction.REFUSE:
-            record(
-                actor=None, action="storage.quota.refuse_growth", target=m.vm, outcome="success", params={"on": False}
-            )
-        alert.action_applied = ""
-        StorageAlert.objects.filter(pk=alert.pk).update(action_applied="")
+    uri, name, vm = m.host.uri, m.vm.name, m.vm
+    if applied == BreachAction.SUSPEND:
+        if gw.domain_state(uri, name) == "paused":
+            _with_audit(actor, vm, "storage.quota.resume", lambda: gw.resume_domain(uri, name), alert.message)
+            report.resumed.append(f"{name}: {alert.message}")
+    elif applied == BreachAction.REFUSE:
+        record(actor=actor, action="storage.quota.refuse_growth", target=vm, outcome="success", params={"on": False})
+    _set_applied(alert, "")
+    if wanted == BreachAction.SUSPEND:
+        _with_audit(actor, vm, "storage.quota.suspend", lambda: gw.suspend_domain(uri, name), alert.message)
+        report.suspended.append(f"{name}: {alert.message}")
+    elif wanted == BreachAction.REFUSE:
+        record(actor=actor, action="storage.quota.refuse_growth", target=vm, outcome="success", params={"on": True})
+    _set_applied(alert, wanted)
 
 
-def _with_audit(vm, action: str, fn, reason: str) -> None:
+def _set_applied(alert: StorageAlert, action: str) -> None:
+    alert.action_applied = action
+    StorageAlert.objects.filter(pk=alert.pk).update(action_applied=action)
+
+
+def _with_audit(actor, vm, action: str, fn, reason: str) -> None:
     try:
         fn()
     except PortalError as exc:
-        record(actor=None, action=action, target=vm, outcome="failed", params={"reason": reason}, error=exc.message)
+        record(actor=actor, action=action, target=vm, outcome="failed", params={"reason": reason}, error=exc.message)
         raise
-    record(actor=None, action=action, target=vm, outcome="success", params={"reason": reason})
+    record(actor=actor, action=action, target=vm, outcome="success", params={"reason": reason})

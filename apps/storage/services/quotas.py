@@ -8,14 +8,14 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import BigIntegerField, F, Value
-from django.db.models.functions import Coalesce
+from django.db.models.functions import Coalesce, Greatest
 
 from apps.audit.services import record
 from apps.core.errors import Conflict, InvalidInput, PortalError
 from apps.core.gateways import libvirt_gw as gw
 from apps.core.models import Host
 
-from ..models import PoolLimit, StorageDefaults, VmQuota
+from ..models import GIB, PoolLimit, StorageDefaults, VmQuota
 from .common import (
     EffectiveQuota,
     authorize,
@@ -73,7 +73,7 @@ class QuotaView:
 
     @property
     def over(self) -> bool:
-        return self.allocation > self.quota.limit_bytes
+        return max(self.allocation, self.provisioned) > self.quota.limit_bytes
 
 
 def quota_get(*, actor, vm) -> QuotaView:
@@ -92,9 +92,11 @@ def quota_set(
     confirmed: bool = False,
     expected_version: int | None = None,
 ) -> EffectiveQuota:
-    """Set a VM's own quota fields (those given). A limit below what the VM's disks
-    already use is refused unless confirmed. With expected_version (the version the
-    person saw), a quota changed meanwhile by someone else is refused, not overwritten."""
+    """Set a VM's own quota fields (those given). The hard limit caps the provisioned size
+    of the VM's disks: a limit below what is already provisioned is refused; one below
+    what the disks and their snapshots already take (allocation) would be breached at
+    once and needs confirmation. With expected_version (the version the person saw), a
+    quota changed meanwhile by someone else is refused, not overwritten."""
     action = "storage.quota.set"
     authorize(actor, "storage.change", vm, action=action)
     params = {"limit_gib": limit_gib, "alert_percent": alert_percent, "breach_action": breach_action}
@@ -110,13 +112,7 @@ def quota_set(
         if breach_action not in (None, ""):
             changes["breach_action"] = parse_action(breach_action)
         if "limit_bytes" in changes:
-            allocation = gw.domain_disks(vm.host.uri, vm.name).allocation
-            if changes["limit_bytes"] < allocation and not confirmed:
-                raise InvalidInput(
-                    f"A quota of {fmt_bytes(changes['limit_bytes'])} is below the {fmt_bytes(allocation)} the "
-                    f"disks of {vm.name} already use: it would be breached at once "
-                    f"(by {fmt_bytes(allocation - changes['limit_bytes'])}). Confirm to set it anyway."
-                )
+            _check_new_limit(vm, changes["limit_bytes"], confirmed)
         with transaction.atomic():
             row = _write_quota(vm, expected_version, **changes, updated_by_name=_actor_name(actor))
             if row is None:
@@ -132,6 +128,23 @@ def quota_set(
     except PortalError as exc:
         record_failure(actor=actor, action=action, target=vm, params=params, error=exc.message)
         raise
+
+
+def _check_new_limit(vm, limit: int, confirmed: bool) -> None:
+    disks = gw.domain_disks(vm.host.uri, vm.name)
+    if limit < disks.provisioned:
+        raise InvalidInput(
+            f"A quota of {fmt_bytes(limit)} is below the {fmt_bytes(disks.provisioned)} already provisioned "
+            f"for the disks of {vm.name} (by {fmt_bytes(disks.provisioned - limit)}): the hard limit caps the "
+            f"disks' provisioned size, so it must be at least {fmt_bytes(disks.provisioned)}. "
+            "Shrink or delete a disk first."
+        )
+    if limit < disks.allocation and not confirmed:
+        raise InvalidInput(
+            f"A quota of {fmt_bytes(limit)} is below the {fmt_bytes(disks.allocation)} the disks of {vm.name} "
+            f"and their snapshots already use: it would be breached at once "
+            f"(by {fmt_bytes(disks.allocation - limit)}). Confirm to set it anyway."
+        )
 
 
 def quota_set_threshold(*, actor, vm, percent) -> EffectiveQuota:
@@ -150,30 +163,53 @@ def quota_set_threshold(*, actor, vm, percent) -> EffectiveQuota:
         raise
 
 
-def quota_expand(*, actor, vm, by_gib) -> EffectiveQuota:
-    """Raise a VM's hard limit by `by_gib`. Two people expanding at once both count: the
+def quota_expand(*, actor, vm, to_gib=None, by_gib=None) -> EffectiveQuota:
+    """Raise a VM's hard limit to `to_gib` (the new total), or by `by_gib`. An "expansion"
+    that would lower the limit is refused (lowering is `quota_set`'s, which checks what
+    the disks already hold). Two people expanding by an amount at once both count: the
     addition is one UPDATE in the database (no read-modify-write to lose). Never touches
     a disk."""
     action = "storage.quota.expand"
     authorize(actor, "storage.change", vm, action=action)
-    params = {"by_gib": str(by_gib)}
+    given = {k: v for k, v in (("to_gib", to_gib), ("by_gib", by_gib)) if v not in (None, "")}
+    params = {k: str(v) for k, v in given.items()}
     try:
-        by = parse_gib(by_gib, "expansion")
+        if len(given) != 1:
+            raise InvalidInput("Give either the new quota (to GiB) or the amount to add (by GiB), not both.")
         defaults = defaults_get()
+        current = Coalesce(F("limit_bytes"), Value(defaults.quota_bytes, output_field=BigIntegerField()))
         with transaction.atomic():
-            row = _write_quota(
-                vm,
-                None,
-                limit_bytes=Coalesce(F("limit_bytes"), Value(defaults.quota_bytes, output_field=BigIntegerField()))
-                + by,
-                updated_by_name=_actor_name(actor),
-            )
-            if row.limit_bytes > settings.STORAGE_MAX_SIZE_GIB * (1 << 30):
-                raise InvalidInput(
-                    f"Expanding by {by_gib} GiB would take the quota of {vm.name} to {fmt_bytes(row.limit_bytes)}, "
-                    f"above the {settings.STORAGE_MAX_SIZE_GIB} GiB this portal accepts."
+            if by_gib not in (None, ""):
+                by = parse_gib(by_gib, "expansion")
+                row = _write_quota(vm, None, limit_bytes=current + by, updated_by_name=_actor_name(actor))
+                if row.limit_bytes > settings.STORAGE_MAX_SIZE_GIB * GIB:
+                    raise InvalidInput(
+                        f"Expanding by {by_gib} GiB would take the quota of {vm.name} to "
+                        f"{fmt_bytes(row.limit_bytes)}, above the {settings.STORAGE_MAX_SIZE_GIB} GiB this portal "
+                        "accepts."
+                    )
+            else:
+                target = parse_gib(to_gib, "new quota")
+                before = effective_quota(quota_of(vm), defaults)
+                if target <= before.limit_bytes:
+                    what = "leave it unchanged" if target == before.limit_bytes else "shrink it"
+                    raise InvalidInput(
+                        f"The quota of {vm.name} is already {fmt_bytes(before.limit_bytes)}"
+                        f"{'' if before.own_limit else ' (the default)'}; expanding it to {fmt_bytes(target)} "
+                        f"would {what}. Expand to a larger size, or set a lower quota with set."
+                    )
+                row = _write_quota(
+                    vm,
+                    None,
+                    limit_bytes=Greatest(current, Value(target, output_field=BigIntegerField())),
+                    updated_by_name=_actor_name(actor),
                 )
-            params["limit_gib"] = f"{row.limit_bytes / (1 << 30):g}"
+                if row.limit_bytes != target:  # raised further by someone else meanwhile
+                    raise Conflict(
+                        f"The quota of {vm.name} was raised to {fmt_bytes(row.limit_bytes)} meanwhile; "
+                        "nothing was changed."
+                    )
+            params["limit_gib"] = f"{row.limit_bytes / GIB:g}"
             record(actor=actor, action=action, target=vm, outcome="success", params=params)
             return effective_quota(row, defaults)
     except PortalError as exc:
@@ -222,7 +258,11 @@ def pool_limit_set(*, actor, host: Host, pool: str, max_overcommit, reserve_perc
     Empty values fall back to the defaults."""
     action = "storage.pool.limit"
     authorize(actor, "storage.settings", host, action=action)
-    params = {"pool": pool, "max_overcommit": str(max_overcommit), "reserve_percent": str(reserve_percent)}
+    params = {
+        "pool": pool,
+        "max_overcommit": "" if max_overcommit is None else str(max_overcommit),
+        "reserve_percent": "" if reserve_percent is None else str(reserve_percent),
+    }
     target = ("pool", f"{host.name}/{pool}", pool)
     try:
         gw.get_pool(host.uri, pool)  # NotFound for an unknown pool

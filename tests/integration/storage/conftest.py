@@ -1,5 +1,9 @@
 """Fixtures of the storage tests: a shut-off VM synced into the portal, data written into
-a qcow2 volume with qemu-io (so its allocation really grows), and a local webhook."""
+a qcow2 volume with qemu-io (so its allocation really grows), and a local webhook.
+
+The hard limit caps a VM's provisioned size, so a VM crosses its quota only when its
+disks and their snapshots take more than the disks' size: `overfill` writes data, keeps
+it in an internal snapshot and writes over it again."""
 
 from __future__ import annotations
 
@@ -23,6 +27,24 @@ def off_vm(host, make_domain):
     name = make_domain(running=False)
     inventory_sync(host)
     return VirtualMachine.objects.select_related("host").get(host=host, name=name)
+
+
+@pytest.fixture
+def small_vm(host, make_domain):
+    """A shut-off VM with one 256 MiB disk (a quota of 0.25 GiB fits it exactly)."""
+    name = make_domain(running=False, disk_gib=0.25)
+    inventory_sync(host)
+    return VirtualMachine.objects.select_related("host").get(host=host, name=name)
+
+
+def overfill(vm, mib: int = 160) -> int:
+    """Make the VM's disk take about 2 x `mib` MiB, more than a small disk's size: write
+    `mib` MiB, keep them in an internal snapshot, write over them. Returns the allocation."""
+    path = disk_path(vm)
+    write_data(path, mib)
+    gw.create_snapshot(vm.host.uri, vm.name, "overfill")
+    write_data(path, mib)
+    return gw.domain_disks(vm.host.uri, vm.name).allocation
 
 
 def disk_path(vm) -> str:

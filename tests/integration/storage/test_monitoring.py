@@ -9,7 +9,7 @@ from apps.core.gateways import libvirt_gw as gw
 from apps.storage import services
 from apps.storage.models import StorageAlert, UsageSample
 
-from .conftest import disk_path, events, write_data
+from .conftest import disk_path, events, overfill, write_data
 
 pytestmark = pytest.mark.libvirt
 
@@ -18,48 +18,56 @@ def _alerts(vm):
     return list(StorageAlert.objects.filter(vm=vm).order_by("id"))
 
 
-def test_usage_growth_raises_acts_and_clears(operator, off_vm, webhook, settings):
+def test_usage_growth_raises_acts_and_clears(operator, small_vm, webhook, settings):
     settings.STORAGE_ALERT_EMAIL_TO = ["ops@example.invalid"]
-    uri, path = off_vm.host.uri, disk_path(off_vm)
-    services.quota_set(actor=operator, vm=off_vm, limit_gib="0.25", alert_percent="50", breach_action="suspend")
+    vm = small_vm
+    uri, path = vm.host.uri, disk_path(vm)
+    services.quota_set(actor=operator, vm=vm, limit_gib="0.25", alert_percent="50", breach_action="suspend")
 
     services.storage_check(actor=None)
-    assert _alerts(off_vm) == []  # an empty thin disk: nothing to say
+    assert _alerts(vm) == []  # an empty thin disk: nothing to say
 
     write_data(path, 160)  # 160 MiB of 256 MiB: over the 50% threshold
     report = services.storage_check(actor=None)
-    (alert,) = _alerts(off_vm)
+    (alert,) = _alerts(vm)
     assert (alert.level, alert.state, alert.action_applied) == ("warning", "open", "")
-    assert any(off_vm.name in line for line in report.raised)
-    assert webhook[-1]["event"] == "raise" and webhook[-1]["vm"] == off_vm.name
-    assert off_vm.name in mail.outbox[-1].subject
-    assert events("storage.alert.raise", target_name=off_vm.name)[0].actor_name == "system"
+    assert any(vm.name in line for line in report.raised)
+    assert webhook[-1]["event"] == "raise" and webhook[-1]["vm"] == vm.name
+    assert vm.name in mail.outbox[-1].subject
+    assert events("storage.alert.raise", target_name=vm.name)[0].actor_name == "system"
 
-    write_data(path, 140, offset_mib=160)  # 300 MiB: over the hard limit
-    gw.start_domain(uri, off_vm.name)
+    gw.create_snapshot(uri, vm.name, "keep")  # the snapshot keeps the 160 MiB...
+    write_data(path, 140)  # ...while 140 MiB are written over them: 300 MiB, over the hard limit
+    gw.start_domain(uri, vm.name)
     report = services.storage_check(actor=None)
     alert.refresh_from_db()
     assert (alert.level, alert.action_applied) == ("breach", "suspend")
-    assert gw.domain_state(uri, off_vm.name) == "paused"
-    assert events("storage.quota.suspend", outcome="success", target_name=off_vm.name)
-    assert any(off_vm.name in line for line in report.over_limit)
+    assert gw.domain_state(uri, vm.name) == "paused"
+    assert events("storage.quota.suspend", outcome="success", target_name=vm.name)
+    assert any(vm.name in line for line in report.over_limit)
+    assert [line.split(":")[0] for line in report.suspended] == [vm.name]
 
     services.storage_check(actor=None)  # unchanged usage: no new event, no flapping
-    assert len(events("storage.alert.escalate", target_name=off_vm.name)) == 1
+    assert len(events("storage.alert.escalate", target_name=vm.name)) == 1
 
-    services.quota_expand(actor=operator, vm=off_vm, by_gib="1")  # 300 MiB of 1.25 GiB
-    services.storage_check(actor=None)
+    services.quota_expand(actor=operator, vm=vm, by_gib="1")  # 300 MiB of 1.25 GiB
+    report = services.storage_check(actor=None)
     alert.refresh_from_db()
     assert (alert.state, alert.action_applied) == ("cleared", "")
-    assert gw.domain_state(uri, off_vm.name) == "running"  # the check resumed what it suspended
-    assert events("storage.quota.resume", outcome="success", target_name=off_vm.name)
+    assert gw.domain_state(uri, vm.name) == "running"  # the check resumed what it suspended
+    assert events("storage.quota.resume", outcome="success", target_name=vm.name)
     assert webhook[-1]["event"] == "clear"
-    assert UsageSample.objects.filter(vm=off_vm).count() == 5
+    assert UsageSample.objects.filter(vm=vm).count() == 5
+    # usage did not fall: the quota was raised, and the report says so, not "cleared"
+    assert report.cleared == []
+    assert any("was raised from 256 MiB" in line for line in report.eased)
+    assert [line.split(":")[0] for line in report.resumed] == [vm.name]
 
 
-def test_refuse_growth_blocks_new_volumes_while_breached(operator, off_vm):
-    write_data(disk_path(off_vm), 64)
-    services.quota_set(actor=operator, vm=off_vm, limit_gib="0.05", breach_action="refuse", confirmed=True)
+def test_refuse_growth_blocks_new_volumes_while_breached(operator, small_vm):
+    off_vm = small_vm
+    overfill(off_vm)
+    services.quota_set(actor=operator, vm=off_vm, limit_gib="0.25", breach_action="refuse", confirmed=True)
     services.storage_check(actor=None)
     (alert,) = _alerts(off_vm)
     assert (alert.level, alert.action_applied) == ("breach", "refuse")
@@ -86,9 +94,10 @@ def test_a_pool_inside_its_reserve_raises_an_alert(admin, host, test_pool, off_v
     assert UsageSample.objects.filter(host=host, pool=test_pool, vm__isnull=True).count() == 2
 
 
-def test_acknowledging_an_alert_is_audited_once(operator, viewer, off_vm):
-    write_data(disk_path(off_vm), 64)
-    services.quota_set(actor=operator, vm=off_vm, limit_gib="0.05", confirmed=True)
+def test_acknowledging_an_alert_is_audited_once(operator, viewer, small_vm):
+    off_vm = small_vm
+    overfill(off_vm)
+    services.quota_set(actor=operator, vm=off_vm, limit_gib="0.25", confirmed=True)
     services.storage_check(actor=None)
     (alert,) = _alerts(off_vm)
     assert services.alert_badge_count(operator) >= 1
@@ -124,13 +133,47 @@ def test_snapshots_count_in_a_vms_allocation(operator, off_vm):
     assert UsageSample.objects.get(vm=off_vm).allocation == after
 
 
-def test_an_unreachable_host_or_webhook_does_not_stop_the_check(operator, off_vm, settings):
+def test_an_unreachable_host_or_webhook_does_not_stop_the_check(operator, small_vm, settings):
     from apps.core.models import Host
 
+    off_vm = small_vm
     Host.objects.create(name="ghost", uri="qemu+unix:///system?socket=/nonexistent/libvirt-sock")
     settings.STORAGE_ALERT_WEBHOOK_URL = "http://127.0.0.1:9/nothing-listens-here"
-    write_data(disk_path(off_vm), 64)
-    services.quota_set(actor=operator, vm=off_vm, limit_gib="0.05", confirmed=True)
+    overfill(off_vm)
+    services.quota_set(actor=operator, vm=off_vm, limit_gib="0.25", confirmed=True)
     report = services.storage_check(actor=None)
-    assert any(line.startswith("ghost:") for line in report.errors)
+    assert [line.split(":")[0] for line in report.unreadable] == ["ghost"]
     assert StorageAlert.objects.get(vm=off_vm).level == "breach"  # raised although the webhook failed
+
+
+def test_a_breach_action_changed_during_a_breach_applies_at_the_next_check(operator, small_vm):
+    vm = small_vm
+    uri = vm.host.uri
+    overfill(vm)
+    services.quota_set(actor=operator, vm=vm, limit_gib="0.25", confirmed=True)  # breach action: alert
+    gw.start_domain(uri, vm.name)
+    services.storage_check(actor=None)
+    (alert,) = _alerts(vm)
+    assert (alert.level, alert.action_applied) == ("breach", "")
+
+    services.quota_set(actor=operator, vm=vm, breach_action="refuse")
+    services.storage_check(actor=None)  # the breach goes on: same level, new action
+    alert.refresh_from_db()
+    assert (alert.state, alert.action_applied) == ("open", "refuse")
+    with pytest.raises(Conflict, match="refuses growth"):
+        services.volume_create(actor=operator, vm=vm, size_gib="0.1")
+
+    services.quota_set(actor=operator, vm=vm, breach_action="suspend")
+    report = services.storage_check(actor=None)
+    alert.refresh_from_db()
+    assert alert.action_applied == "suspend"
+    assert gw.domain_state(uri, vm.name) == "paused"
+    assert [line.split(":")[0] for line in report.suspended] == [vm.name]
+    assert [e.params["on"] for e in events("storage.quota.refuse_growth")] == [True, False]  # refuse lifted
+
+    services.quota_set(actor=operator, vm=vm, breach_action="alert")
+    services.storage_check(actor=None)
+    alert.refresh_from_db()
+    assert alert.action_applied == ""
+    assert gw.domain_state(uri, vm.name) == "running"  # what the check suspended, it resumed
+    assert len(events("storage.alert.escalate")) + len(events("storage.alert.raise")) == 1  # one breach all along

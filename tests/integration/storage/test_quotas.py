@@ -11,7 +11,7 @@ from apps.core.gateways import libvirt_gw as gw
 from apps.storage import services
 from apps.storage.models import GIB, VmQuota
 
-from .conftest import MIB, disk_path, events, write_data
+from .conftest import MIB, events, overfill
 
 pytestmark = pytest.mark.libvirt
 
@@ -66,13 +66,14 @@ def test_bad_input_is_refused_audited_and_changes_nothing(operator, off_vm, fiel
     assert message.split()[0] in event.error
 
 
-def test_a_quota_below_current_allocation_needs_confirmation(operator, off_vm):
-    write_data(disk_path(off_vm), 64)
+def test_a_quota_below_current_allocation_needs_confirmation(operator, small_vm):
+    off_vm = small_vm
+    overfill(off_vm)  # its disk and snapshot take more than the 256 MiB disk's size
     with pytest.raises(InvalidInput, match=r"below the .* already use.*Confirm"):
-        services.quota_set(actor=operator, vm=off_vm, limit_gib="0.03")
+        services.quota_set(actor=operator, vm=off_vm, limit_gib="0.25")
     assert not VmQuota.objects.filter(vm=off_vm).exists()
-    quota = services.quota_set(actor=operator, vm=off_vm, limit_gib="0.03", confirmed=True)
-    assert quota.limit_bytes == 31 * MIB
+    quota = services.quota_set(actor=operator, vm=off_vm, limit_gib="0.25", confirmed=True)
+    assert quota.limit_bytes == 256 * MIB
     assert [e.outcome for e in events("storage.quota.set")] == ["failed", "success"]
 
 
@@ -146,3 +147,42 @@ def test_two_operators_expanding_at_once_lose_no_update(make_user, host, make_do
     assert not errors
     assert VmQuota.objects.get(vm=vm).limit_bytes == 14 * GIB
     assert len(events("storage.quota.expand", outcome="success")) == 4
+
+
+def test_a_limit_below_the_provisioned_size_is_refused_saying_the_numbers(operator, off_vm):
+    """The hard limit caps the provisioned size: a quota the VM's 1 GiB disk already
+    exceeds is refused (confirmation or not), so growth is never refused by surprise."""
+    for confirmed in (False, True):
+        with pytest.raises(InvalidInput, match=r"103 MiB is below the 1 GiB already provisioned .*by 921 MiB"):
+            services.quota_set(actor=operator, vm=off_vm, limit_gib="0.1", confirmed=confirmed)
+    assert not VmQuota.objects.filter(vm=off_vm).exists()
+    assert [e.outcome for e in events("storage.quota.set")] == ["failed", "failed"]
+    # at exactly the provisioned size: accepted; set, growth and the check then agree
+    services.quota_set(actor=operator, vm=off_vm, limit_gib="1")
+    with pytest.raises(InvalidInput, match=r"2 GiB of disks, 1 GiB over its quota of 1 GiB"):
+        services.volume_create(actor=operator, vm=off_vm, size_gib="1")
+    report = services.storage_check(actor=operator)
+    assert report.over_limit == [] and report.raised == []  # an empty disk: nothing allocated
+
+
+def test_expand_sets_the_new_total_and_never_lowers(operator, off_vm):
+    services.quota_set(actor=operator, vm=off_vm, limit_gib="5")
+    assert services.quota_expand(actor=operator, vm=off_vm, to_gib="8").limit_bytes == 8 * GIB
+    with pytest.raises(InvalidInput, match=r"already 8 GiB; expanding it to 6 GiB would shrink it"):
+        services.quota_expand(actor=operator, vm=off_vm, to_gib="6")
+    with pytest.raises(InvalidInput, match=r"would leave it unchanged"):
+        services.quota_expand(actor=operator, vm=off_vm, to_gib="8")
+    with pytest.raises(InvalidInput, match="not both"):
+        services.quota_expand(actor=operator, vm=off_vm, to_gib="9", by_gib="1")
+    assert VmQuota.objects.get(vm=off_vm).limit_bytes == 8 * GIB
+    assert [e.outcome for e in events("storage.quota.expand")] == ["success", "failed", "failed", "failed"]
+    assert events("storage.quota.expand")[0].params == {"to_gib": "8", "limit_gib": "8"}
+
+
+def test_expanding_a_vm_on_the_default_quota_starts_from_the_default(admin, operator, off_vm):
+    services.defaults_update(
+        actor=admin, quota_gib="10", alert_percent="80", breach_action="alert", max_overcommit="3", reserve_percent="10"
+    )
+    with pytest.raises(InvalidInput, match=r"already 10 GiB \(the default\)"):
+        services.quota_expand(actor=operator, vm=off_vm, to_gib="4")
+    assert services.quota_expand(actor=operator, vm=off_vm, to_gib="12").limit_bytes == 12 * GIB

@@ -9,7 +9,7 @@ from apps.storage import services
 from apps.storage.models import GIB, StorageAlert, VmQuota
 from tests.conftest import reauthenticate
 
-from .conftest import disk_path, events, write_data
+from .conftest import events, overfill
 
 pytestmark = pytest.mark.libvirt
 
@@ -84,9 +84,10 @@ def test_deleting_a_disk_needs_a_recent_reauthentication_and_the_confirmation(cl
     assert 'hx-confirm="Delete disk vda' in html and 'data-confirm="Delete disk vda' in html
 
 
-def test_acknowledge_from_the_alert_list(client, operator, off_vm):
-    write_data(disk_path(off_vm), 64)
-    services.quota_set(actor=operator, vm=off_vm, limit_gib="0.05", confirmed=True)
+def test_acknowledge_from_the_alert_list(client, operator, small_vm):
+    off_vm = small_vm
+    overfill(off_vm)
+    services.quota_set(actor=operator, vm=off_vm, limit_gib="0.25", confirmed=True)
     services.storage_check(actor=None)
     alert = StorageAlert.objects.get(vm=off_vm)
     client.force_login(operator)
@@ -139,8 +140,8 @@ def test_a_vm_scoped_operator_sees_and_changes_only_that_vm(client, make_user, h
     html = client.get(reverse("storage:pools")).content.decode()
     assert f'data-vm="{mine}"' in html and f'data-vm="{other}"' not in html
     assert "data-pool=" not in html  # pools belong to the host, outside this user's scope
-    assert client.post(_url("quota_set", other_vm), {"limit_gib": "5"}).status_code == 404
-    assert client.post(_url("quota_set", mine_vm), {"limit_gib": "5"}).status_code == 302
+    assert client.post(_url("quota_set", other_vm), {"limit_gib": "5", "version": "0"}).status_code == 404
+    assert client.post(_url("quota_set", mine_vm), {"limit_gib": "5", "version": "0"}).status_code == 302
     assert not VmQuota.objects.filter(vm=other_vm).exists()
 
 
@@ -162,3 +163,96 @@ def test_usage_history_is_charted_with_a_projection(client, viewer, off_vm, host
     html = client.get(_url("vm", off_vm)).content.decode()
     assert "<polyline points=" in html
     assert "Full in about 11 days" in html
+
+
+@pytest.mark.parametrize("version", ["\u00b2", "1x", "-1", "", None, "\u0663"])
+def test_a_malformed_or_missing_version_is_refused_not_a_500(client, operator, off_vm, version):
+    client.force_login(operator)
+    data = {"limit_gib": "12"} if version is None else {"limit_gib": "12", "version": version}
+    response = client.post(_url("quota_set", off_vm), data, HTTP_HX_REQUEST="true")
+    assert response.status_code == 400
+    html = response.content.decode()
+    assert 'id="vm-storage"' in html and "<html" not in html  # the partial, re-rendered
+    assert 'data-testid="quota-errors"' in html and "reload the page" in html
+    assert not VmQuota.objects.filter(vm=off_vm).exists()
+    (event,) = events("storage.quota.set")
+    assert (event.outcome, event.actor_name) == ("failed", operator.username)
+
+
+def test_bad_quota_fields_rerender_the_form_with_their_errors(client, operator, viewer, off_vm):
+    client.force_login(operator)
+    response = client.post(
+        _url("quota_set", off_vm),
+        {"limit_gib": "\u00b2", "alert_percent": "\u00b2", "version": "0"},
+        HTTP_HX_REQUEST="true",
+    )
+    assert response.status_code == 400
+    html = response.content.decode()
+    assert "Hard limit (GiB)</strong>: The quota" in html and "not a number of GiB" in html
+    assert "Alert at (%)</strong>: The alert threshold must be a whole percentage" in html
+    assert 'aria-invalid="true"' in html
+    assert not VmQuota.objects.exists()
+    # no permission: refused as such (403), not as bad input
+    client.force_login(viewer)
+    assert client.post(_url("quota_set", off_vm), {"limit_gib": "x", "version": "0"}).status_code == 403
+    assert [e.outcome for e in events("storage.quota.set")] == ["failed"]
+    assert events("page.quota_set", outcome="denied")[0].actor_name == viewer.username
+
+
+def test_the_defaults_form_refuses_a_malformed_version_and_bad_numbers(client, admin):
+    client.force_login(admin)
+    good = {
+        "quota_gib": "50",
+        "alert_percent": "85",
+        "breach_action": "refuse",
+        "max_overcommit": "2.5",
+        "reserve_percent": "15",
+    }
+    before = services.defaults_get()
+    for version in ("\u00b2", "", "v1"):
+        response = client.post(reverse("storage:settings_save"), {**good, "version": version})
+        assert response.status_code == 400
+        assert "reload the page" in response.content.decode()
+    response = client.post(
+        reverse("storage:settings_save"), {**good, "reserve_percent": "\u00b2", "version": str(before.version)}
+    )
+    assert response.status_code == 400
+    assert 'data-testid="defaults-errors"' in response.content.decode()
+    after = services.defaults_get()
+    assert (after.version, after.quota_bytes) == (before.version, before.quota_bytes)
+    assert [e.outcome for e in events("storage.settings.update")] == ["failed"] * 4
+
+
+def test_pool_limits_and_volume_sizes_are_parsed_by_forms(client, admin, operator, off_vm, host, test_pool):
+    client.force_login(admin)
+    response = client.post(reverse("storage:pool_limits", args=[host.name, test_pool]), {"reserve_percent": "\u00b2"})
+    assert response.status_code == 400
+    assert 'data-testid="pool-limit-errors"' in response.content.decode()
+    client.force_login(operator)
+    response = client.post(_url("volume_create", off_vm), {"size_gib": "\u00b2"}, HTTP_HX_REQUEST="true")
+    assert response.status_code == 400
+    assert "not a number of GiB" in response.content.decode()
+    response = client.post(_url("volume_resize", off_vm, "vda"), {"size_gib": ""}, HTTP_HX_REQUEST="true")
+    assert response.status_code == 400
+    assert [e.outcome for e in events("storage.volume.create")] == ["failed"]
+    assert [e.outcome for e in events("storage.volume.resize")] == ["failed"]
+
+
+def test_the_page_expands_to_a_size_and_says_so(client, operator, off_vm):
+    client.force_login(operator)
+    html = client.get(_url("vm", off_vm)).content.decode()
+    assert "Expand to (GiB, the new hard limit)" in html
+    assert "caps the disks&#x27; provisioned size" in html or "caps the disks' provisioned size" in html
+    services.quota_set(actor=operator, vm=off_vm, limit_gib="20")
+    response = client.post(_url("quota_expand", off_vm), {"to_gib": "30"}, HTTP_HX_REQUEST="true")
+    assert response.status_code == 200
+    assert VmQuota.objects.get(vm=off_vm).limit_bytes == 30 * GIB
+    response = client.post(_url("quota_expand", off_vm), {"to_gib": "25"}, HTTP_HX_REQUEST="true")
+    assert response.status_code == 400
+    assert "would shrink it" in response.content.decode()
+    response = client.post(_url("quota_expand", off_vm), {"by_gib": "2"}, HTTP_HX_REQUEST="true")
+    assert VmQuota.objects.get(vm=off_vm).limit_bytes == 32 * GIB
+    response = client.post(_url("quota_expand", off_vm), {"to_gib": "40", "by_gib": "2"}, HTTP_HX_REQUEST="true")
+    assert response.status_code == 400
+    assert 'data-testid="expand-errors"' in response.content.decode()
+    assert VmQuota.objects.get(vm=off_vm).limit_bytes == 32 * GIB

@@ -159,3 +159,90 @@ def test_a_vm_defined_outside_the_portal_is_registered_and_measured(monkeypatch)
     assert report.vms == 3
     vm = VirtualMachine.objects.get(host=host, name="made-by-virsh")
     assert UsageSample.objects.get(vm=vm).allocation == 5
+
+
+@pytest.mark.parametrize(
+    ("level", "action", "state", "applied", "wanted"),
+    [
+        (B, "refuse", "running", "", "refuse"),
+        (B, "suspend", "running", "", "suspend"),
+        (B, "suspend", "shut off", "", ""),  # nothing to suspend (yet)
+        (B, "suspend", "running", "suspend", "suspend"),  # resumed by a person: respected
+        (B, "refuse", "paused", "suspend", "refuse"),  # changed mid-breach: switch
+        (B, "alert", "paused", "suspend", ""),  # changed to alert only: lift
+        (W, "suspend", "paused", "suspend", ""),  # the breach ended
+        (None, "refuse", "running", "refuse", ""),
+    ],
+)
+def test_the_breach_action_in_force_follows_the_quota(level, action, state, applied, wanted):
+    assert services.monitor.action_wanted(level, action, state, applied) == wanted
+
+
+def _one_vm_host():
+    host = Host.objects.create(name=f"fake-{uuid.uuid4().hex[:6]}", uri="test:///default")
+    vm = VirtualMachine.objects.create(host=host, uuid=uuid.uuid4(), name="busy")
+
+    def snapshot(allocation: int) -> gw.StorageSnapshot:
+        disk = gw.DiskInfo("vda", "/pool/busy.qcow2", 10 * GIB, allocation, allocation)
+        return gw.StorageSnapshot((), (gw.DomainDisks(str(vm.uuid), "busy", "shut off", (disk,)),))
+
+    return host, vm, snapshot
+
+
+@pytest.mark.django_db
+def test_cleared_is_said_only_when_usage_fell(monkeypatch):
+    from apps.storage.models import VmQuota
+
+    services.defaults_get()
+    Host.objects.all().delete()
+    host, vm, snapshot = _one_vm_host()
+    VmQuota.objects.create(vm=vm, limit_bytes=10 * GIB, alert_percent=50)
+    usage = {"now": 6 * GIB}
+    monkeypatch.setattr(gw, "storage_snapshot", lambda uri, **kw: snapshot(usage["now"]))
+
+    assert len(services.storage_check(actor=None).raised) == 1  # 60%
+    usage["now"] = 2 * GIB
+    report = services.storage_check(actor=None)
+    assert report.eased == [] and report.cleared == [
+        "busy is below its alert threshold again: usage fell from 6 GiB to 2 GiB, 20% of its quota of 10 GiB."
+    ]
+
+    usage["now"] = 11 * GIB
+    assert len(services.storage_check(actor=None).raised) == 1  # 110%: breach
+    VmQuota.objects.filter(vm=vm).update(limit_bytes=12 * GIB)
+    report = services.storage_check(actor=None)  # 92%: a warning now, usage unchanged
+    assert report.lowered == [
+        "busy is below its limit again: its quota was raised from 10 GiB; it uses 11 GiB, 92% of its quota of 12 GiB."
+    ]
+    VmQuota.objects.filter(vm=vm).update(limit_bytes=100 * GIB)
+    report = services.storage_check(actor=None)
+    assert report.cleared == [] and len(report.eased) == 1 and "quota was raised from 12 GiB" in report.eased[0]
+
+
+@pytest.mark.django_db
+def test_a_users_check_measures_only_their_vms_and_registers_nothing(monkeypatch, make_user):
+    from apps.accounts.models import Role
+
+    services.defaults_get()
+    Host.objects.all().delete()
+    host, snap = _fake_host(3)
+    stranger = gw.DomainDisks(str(uuid.uuid4()), "made-by-virsh", "shut off", (gw.DiskInfo("vda", "/x", GIB, 5, 5),))
+    monkeypatch.setattr(
+        gw, "storage_snapshot", lambda uri, **kw: gw.StorageSnapshot(snap.pools, (*snap.domains, stranger))
+    )
+    mine = VirtualMachine.objects.get(host=host, name="vm1")
+    user = make_user(role=Role.OPERATOR, scope="vm", vm=mine)
+    report = services.storage_check(actor=user)
+    assert (report.vms, report.pools) == (1, 0)
+    assert list(UsageSample.objects.values_list("vm__name", flat=True)) == ["vm1"]
+    assert not VirtualMachine.objects.filter(name="made-by-virsh").exists()
+    elsewhere = Host.objects.create(name="elsewhere", uri="test:///elsewhere")
+    theirs = VirtualMachine.objects.create(host=elsewhere, uuid=uuid.uuid4(), name="theirs")
+    outsider = make_user(role=Role.OPERATOR, scope="vm", vm=theirs)
+
+    def read(uri, **kw):
+        assert uri != host.uri, "a host outside the user's scope was read"
+        return gw.StorageSnapshot((), ())
+
+    monkeypatch.setattr(gw, "storage_snapshot", read)
+    assert services.storage_check(actor=outsider).vms == 0
