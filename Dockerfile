@@ -19,7 +19,7 @@ RUN SECRET_KEY=build-only-not-used-at-runtime-0123456789-abcdefghijklmnop \
     DJANGO_SETTINGS_MODULE=hypervisor_web.settings.prod \
     python manage.py collectstatic --noinput \
  && useradd --system --home /var/lib/portal portal \
- && install -d -o portal -m 0700 /var/lib/portal
+ && install -d -o portal -m 0700 /var/lib/portal /etc/hypervisor-portal
 
 USER portal
 EXPOSE 8000

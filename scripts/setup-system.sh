@@ -52,4 +52,7 @@ if ! redis-cli -h "$REDIS_HOST" ping >/dev/null 2>&1; then
     --dir /var/lib/redis --logfile /var/log/redis/portal.log
   for _ in $(seq 1 20); do redis-cli ping >/dev/null 2>&1 && break; sleep 0.25; done
 fi
+# the key store's master key (ENCRYPTION_KEK_FILE_DIR) lives apart from the keys, outside the
+# state directory: a root-only directory owned by the user the portal runs as
+as_root install -d -m 0700 -o "$(id -u)" -g "$(id -g)" /etc/hypervisor-portal
 echo "setup-system: libvirtd and Redis are ready"

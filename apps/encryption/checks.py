@@ -4,6 +4,8 @@ KEK at safe levels. Only the test settings (ENCRYPTION_ALLOW_WEAK_PBKDF = True) 
 from django.conf import settings
 from django.core.checks import Error, register
 
+from .keystore import kek_dir_problem
+
 MIN_LUKS_MEMORY_KIB = 262144  # below cryptsetup's 1 GiB default only on small hosts
 MIN_KDF_MEMORY_KIB = 65536  # RFC 9106's second recommended Argon2id option
 
@@ -32,3 +34,12 @@ def pbkdf_cost(app_configs, **kwargs):
     if settings.ENCRYPTION_DEVICE_MAPPER not in ("cryptsetup", "simulated"):
         errors.append(Error("ENCRYPTION_DEVICE_MAPPER must be cryptsetup or simulated.", id="encryption.E003"))
     return errors
+
+
+@register("security")
+def kek_apart(app_configs, **kwargs):
+    """The KEK never lies beside the keys it wraps: refused at start-up (and by the store)."""
+    problem = kek_dir_problem(settings.ENCRYPTION_KEY_DIR, settings.ENCRYPTION_KEK_FILE_DIR)
+    if problem:
+        return [Error(problem, id="encryption.E004")]
+    return []

@@ -8,7 +8,11 @@ both owned by the portal's user, and written atomically (temp file, fsync, renam
 of the directory). Files with another mode or owner are refused, not repaired.
 
 KEK providers (one per store, chosen per host by settings.ENCRYPTION_KEK_PROVIDER):
-- `file`: a random 256-bit master key in `<dir>/kek/v<N>.kek` (automatic unlock on boot).
+- `file`: a random 256-bit master key per version in its own directory, apart from the
+  keys it wraps (settings.ENCRYPTION_KEK_FILE_DIR, by default /etc/hypervisor-portal/kek,
+  outside the state directory; a KEK directory inside the key directory is refused).
+  Automatic unlock on boot; it protects the keys only as far as that directory is kept
+  apart (other disk, other backups) from the key files.
 - `passphrase`: Argon2id of an admin's passphrase. The store stays sealed until an admin
   unseals it; the derived KEK is then kept in the runtime directory (a tmpfs such as /run,
   0400) where the workers read it, and a reboot or `seal()` removes it.
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import secrets
 import stat
@@ -40,6 +45,8 @@ from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 from apps.core.errors import InvalidInput, NotFound
 
 from .errors import KeyFileRejected, StoreSealed
+
+log = logging.getLogger(__name__)
 
 DISK_KEY_BYTES = 64
 KEK_BYTES = 32
@@ -186,22 +193,43 @@ class _LocalAesKek(KekProvider):
 
 
 class FileKek(_LocalAesKek):
-    """A random master key file per version: the store opens by itself after a reboot."""
+    """A random master key file per version, in the KEK directory (apart from the key
+    files): the store opens by itself after a reboot."""
 
     name = "file"
 
     def _path(self, version: int) -> Path:
+        return self.store.require_kek_dir() / f"{self.store.store_id}-v{version}.kek"
+
+    def _legacy_path(self, version: int) -> Path:
+        """Where stores made before the KEK was kept apart held it: beside the keys."""
         return self.store.directory / "kek" / f"v{version}.kek"
 
+    def _adopt_legacy(self, version: int) -> None:
+        """Move a KEK left beside the keys (older stores) into the KEK directory."""
+        legacy, path = self._legacy_path(version), self._path(version)
+        if path.exists() or not legacy.exists():
+            return
+        write_private_file(path, read_private_file(legacy, "master key file"))
+        _remove(legacy)
+        try:
+            legacy.parent.rmdir()
+        except OSError:
+            pass
+        log.warning("moved KEK version %s of the key store out of the key directory into %s", version, path.parent)
+
     def create(self, version: int, **kwargs) -> None:
+        self._adopt_legacy(version)
         path = self._path(version)
         if not path.exists():
             write_private_file(path, secrets.token_bytes(KEK_BYTES))
 
     def retire(self, version: int) -> None:
         _remove(self._path(version))
+        _remove(self._legacy_path(version))
 
     def _kek(self, version: int) -> bytes:
+        self._adopt_legacy(version)
         kek = read_private_file(self._path(version), "master key file")
         if len(kek) != KEK_BYTES:
             raise KeyFileRejected(f"The master key file v{version} has the wrong length; refusing to use it.")
@@ -360,6 +388,19 @@ PROVIDERS = {p.name: p for p in (FileKek, PassphraseKek, Pkcs11Kek)}
 # ------------------------------------------------------------------ the store
 
 
+def kek_dir_problem(key_dir: Path, kek_dir: Path) -> str:
+    """Why `kek_dir` may not hold the KEK of the keys in `key_dir` ("" when it may): a KEK
+    in the same tree as the keys it wraps is copied, backed up and stolen with them."""
+    keys, kek = os.path.realpath(key_dir), os.path.realpath(kek_dir)
+    if os.path.commonpath([keys, kek]) in (keys, kek):
+        return (
+            f"The KEK directory {kek_dir} lies inside (or holds) the key directory {key_dir}: the key-encryption "
+            "key must be kept apart from the keys it wraps. Set ENCRYPTION_KEK_FILE_DIR to a root-only directory "
+            "outside the key directory (default /etc/hypervisor-portal/kek)."
+        )
+    return ""
+
+
 @dataclass(frozen=True)
 class StoredKey:
     key_id: str
@@ -384,15 +425,28 @@ class KeyStore:
         kdf_memory_kib: int = 65536,
         kdf_iterations: int = 3,
         pkcs11: dict | None = None,
+        kek_dir: Path | None = None,
     ):
         if provider not in PROVIDERS:
             raise InvalidInput(f"Unknown KEK provider {provider!r}: choose one of {', '.join(PROVIDERS)}.")
         self.directory = Path(directory)
+        self.kek_dir = Path(kek_dir) if kek_dir else None
+        if self.kek_dir is not None:
+            problem = kek_dir_problem(self.directory, self.kek_dir)
+            if problem:
+                raise KeyFileRejected(problem)
         self.runtime_dir = Path(runtime_dir) if runtime_dir else self.directory / "run"
         self.provider_name = provider
         self.kdf_memory_kib = kdf_memory_kib
         self.kdf_iterations = kdf_iterations
         self.pkcs11 = pkcs11 or {}
+
+    def require_kek_dir(self) -> Path:
+        if self.kek_dir is None:
+            raise KeyFileRejected(
+                "No KEK directory is configured (ENCRYPTION_KEK_FILE_DIR): the KEK must not lie beside the keys."
+            )
+        return ensure_private_dir(self.kek_dir)
 
     # -- metadata: provider, KEK versions, passphrase salts (nothing secret)
 

@@ -158,6 +158,9 @@ ENCRYPTION_KEY_DIR = Path(env("ENCRYPTION_KEY_DIR", str(VAR_DIR / "keys")))
 # so a reboot seals the store again.
 ENCRYPTION_RUNTIME_DIR = Path(env("ENCRYPTION_RUNTIME_DIR", "/run/hypervisor-portal"))
 ENCRYPTION_KEK_PROVIDER = env("ENCRYPTION_KEK_PROVIDER", "file")  # file | passphrase | pkcs11
+# The `file` KEK (and the `tpm2` sealed KEK blobs) live apart from the keys they wrap: a
+# root-only directory outside the state directory. Inside ENCRYPTION_KEY_DIR is refused.
+ENCRYPTION_KEK_FILE_DIR = Path(env("ENCRYPTION_KEK_FILE_DIR", "/etc/hypervisor-portal/kek"))
 ENCRYPTION_PKCS11_LIBRARY = env("ENCRYPTION_PKCS11_LIBRARY", "/usr/lib/softhsm/libsofthsm2.so")
 ENCRYPTION_PKCS11_TOKEN = env("ENCRYPTION_PKCS11_TOKEN", "portal-kek")
 ENCRYPTION_PKCS11_PIN = env("ENCRYPTION_PKCS11_PIN", "")  # use ENCRYPTION_PKCS11_PIN_FILE
