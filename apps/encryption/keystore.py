@@ -599,7 +599,8 @@ class KeyStore:
         except (InvalidTag, ValueError):
             raise KeyFileRejected(
                 f"The key file {key_id} does not decrypt for this disk: it was altered or belongs to another "
-                "VM or volume. Refusing to use it; restore it from escrow."
+                "VM or volume. Refusing to use it; restore it from escrow (the disk's page, or "
+                "`vm_encryption restore-key`)."
             ) from None
         if len(key) != DISK_KEY_BYTES:
             raise KeyFileRejected(f"The key file {key_id} holds a key of the wrong length; refusing to use it.")
