@@ -53,6 +53,7 @@ KEK_BYTES = 32
 NONCE_BYTES = 12
 FORMAT = 1
 _CHECK_PLAINTEXT = b"hypervisor-portal key store check"
+RESTORE_HINT = "Restore it from escrow: the disk's page, or `vm_encryption restore-key VM --escrow FILE`."
 
 
 # ------------------------------------------------------------------ atomic files
@@ -577,12 +578,17 @@ class KeyStore:
         )
 
     def _record(self, key_id: str) -> dict:
-        raw = read_private_file(self._key_path(key_id))
+        try:
+            raw = read_private_file(self._key_path(key_id))
+        except NotFound as exc:
+            raise NotFound(f"{exc.message} {RESTORE_HINT}") from None
         try:
             record = json.loads(raw)
             record["wrapped"], record["created"], int(record["kek_version"])  # noqa: B018
         except (ValueError, KeyError, TypeError):
-            raise KeyFileRejected(f"The key file {key_id} is damaged (not a key record); refusing to use it.") from None
+            raise KeyFileRejected(
+                f"The key file {key_id} is damaged (not a key record); refusing to use it. {RESTORE_HINT}"
+            ) from None
         return record
 
     def get(self, *, key_id: str, vm_uuid: str, volume: str) -> bytes:
@@ -599,8 +605,7 @@ class KeyStore:
         except (InvalidTag, ValueError):
             raise KeyFileRejected(
                 f"The key file {key_id} does not decrypt for this disk: it was altered or belongs to another "
-                "VM or volume. Refusing to use it; restore it from escrow (the disk's page, or "
-                "`vm_encryption restore-key`)."
+                f"VM or volume. Refusing to use it. {RESTORE_HINT}"
             ) from None
         if len(key) != DISK_KEY_BYTES:
             raise KeyFileRejected(f"The key file {key_id} holds a key of the wrong length; refusing to use it.")
