@@ -8,7 +8,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       libvirt-dev libvirt-clients pkg-config gcc libc6-dev \
-      cryptsetup-bin qemu-utils nftables softhsm2 curl \
+      cryptsetup-bin qemu-utils nftables softhsm2 tpm2-tools curl \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /app

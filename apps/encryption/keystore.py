@@ -13,6 +13,9 @@ KEK providers (one per store, chosen per host by settings.ENCRYPTION_KEK_PROVIDE
   outside the state directory; a KEK directory inside the key directory is refused).
   Automatic unlock on boot; it protects the keys only as far as that directory is kept
   apart (other disk, other backups) from the key files.
+- `tpm2`: the same kind of random master key, sealed to the host's TPM 2.0 (tpm2-tools,
+  settings.ENCRYPTION_TPM2_TCTI). Only the sealed blobs lie in the KEK directory; only this
+  host's TPM unseals them, for each use, and the KEK is never written anywhere.
 - `passphrase`: Argon2id of an admin's passphrase. The store stays sealed until an admin
   unseals it; the derived KEK is then kept in the runtime directory (a tmpfs such as /run,
   0400) where the workers read it, and a reboot or `seal()` removes it.
@@ -237,6 +240,61 @@ class FileKek(_LocalAesKek):
         return kek
 
 
+class Tpm2Kek(_LocalAesKek):
+    """A random master key per version, sealed to the host's TPM 2.0: automatic unlock on
+    boot, and a copy of the disks, the key store and the KEK directory opens nothing
+    without this TPM."""
+
+    name = "tpm2"
+
+    def _blobs(self, version: int) -> tuple[Path, Path]:
+        base = self.store.require_kek_dir() / f"{self.store.store_id}-v{version}.tpm2"
+        return base.with_suffix(".tpm2pub"), base.with_suffix(".tpm2priv")
+
+    def _tcti(self) -> str:
+        tcti = self.store.tpm2.get("tcti")
+        if not tcti:
+            raise StoreSealed("No TPM is configured for the tpm2 KEK provider (ENCRYPTION_TPM2_TCTI).")
+        return tcti
+
+    def _lock(self) -> Path:
+        return self.store.require_kek_dir() / ".tpm2.lock"
+
+    def sealed(self, version: int) -> bool:
+        return not all(p.exists() for p in self._blobs(version))
+
+    def create(self, version: int, **kwargs) -> None:
+        from .gateways import tpm2
+
+        pub, priv = self._blobs(version)
+        if pub.exists() and priv.exists():
+            return
+        kek = secrets.token_bytes(KEK_BYTES)
+        public, private = tpm2.seal(self._tcti(), kek.hex(), lock_file=self._lock())
+        if tpm2.unseal(self._tcti(), public, private, lock_file=self._lock()).strip() != kek.hex():
+            raise KeyFileRejected("The TPM did not give back the KEK it sealed; the key store was not changed.")
+        write_private_file(priv, private, replace=True)
+        write_private_file(pub, public, replace=True)
+
+    def retire(self, version: int) -> None:
+        for path in self._blobs(version):
+            _remove(path)
+
+    def _kek(self, version: int) -> bytes:
+        from .gateways import tpm2
+
+        pub, priv = self._blobs(version)
+        public = read_private_file(pub, "sealed KEK")
+        private = read_private_file(priv, "sealed KEK")
+        try:
+            kek = bytes.fromhex(tpm2.unseal(self._tcti(), public, private, lock_file=self._lock()).strip())
+        except ValueError:
+            raise KeyFileRejected(f"The TPM-sealed KEK v{version} is not a key; refusing to use it.") from None
+        if len(kek) != KEK_BYTES:
+            raise KeyFileRejected(f"The TPM-sealed KEK v{version} has the wrong length; refusing to use it.")
+        return kek
+
+
 class PassphraseKek(_LocalAesKek):
     """Argon2id(passphrase, salt): sealed until an admin unseals the store."""
 
@@ -383,7 +441,7 @@ class Pkcs11Kek(KekProvider):
                 raise InvalidTag() from None
 
 
-PROVIDERS = {p.name: p for p in (FileKek, PassphraseKek, Pkcs11Kek)}
+PROVIDERS = {p.name: p for p in (FileKek, Tpm2Kek, PassphraseKek, Pkcs11Kek)}
 
 
 # ------------------------------------------------------------------ the store
@@ -427,11 +485,13 @@ class KeyStore:
         kdf_iterations: int = 3,
         pkcs11: dict | None = None,
         kek_dir: Path | None = None,
+        tpm2: dict | None = None,
     ):
         if provider not in PROVIDERS:
             raise InvalidInput(f"Unknown KEK provider {provider!r}: choose one of {', '.join(PROVIDERS)}.")
         self.directory = Path(directory)
         self.kek_dir = Path(kek_dir) if kek_dir else None
+        self.tpm2 = tpm2 or {}
         if self.kek_dir is not None:
             problem = kek_dir_problem(self.directory, self.kek_dir)
             if problem:

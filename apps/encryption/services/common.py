@@ -37,6 +37,7 @@ def get_store() -> KeyStore:
             "pin": settings.ENCRYPTION_PKCS11_PIN,
         },
         kek_dir=settings.ENCRYPTION_KEK_FILE_DIR,
+        tpm2={"tcti": settings.ENCRYPTION_TPM2_TCTI},
     )
 
 

@@ -59,12 +59,14 @@ class StoreStatus:
             "passphrase": "a key derived from an admin's passphrase; the store stays sealed after every reboot "
             "until an admin unseals it.",
             "pkcs11": "a non-extractable key inside a PKCS#11 token (HSM); the key never leaves the token.",
+            "tpm2": f"a master key sealed to this host's TPM 2.0 (sealed blobs in {self.kek_dir}); only this "
+            "host's TPM unseals it, so a copy of the disks and the key store opens nothing elsewhere.",
         }.get(self.provider, self.provider)
 
     @property
     def recommended(self) -> bool:
         """The seed recommends an HSM or a TPM, off the key files' host and disks."""
-        return self.provider in ("pkcs11",)
+        return self.provider in ("pkcs11", "tpm2")
 
 
 def store_status(*, actor) -> StoreStatus:
