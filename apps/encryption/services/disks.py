@@ -523,10 +523,8 @@ class DiskRow:
             needs.append("no header backup: header-backup")
         stale = self.stale_header_backups
         if stale:
-            needs.append(
-                f"{len(stale)} stale header backup{'s' if len(stale) > 1 else ''} still open the disk with the old "
-                "key: destroy-stale-headers"
-            )
+            count = len(stale)
+            needs.append(f"stale header backups still open the disk with the old key ({count}): destroy-stale-headers")
         return needs
 
 

@@ -5,7 +5,10 @@ process except inside the escrow document handed back to the admin."""
 
 from __future__ import annotations
 
+import json
+
 from django.conf import settings
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.utils import timezone
 
 from apps.audit.services import record
@@ -17,6 +20,7 @@ from ..gateways import libvirt_luks as lv
 from ..keystore import escrow_unwrap, escrow_wrap
 from ..models import EncryptedDisk
 from .common import authorize, fail, get_store, stored_key
+from .store import STORE_TARGET
 
 
 def _binding(disk: EncryptedDisk) -> dict:
@@ -116,6 +120,8 @@ def disk_key_restore(
         if not confirmed:
             raise InvalidInput(f"Restoring the key of {disk} from escrow needs confirmation.")
         binding, escrowed = _escrowed_key(disk, escrow, recovery_passphrase)
+        if EncryptedDisk.objects.filter(pk=disk.pk).exclude(pending_key_id="").exists():
+            raise Conflict(f"A key change of {disk} is under way: let it end (or fail) before restoring its key.")
         if not cs.is_luks(disk.path):
             raise Conflict(f"{disk.path} has no LUKS header: there is nothing the key could open.")
         store = get_store()
@@ -143,3 +149,53 @@ def disk_key_restore(
     result = {"restored": True, "recovery_test": "passed", "escrow_current": binding["key_id"] == disk.key_id}
     record(actor=actor, action=action, target=disk.vm, outcome="success", params={**params, **result})
     return result
+
+
+def store_restore_from_escrow(
+    *, actor, escrows: list[tuple[str, bytes]], recovery_passphrase: str, confirmed: bool = False
+) -> list[tuple[str, bool, str]]:
+    """Restore every disk key of a lost or damaged key store from escrow files ((name,
+    document) pairs): each file names its disk in its (authenticated) binding, and goes
+    through disk_key_restore, recovery test included. A lost store is created afresh first
+    (a new KEK). One file's failure does not stop the others. Returns (file, restored,
+    message) per file; the summary is audited as encryption.store.restore."""
+    action = "encryption.store.restore"
+    authorize(actor, "encryption.keys", anywhere=True, action=action)
+    try:
+        if not confirmed:
+            raise InvalidInput("Restoring the key store from escrow files needs confirmation.")
+        if not escrows:
+            raise InvalidInput("Give the escrow files to restore the key store from.")
+        get_store().require_unsealed()
+    except PortalError as exc:
+        fail(actor=actor, action=action, target=STORE_TARGET, error=exc.message)
+        raise
+    results = []
+    for name, document in escrows:
+        try:
+            binding = json.loads(document).get("binding") or {}
+            disk = (
+                EncryptedDisk.objects.select_related("vm", "host")
+                .filter(vm_uuid=binding.get("vm_uuid"), path=binding.get("volume"))
+                .first()
+            )
+            if disk is None:
+                raise NotFound(f"No encrypted disk of the portal matches this escrow file ({binding.get('vm')}).")
+            disk_key_restore(
+                actor=actor, disk=disk, escrow=document, recovery_passphrase=recovery_passphrase, confirmed=True
+            )
+            results.append((name, True, f"{disk}: restored, recovery test passed"))
+        except (ValueError, AttributeError, TypeError, ValidationError):
+            results.append((name, False, "not a key escrow file of this portal"))
+        except (PortalError, PermissionDenied) as exc:
+            results.append((name, False, getattr(exc, "message", str(exc))))
+    restored = sum(ok for _, ok, _ in results)
+    record(
+        actor=actor,
+        action=action,
+        target=STORE_TARGET,
+        outcome="success" if restored == len(results) else "failed",
+        params={"files": len(results), "restored": restored},
+        error="" if restored == len(results) else f"{len(results) - restored} escrow file(s) not restored",
+    )
+    return results

@@ -9,6 +9,7 @@
     escrow-export VM --output FILE [--disk vdb] [--passphrase-file F]
     recovery-test VM --escrow FILE [--disk vdb] [--passphrase-file F]
     restore-key VM --escrow FILE [--disk vdb] [--passphrase-file F]
+    restore-store ESCROW_FILE... [--passphrase-file F]
     destroy-stale-headers VM [--disk vdb]
     status | init | unseal | seal | rotate-kek
     start VM | stop VM [--force]
@@ -92,6 +93,9 @@ class Command(BaseCommand):
             p.add_argument("--disk", default="")
             p.add_argument("--escrow", required=True, help="the escrow document")
             p.add_argument("--passphrase-file", default="")
+        p = sub.add_parser("restore-store", help="restore the key store's disk keys from their escrow files")
+        p.add_argument("escrow", nargs="+", help="escrow files (one per disk)")
+        p.add_argument("--passphrase-file", default="")
         p = sub.add_parser("destroy-stale-headers", help="destroy header backups taken before the last key change")
         p.add_argument("vm")
         p.add_argument("--disk", default="")
@@ -216,6 +220,8 @@ class Command(BaseCommand):
             return self._reminders(actor, host)
         if action in ("status", "init", "unseal", "seal", "rotate-kek"):
             return self._store(actor, action, o)
+        if action == "restore-store":
+            return self._restore_store(actor, o)
         host = host or self._host("")
         vm = self._vm(host, o["vm"])
         if action == "create-encrypted":
@@ -316,6 +322,19 @@ class Command(BaseCommand):
         self.stdout.write(self.style.SUCCESS(f"recovery test of {disk} passed: {result}"))
         if not result["escrow_current"]:
             self.stdout.write(self.style.WARNING("this escrow predates the last key change: export a new one"))
+
+    def _restore_store(self, actor, o):
+        escrows = [(path, self._read(path, "escrow file")) for path in o["escrow"]]
+        passphrase = self._passphrase(o, "Recovery passphrase: ")
+        confirmed = self._confirm(o, f"Restoring disk keys from {len(escrows)} escrow file(s)")
+        results = services.store_restore_from_escrow(
+            actor=actor, escrows=escrows, recovery_passphrase=passphrase, confirmed=confirmed
+        )
+        for name, ok, message in results:
+            self.stdout.write(f"{'restored' if ok else 'NOT restored'} {name}: {message}")
+        failed = [name for name, ok, _ in results if not ok]
+        if failed:
+            raise CommandError(f"{len(failed)} of {len(results)} escrow file(s) were not restored.")
 
     def _restore_key(self, actor, vm, o):
         disk = self._disk(vm, o["disk"])
