@@ -222,3 +222,27 @@ def test_a_lost_key_store_is_restored_from_the_escrow_files(shut_vm, admin, make
     summary = AuditEvent.objects.filter(action="encryption.store.restore").latest("id")
     assert summary.params == {"files": 3, "restored": 2} and summary.outcome == "failed"
     assert AuditEvent.objects.filter(action="encryption.key.restore", outcome="success").count() == 2
+
+
+def test_a_qemu_luks_disk_key_is_tested_and_restored_with_its_libvirt_secret(shut_vm, admin, operator, test_pool, host):
+    """QEMU opens these disks with the key in hex (the libvirt secret's value): the recovery
+    test and the restore check the header with that passphrase (the secret is private: its
+    value cannot be read back here)."""
+    job = run_job(
+        services.disk_create_encrypted(actor=operator, vm=shut_vm, size_gib=1, pool=test_pool, kind="qemu-luks")
+    )
+    assert job.state == Job.State.SUCCEEDED, job.error
+    disk = EncryptedDisk.objects.select_related("vm", "host").get(pk=job.params["disk_id"])
+    store = services.get_store()
+    try:
+        key = stored_key(store, disk)
+        document = services.disk_escrow_export(actor=admin, disk=disk, recovery_passphrase=RECOVERY)
+        result = services.disk_recovery_test(actor=admin, disk=disk, escrow=document, recovery_passphrase=RECOVERY)
+        assert result["stored_opens"] and result["escrow_opens"]
+        store.delete(disk.key_id)
+        services.disk_key_restore(actor=admin, disk=disk, escrow=document, recovery_passphrase=RECOVERY, confirmed=True)
+        assert stored_key(store, disk) == key
+    finally:
+        lv.volume_delete_if_exists(host.uri, disk.pool, disk.volume)
+        lv.secret_remove(host.uri, disk.secret_uuid)
+        store.delete(disk.key_id)
