@@ -38,3 +38,11 @@ def test_the_default_kek_directory_lies_outside_the_state_and_key_directories():
     assert base.ENCRYPTION_KEK_FILE_DIR == Path("/etc/hypervisor-portal/kek")
     assert not base.ENCRYPTION_KEK_FILE_DIR.is_relative_to(base.VAR_DIR)
     assert not test.ENCRYPTION_KEK_FILE_DIR.is_relative_to(test.ENCRYPTION_KEY_DIR)
+
+
+def test_the_tpm2_provider_on_a_host_without_a_tpm_is_refused_at_start_up(settings, tmp_path):
+    settings.ENCRYPTION_KEK_PROVIDER = "tpm2"
+    settings.ENCRYPTION_TPM2_TCTI = f"device:{tmp_path / 'tpmrm0'}"
+    assert [e.id for e in kek_apart(None)] == ["encryption.E005"]
+    (tmp_path / "tpmrm0").touch()
+    assert kek_apart(None) == []
