@@ -246,3 +246,29 @@ def test_a_qemu_luks_disk_key_is_tested_and_restored_with_its_libvirt_secret(shu
         lv.volume_delete_if_exists(host.uri, disk.pool, disk.volume)
         lv.secret_remove(host.uri, disk.secret_uuid)
         store.delete(disk.key_id)
+
+
+def test_header_backups_written_before_tracking_are_registered_and_the_old_ones_marked_stale(
+    host, shut_vm, settings, tmp_path
+):
+    import importlib
+    from datetime import timedelta
+
+    from django.apps import apps
+    from django.utils import timezone
+
+    migration = importlib.import_module("apps.encryption.migrations.0002_header_backups")
+    settings.ENCRYPTION_HEADER_BACKUP_DIR = tmp_path
+    disk = EncryptedDisk.objects.create(
+        host=host, vm=shut_vm, vm_uuid=shut_vm.uuid, path="/p/d.img", volume="d.img", key_id="a" * 32,
+        state=EncryptedDisk.State.READY, key_created_at=timezone.now() - timedelta(days=1),
+    )  # fmt: skip
+    old, new = tmp_path / f"{shut_vm.name}-d.img-1.luksheader", tmp_path / f"{shut_vm.name}-d.img-2.luksheader"
+    old.write_bytes(b"h")
+    new.write_bytes(b"h")
+    two_days_ago = (timezone.now() - timedelta(days=2)).timestamp()
+    os.utime(old, (two_days_ago, two_days_ago))
+    (tmp_path / "another-vm-d.img-1.luksheader").write_bytes(b"h")
+    migration.register_existing_backups(apps, None)
+    rows = {b.path: (b.stale, b.key_id) for b in HeaderBackup.objects.filter(disk=disk)}
+    assert rows == {str(old): (True, ""), str(new): (False, disk.key_id)}
