@@ -40,12 +40,13 @@ def _tool(tcti: str, argv: list[str], *, stdin: bytes | None = None) -> runner.R
 @contextmanager
 def _session(tcti: str, lock_file: Path):
     """A private working directory holding the primary key's saved context, under the lock.
-    The primary key derives from the TPM's owner seed: the same key every time."""
+    The primary key (ECC P-256: quick to derive, unlike RSA on a hardware TPM) derives from
+    the TPM's owner seed: the same key every time."""
     with open(lock_file, "a") as lock, tempfile.TemporaryDirectory(prefix="portal-tpm2-") as work:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             primary = os.path.join(work, "primary.ctx")
-            _tool(tcti, ["tpm2_createprimary", "-Q", "-C", "o", "-c", primary])
+            _tool(tcti, ["tpm2_createprimary", "-Q", "-C", "o", "-G", "ecc", "-c", primary])
             yield work, primary
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
