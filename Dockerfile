@@ -8,7 +8,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       libvirt-dev libvirt-clients pkg-config gcc libc6-dev \
-      cryptsetup-bin qemu-utils nftables softhsm2 curl \
+      cryptsetup-bin qemu-utils nftables softhsm2 tpm2-tools curl \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /app
@@ -19,7 +19,7 @@ RUN SECRET_KEY=build-only-not-used-at-runtime-0123456789-abcdefghijklmnop \
     DJANGO_SETTINGS_MODULE=hypervisor_web.settings.prod \
     python manage.py collectstatic --noinput \
  && useradd --system --home /var/lib/portal portal \
- && install -d -o portal -m 0700 /var/lib/portal
+ && install -d -o portal -m 0700 /var/lib/portal /etc/hypervisor-portal
 
 USER portal
 EXPOSE 8000

@@ -6,7 +6,7 @@ set -euo pipefail
 APT_PACKAGES=(
   libvirt-daemon libvirt-daemon-driver-qemu libvirt-daemon-system libvirt-clients libvirt-dev
   pkg-config qemu-utils qemu-system-x86 qemu-block-extra dnsmasq-base iptables nftables
-  iproute2 cryptsetup-bin softhsm2 redis-server chromium chromium-driver
+  iproute2 cryptsetup-bin softhsm2 tpm2-tools swtpm swtpm-tools redis-server chromium chromium-driver
 )
 
 as_root() {
@@ -62,4 +62,7 @@ if ! redis-cli -h "$REDIS_HOST" ping >/dev/null 2>&1; then
     --dir /var/lib/redis --logfile /var/log/redis/portal.log
   for _ in $(seq 1 20); do redis-cli ping >/dev/null 2>&1 && break; sleep 0.25; done
 fi
+# the key store's master key (ENCRYPTION_KEK_FILE_DIR) lives apart from the keys, outside the
+# state directory: a root-only directory owned by the user the portal runs as
+as_root install -d -m 0700 -o "$(id -u)" -g "$(id -g)" /etc/hypervisor-portal
 echo "setup-system: libvirtd and Redis are ready"

@@ -74,6 +74,8 @@ REAUTH_POLICY: dict[str, str | When] = {
     "encryption:header_backup": NEVER,
     "encryption:escrow_export": ALWAYS,
     "encryption:recovery_test": ALWAYS,
+    "encryption:key_restore": ALWAYS,  # writes a disk key from an escrow file
+    "encryption:destroy_stale": ALWAYS,  # destroys header backups for good
     "encryption:vm_start": NEVER,
     "encryption:vm_stop": When("force", "yes"),  # a forced stop is a force off
     "encryption:unseal": ALWAYS,

@@ -8,7 +8,14 @@ both owned by the portal's user, and written atomically (temp file, fsync, renam
 of the directory). Files with another mode or owner are refused, not repaired.
 
 KEK providers (one per store, chosen per host by settings.ENCRYPTION_KEK_PROVIDER):
-- `file`: a random 256-bit master key in `<dir>/kek/v<N>.kek` (automatic unlock on boot).
+- `file`: a random 256-bit master key per version in its own directory, apart from the
+  keys it wraps (settings.ENCRYPTION_KEK_FILE_DIR, by default /etc/hypervisor-portal/kek,
+  outside the state directory; a KEK directory inside the key directory is refused).
+  Automatic unlock on boot; it protects the keys only as far as that directory is kept
+  apart (other disk, other backups) from the key files.
+- `tpm2`: the same kind of random master key, sealed to the host's TPM 2.0 (tpm2-tools,
+  settings.ENCRYPTION_TPM2_TCTI). Only the sealed blobs lie in the KEK directory; only this
+  host's TPM unseals them, for each use, and the KEK is never written anywhere.
 - `passphrase`: Argon2id of an admin's passphrase. The store stays sealed until an admin
   unseals it; the derived KEK is then kept in the runtime directory (a tmpfs such as /run,
   0400) where the workers read it, and a reboot or `seal()` removes it.
@@ -24,6 +31,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import secrets
 import stat
@@ -41,11 +49,14 @@ from apps.core.errors import InvalidInput, NotFound
 
 from .errors import KeyFileRejected, StoreSealed
 
+log = logging.getLogger(__name__)
+
 DISK_KEY_BYTES = 64
 KEK_BYTES = 32
 NONCE_BYTES = 12
 FORMAT = 1
 _CHECK_PLAINTEXT = b"hypervisor-portal key store check"
+RESTORE_HINT = "Restore it from escrow: the disk's page, or `vm_encryption restore-key VM --escrow FILE`."
 
 
 # ------------------------------------------------------------------ atomic files
@@ -186,25 +197,101 @@ class _LocalAesKek(KekProvider):
 
 
 class FileKek(_LocalAesKek):
-    """A random master key file per version: the store opens by itself after a reboot."""
+    """A random master key file per version, in the KEK directory (apart from the key
+    files): the store opens by itself after a reboot."""
 
     name = "file"
 
     def _path(self, version: int) -> Path:
+        return self.store.require_kek_dir() / f"{self.store.store_id}-v{version}.kek"
+
+    def _legacy_path(self, version: int) -> Path:
+        """Where stores made before the KEK was kept apart held it: beside the keys."""
         return self.store.directory / "kek" / f"v{version}.kek"
 
+    def _adopt_legacy(self, version: int) -> None:
+        """Move a KEK left beside the keys (older stores) into the KEK directory."""
+        legacy, path = self._legacy_path(version), self._path(version)
+        if path.exists() or not legacy.exists():
+            return
+        write_private_file(path, read_private_file(legacy, "master key file"))
+        _remove(legacy)
+        try:
+            legacy.parent.rmdir()
+        except OSError:
+            pass
+        log.warning("moved KEK version %s of the key store out of the key directory into %s", version, path.parent)
+
     def create(self, version: int, **kwargs) -> None:
+        self._adopt_legacy(version)
         path = self._path(version)
         if not path.exists():
             write_private_file(path, secrets.token_bytes(KEK_BYTES))
 
     def retire(self, version: int) -> None:
         _remove(self._path(version))
+        _remove(self._legacy_path(version))
 
     def _kek(self, version: int) -> bytes:
+        self._adopt_legacy(version)
         kek = read_private_file(self._path(version), "master key file")
         if len(kek) != KEK_BYTES:
             raise KeyFileRejected(f"The master key file v{version} has the wrong length; refusing to use it.")
+        return kek
+
+
+class Tpm2Kek(_LocalAesKek):
+    """A random master key per version, sealed to the host's TPM 2.0: automatic unlock on
+    boot, and a copy of the disks, the key store and the KEK directory opens nothing
+    without this TPM."""
+
+    name = "tpm2"
+
+    def _blobs(self, version: int) -> tuple[Path, Path]:
+        base = self.store.require_kek_dir() / f"{self.store.store_id}-v{version}.tpm2"
+        return base.with_suffix(".tpm2pub"), base.with_suffix(".tpm2priv")
+
+    def _tcti(self) -> str:
+        tcti = self.store.tpm2.get("tcti")
+        if not tcti:
+            raise StoreSealed("No TPM is configured for the tpm2 KEK provider (ENCRYPTION_TPM2_TCTI).")
+        return tcti
+
+    def _lock(self) -> Path:
+        return self.store.require_kek_dir() / ".tpm2.lock"
+
+    def sealed(self, version: int) -> bool:
+        return not all(p.exists() for p in self._blobs(version))
+
+    def create(self, version: int, **kwargs) -> None:
+        from .gateways import tpm2
+
+        pub, priv = self._blobs(version)
+        if pub.exists() and priv.exists():
+            return
+        kek = secrets.token_bytes(KEK_BYTES)
+        public, private = tpm2.seal(self._tcti(), kek.hex(), lock_file=self._lock())
+        if tpm2.unseal(self._tcti(), public, private, lock_file=self._lock()).strip() != kek.hex():
+            raise KeyFileRejected("The TPM did not give back the KEK it sealed; the key store was not changed.")
+        write_private_file(priv, private, replace=True)
+        write_private_file(pub, public, replace=True)
+
+    def retire(self, version: int) -> None:
+        for path in self._blobs(version):
+            _remove(path)
+
+    def _kek(self, version: int) -> bytes:
+        from .gateways import tpm2
+
+        pub, priv = self._blobs(version)
+        public = read_private_file(pub, "sealed KEK")
+        private = read_private_file(priv, "sealed KEK")
+        try:
+            kek = bytes.fromhex(tpm2.unseal(self._tcti(), public, private, lock_file=self._lock()).strip())
+        except ValueError:
+            raise KeyFileRejected(f"The TPM-sealed KEK v{version} is not a key; refusing to use it.") from None
+        if len(kek) != KEK_BYTES:
+            raise KeyFileRejected(f"The TPM-sealed KEK v{version} has the wrong length; refusing to use it.")
         return kek
 
 
@@ -354,10 +441,23 @@ class Pkcs11Kek(KekProvider):
                 raise InvalidTag() from None
 
 
-PROVIDERS = {p.name: p for p in (FileKek, PassphraseKek, Pkcs11Kek)}
+PROVIDERS = {p.name: p for p in (FileKek, Tpm2Kek, PassphraseKek, Pkcs11Kek)}
 
 
 # ------------------------------------------------------------------ the store
+
+
+def kek_dir_problem(key_dir: Path, kek_dir: Path) -> str:
+    """Why `kek_dir` may not hold the KEK of the keys in `key_dir` ("" when it may): a KEK
+    in the same tree as the keys it wraps is copied, backed up and stolen with them."""
+    keys, kek = os.path.realpath(key_dir), os.path.realpath(kek_dir)
+    if os.path.commonpath([keys, kek]) in (keys, kek):
+        return (
+            f"The KEK directory {kek_dir} lies inside (or holds) the key directory {key_dir}: the key-encryption "
+            "key must be kept apart from the keys it wraps. Set ENCRYPTION_KEK_FILE_DIR to a root-only directory "
+            "outside the key directory (default /etc/hypervisor-portal/kek)."
+        )
+    return ""
 
 
 @dataclass(frozen=True)
@@ -384,15 +484,30 @@ class KeyStore:
         kdf_memory_kib: int = 65536,
         kdf_iterations: int = 3,
         pkcs11: dict | None = None,
+        kek_dir: Path | None = None,
+        tpm2: dict | None = None,
     ):
         if provider not in PROVIDERS:
             raise InvalidInput(f"Unknown KEK provider {provider!r}: choose one of {', '.join(PROVIDERS)}.")
         self.directory = Path(directory)
+        self.kek_dir = Path(kek_dir) if kek_dir else None
+        self.tpm2 = tpm2 or {}
+        if self.kek_dir is not None:
+            problem = kek_dir_problem(self.directory, self.kek_dir)
+            if problem:
+                raise KeyFileRejected(problem)
         self.runtime_dir = Path(runtime_dir) if runtime_dir else self.directory / "run"
         self.provider_name = provider
         self.kdf_memory_kib = kdf_memory_kib
         self.kdf_iterations = kdf_iterations
         self.pkcs11 = pkcs11 or {}
+
+    def require_kek_dir(self) -> Path:
+        if self.kek_dir is None:
+            raise KeyFileRejected(
+                "No KEK directory is configured (ENCRYPTION_KEK_FILE_DIR): the KEK must not lie beside the keys."
+            )
+        return ensure_private_dir(self.kek_dir)
 
     # -- metadata: provider, KEK versions, passphrase salts (nothing secret)
 
@@ -523,12 +638,17 @@ class KeyStore:
         )
 
     def _record(self, key_id: str) -> dict:
-        raw = read_private_file(self._key_path(key_id))
+        try:
+            raw = read_private_file(self._key_path(key_id))
+        except NotFound as exc:
+            raise NotFound(f"{exc.message} {RESTORE_HINT}") from None
         try:
             record = json.loads(raw)
             record["wrapped"], record["created"], int(record["kek_version"])  # noqa: B018
         except (ValueError, KeyError, TypeError):
-            raise KeyFileRejected(f"The key file {key_id} is damaged (not a key record); refusing to use it.") from None
+            raise KeyFileRejected(
+                f"The key file {key_id} is damaged (not a key record); refusing to use it. {RESTORE_HINT}"
+            ) from None
         return record
 
     def get(self, *, key_id: str, vm_uuid: str, volume: str) -> bytes:
@@ -545,7 +665,7 @@ class KeyStore:
         except (InvalidTag, ValueError):
             raise KeyFileRejected(
                 f"The key file {key_id} does not decrypt for this disk: it was altered or belongs to another "
-                "VM or volume. Refusing to use it; restore it from escrow."
+                f"VM or volume. Refusing to use it. {RESTORE_HINT}"
             ) from None
         if len(key) != DISK_KEY_BYTES:
             raise KeyFileRejected(f"The key file {key_id} holds a key of the wrong length; refusing to use it.")

@@ -51,3 +51,36 @@ class EncryptedDisk(models.Model):
     @property
     def mapping_name(self) -> str:
         return f"portal-{self.key_id[:12]}"
+
+    @property
+    def is_ready(self) -> bool:
+        return self.state == self.State.READY
+
+    @property
+    def escrow_stale(self) -> bool:
+        """An escrow was exported, but before the key changed: it holds an earlier key."""
+        return bool(self.escrowed_at) and self.escrowed_at < self.key_created_at
+
+    @property
+    def header_backup_stale(self) -> bool:
+        """The last header backup was taken before the key changed."""
+        return bool(self.header_backup_at) and self.header_backup_at < self.key_created_at
+
+
+class HeaderBackup(models.Model):
+    """A LUKS header backup file of a disk, with the key it was taken under. A header
+    backup keeps every key slot it had: after a key change, an older backup still opens
+    the disk with the old key (`cryptsetup open --header OLD`), so it is marked stale
+    and offered for destruction."""
+
+    disk = models.ForeignKey(EncryptedDisk, on_delete=models.CASCADE, related_name="header_backups")
+    path = models.CharField(max_length=1024, unique=True)
+    key_id = models.CharField(max_length=32, help_text="the disk's key when the backup was taken")
+    created_at = models.DateTimeField(default=timezone.now)
+    stale = models.BooleanField(default=False, help_text="taken before a key change: still opens with the old key")
+
+    class Meta:
+        ordering = ["disk", "-created_at"]
+
+    def __str__(self):
+        return self.path

@@ -125,6 +125,34 @@ def recovery_test(request, pk: int):
 
 
 @require_POST
+@permission_required("encryption.keys")
+def key_restore(request, pk: int):
+    """Put the disk's key back into the store from an escrow file, then test it."""
+    disk = services.disk_for(request.user, pk)
+    upload = request.FILES.get("escrow")
+    if upload is None or upload.size > MAX_ESCROW_BYTES:
+        raise InvalidInput("Choose the escrow file (a small JSON document) to restore from.")
+    services.disk_key_restore(
+        actor=request.user,
+        disk=disk,
+        escrow=upload.read(),
+        recovery_passphrase=request.POST.get("recovery_passphrase", ""),
+        confirmed=_confirmed(request),
+    )
+    messages.success(request, f"The key of {disk} was restored from escrow; the recovery test passed.")
+    return redirect("encryption:disk", pk=pk)
+
+
+@require_POST
+@permission_required("encryption.change")
+def header_backups_destroy_stale(request, pk: int):
+    disk = services.disk_for(request.user, pk)
+    destroyed = services.header_backups_destroy_stale(actor=request.user, disk=disk, confirmed=_confirmed(request))
+    messages.success(request, f"Destroyed {len(destroyed)} stale header backup(s) of {disk}.")
+    return redirect("encryption:disk", pk=pk)
+
+
+@require_POST
 @permission_required("vms.operate")
 def vm_start(request, host: str, name: str):
     vm = vm_for(request.user, host, name)

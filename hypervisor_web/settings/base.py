@@ -162,7 +162,12 @@ ENCRYPTION_KEY_DIR = Path(env("ENCRYPTION_KEY_DIR", str(VAR_DIR / "keys")))
 # Where an unsealed passphrase KEK is kept while the store is open: must be a tmpfs (RAM),
 # so a reboot seals the store again.
 ENCRYPTION_RUNTIME_DIR = Path(env("ENCRYPTION_RUNTIME_DIR", "/run/hypervisor-portal"))
-ENCRYPTION_KEK_PROVIDER = env("ENCRYPTION_KEK_PROVIDER", "file")  # file | passphrase | pkcs11
+ENCRYPTION_KEK_PROVIDER = env("ENCRYPTION_KEK_PROVIDER", "file")  # file | tpm2 | passphrase | pkcs11
+# The `file` KEK (and the `tpm2` sealed KEK blobs) live apart from the keys they wrap: a
+# root-only directory outside the state directory. Inside ENCRYPTION_KEY_DIR is refused.
+ENCRYPTION_KEK_FILE_DIR = Path(env("ENCRYPTION_KEK_FILE_DIR", "/etc/hypervisor-portal/kek"))
+# The TPM 2.0 of the `tpm2` provider, as a tpm2-tools TCTI (tests: "swtpm:host=127.0.0.1,port=N")
+ENCRYPTION_TPM2_TCTI = env("ENCRYPTION_TPM2_TCTI", "device:/dev/tpmrm0")
 ENCRYPTION_PKCS11_LIBRARY = env("ENCRYPTION_PKCS11_LIBRARY", "/usr/lib/softhsm/libsofthsm2.so")
 ENCRYPTION_PKCS11_TOKEN = env("ENCRYPTION_PKCS11_TOKEN", "portal-kek")
 ENCRYPTION_PKCS11_PIN = env("ENCRYPTION_PKCS11_PIN", "")  # use ENCRYPTION_PKCS11_PIN_FILE

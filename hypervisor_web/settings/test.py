@@ -43,6 +43,7 @@ IMAGE_DIR = IMAGE_DIR / f"test-{TEST_RUN}"  # noqa: F405
 # pytest process and the Celery worker it starts share these directories.
 ENCRYPTION_KEY_DIR = VAR_DIR / "test-encryption" / TEST_RUN / "keys"  # noqa: F405
 ENCRYPTION_RUNTIME_DIR = VAR_DIR / "test-encryption" / TEST_RUN / "run"  # noqa: F405
+ENCRYPTION_KEK_FILE_DIR = VAR_DIR / "test-encryption" / TEST_RUN / "kek"  # noqa: F405  (apart from keys/)
 ENCRYPTION_HEADER_BACKUP_DIR = VAR_DIR / "test-encryption" / TEST_RUN / "headers"  # noqa: F405
 ENCRYPTION_ALLOW_WEAK_PBKDF = True  # only here: apps/encryption/checks.py refuses it elsewhere
 ENCRYPTION_PBKDF_MEMORY_KIB = 32768

@@ -50,6 +50,8 @@ EXPECTED = {
     "encryption:header_backup": ("encryption.change", "POST"),
     "encryption:escrow_export": ("encryption.keys", "POST"),
     "encryption:recovery_test": ("encryption.keys", "POST"),
+    "encryption:key_restore": ("encryption.keys", "POST"),
+    "encryption:destroy_stale": ("encryption.change", "POST"),
     "encryption:vm_start": ("vms.operate", "POST"),
     "encryption:vm_stop": ("vms.operate", "POST"),
     "encryption:unseal": ("encryption.keys", "POST"),

@@ -13,6 +13,12 @@ from .disks import (  # noqa: F401
     disks_list,
     keys_due,
 )
-from .recovery import disk_escrow_export, disk_recovery_test  # noqa: F401
+from .headers import header_backups_destroy_stale  # noqa: F401
+from .recovery import (  # noqa: F401
+    disk_escrow_export,
+    disk_key_restore,
+    disk_recovery_test,
+    store_restore_from_escrow,
+)
 from .store import StoreStatus, kek_rotate, store_initialize, store_seal, store_status, store_unseal  # noqa: F401
 from .unlock import disks_lock, disks_unlock, lock_hook, unlock_hook, vm_start_unlocked, vm_stop_locked  # noqa: F401

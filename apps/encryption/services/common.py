@@ -36,6 +36,8 @@ def get_store() -> KeyStore:
             "token": settings.ENCRYPTION_PKCS11_TOKEN,
             "pin": settings.ENCRYPTION_PKCS11_PIN,
         },
+        kek_dir=settings.ENCRYPTION_KEK_FILE_DIR,
+        tpm2={"tcti": settings.ENCRYPTION_TPM2_TCTI},
     )
 
 

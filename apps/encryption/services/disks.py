@@ -23,7 +23,7 @@ from ..gateways import cryptsetup as cs
 from ..gateways import files
 from ..gateways import libvirt_luks as lv
 from ..keystore import ensure_private_dir
-from ..models import EncryptedDisk
+from ..models import EncryptedDisk, HeaderBackup
 from .common import (
     LUKS2_HEADER_BYTES,
     MAX_SIZE_GIB,
@@ -412,9 +412,12 @@ def _complete_change(
         lv.secret_set_value(disk.host.uri, disk.secret_uuid, new_key.hex().encode())
     old_key_id = disk.key_id
     with transaction.atomic():
+        # escrowed_at is kept: an escrow older than key_created_at is named stale
         EncryptedDisk.objects.filter(pk=disk.pk).update(
-            key_id=disk.pending_key_id, pending_key_id="", key_created_at=timezone.now(), escrowed_at=None
+            key_id=disk.pending_key_id, pending_key_id="", key_created_at=timezone.now()
         )
+        # older header backups still hold the old key's slot: stale until destroyed
+        HeaderBackup.objects.filter(disk=disk).exclude(key_id=disk.pending_key_id).update(stale=True)
     store.delete(old_key_id)
     disk.key_id, disk.pending_key_id = disk.pending_key_id, ""
 
@@ -451,6 +454,7 @@ def _header_backup(disk: EncryptedDisk) -> str:
     stamp = timezone.now().strftime("%Y%m%dT%H%M%S%f")
     destination = os.path.join(str(directory), f"{disk.vm.name}-{disk.volume}-{stamp}.luksheader")
     cs.header_backup(disk.path, destination)
+    HeaderBackup.objects.create(disk=disk, path=destination, key_id=disk.key_id)
     return destination
 
 
@@ -496,13 +500,44 @@ class DiskRow:
     def rotation_due(self) -> bool:
         return key_rotation_due(self.disk)
 
+    @property
+    def stale_header_backups(self) -> list[HeaderBackup]:
+        return [b for b in self.disk.header_backups.all() if b.stale]
+
+    @property
+    def reminders(self) -> list[str]:
+        """What the disk's keys need, for list-encrypted, key-reminders and the pages. A disk
+        that is not ready (creating, encrypting, failed) gets none: it has no key to keep."""
+        disk, needs = self.disk, []
+        if not disk.is_ready:
+            return needs
+        if self.rotation_due:
+            needs.append(f"key is {self.key_age_days} days old: change-passphrase")
+        if disk.escrow_stale:
+            needs.append("escrow predates the last key change (it holds the old key): escrow-export again")
+        elif not disk.escrowed_at:
+            needs.append("no escrow: escrow-export")
+        if disk.header_backup_stale:
+            needs.append("header backup predates the last key change: header-backup again")
+        elif not disk.header_backup_at:
+            needs.append("no header backup: header-backup")
+        stale = self.stale_header_backups
+        if stale:
+            count = len(stale)
+            needs.append(f"stale header backups still open the disk with the old key ({count}): destroy-stale-headers")
+        return needs
+
 
 def disks_list(*, actor, host=None) -> list[DiskRow]:
     """Every encrypted disk the actor may see, with what its LUKS header says."""
     authorize(actor, "encryption.view", anywhere=True, action="encryption.disk.list")
     from apps.accounts.permissions import scope_filter
 
-    qs = EncryptedDisk.objects.select_related("vm", "host").order_by("host__name", "vm__name", "target")
+    qs = (
+        EncryptedDisk.objects.select_related("vm", "host")
+        .prefetch_related("header_backups")
+        .order_by("host__name", "vm__name", "target")
+    )
     if host is not None:
         qs = qs.filter(host=host)
     if actor is not None:
@@ -526,9 +561,8 @@ def disk_get(*, actor, pk: int) -> EncryptedDisk:
         raise
 
 
-def keys_due(*, actor) -> list[DiskRow]:
-    """Disks whose key is older than settings.ENCRYPTION_KEY_MAX_AGE_DAYS, or whose escrow or
-    header backup is missing: the reminders list-encrypted and the pages show."""
-    return [
-        r for r in disks_list(actor=actor) if r.rotation_due or not r.disk.escrowed_at or not r.disk.header_backup_at
-    ]
+def keys_due(*, actor, host=None) -> list[DiskRow]:
+    """Ready disks whose key is older than settings.ENCRYPTION_KEY_MAX_AGE_DAYS, whose escrow or
+    header backup is missing or predates the last key change, or that keep stale header
+    backups: the reminders list-encrypted and the pages show (DiskRow.reminders)."""
+    return [r for r in disks_list(actor=actor, host=host) if r.reminders]

@@ -44,20 +44,45 @@ class StoreStatus:
     kek_version: int
     kek_versions: tuple[int, ...]
     keys: int
+    kek_dir: str = ""
 
     @property
     def rotating(self) -> bool:
         return len(self.kek_versions) > 1
+
+    @property
+    def protection(self) -> str:
+        """What protects the disk keys today, in words for the Encryption page."""
+        return {
+            "file": f"a master key file in {self.kek_dir}, apart from the key files but on this host and readable "
+            "by its root: anyone with root on the host, or with both directories, can unwrap every disk key.",
+            "passphrase": "a key derived from an admin's passphrase; the store stays sealed after every reboot "
+            "until an admin unseals it.",
+            "pkcs11": "a non-extractable key inside a PKCS#11 token (HSM); the key never leaves the token.",
+            "tpm2": f"a master key sealed to this host's TPM 2.0 (sealed blobs in {self.kek_dir}); only this "
+            "host's TPM unseals it, so a copy of the disks and the key store opens nothing elsewhere.",
+        }.get(self.provider, self.provider)
+
+    @property
+    def recommended(self) -> bool:
+        """The seed recommends an HSM or a TPM, off the key files' host and disks."""
+        return self.provider in ("pkcs11", "tpm2")
 
 
 def store_status(*, actor) -> StoreStatus:
     authorize(actor, "encryption.view", anywhere=True, action="encryption.store.view")
     store = get_store()
     if not store.initialized():
-        return StoreStatus(store.provider_name, False, store.sealed(), 0, (), 0)
+        return StoreStatus(store.provider_name, False, store.sealed(), 0, (), 0, str(store.kek_dir or ""))
     meta = store.meta()
     return StoreStatus(
-        meta["provider"], True, store.sealed(), int(meta["current"]), tuple(meta["versions"]), len(store.key_ids())
+        meta["provider"],
+        True,
+        store.sealed(),
+        int(meta["current"]),
+        tuple(meta["versions"]),
+        len(store.key_ids()),
+        str(store.kek_dir or ""),
     )
 
 

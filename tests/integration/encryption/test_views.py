@@ -152,3 +152,14 @@ def test_a_passphrase_store_is_unsealed_and_rotated_from_the_page(client, admin,
     store.seal()
     store.unseal(b"a second passphrase")
     assert store.get(key_id=key_id, vm_uuid="00000000-0000-0000-0000-000000000001", volume="/p/x.img") == b"k" * 64
+
+
+def test_the_page_says_what_protects_the_keys_and_what_the_baseline_recommends(client, operator, settings):
+    client.force_login(operator)
+    html = client.get(reverse("encryption:index")).content.decode()
+    protection = re.search(r'data-testid="key-protection">([^<]*)<', html).group(1)
+    assert str(settings.ENCRYPTION_KEK_FILE_DIR) in protection and "apart from the key files" in protection
+    recommendation = re.search(r'data-testid="kek-recommendation">(.*?)</p>', html, re.S).group(1)
+    assert "HSM" in recommendation and "TPM" in recommendation and "off the host" in recommendation
+    kek_files = list(settings.ENCRYPTION_KEK_FILE_DIR.glob("*.kek"))
+    assert kek_files and not list(settings.ENCRYPTION_KEY_DIR.rglob("*.kek"))

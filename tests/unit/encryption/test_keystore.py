@@ -19,9 +19,13 @@ VM_A, VM_B = str(uuid.uuid4()), str(uuid.uuid4())
 
 @pytest.fixture
 def store(tmp_path):
-    s = KeyStore(tmp_path / "keys", provider="file", **CHEAP)
+    s = KeyStore(tmp_path / "keys", provider="file", kek_dir=tmp_path / "kek", **CHEAP)
     s.initialize()
     return s
+
+
+def _kek_file(store, version=1):
+    return store.kek_dir / f"{store.store_id}-v{version}.kek"
 
 
 def _put(store, vm=VM_A, volume="/pool/a.img"):
@@ -44,9 +48,9 @@ def test_keys_round_trip_and_are_stored_encrypted_with_private_modes(store):
     raw = path.read_bytes()
     assert key not in raw and key.hex().encode() not in raw
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o400
-    for directory in (store.directory, store.directory / "disks", store.directory / "kek"):
+    for directory in (store.directory, store.directory / "disks", store.kek_dir):
         assert stat.S_IMODE(os.stat(directory).st_mode) == 0o700
-    assert stat.S_IMODE(os.stat(store.directory / "kek" / "v1.kek").st_mode) == 0o400
+    assert stat.S_IMODE(os.stat(_kek_file(store)).st_mode) == 0o400
     assert not [p for p in (store.directory / "disks").iterdir() if p.name.endswith(".tmp")]
 
 
@@ -101,15 +105,47 @@ def test_wrong_modes_and_symlinks_are_refused(store, tmp_path):
     with pytest.raises(KeyFileRejected, match="0755"):
         store.get(key_id=key_id, vm_uuid=VM_A, volume="/pool/a.img")
     os.chmod(store.directory / "disks", 0o700)
-    os.chmod(store.directory / "kek" / "v1.kek", 0o444)
+    os.chmod(_kek_file(store), 0o444)
     with pytest.raises(KeyFileRejected, match="master key file"):
         store.get(key_id=key_id, vm_uuid=VM_A, volume="/pool/a.img")
-    os.chmod(store.directory / "kek" / "v1.kek", 0o400)
+    os.chmod(_kek_file(store), 0o400)
     elsewhere = tmp_path / "elsewhere.key"
     os.rename(path, elsewhere)
     os.symlink(elsewhere, path)
     with pytest.raises(KeyFileRejected, match="not a regular file"):
         store.get(key_id=key_id, vm_uuid=VM_A, volume="/pool/a.img")
+
+
+def test_the_file_kek_lies_apart_from_the_keys_it_wraps(store):
+    """Nothing under the key directory holds the KEK: copying the key directory (a backup,
+    a stolen disk) gives wrapped keys and no way to unwrap them."""
+    _put(store)
+    kek = _kek_file(store).read_bytes()
+    for path in store.directory.rglob("*"):
+        assert path.is_dir() or kek not in path.read_bytes(), path
+    assert not (store.directory / "kek").exists()
+
+
+@pytest.mark.parametrize("where", ["keys/kek", "keys", "."])
+def test_a_kek_directory_inside_or_around_the_key_directory_is_refused(tmp_path, where):
+    with pytest.raises(KeyFileRejected, match="kept apart"):
+        KeyStore(tmp_path / "keys", provider="file", kek_dir=tmp_path / where, **CHEAP)
+
+
+def test_a_file_store_without_a_kek_directory_is_refused(tmp_path):
+    with pytest.raises(KeyFileRejected, match="ENCRYPTION_KEK_FILE_DIR"):
+        KeyStore(tmp_path / "keys", provider="file", **CHEAP).initialize()
+
+
+def test_a_kek_left_beside_the_keys_by_an_older_store_is_moved_apart(store):
+    """Stores made before the KEK was kept apart had it in <keys>/kek/v1.kek."""
+    key_id, key = _put(store)
+    legacy = store.directory / "kek" / "v1.kek"
+    legacy.parent.mkdir(mode=0o700)
+    os.rename(_kek_file(store), legacy)
+    assert store.get(key_id=key_id, vm_uuid=VM_A, volume="/pool/a.img") == key
+    assert not legacy.exists() and not legacy.parent.exists()
+    assert stat.S_IMODE(os.stat(_kek_file(store)).st_mode) == 0o400
 
 
 def test_existing_key_files_are_never_overwritten(store):
@@ -138,7 +174,7 @@ def test_file_kek_rotation_rewraps_every_key_and_retires_the_old_kek(store):
     for key_id, _ in keys[1:]:
         store.rewrap(key_id)
     assert store.rotation_finish() == [1]
-    assert not (store.directory / "kek" / "v1.kek").exists()
+    assert not _kek_file(store, 1).exists() and _kek_file(store, 2).exists()
     for i, (key_id, key) in enumerate(keys):
         assert store.get(key_id=key_id, vm_uuid=VM_A, volume=f"/pool/{i}.img") == key
         assert store.describe(key_id).kek_version == 2

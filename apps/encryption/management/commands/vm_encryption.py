@@ -8,18 +8,24 @@
     header-backup VM [--disk vdb]
     escrow-export VM --output FILE [--disk vdb] [--passphrase-file F]
     recovery-test VM --escrow FILE [--disk vdb] [--passphrase-file F]
+    restore-key VM --escrow FILE [--disk vdb] [--passphrase-file F]
+    restore-store ESCROW_FILE... [--passphrase-file F]
+    destroy-stale-headers VM [--disk vdb]
     status | init | unseal | seal | rotate-kek
     start VM | stop VM [--force]
 
 Jobs are queued for the workers and followed until they end (--no-wait returns at once).
-Destructive actions (encrypt-existing, change-passphrase, seal, rotate-kek) ask for a
-confirmation on the terminal, or need --yes; without a terminal and --yes they are refused.
+Destructive actions (encrypt-existing, change-passphrase, restore-key,
+destroy-stale-headers, seal, rotate-kek) ask for a confirmation on the terminal, or need
+--yes; without a terminal and --yes they are refused. The common options (--as, --host,
+--no-wait, --yes, --timeout) go before or after the action.
 Passphrases come from a prompt (getpass) or --passphrase-file, never from argv. The actor
 is the system unless --as USER, whose roles are then checked like in the portal.
 """
 
 from __future__ import annotations
 
+import argparse
 import getpass
 import os
 import sys
@@ -40,12 +46,26 @@ from apps.vms.services import vm_for_actor
 class Command(BaseCommand):
     help = "Encrypted VM disks: create, encrypt in place, change keys, list, back up, escrow, recover."
 
+    @staticmethod
+    def _common_options(parser, *, top: bool) -> None:
+        """The options every action takes: on the command (with their defaults) and again on
+        each action (no default, so one given before the action is kept)."""
+
+        def default(value):
+            return value if top else argparse.SUPPRESS
+
+        parser.add_argument(
+            "--as", dest="as_user", default=default(""), help="act as this portal user (default: system)"
+        )
+        parser.add_argument("--host", default=default(""), help=f"host name (default: {settings.DEFAULT_HOST_NAME})")
+        parser.add_argument("--no-wait", action="store_true", default=default(False), help="queue the job and return")
+        parser.add_argument(
+            "--yes", action="store_true", default=default(False), help="confirm a destructive action without asking"
+        )
+        parser.add_argument("--timeout", type=int, default=default(6 * 3600), help="seconds to wait for a job")
+
     def add_arguments(self, parser):
-        parser.add_argument("--as", dest="as_user", default="", help="act as this portal user (default: system)")
-        parser.add_argument("--host", default=settings.DEFAULT_HOST_NAME)
-        parser.add_argument("--no-wait", action="store_true", help="queue the job and return")
-        parser.add_argument("--yes", action="store_true", help="confirm a destructive action without asking")
-        parser.add_argument("--timeout", type=int, default=6 * 3600, help="seconds to wait for a job")
+        self._common_options(parser, top=True)
         sub = parser.add_subparsers(dest="action", required=True)
         p = sub.add_parser("create-encrypted")
         p.add_argument("vm")
@@ -66,11 +86,18 @@ class Command(BaseCommand):
         p.add_argument("--disk", default="")
         p.add_argument("--output", required=True, help="file to write the escrow document to (must not exist)")
         p.add_argument("--passphrase-file", default="")
-        p = sub.add_parser("recovery-test")
+        for name in ("recovery-test", "restore-key"):
+            p = sub.add_parser(name)
+            p.add_argument("vm")
+            p.add_argument("--disk", default="")
+            p.add_argument("--escrow", required=True, help="the escrow document")
+            p.add_argument("--passphrase-file", default="")
+        p = sub.add_parser("restore-store", help="restore the key store's disk keys from their escrow files")
+        p.add_argument("escrow", nargs="+", help="escrow files (one per disk)")
+        p.add_argument("--passphrase-file", default="")
+        p = sub.add_parser("destroy-stale-headers", help="destroy header backups taken before the last key change")
         p.add_argument("vm")
         p.add_argument("--disk", default="")
-        p.add_argument("--escrow", required=True, help="the escrow document")
-        p.add_argument("--passphrase-file", default="")
         sub.add_parser("status")
         for name in ("init", "unseal", "rotate-kek"):
             p = sub.add_parser(name)
@@ -81,6 +108,8 @@ class Command(BaseCommand):
         p = sub.add_parser("stop")
         p.add_argument("vm")
         p.add_argument("--force", action="store_true")
+        for action_parser in sub.choices.values():
+            self._common_options(action_parser, top=False)
 
     # ------------------------------------------------------------ helpers
 
@@ -93,6 +122,7 @@ class Command(BaseCommand):
         return user
 
     def _host(self, name) -> Host:
+        name = name or settings.DEFAULT_HOST_NAME
         host = Host.objects.filter(name=name).first()
         if host is None:
             raise CommandError(f"No host named {name!r} in the portal.")
@@ -112,14 +142,25 @@ class Command(BaseCommand):
     def _passphrase(self, options, prompt, confirm=False) -> str:
         path = options.get("passphrase_file")
         if path:
-            with open(path, encoding="utf-8") as fh:
-                return fh.read().rstrip("\n")
+            return self._read(path, "passphrase file", binary=False).rstrip("\n")
         if not sys.stdin.isatty():
             raise CommandError("No terminal to ask for the passphrase: use --passphrase-file.")
         first = getpass.getpass(prompt)
         if confirm and getpass.getpass("Again: ") != first:
             raise CommandError("The passphrases differ.")
         return first
+
+    @staticmethod
+    def _read(path: str, what: str, *, binary: bool = True):
+        """The file's contents, or a CommandError a person can act on (never a traceback)."""
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read()
+            return data if binary else data.decode("utf-8")
+        except OSError as exc:
+            raise CommandError(f"Cannot read the {what} {path}: {exc.strerror or exc}.") from None
+        except UnicodeDecodeError:
+            raise CommandError(f"The {what} {path} is not UTF-8 text.") from None
 
     def _confirm(self, options, what: str) -> bool:
         """--yes, or a "yes" typed on the terminal; without a terminal, refused (False)."""
@@ -162,13 +203,17 @@ class Command(BaseCommand):
     def _dispatch(self, o):
         actor = self._actor(o["as_user"])
         action = o["action"]
+        host = self._host(o["host"]) if o["host"] else None  # an unknown --host is an error for every action
         if action == "list-encrypted":
-            return self._list(actor)
+            return self._list(actor, host)
         if action == "key-reminders":
-            return self._reminders(actor)
+            return self._reminders(actor, host)
         if action in ("status", "init", "unseal", "seal", "rotate-kek"):
             return self._store(actor, action, o)
-        vm = vm_for_actor(actor, o["host"], o["vm"])  # "not found" outside the scope, as on the pages
+        if action == "restore-store":
+            return self._restore_store(actor, o)
+        host = host or self._host("")
+        vm = vm_for_actor(actor, host.name, o["vm"])  # "not found" outside the scope, as on the pages
         if action == "create-encrypted":
             job = services.disk_create_encrypted(actor=actor, vm=vm, size_gib=o["gib"], pool=o["pool"], kind=o["kind"])
         elif action == "encrypt-existing":
@@ -188,36 +233,40 @@ class Command(BaseCommand):
             return self._escrow_export(actor, vm, o)
         elif action == "recovery-test":
             return self._recovery_test(actor, vm, o)
+        elif action == "restore-key":
+            return self._restore_key(actor, vm, o)
+        elif action == "destroy-stale-headers":
+            disk = self._disk(vm, o["disk"])
+            confirmed = self._confirm(o, f"Destroying the stale header backups of {disk}")
+            destroyed = services.header_backups_destroy_stale(actor=actor, disk=disk, confirmed=confirmed)
+            for path in destroyed:
+                self.stdout.write(f"destroyed {path}")
+            return None
         else:  # pragma: no cover - argparse limits the choices
             raise CommandError(f"unknown action {action}")
         return self._follow(job, o)
 
-    def _list(self, actor):
-        rows = services.disks_list(actor=actor)
-        header = (
-            f"{'VM':<20} {'DISK':<6} {'TYPE':<9} {'CIPHER':<16} {'BITS':>4} {'PBKDF':<9} {'SLOTS':<8} {'AGE':>5}  PATH"
+    def _list(self, actor, host):
+        rows = services.disks_list(actor=actor, host=host)
+        self.stdout.write(
+            f"{'VM':<20} {'DISK':<6} {'TYPE':<9} {'STATE':<10} {'CIPHER':<16} {'BITS':>4} {'PBKDF':<9} {'SLOTS':<8} "
+            f"{'AGE':>5}  PATH"
         )
-        self.stdout.write(header)
         for r in rows:
             i = r.info
             slots = ",".join(str(s) for s in i.slot_numbers) if i else "-"
-            due = " rotate!" if r.rotation_due else ""
+            notes = (" rotate!" if r.rotation_due and r.disk.is_ready else "") + (
+                f"  error: {r.error}" if r.error else ""
+            )
             self.stdout.write(
-                f"{r.disk.vm.name:<20} {r.disk.target:<6} {r.disk.kind:<9} {(i.cipher if i else r.error)[:16]:<16} "
-                f"{(i.key_size if i else 0):>4} {(i.pbkdf if i else '-'):<9} {slots:<8} {r.key_age_days:>4}d  "
-                f"{r.disk.path}{due}"
+                f"{r.disk.vm.name:<20} {r.disk.target:<6} {r.disk.kind:<9} {r.disk.state:<10} "
+                f"{(i.cipher if i else '-')[:16]:<16} {(i.key_size if i else 0):>4} {(i.pbkdf if i else '-'):<9} "
+                f"{slots:<8} {r.key_age_days:>4}d  {r.disk.path}{notes}"
             )
 
-    def _reminders(self, actor):
-        for r in services.keys_due(actor=actor):
-            needs = []
-            if r.rotation_due:
-                needs.append(f"key is {r.key_age_days} days old: change-passphrase")
-            if not r.disk.escrowed_at:
-                needs.append("no escrow: escrow-export")
-            if not r.disk.header_backup_at:
-                needs.append("no header backup: header-backup")
-            self.stdout.write(f"{r.disk.vm.name} {r.disk.target}: {'; '.join(needs)}")
+    def _reminders(self, actor, host):
+        for r in services.keys_due(actor=actor, host=host):
+            self.stdout.write(f"{r.disk.vm.name} {r.disk.target}: {'; '.join(r.reminders)}")
 
     def _store(self, actor, action, o):
         if action == "init":
@@ -257,8 +306,32 @@ class Command(BaseCommand):
 
     def _recovery_test(self, actor, vm, o):
         disk = self._disk(vm, o["disk"])
-        with open(o["escrow"], "rb") as fh:
-            escrow = fh.read()
+        escrow = self._read(o["escrow"], "escrow file")
         passphrase = self._passphrase(o, "Recovery passphrase: ")
         result = services.disk_recovery_test(actor=actor, disk=disk, escrow=escrow, recovery_passphrase=passphrase)
         self.stdout.write(self.style.SUCCESS(f"recovery test of {disk} passed: {result}"))
+        if not result["escrow_current"]:
+            self.stdout.write(self.style.WARNING("this escrow predates the last key change: export a new one"))
+
+    def _restore_store(self, actor, o):
+        escrows = [(path, self._read(path, "escrow file")) for path in o["escrow"]]
+        passphrase = self._passphrase(o, "Recovery passphrase: ")
+        confirmed = self._confirm(o, f"Restoring disk keys from {len(escrows)} escrow file(s)")
+        results = services.store_restore_from_escrow(
+            actor=actor, escrows=escrows, recovery_passphrase=passphrase, confirmed=confirmed
+        )
+        for name, ok, message in results:
+            self.stdout.write(f"{'restored' if ok else 'NOT restored'} {name}: {message}")
+        failed = [name for name, ok, _ in results if not ok]
+        if failed:
+            raise CommandError(f"{len(failed)} of {len(results)} escrow file(s) were not restored.")
+
+    def _restore_key(self, actor, vm, o):
+        disk = self._disk(vm, o["disk"])
+        escrow = self._read(o["escrow"], "escrow file")
+        passphrase = self._passphrase(o, "Recovery passphrase: ")
+        confirmed = self._confirm(o, f"Restoring the key of {disk} from escrow")
+        services.disk_key_restore(
+            actor=actor, disk=disk, escrow=escrow, recovery_passphrase=passphrase, confirmed=confirmed
+        )
+        self.stdout.write(self.style.SUCCESS(f"key of {disk} restored from escrow; recovery test passed"))
