@@ -17,7 +17,7 @@ from apps.encryption.gateways import cryptsetup as cs
 from apps.encryption.gateways import libvirt_luks as lv
 from apps.encryption.models import EncryptedDisk, HeaderBackup
 from apps.encryption.services.common import stored_key
-from tests.conftest import PASSWORD
+from tests.conftest import PASSWORD, reauthenticate
 
 from .conftest import run_job
 
@@ -103,6 +103,8 @@ def test_stale_header_backups_show_on_the_disk_page_and_are_destroyed_there(clie
     index = client.get(reverse("encryption:index")).content.decode()
     assert "stale header backups still open the disk with the old key (1)" in index
     url = reverse("encryption:destroy_stale", args=[disk.pk])
+    assert client.post(url, {"confirm": "yes"}).status_code == 302 and os.path.exists(backup.path)  # no re-auth yet
+    reauthenticate(client)
     assert client.post(url, {}).status_code == 400 and os.path.exists(backup.path)  # unconfirmed
     refused = AuditEvent.objects.filter(action="encryption.disk.header_backup_destroy").latest("id")
     assert refused.outcome == "failed" and "confirmation" in refused.error
