@@ -593,6 +593,18 @@ class DiskRow:
     def rotation_due(self) -> bool:
         return key_rotation_due(self.disk)
 
+    @property
+    def resume_hint(self) -> str:
+        """What to do about an in-place encryption that stopped (failed or killed) mid-way."""
+        if self.disk.state != EncryptedDisk.State.FAILED:
+            return ""
+        jobs_of_vm = Job.objects.filter(
+            kind="encryption.disk.encrypt", target_type="virtualmachine", target_id=str(self.disk.vm_id)
+        )
+        if not any(str(j.params.get("disk_id")) == str(self.disk.pk) for j in jobs_of_vm.only("params")):
+            return ""
+        return f"The in-place encryption of this disk stopped before the end. {RESUME_HINT}"
+
 
 def disks_list(*, actor, host=None) -> list[DiskRow]:
     """Every encrypted disk the actor may see, with what its LUKS header says."""

@@ -8,6 +8,7 @@ import os
 import subprocess
 
 import pytest
+from django.urls import reverse
 
 from apps.audit.models import AuditEvent
 from apps.core.errors import Conflict, InvalidInput
@@ -123,7 +124,7 @@ def test_a_qcow2_disk_becomes_an_encrypted_raw_disk_with_its_data_and_size(
 
 
 def test_a_failed_verification_keeps_the_qcow2_image_and_asking_again_converts_it(
-    shut_vm, qcow2_disk, operator, libvirt_uri, tmp_path, monkeypatch
+    shut_vm, qcow2_disk, operator, libvirt_uri, tmp_path, monkeypatch, client
 ):
     path = qcow2_disk()
     before = _file_sha256(path)
@@ -134,6 +135,9 @@ def test_a_failed_verification_keeps_the_qcow2_image_and_asking_again_converts_i
     assert _file_sha256(path) == before and not cs.is_luks(path)  # the original, untouched
     assert _format_in_definition(libvirt_uri, shut_vm, path) == "qcow2"
     assert [n for n in os.listdir(os.path.dirname(path)) if n.startswith(os.path.basename(path) + ".")] == []
+    client.force_login(operator)  # the disk's page says how to go on
+    page = client.get(reverse("encryption:disk", args=[job.params["disk_id"]])).content.decode()
+    assert "stopped before the end" in page and RESUME_HINT in page
     monkeypatch.undo()
     job = run_job(services.disk_encrypt_existing(actor=operator, vm=shut_vm, path=path, confirmed=True))
     assert job.state == Job.State.SUCCEEDED, job.error
@@ -181,3 +185,15 @@ def test_backing_chains_and_snapshots_are_refused_and_nothing_changes(shut_vm, q
     assert _file_sha256(plain) == sums[plain]
     for p in sums:
         assert not cs.is_luks(p) and _format_in_definition(libvirt_uri, shut_vm, p) == "qcow2"
+
+
+def test_the_space_check_counts_the_raw_copy_of_a_qcow2_image(shut_vm, qcow2_disk, operator, monkeypatch):
+    """The raw copy (the full virtual size) is written beside the qcow2 image before the
+    header's 32 MiB and the saved head: room for the header alone is not enough."""
+    from apps.encryption.gateways import files
+
+    path = qcow2_disk()
+    monkeypatch.setattr(files, "free_bytes", lambda directory: VIRTUAL + 2 * cs.ENCRYPT_RESERVE_BYTES - MIB)
+    with pytest.raises(InvalidInput, match=r"Too little space .* needs 128 MiB free"):
+        services.disk_encrypt_existing(actor=operator, vm=shut_vm, path=path, confirmed=True)
+    assert not EncryptedDisk.objects.exists() and not cs.is_luks(path) and _outcomes() == ["failed"]
