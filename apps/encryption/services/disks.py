@@ -406,7 +406,7 @@ def _qcow2_to_raw(disk: EncryptedDisk, virtual_size: int, progress: jobs.Progres
     if fmt == "qcow2" and not swapped:
         timeout = settings.ENCRYPTION_COMMAND_TIMEOUT
         files.remove(part)  # a copy from an earlier, interrupted attempt: start it over
-        if qemu_img.info(disk.path, "qcow2").virtual_size != virtual_size:
+        if _check_image(disk.vm, disk.path, disk.path, "qcow2") != virtual_size:  # snapshots taken since?
             raise Conflict(f"{disk.path} changed size since the request; nothing was done.")
         progress(4, "copying the qcow2 image to a raw image beside it (qemu-img convert)")
         with jobs.heartbeat(job):
