@@ -40,16 +40,19 @@ Progress = Callable[[int, str], None]
 Handler = Callable[[Job, Progress], dict | None]
 _HANDLERS: dict[str, Handler] = {}
 _LONG_KINDS: set[str] = set()
+_LOST_HINTS: dict[str, str] = {}
 SYSTEM_ACTOR = "system"
 
 
-def handler(kind: str, *, long: bool = False):
+def handler(kind: str, *, long: bool = False, lost_hint: str = ""):
     """Register the function that does the work of jobs of this kind. long=True: the job may
     block for hours (it must keep its heartbeat with `heartbeat`) and runs in the task with
-    the long time limits."""
+    the long time limits. `lost_hint` tells the operator what to do when the job's worker
+    was lost (e.g. how to resume); it ends the job's error."""
 
     def register(fn: Handler) -> Handler:
         _HANDLERS[kind] = fn
+        _LOST_HINTS[kind] = lost_hint
         if long:
             _LONG_KINDS.add(kind)
         else:
@@ -212,6 +215,8 @@ def job_fail_lost(job: Job, reason: str) -> None:
         locked = Job.objects.select_for_update().get(pk=job.pk)
         if locked.finished:
             return
+        if _LOST_HINTS.get(locked.kind):
+            reason = f"{reason} {_LOST_HINTS[locked.kind]}"
         locked.log = [*locked.log, {"at": timezone.now().isoformat(timespec="seconds"), "msg": reason}]
         _finish(locked, Job.State.FAILED, error=reason)
 

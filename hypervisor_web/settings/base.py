@@ -207,6 +207,10 @@ CELERY_TASK_DEFAULT_QUEUE = env("CELERY_QUEUE", "portal")
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 JOB_STALE_SECONDS = env_int("JOB_STALE_SECONDS", 1800)
 COLLECTOR_INTERVAL = env_int("COLLECTOR_INTERVAL", 30)  # seconds between bulk reads of each host
+# A command past its timeout (or whose job hit its soft time limit) gets SIGTERM, and SIGKILL
+# only this many seconds later: cryptsetup finishes the block it is writing and checkpoints.
+# Keep it under the 300 s between a long job's soft and hard time limits.
+COMMAND_KILL_GRACE = env_int("COMMAND_KILL_GRACE", 60)
 CELERY_BEAT_SCHEDULE = {
     "jobs-reap-stale": {"task": "apps.core.tasks.jobs_reap_stale", "schedule": 60.0},
 }

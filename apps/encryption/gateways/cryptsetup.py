@@ -21,6 +21,7 @@ CRYPTSETUP = "cryptsetup"
 WRONG_KEY_STATUS = 2  # cryptsetup's exit status for "No key available with this passphrase"
 # in-place encryption moves the data to make room for the header: the image grows by this
 ENCRYPT_RESERVE_BYTES = 32 << 20
+NEEDS_REPAIR = "requires reencryption recovery"  # cryptsetup: "... Run repair first."
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,8 @@ class LuksInfo:
     sector_size: int
     slots: tuple[KeySlot, ...] = field(default_factory=tuple)
     reencrypt_pending: bool = False
+    # killed while writing a block ("in-reencryption" segment): `cryptsetup repair` first
+    reencrypt_crashed: bool = False
 
     @property
     def pbkdf(self) -> str:
@@ -221,19 +224,31 @@ def reencrypt_encrypt(path: str, key: bytes, params: LuksParams, *, timeout: flo
 
 
 def reencrypt_resume(path: str, key: bytes, *, timeout: float, workdir: str) -> None:
-    """Finish an interrupted re-encryption from where its header says it stopped."""
+    """Finish an interrupted re-encryption from where its header says it stopped. A run
+    killed while it wrote a block leaves a header that needs `cryptsetup repair` first
+    ("Device requires reencryption recovery"): repaired here, then resumed."""
+    argv = ["reencrypt", "-q", "--resume-only", "--force-offline-reencrypt", "--key-file", "-", path]
     with _workdir(workdir) as cwd:
-        result = _run(
-            ["reencrypt", "-q", "--resume-only", "--force-offline-reencrypt", "--key-file", "-", path],
-            key=key,
-            timeout=timeout,
-            check=False,
-            cwd=cwd,
-        )
+        result = _run(argv, key=key, timeout=timeout, check=False, cwd=cwd)
+        if result.returncode != 0 and NEEDS_REPAIR in result.stderr:
+            reencrypt_repair(path, key, timeout=timeout)
+            result = _run(argv, key=key, timeout=timeout, check=False, cwd=cwd)
     if result.returncode == WRONG_KEY_STATUS:
         raise InvalidInput(f"The stored key does not open {path}; the re-encryption cannot resume.")
     if result.returncode != 0:
         raise GatewayError(f"cryptsetup could not resume the re-encryption of {path}: {_last_line(result.stderr)}")
+
+
+def reencrypt_repair(path: str, key: bytes, *, timeout: float) -> None:
+    """Recover the header of a re-encryption killed mid-block (it replays the block from the
+    checkpoint in the header); the key, on stdin, unlocks the volume key for that."""
+    result = _run(["repair", "-q", "--key-file", "-", path], key=key, timeout=timeout, check=False)
+    if result.returncode == WRONG_KEY_STATUS:
+        raise InvalidInput(f"The stored key does not open {path}; its interrupted re-encryption cannot be repaired.")
+    if result.returncode != 0:
+        raise GatewayError(
+            f"cryptsetup could not repair the interrupted re-encryption of {path}: {_last_line(result.stderr)}"
+        )
 
 
 def dump(path: str) -> LuksInfo:
@@ -275,6 +290,7 @@ def _parse_luks2(meta: dict, text: str) -> LuksInfo:
         sector_size=int(crypt.get("sector_size", 512) or 512),
         slots=tuple(slots),
         reencrypt_pending=any("reencrypt" in r for r in requirements),
+        reencrypt_crashed=any("in-reencryption" in s.get("flags", []) for s in segments.values()),
     )
 
 

@@ -15,6 +15,29 @@ def free_bytes(directory: str) -> int:
     return st.f_bavail * st.f_frsize
 
 
+def allocated_bytes(path: str) -> int:
+    """Bytes the file really occupies (a sparse image less than its size)."""
+    return os.stat(path).st_blocks * 512
+
+
+def fsync(path: str) -> None:
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
+
+
+def rename(source: str, destination: str) -> None:
+    """Atomic rename within one directory, flushed to disk (the directory entry too)."""
+    os.rename(source, destination)
+    _fsync_dir(os.path.dirname(destination))
+
+
+def copy_owner_and_mode(source: str, destination: str) -> None:
+    """Give `destination` the owner, group and mode of `source` (a copy replacing it)."""
+    st = os.stat(source)
+    os.chown(destination, st.st_uid, st.st_gid)
+    os.chmod(destination, st.st_mode & 0o7777)
+
+
 def grow(path: str, size: int) -> None:
     """Extend the image to `size` bytes (sparse zeros at the end) and flush it."""
     with open(path, "r+b") as fh:
@@ -43,7 +66,11 @@ def copy_head(path: str, destination: str, nbytes: int) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    dir_fd = os.open(os.path.dirname(destination) or ".", os.O_RDONLY | os.O_DIRECTORY)
+    _fsync_dir(os.path.dirname(destination))
+
+
+def _fsync_dir(directory: str) -> None:
+    dir_fd = os.open(directory or ".", os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(dir_fd)
     finally:

@@ -218,6 +218,23 @@ def set_disk_source(uri: str, name: str, target: str, source: str, *, block: boo
     call(uri, name, _set)
 
 
+def set_disk_format(uri: str, name: str, target: str, fmt: str) -> None:
+    """Set the driver type (image format) of the VM's persistent disk `target`."""
+
+    def _set(conn):
+        dom = conn.lookupByName(name)
+        disk = _disk_element(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE), target)
+        if disk is None:
+            raise NotFound(f"{name} has no disk {target}.")
+        driver = disk.find("driver")
+        if driver is None:
+            driver = ET.SubElement(disk, "driver", name="qemu")
+        driver.set("type", fmt)
+        dom.updateDeviceFlags(_xml(disk), libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+
+    call(uri, name, _set)
+
+
 # ---------------------------------------------------------------- pools
 
 

@@ -5,6 +5,7 @@ the disk's key from the key store itself: no key is ever in a job's params."""
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 
@@ -15,6 +16,7 @@ from django.utils import timezone
 from apps.core import jobs
 from apps.core.errors import Conflict, InvalidInput, NotFound, PortalError
 from apps.core.gateways import libvirt_gw as gw
+from apps.core.gateways import qemu_img
 from apps.core.models import Job
 from apps.core.validators import validate_name
 from apps.vms.models import VirtualMachine
@@ -40,7 +42,9 @@ from .common import (
     stored_key,
 )
 
+log = logging.getLogger(__name__)
 GIB = 1 << 30
+RESUME_HINT = "Re-run encrypt-existing to resume: the disk records how far it got."
 
 
 def _parse_gib(value) -> int:
@@ -193,17 +197,23 @@ def disk_encrypt_existing(*, actor, vm: VirtualMachine, path: str, confirmed: bo
         state = gw.domain_state(vm.host.uri, vm.name)
         if state != "shut off":
             raise Conflict(f"{vm.name} is {state}: shut it off before encrypting its disk in place.")
-        if not os.path.isfile(real):
-            raise InvalidInput(f"{path} is not a regular file.")
         unfinished = EncryptedDisk.objects.filter(
             host=vm.host, path=real, state__in=[EncryptedDisk.State.ENCRYPTING, EncryptedDisk.State.FAILED]
         ).first()
         if unfinished is not None:
             return _encrypt_resume(actor, vm, unfinished, params)
+        if not os.path.isfile(real):
+            raise InvalidInput(f"{path} is not a regular file.")
         if EncryptedDisk.objects.filter(host=vm.host, path=real).exists() or cs.is_luks(real):
             raise Conflict(f"{path} is already a LUKS device.")
-        size = os.path.getsize(real)
-        need = cs.ENCRYPT_RESERVE_BYTES * 2  # the image grows by 32 MiB; 32 MiB more for the head backup
+        fmt = disks[real]["format"] or "raw"
+        params["format"] = fmt
+        size = _check_image(vm, path, real, fmt)
+        # the image grows by 32 MiB and its head is saved (32 MiB); encryption writes every
+        # block, so a sparse image fills up; a qcow2 image is first copied to raw beside it
+        need = size + cs.ENCRYPT_RESERVE_BYTES * 2
+        if fmt == "raw":
+            need -= min(files.allocated_bytes(real), size)
         if files.free_bytes(os.path.dirname(real)) < need:
             raise InvalidInput(
                 f"Too little space next to {path}: in-place encryption needs {need >> 20} MiB free in pool {info.name}."
@@ -230,11 +240,41 @@ def disk_encrypt_existing(*, actor, vm: VirtualMachine, path: str, confirmed: bo
                 kind=action,
                 target=vm,
                 host=vm.host,
-                params={**params, "disk_id": disk.pk, "original_size": size},
+                params={**params, "disk_id": disk.pk, "original_size": size},  # raw size
             )
     except PortalError as exc:
         fail(actor=actor, action=action, target=vm, params=params, error=exc.message)
         raise
+
+
+def _check_image(vm: VirtualMachine, path: str, real: str, fmt: str) -> int:
+    """The size of the raw disk the image becomes, or the reason it cannot be encrypted in
+    place: a format other than raw or qcow2, a backing chain, snapshots (internal, or
+    libvirt's of the VM) that would point at a disk that no longer exists."""
+    if fmt not in qemu_img.FORMATS:
+        raise InvalidInput(f"{path} is a {fmt} image; in-place encryption takes raw or qcow2 images only.")
+    snapshots = [s.name for s in gw.list_snapshots(vm.host.uri, vm.name)]
+    if snapshots:
+        raise Conflict(
+            f"{vm.name} has {len(snapshots)} snapshot(s) ({', '.join(snapshots[:5])}) that refer to its disks as "
+            "they are; they would not survive the encryption. Delete them first."
+        )
+    if fmt == "raw":
+        return os.path.getsize(real)
+    image = qemu_img.info(real, fmt)
+    if image.backing_file:
+        raise InvalidInput(
+            f"{path} is a qcow2 overlay of {image.backing_file}: part of its data lives in that backing image, "
+            "which would stay unencrypted. Flatten it first (qemu-img rebase -b '' on the shut-off image)."
+        )
+    if image.snapshots:
+        raise InvalidInput(
+            f"{path} holds {len(image.snapshots)} internal snapshot(s) ({', '.join(image.snapshots[:5])}); "
+            "an encrypted raw disk cannot keep them. Delete them first (qemu-img snapshot -d)."
+        )
+    if image.encrypted or image.data_file:
+        raise InvalidInput(f"{path} is an encrypted qcow2 image or keeps its data in another file; left as it is.")
+    return image.virtual_size
 
 
 def _encrypt_resume(actor, vm: VirtualMachine, disk: EncryptedDisk, params: dict) -> Job:
@@ -282,15 +322,19 @@ def _head_backup_path(disk: EncryptedDisk) -> str:
     return os.path.join(str(settings.ENCRYPTION_HEADER_BACKUP_DIR), f"{disk.key_id}.plain-head")
 
 
-@jobs.handler("encryption.disk.encrypt", long=True)
+@jobs.handler("encryption.disk.encrypt", long=True, lost_hint=RESUME_HINT)
 def _run_disk_encrypt(job: Job, progress: jobs.Progress) -> dict:
     disk = EncryptedDisk.objects.select_related("vm", "host").get(pk=job.params["disk_id"])
     authorize(job_actor(job), "encryption.change", disk.vm, action=job.kind)
     try:
         return _disk_encrypt(disk, int(job.params["original_size"]), progress, job)
-    except Exception:
+    except PortalError as exc:
         _mark_failed(disk)  # the header knows how far it got: asking again resumes
-        raise
+        raise type(exc)(f"{exc.message} {RESUME_HINT}") from exc
+    except Exception as exc:  # e.g. the job's soft time limit: cryptsetup was stopped with SIGTERM
+        _mark_failed(disk)
+        log.exception("encryption of %s stopped", disk.path)
+        raise PortalError(f"The encryption of {disk.path} stopped ({type(exc).__name__}). {RESUME_HINT}") from exc
 
 
 def _disk_encrypt(disk: EncryptedDisk, original: int, progress: jobs.Progress, job: Job) -> dict:
@@ -302,6 +346,7 @@ def _disk_encrypt(disk: EncryptedDisk, original: int, progress: jobs.Progress, j
     key = ensure_stored_key(store, disk)
     timeout = settings.ENCRYPTION_COMMAND_TIMEOUT
     head = _head_backup_path(disk)
+    _qcow2_to_raw(disk, original, progress, job)
     if not cs.is_luks(disk.path):
         size = os.path.getsize(disk.path)
         if size not in (original, original + cs.ENCRYPT_RESERVE_BYTES):
@@ -316,9 +361,12 @@ def _disk_encrypt(disk: EncryptedDisk, original: int, progress: jobs.Progress, j
         progress(20, "encrypting in place (cryptsetup reencrypt --encrypt)")
         with jobs.heartbeat(job):  # hours in one call: keep the job from looking lost
             cs.reencrypt_encrypt(disk.path, key, luks_params(), timeout=timeout, workdir=_workdir())
-    elif cs.dump(disk.path).reencrypt_pending:
-        progress(20, "resuming the interrupted encryption from its header")
+    elif (info := cs.dump(disk.path)).reencrypt_pending:
         with jobs.heartbeat(job):
+            if info.reencrypt_crashed:  # killed mid-block: cryptsetup refuses to resume before a repair
+                progress(18, "repairing the header of the interrupted encryption (cryptsetup repair)")
+                cs.reencrypt_repair(disk.path, key, timeout=timeout)
+            progress(20, "resuming the interrupted encryption from its header")
             cs.reencrypt_resume(disk.path, key, timeout=timeout, workdir=_workdir())
     else:
         progress(80, "the disk is already encrypted")
@@ -332,6 +380,55 @@ def _disk_encrypt(disk: EncryptedDisk, original: int, progress: jobs.Progress, j
         state=EncryptedDisk.State.READY, key_created_at=timezone.now(), header_backup_at=timezone.now()
     )
     return {"disk_id": disk.pk, "path": disk.path, "header_backup": backup}
+
+
+def _disk_format(disk: EncryptedDisk) -> str:
+    for d in lv.domain_disks(disk.host.uri, disk.vm.name):
+        if d["target"] == disk.target:
+            return d["format"] or "raw"
+    raise Conflict(f"{disk.vm.name} no longer has the disk {disk.target}; nothing was done.")
+
+
+def _qcow2_to_raw(disk: EncryptedDisk, virtual_size: int, progress: jobs.Progress, job: Job) -> None:
+    """Turn the VM's qcow2 image into a raw one of the same virtual size, which is what gets
+    encrypted (a qcow2 inside a fixed LUKS payload could not grow). Safe at every step: the
+    raw copy is written beside the image and compared with it, then swapped in by renames,
+    and the VM's definition says raw only once the raw image is in place. Re-run after a
+    crash: a copy never swapped in is made again; a swap stopped between its two renames is
+    undone first; a finished swap only has its definition and leftovers settled."""
+    fmt = _disk_format(disk)
+    original = f"{disk.path}.qcow2-{disk.key_id}"  # the qcow2 image, between the swap and the new definition
+    part = f"{disk.path}.raw-{disk.key_id}.part"
+    if os.path.exists(original) and not os.path.exists(disk.path):
+        progress(3, "undoing a swap that stopped half-way: the qcow2 image goes back in place")
+        files.rename(original, disk.path)
+    swapped = os.path.exists(original)
+    if fmt == "qcow2" and not swapped:
+        timeout = settings.ENCRYPTION_COMMAND_TIMEOUT
+        files.remove(part)  # a copy from an earlier, interrupted attempt: start it over
+        if _check_image(disk.vm, disk.path, disk.path, "qcow2") != virtual_size:  # snapshots taken since?
+            raise Conflict(f"{disk.path} changed size since the request; nothing was done.")
+        progress(4, "copying the qcow2 image to a raw image beside it (qemu-img convert)")
+        with jobs.heartbeat(job):
+            qemu_img.convert_to_raw(disk.path, "qcow2", part, timeout=timeout)
+            progress(7, "comparing the raw copy with the qcow2 image (qemu-img compare)")
+            same = qemu_img.info(part, "raw").virtual_size == virtual_size and qemu_img.identical(
+                disk.path, "qcow2", part, "raw", timeout=timeout
+            )
+        if not same:
+            files.remove(part)
+            raise Conflict(f"The raw copy of {disk.path} did not read the same as the image; the image was kept.")
+        files.copy_owner_and_mode(disk.path, part)
+        files.fsync(part)
+        progress(8, "swapping the raw image in")
+        files.rename(disk.path, original)
+        files.rename(part, disk.path)
+        swapped = True
+    if swapped:
+        progress(9, f"the VM's disk {disk.target} is now a raw image")
+        lv.set_disk_format(disk.host.uri, disk.vm.name, disk.target, "raw")
+        files.remove(original)
+        lv.refresh_pool(disk.host.uri, disk.pool)
 
 
 # ---------------------------------------------------------------- change-passphrase
@@ -526,6 +623,18 @@ class DiskRow:
             count = len(stale)
             needs.append(f"stale header backups still open the disk with the old key ({count}): destroy-stale-headers")
         return needs
+
+    @property
+    def resume_hint(self) -> str:
+        """What to do about an in-place encryption that stopped (failed or killed) mid-way."""
+        if self.disk.state != EncryptedDisk.State.FAILED:
+            return ""
+        jobs_of_vm = Job.objects.filter(
+            kind="encryption.disk.encrypt", target_type="virtualmachine", target_id=str(self.disk.vm_id)
+        )
+        if not any(str(j.params.get("disk_id")) == str(self.disk.pk) for j in jobs_of_vm.only("params")):
+            return ""
+        return f"The in-place encryption of this disk stopped before the end. {RESUME_HINT}"
 
 
 def disks_list(*, actor, host=None) -> list[DiskRow]:
