@@ -6,4 +6,10 @@ class StorageConfig(AppConfig):
     label = "storage"
 
     def ready(self):
+        from apps.vms import collector
+
         from . import services  # noqa: F401  (registers the job handlers)
+        from .services.collect import storage_collect
+
+        if storage_collect not in collector.AFTER_COLLECT:
+            collector.AFTER_COLLECT.append(storage_collect)

@@ -175,3 +175,64 @@ class StorageAlert(models.Model):
 
     def scope_path(self):
         return self.vm.scope_path() if self.vm_id else (self.host_id, None, None)
+
+
+class PoolState(models.Model):
+    """A storage pool as the state collector last read it: the pages read this, not libvirt.
+    `provisioned`, `volume_allocation` and `volume_count` are its volumes' sums."""
+
+    host = models.ForeignKey(Host, on_delete=models.CASCADE, related_name="pool_states")
+    name = models.CharField(max_length=255)
+    uuid = models.CharField(max_length=36, blank=True)
+    active = models.BooleanField(default=True)
+    path = models.CharField(max_length=1024, blank=True)
+    capacity = models.PositiveBigIntegerField(default=0)
+    allocation = models.PositiveBigIntegerField(default=0)
+    available = models.PositiveBigIntegerField(default=0)
+    provisioned = models.PositiveBigIntegerField(default=0)
+    volume_allocation = models.PositiveBigIntegerField(default=0)
+    volume_count = models.PositiveIntegerField(default=0)
+    collected_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["host__name", "name"]
+        constraints = [models.UniqueConstraint(fields=["host", "name"], name="pool_state_unique_name")]
+
+    def __str__(self):
+        return f"{self.host.name}/{self.name}"
+
+
+class VolumeState(models.Model):
+    """A volume as the state collector last read it, with the VM whose disk it is (if any)."""
+
+    host = models.ForeignKey(Host, on_delete=models.CASCADE, related_name="volume_states")
+    pool = models.CharField(max_length=255)
+    name = models.CharField(max_length=255)
+    path = models.CharField(max_length=1024)
+    capacity = models.PositiveBigIntegerField(default=0)
+    allocation = models.PositiveBigIntegerField(default=0)
+    vm = models.ForeignKey(VirtualMachine, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+
+    class Meta:
+        ordering = ["pool", "name"]
+        constraints = [models.UniqueConstraint(fields=["host", "path"], name="volume_state_unique_path")]
+        indexes = [models.Index(fields=["host", "pool", "name"], name="volume_state_pool_name")]
+
+    def __str__(self):
+        return f"{self.pool}/{self.name}"
+
+
+class VmDiskState(models.Model):
+    """A VM's disks as storage measures them (every file of each disk's chain), as the state
+    collector last read them: provisioned = the sizes the guest sees, allocation = the bytes
+    the files take, snapshots included."""
+
+    vm = models.OneToOneField(VirtualMachine, on_delete=models.CASCADE, related_name="disk_state")
+    state = models.CharField(max_length=20, blank=True)
+    provisioned = models.PositiveBigIntegerField(default=0)
+    allocation = models.PositiveBigIntegerField(default=0)
+    disk_count = models.PositiveIntegerField(default=0)
+    collected_at = models.DateTimeField()
+
+    def __str__(self):
+        return f"disks of {self.vm_id}"

@@ -1,10 +1,13 @@
-"""Reads for the storage pages: one bulk libvirt read per host, scoped to what the user
-may see, joined with quotas, limits, alerts and usage history."""
+"""Reads for the storage pages, scoped to what the user may see, joined with quotas, limits,
+alerts and usage history. Lists read the database only (the state collector's PoolState,
+VolumeState and VmDiskState rows, apps/storage/services/collect.py); a VM's own storage page
+reads its one VM live."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from django.core.paginator import Page, Paginator
 from django.utils import timezone
 
 from apps.accounts.permissions import has_perm, require, scope_filter
@@ -14,7 +17,7 @@ from apps.core.models import Host
 from apps.core.validators import validate_name
 from apps.vms.models import VirtualMachine
 
-from .models import PoolLimit, StorageAlert, VmQuota
+from .models import PoolLimit, PoolState, StorageAlert, VmDiskState, VmQuota, VolumeState
 from .services import defaults_get, effective_pool_limit, effective_quota, trend
 from .services.common import EffectivePoolLimit, EffectiveQuota
 from .services.samples import pool_samples, vm_samples
@@ -27,16 +30,16 @@ def _pct(part: int, whole: int) -> int:
 @dataclass(frozen=True)
 class PoolRow:
     host: Host
-    info: gw.PoolInfo
+    info: PoolState
     limit: EffectivePoolLimit
 
     @property
     def provisioned(self) -> int:
-        return sum(v.capacity for v in self.info.volumes)
+        return self.info.provisioned
 
     @property
     def volume_allocation(self) -> int:
-        return sum(v.allocation for v in self.info.volumes)
+        return self.info.volume_allocation
 
     @property
     def overcommit(self) -> float:
@@ -66,7 +69,7 @@ class PoolRow:
 @dataclass(frozen=True)
 class VmUsageRow:
     vm: VirtualMachine
-    disks: gw.DomainDisks
+    disks: VmDiskState
     quota: EffectiveQuota
     alert: StorageAlert | None = None
 
@@ -92,42 +95,46 @@ class HostStorage:
 
 
 def _visible_vms(user, host: Host):
-    qs = VirtualMachine.objects.filter(host=host, present=True).select_related("storage_quota", "host")
+    qs = VirtualMachine.objects.filter(host=host, present=True).select_related("storage_quota", "host", "disk_state")
     allowed = scope_filter(user, "storage.view") if user is not None else None
     return qs if allowed is None else qs.filter(allowed)
 
 
+def _stale_note(host: Host) -> str:
+    if host.unreachable_since:
+        when = timezone.localtime(host.unreachable_since).strftime("%Y-%m-%d %H:%M:%S")
+        return f"Host unreachable since {when}: {host.collect_error} (figures below are the last read)."
+    if host.collected_at is None:
+        return "Not read yet: the state collector has not read this host."
+    return ""
+
+
 def overview_for(user) -> list[HostStorage]:
-    """Pools and VM quotas of every host the user may see (user None: the system, all)."""
+    """Pools and VM quotas of every host the user may see (user None: the system, all), from
+    the database: a constant number of queries per host, no libvirt call."""
     if user is not None:
         require(user, "storage.view", anywhere=True, action="storage.pools.view")
     defaults = defaults_get()
     result = []
     for host in Host.objects.all():
-        vms = {str(vm.uuid): vm for vm in _visible_vms(user, host)}
+        vms = [vm for vm in _visible_vms(user, host).order_by("name")]
         show_pools = user is None or has_perm(user, "storage.view", host)
         if not vms and not show_pools:
             continue
-        entry = HostStorage(host)
-        try:
-            snap = gw.storage_snapshot(host.uri)
-        except Exception as exc:  # one unreachable host must not hide the others
-            entry.error = getattr(exc, "message", str(exc))
-            result.append(entry)
-            continue
+        entry = HostStorage(host, error=_stale_note(host))
         if show_pools:
             limits = {pl.pool: pl for pl in PoolLimit.objects.filter(host=host)}
-            entry.pools = [PoolRow(host, p, effective_pool_limit(limits.get(p.name), defaults)) for p in snap.pools]
+            entry.pools = [PoolRow(host, p, effective_pool_limit(limits.get(p.name), defaults))
+                           for p in PoolState.objects.filter(host=host).order_by("name")]  # fmt: skip
         alerts = {
             a.vm_id: a
             for a in StorageAlert.objects.filter(host=host, state="open", vm__isnull=False).select_related("vm")
         }
-        for dom in snap.domains:
-            vm = vms.get(dom.uuid)
-            if vm is not None:
+        for vm in vms:
+            disks = getattr(vm, "disk_state", None)
+            if disks is not None:
                 quota = effective_quota(getattr(vm, "storage_quota", None), defaults)
-                entry.vms.append(VmUsageRow(vm, dom, quota, alerts.get(vm.pk)))
-        entry.vms.sort(key=lambda r: r.vm.name)
+                entry.vms.append(VmUsageRow(vm, disks, quota, alerts.get(vm.pk)))
         result.append(entry)
     return result
 
@@ -185,35 +192,39 @@ def vm_storage(user, vm: VirtualMachine) -> VmStorage:
     )
 
 
+VOLUMES_PER_PAGE = 100
+
+
 @dataclass(frozen=True)
 class PoolDetail:
     row: PoolRow
-    users: dict  # volume path -> VM name
+    volumes: Page  # VolumeState rows, each with its VM (if any)
     limit_row: PoolLimit | None
     trend: object
     alerts: list
+    stale: str = ""
 
 
-def pool_detail(user, host_name: str, pool: str) -> PoolDetail:
+def pool_detail(user, host_name: str, pool: str, page_number=None) -> PoolDetail:
     validate_name(host_name, "host name")
     validate_name(pool, "pool name")
     host = Host.objects.filter(name=host_name).first()
     if host is None or not has_perm(user, "storage.view", host):
         raise NotFound(f"No host named {host_name!r} that you can see.")
     require(user, "storage.view", host, action="storage.pool.view")
-    snap = gw.storage_snapshot(host.uri)
-    info = next((p for p in snap.pools if p.name == pool), None)
+    info = PoolState.objects.filter(host=host, name=pool).first()
     if info is None:
         raise NotFound(f"Host {host_name} has no storage pool named {pool!r}.")
     limit_row = PoolLimit.objects.filter(host=host, pool=pool).first()
-    users = {d.path: dom.name for dom in snap.domains for d in dom.disks}
+    volumes = VolumeState.objects.filter(host=host, pool=pool).select_related("vm").order_by("name")
     now = timezone.now()
     return PoolDetail(
         row=PoolRow(host, info, effective_pool_limit(limit_row, defaults_get())),
-        users=users,
+        volumes=Paginator(volumes, VOLUMES_PER_PAGE).get_page(page_number),
         limit_row=limit_row,
         trend=trend(pool_samples(host, pool, now=now), now=now),
         alerts=list(StorageAlert.objects.filter(host=host, pool=pool, vm__isnull=True)[:10]),
+        stale=_stale_note(host),
     )
 
 

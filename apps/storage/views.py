@@ -55,8 +55,8 @@ def pool_list(request):
 
 @permission_required("storage.view")
 def pool_detail(request, host: str, pool: str):
-    detail = selectors.pool_detail(request.user, host, pool)
-    return render_page(request, "storage/pool.html", {"d": detail}, partial="usage")
+    detail = selectors.pool_detail(request.user, host, pool, request.GET.get("page"))
+    return render_page(request, "storage/pool.html", {"d": detail, "page": detail.volumes}, partial="usage")
 
 
 @require_POST
@@ -70,7 +70,8 @@ def pool_limits(request, host: str, pool: str):
         target = ("pool", f"{host_obj.name}/{pool}", pool)
         _refused(request, form, perm="storage.settings", obj=host_obj, action="storage.pool.limit", target=target)
         detail = selectors.pool_detail(request.user, host, pool)
-        return render_page(request, "storage/pool.html", {"d": detail, "limit_form": form}, status=400)
+        context = {"d": detail, "page": detail.volumes, "limit_form": form}
+        return render_page(request, "storage/pool.html", context, status=400)
     services.pool_limit_set(
         actor=request.user,
         host=host_obj,

@@ -38,6 +38,10 @@ log = logging.getLogger(__name__)
 
 COALESCE = 0.05  # seconds to gather a burst of events before applying them
 
+# hook(host): run after every bulk read of a host, by the apps that keep state of their own
+# from the same read cycle (storage registers its pools, volumes and VM disk totals)
+AFTER_COLLECT: list = []
+
 
 def _audit_found_and_gone(host: Host, found, gone) -> None:
     for vm in found:
@@ -63,6 +67,8 @@ def host_collect(host: Host) -> bool:
     when it cannot be read."""
     try:
         result = inventory_sync(host)
+        for hook in AFTER_COLLECT:
+            hook(host)
     except PortalError as exc:
         host_mark_unreachable(host, exc.message)
         return False

@@ -11,8 +11,8 @@ from playwright.sync_api import expect
 from apps.audit.models import AuditEvent
 from apps.storage.models import StorageAlert
 from apps.storage.services import storage_check
+from apps.vms.collector import host_collect
 from apps.vms.models import VirtualMachine
-from apps.vms.services import inventory_sync
 from tests.integration.storage.conftest import disk_path, write_data
 
 from .conftest import check_phone_layout, login
@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.libvirt]
 
 def test_operator_sets_a_quota_watches_usage_and_acknowledges_the_alert(live_server, operator, host, make_domain, page):
     name = make_domain(running=False, disk_gib=0.25)  # a hard limit of 0.25 GiB must hold its disk
-    inventory_sync(host)
+    host_collect(host)  # the state collector's read: what the pages show
     vm = VirtualMachine.objects.select_related("host").get(host=host, name=name)
     login(page, live_server, operator.username)
 
@@ -68,7 +68,7 @@ def test_bad_input_shows_field_errors_in_place_and_expand_sets_the_size(
     live_server, operator, host, make_domain, page, browser_problems
 ):
     name = make_domain(running=False)
-    inventory_sync(host)
+    host_collect(host)  # the state collector's read: what the pages show
     login(page, live_server, operator.username)
     page.goto(f"/storage/vms/{host.name}/{name}/")
 

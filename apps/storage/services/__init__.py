@@ -2,6 +2,7 @@
 Views, the `storage_quota` command and Celery tasks all call these."""
 
 from .alerts import alert_acknowledge, alert_badge_count, alerts_visible_to, notify
+from .collect import storage_collect
 from .common import (
     defaults_get,
     effective_pool_limit,
@@ -30,6 +31,7 @@ __all__ = [
     "alert_acknowledge",
     "alert_badge_count",
     "alerts_visible_to",
+    "storage_collect",
     "defaults_get",
     "defaults_update",
     "effective_pool_limit",

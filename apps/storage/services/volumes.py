@@ -15,6 +15,7 @@ from apps.core.validators import validate_name
 from apps.vms.models import VirtualMachine
 
 from ..models import BreachAction, PoolLimit, StorageAlert
+from .collect import storage_collect
 from .common import (
     MIB,
     authorize,
@@ -142,6 +143,7 @@ def _run_volume_create(job: Job, progress: jobs.Progress) -> dict:
             progress(50, f"{name} already exists")  # re-delivered job
         progress(70, f"attaching {name} to {vm.name}")
         target = gw.attach_disk(uri, vm.name, vol.path)
+    storage_collect(vm.host)  # the pages show the change at once
     return {"volume": name, "pool": pool, "target": target, "capacity": vol.capacity}
 
 
@@ -184,6 +186,7 @@ def _run_volume_resize(job: Job, progress: jobs.Progress) -> dict:
         vol = _volume_of(vm, disk)
         if vol.capacity >= size:
             progress(90, f"{disk.target} is already {fmt_bytes(vol.capacity)}")  # re-delivered job
+            storage_collect(vm.host)  # the pages show the change at once
             return {"target": disk.target, "capacity": vol.capacity, "live": False}
         growth_check(vm, disks, gw.get_pool(uri, vol.pool), size - vol.capacity)
         live = disks.state in ("running", "paused")
@@ -192,6 +195,7 @@ def _run_volume_resize(job: Job, progress: jobs.Progress) -> dict:
             gw.block_resize(uri, vm.name, path, size)
         else:
             gw.resize_volume(uri, path, size)
+    storage_collect(vm.host)  # the pages show the change at once
     return {"target": disk.target, "capacity": size, "live": live}
 
 
@@ -227,4 +231,5 @@ def _run_volume_delete(job: Job, progress: jobs.Progress) -> dict:
     if gw.find_volume(uri, pool, name) is not None:
         progress(60, f"deleting {name} from {pool}")
         gw.delete_volume(uri, pool, name)
+    storage_collect(vm.host)  # the pages show the change at once
     return {"volume": name, "pool": pool}

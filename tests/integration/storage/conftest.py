@@ -15,8 +15,8 @@ import pytest
 
 from apps.core import runner
 from apps.core.gateways import libvirt_gw as gw
+from apps.vms.collector import host_collect
 from apps.vms.models import VirtualMachine
-from apps.vms.services import inventory_sync
 
 MIB = 1 << 20
 
@@ -25,7 +25,7 @@ MIB = 1 << 20
 def off_vm(host, make_domain):
     """A shut-off VM (its disk can be written with qemu-io), synced into the portal."""
     name = make_domain(running=False)
-    inventory_sync(host)
+    host_collect(host)  # the state collector's read: what the pages show
     return VirtualMachine.objects.select_related("host").get(host=host, name=name)
 
 
@@ -33,7 +33,7 @@ def off_vm(host, make_domain):
 def small_vm(host, make_domain):
     """A shut-off VM with one 256 MiB disk (a quota of 0.25 GiB fits it exactly)."""
     name = make_domain(running=False, disk_gib=0.25)
-    inventory_sync(host)
+    host_collect(host)  # the state collector's read: what the pages show
     return VirtualMachine.objects.select_related("host").get(host=host, name=name)
 
 

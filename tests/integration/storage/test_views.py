@@ -128,11 +128,11 @@ def test_defaults_are_for_admins(client, admin, operator, host):
 
 def test_a_vm_scoped_operator_sees_and_changes_only_that_vm(client, make_user, host, make_domain):
     from apps.accounts.models import Role
+    from apps.vms.collector import host_collect
     from apps.vms.models import VirtualMachine
-    from apps.vms.services import inventory_sync
 
     mine, other = make_domain(running=False), make_domain(running=False)
-    inventory_sync(host)
+    host_collect(host)  # the state collector's read: what the pages show
     mine_vm = VirtualMachine.objects.select_related("host").get(host=host, name=mine)
     other_vm = VirtualMachine.objects.select_related("host").get(host=host, name=other)
     user = make_user(role=Role.OPERATOR, scope="vm", vm=mine_vm)

@@ -135,6 +135,10 @@ class Command(BaseCommand):
         )
 
     def _list(self, actor):
+        from apps.vms.collector import host_collect
+
+        for host in Host.objects.all():  # a command may read libvirt: list what the hosts hold now
+            host_collect(host)
         hosts = selectors.overview_for(actor)
         self.stdout.write(
             f"{'HOST':12} {'VM':24} {'QUOTA':>20} {'ALERT':>5} {'ON BREACH':9} "
