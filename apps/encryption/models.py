@@ -51,3 +51,24 @@ class EncryptedDisk(models.Model):
     @property
     def mapping_name(self) -> str:
         return f"portal-{self.key_id[:12]}"
+
+
+class RetiredKey(models.Model):
+    """The key of a deleted encrypted disk. Its key file stays in the store (wrapped, and
+    re-wrapped by KEK rotations) for a grace period, so a backup of the deleted volume can
+    still be read; then the beat task destroys it (`destroyed_at`). The row is the history."""
+
+    key_id = models.CharField(max_length=32, unique=True)
+    host = models.ForeignKey(Host, on_delete=models.PROTECT, related_name="retired_keys")
+    vm_name = models.CharField(max_length=200)
+    vm_uuid = models.UUIDField()
+    path = models.CharField(max_length=1024, help_text="the deleted volume the key opened")
+    retired_at = models.DateTimeField(default=timezone.now)
+    destroy_after = models.DateTimeField()
+    destroyed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-retired_at"]
+
+    def __str__(self):
+        return f"retired key {self.key_id} of {self.vm_name}:{self.path}"

@@ -205,6 +205,21 @@ def attach_encrypted_disk(uri: str, name: str, disk_xml: str) -> None:
     call(uri, name, lambda conn: conn.lookupByName(name).attachDeviceFlags(disk_xml, libvirt.VIR_DOMAIN_AFFECT_CONFIG))
 
 
+def detach_disk_target(uri: str, name: str, target: str) -> bool:
+    """Remove disk `target` from the VM's persistent definition (whatever its source names:
+    the image or the unlocked mapping). False when the VM has no such disk (already done)."""
+
+    def _detach(conn):
+        dom = conn.lookupByName(name)
+        disk = _disk_element(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE), target)
+        if disk is None:
+            return False
+        dom.detachDeviceFlags(_xml(disk), libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+        return True
+
+    return call(uri, name, _detach)
+
+
 def set_disk_source(uri: str, name: str, target: str, source: str, *, block: bool) -> None:
     """Point the VM's persistent disk `target` at another file or block device."""
 

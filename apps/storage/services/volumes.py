@@ -4,6 +4,7 @@ job is asked for and again when it runs."""
 
 from __future__ import annotations
 
+from django.apps import apps as django_apps
 from django.db import transaction
 from django.db.models import F
 
@@ -195,11 +196,27 @@ def _run_volume_resize(job: Job, progress: jobs.Progress) -> dict:
     return {"target": disk.target, "capacity": size, "live": live}
 
 
+def _encrypted_disk(vm, target: str):
+    """The VM's encrypted disk on `target`, if the encryption app owns one there."""
+    if not django_apps.is_installed("apps.encryption"):
+        return None
+    from apps.encryption.models import EncryptedDisk
+
+    return EncryptedDisk.objects.select_related("vm", "host").filter(vm=vm, target=target).first()
+
+
 def volume_delete(*, actor, vm, target: str, confirmed: bool = False) -> Job:
-    """Detach a disk from a shut-off VM and delete its volume (asks for confirmation)."""
+    """Detach a disk from a shut-off VM and delete its volume (asks for confirmation).
+    An encrypted disk belongs to the encryption app: its own service deletes it (closing
+    it, retiring its key, removing its record)."""
     kind = "storage.volume.delete"
     authorize(actor, "storage.change", vm, action=kind)
     params = {"target": target}
+    encrypted = _encrypted_disk(vm, target)
+    if encrypted is not None:
+        from apps.encryption.services import disk_delete
+
+        return disk_delete(actor=actor, disk=encrypted, confirmed=confirmed)
     try:
         disks = gw.domain_disks(vm.host.uri, vm.name)
         disk = _disk(disks, target)
