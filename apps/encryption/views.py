@@ -40,6 +40,7 @@ def index(request):
         "kinds": services.EncryptedDisk.Kind.choices,
         "max_age_days": settings.ENCRYPTION_KEY_MAX_AGE_DAYS,
         "vms": selectors.vms_for_change(request.user),
+        "luks2": services.luks2_capability(),
     }
     return render_page(request, "encryption/index.html", context, partial="table")
 

@@ -56,6 +56,23 @@ def device_mapper():
     return cs.CryptsetupDeviceMapper()
 
 
+def luks2_capability(host=None) -> cs.MapperCapability:
+    """Whether LUKS2 disks (opened by the host with cryptsetup) can be opened here. cryptsetup
+    runs on the portal's machine, so it is that kernel that is read (the test settings'
+    simulated mapper reads "simulated")."""
+    return device_mapper().capability()
+
+
+def require_luks2_openable(host) -> None:
+    """Refuse a LUKS2 disk on a host that could never open it, before anything is made."""
+    capability = luks2_capability(host)
+    if not capability.available:
+        raise InvalidInput(
+            f"Host {host.name} cannot open LUKS2 disks: {capability.reason}. Every start of the VM would fail. "
+            "Choose the qemu-luks kind instead (QEMU opens the disk itself with a libvirt secret), which works here."
+        )
+
+
 def authorize(actor, perm: str, obj=None, *, action: str, anywhere: bool = False) -> None:
     """The one permission check. actor=None is the system (a management command run by
     root on the host without --as, or a job enqueued by it): it may do everything."""

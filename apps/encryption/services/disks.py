@@ -37,6 +37,7 @@ from .common import (
     luks_params,
     pool_by_name,
     pool_of_path,
+    require_luks2_openable,
     stored_key,
 )
 
@@ -93,6 +94,8 @@ def disk_create_encrypted(*, actor, vm: VirtualMachine, size_gib, pool: str = ""
         if kind not in EncryptedDisk.Kind.values:
             raise InvalidInput(f"Unknown encryption kind {kind!r}: choose luks2 or qemu-luks.")
         gib = _parse_gib(size_gib)
+        if kind == EncryptedDisk.Kind.LUKS2:
+            require_luks2_openable(vm.host)
         pool = pool or _vm_default_pool(vm)
         validate_name(pool, "pool name")
         info = pool_by_name(vm.host, pool)
@@ -184,6 +187,7 @@ def disk_encrypt_existing(*, actor, vm: VirtualMachine, path: str, confirmed: bo
             raise InvalidInput(f"Encrypting a disk of {vm.name} in place needs confirmation.")
         if not path or "\x00" in path:
             raise InvalidInput("Give the path of the disk image to encrypt.")
+        require_luks2_openable(vm.host)
         info = pool_of_path(vm.host, path)
         real = os.path.realpath(path)
         params["path"] = real
