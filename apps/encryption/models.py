@@ -72,3 +72,21 @@ class RetiredKey(models.Model):
 
     def __str__(self):
         return f"retired key {self.key_id} of {self.vm_name}:{self.path}"
+
+
+class UnlockPolicy(models.Model):
+    """How a VM's encrypted disks open at start. No row: automatic.
+    - automatic: with the keys in the portal's key store (the portal, virsh or autostart).
+    - manual: only with a passphrase an admin types at start; it lives in a LUKS key slot
+      of each disk and nowhere in the portal (the store keeps no key of these disks)."""
+
+    class Mode(models.TextChoices):
+        AUTOMATIC = "automatic", "automatic (key store)"
+        MANUAL = "manual", "manual (an admin types the passphrase at start)"
+
+    vm = models.OneToOneField(VirtualMachine, on_delete=models.CASCADE, related_name="unlock_policy")
+    mode = models.CharField(max_length=10, choices=Mode.choices, default=Mode.AUTOMATIC)
+    changed_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self):
+        return f"{self.vm.name}: {self.mode} unlock"

@@ -176,6 +176,9 @@ ENCRYPTION_COMMAND_TIMEOUT = env_int("ENCRYPTION_COMMAND_TIMEOUT", 6 * 3600)
 # "cryptsetup" opens real dm-crypt mappings; "simulated" stands in for the kernel step on
 # hosts without device-mapper (see apps/encryption/gateways/cryptsetup.py).
 ENCRYPTION_DEVICE_MAPPER = env("ENCRYPTION_DEVICE_MAPPER", "cryptsetup")
+# Where the portal registers its VMs with encrypted disks for the libvirt qemu hook (root-only;
+# must match PORTAL_HOOK_REGISTRY in /etc/hypervisor-portal/hook.env, written by setup).
+ENCRYPTION_HOOK_REGISTRY_DIR = Path(env("ENCRYPTION_HOOK_REGISTRY_DIR", "/var/lib/hypervisor-portal/hook-domains"))
 # The key of a deleted encrypted disk is kept (wrapped) this long, then destroyed by beat.
 ENCRYPTION_RETIRED_KEY_GRACE_DAYS = env_int("ENCRYPTION_RETIRED_KEY_GRACE_DAYS", 30)
 

@@ -35,9 +35,11 @@ def _xml(el: ET.Element) -> str:
 
 
 def secret_xml(*, usage_volume: str, description: str) -> str:
-    """A private, ephemeral secret for a LUKS volume: its value is set through the API from
-    the portal's key store before each use, never read back, never kept by libvirt on disk."""
-    secret = ET.Element("secret", ephemeral="yes", private="yes")
+    """A private, persistent secret for a LUKS volume: its value is set through the API from
+    the portal's key store and never read back; libvirt keeps it (root-only, under
+    /etc/libvirt/secrets) so a start outside the portal (virsh, autostart) can open the disk.
+    The libvirt hook still refuses such a start while the portal's store is sealed."""
+    secret = ET.Element("secret", ephemeral="no", private="yes")
     ET.SubElement(secret, "description").text = description
     usage = ET.SubElement(secret, "usage", type="volume")
     ET.SubElement(usage, "volume").text = usage_volume

@@ -14,6 +14,13 @@ from .disks import (  # noqa: F401
     disks_list,
     keys_due,
 )
+from .manual import (  # noqa: F401
+    manual_unlock_vm_ids,
+    unlock_policy_get,
+    vm_passphrase_change,
+    vm_start_manual,
+    vm_unlock_policy_set,
+)
 from .recovery import disk_escrow_export, disk_recovery_test  # noqa: F401
 from .store import StoreStatus, kek_rotate, store_initialize, store_seal, store_status, store_unseal  # noqa: F401
 from .unlock import disks_lock, disks_unlock, lock_hook, unlock_hook, vm_start_unlocked, vm_stop_locked  # noqa: F401

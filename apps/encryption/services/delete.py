@@ -20,7 +20,7 @@ from apps.core.gateways import libvirt_gw as gw
 from apps.core.models import Job
 
 from ..gateways import libvirt_luks as lv
-from ..models import EncryptedDisk, RetiredKey
+from ..models import EncryptedDisk, RetiredKey, UnlockPolicy
 from .common import authorize, device_mapper, fail, get_store, job_actor
 
 BUSY_KINDS = ("encryption.disk.encrypt", "encryption.disk.change_key", "encryption.disk.create")
@@ -74,32 +74,50 @@ def _run_disk_delete(job: Job, progress: jobs.Progress) -> dict:
     if disk.secret_uuid:
         lv.secret_remove(uri, disk.secret_uuid)
     progress(80, "retiring the disk's key")
-    destroy_after = timezone.now() + timedelta(days=settings.ENCRYPTION_RETIRED_KEY_GRACE_DAYS)
     retired = []
     with transaction.atomic():
         for key_id in (disk.key_id, disk.pending_key_id):
             if key_id:
-                RetiredKey.objects.get_or_create(
-                    key_id=key_id,
-                    defaults={
-                        "host": disk.host,
-                        "vm_name": vm.name,
-                        "vm_uuid": disk.vm_uuid,
-                        "path": disk.path,
-                        "destroy_after": destroy_after,
-                    },
-                )
+                retire_key(disk, key_id, actor=actor, job=job)
                 retired.append(key_id)
-                record(
-                    actor=actor,
-                    action="encryption.key.retire",
-                    target=vm,
-                    outcome="success",
-                    params={"key_id": key_id, "volume": disk.path, "destroy_after": destroy_after.isoformat()},
-                    job=job,
-                )
         disk.delete()
+    from .hook import hook_registry_sync
+
+    hook_registry_sync(vm)
     return {"volume": disk.volume, "pool": disk.pool, "retired_keys": retired}
+
+
+def retire_key(disk: EncryptedDisk, key_id: str, *, actor, job=None) -> RetiredKey:
+    """The key no longer opens (or no longer needs to open) the disk: keep it wrapped for
+    the grace period, then the beat task destroys it. Idempotent; audited."""
+    destroy_after = timezone.now() + timedelta(days=settings.ENCRYPTION_RETIRED_KEY_GRACE_DAYS)
+    retired, created = RetiredKey.objects.get_or_create(
+        key_id=key_id,
+        defaults={
+            "host": disk.host,
+            "vm_name": disk.vm.name,
+            "vm_uuid": disk.vm_uuid,
+            "path": disk.path,
+            "destroy_after": destroy_after,
+        },
+    )
+    if created:
+        record(
+            actor=actor,
+            action="encryption.key.retire",
+            target=disk.vm,
+            outcome="success",
+            params={"retired": key_id, "volume": disk.path, "destroy_after": retired.destroy_after.isoformat()},
+            job=job,
+        )
+    return retired
+
+
+def _in_use(key_id: str) -> bool:
+    """A disk still opens with this stored key (a manual-unlock VM's disks do not)."""
+    return (
+        EncryptedDisk.objects.filter(key_id=key_id).exclude(vm__unlock_policy__mode=UnlockPolicy.Mode.MANUAL).exists()
+    )
 
 
 def retired_keys_destroy(*, actor=None, now=None) -> list[str]:
@@ -110,7 +128,7 @@ def retired_keys_destroy(*, actor=None, now=None) -> list[str]:
     store = get_store()
     destroyed = []
     for retired in RetiredKey.objects.select_related("host").filter(destroyed_at=None, destroy_after__lte=now):
-        if EncryptedDisk.objects.filter(key_id=retired.key_id).exists():  # never a key a disk uses
+        if _in_use(retired.key_id):  # never a key a disk opens with
             continue
         target = ("retiredkey", retired.pk, str(retired))
         try:
@@ -124,7 +142,7 @@ def retired_keys_destroy(*, actor=None, now=None) -> list[str]:
             action=action,
             target=target,
             outcome="success",
-            params={"key_id": retired.key_id, "vm": retired.vm_name, "volume": retired.path},
+            params={"retired": retired.key_id, "vm": retired.vm_name, "volume": retired.path},
         )
         destroyed.append(retired.key_id)
     return destroyed
