@@ -17,6 +17,7 @@ from apps.vms.models import VirtualMachine
 from .models import PoolLimit, StorageAlert, VmQuota
 from .services import defaults_get, effective_pool_limit, effective_quota, trend
 from .services.common import EffectivePoolLimit, EffectiveQuota
+from .services.disks import host_snapshot, vm_disks
 from .services.samples import pool_samples, vm_samples
 
 
@@ -110,7 +111,7 @@ def overview_for(user) -> list[HostStorage]:
             continue
         entry = HostStorage(host)
         try:
-            snap = gw.storage_snapshot(host.uri)
+            snap = host_snapshot(host)
         except Exception as exc:  # one unreachable host must not hide the others
             entry.error = getattr(exc, "message", str(exc))
             result.append(entry)
@@ -170,7 +171,7 @@ class VmStorage:
 def vm_storage(user, vm: VirtualMachine) -> VmStorage:
     require(user, "storage.view", vm, action="storage.vm.view")
     uri = vm.host.uri
-    disks = gw.domain_disks(uri, vm.name)
+    disks = vm_disks(vm)
     quota_row = VmQuota.objects.filter(vm=vm).first()
     now = timezone.now()
     return VmStorage(
@@ -201,7 +202,7 @@ def pool_detail(user, host_name: str, pool: str) -> PoolDetail:
     if host is None or not has_perm(user, "storage.view", host):
         raise NotFound(f"No host named {host_name!r} that you can see.")
     require(user, "storage.view", host, action="storage.pool.view")
-    snap = gw.storage_snapshot(host.uri)
+    snap = host_snapshot(host)
     info = next((p for p in snap.pools if p.name == pool), None)
     if info is None:
         raise NotFound(f"Host {host_name} has no storage pool named {pool!r}.")

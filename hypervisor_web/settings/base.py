@@ -242,6 +242,10 @@ CELERY_BEAT_SCHEDULE["encryption-retired-keys-destroy"] = {
     "task": "apps.encryption.tasks.retired_keys_destroy",
     "schedule": 3600.0,
 }
+CELERY_BEAT_SCHEDULE["encryption-definitions-protect"] = {
+    "task": "apps.encryption.tasks.definitions_protect",
+    "schedule": 300.0,
+}
 CELERY_BEAT_SCHEDULE["storage-check"] = {
     "task": "apps.storage.tasks.storage_check",
     "schedule": float(STORAGE_CHECK_INTERVAL),

@@ -2,7 +2,7 @@
 management commands and jobs all call these."""
 
 from ..models import EncryptedDisk  # noqa: F401
-from .common import device_mapper, disk_for, get_store, luks2_capability, luks_params  # noqa: F401
+from .common import container_paths, device_mapper, disk_for, get_store, luks2_capability, luks_params  # noqa: F401
 from .delete import disk_delete, retired_keys_destroy  # noqa: F401
 from .disks import (  # noqa: F401
     DiskRow,

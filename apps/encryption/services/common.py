@@ -73,6 +73,14 @@ def require_luks2_openable(host) -> None:
         )
 
 
+def container_paths(host) -> dict[str, str]:
+    """{unlocked path: LUKS2 container path} of the host's LUKS2 disks: what their VMs'
+    definitions name and what holds their data (storage counts the container)."""
+    dm = device_mapper()
+    disks = EncryptedDisk.objects.filter(host=host, kind=EncryptedDisk.Kind.LUKS2).only("key_id", "path")
+    return {dm.mapping_path(d.mapping_name): d.path for d in disks}
+
+
 def authorize(actor, perm: str, obj=None, *, action: str, anywhere: bool = False) -> None:
     """The one permission check. actor=None is the system (a management command run by
     root on the host without --as, or a job enqueued by it): it may do everything."""

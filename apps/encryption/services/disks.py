@@ -73,11 +73,12 @@ def _space_check(vm: VirtualMachine, pool: lv.PoolTarget, grow: int, allocation:
     """The VM's quota and the pool's limits (the storage app's rule, when installed), then
     the pool's free space: refuse before anything is written."""
     try:
+        from apps.storage.services.disks import vm_disks
         from apps.storage.services.volumes import growth_check
     except ImportError:  # storage quotas not installed: the free-space check below still holds
         growth_check = None
     if growth_check is not None and hasattr(gw, "domain_disks") and hasattr(gw, "get_pool"):
-        growth_check(vm, gw.domain_disks(vm.host.uri, vm.name), gw.get_pool(vm.host.uri, pool.name), grow, allocation)
+        growth_check(vm, vm_disks(vm), gw.get_pool(vm.host.uri, pool.name), grow, allocation)
     if pool.available < allocation:
         raise InvalidInput(
             f"Pool {pool.name} has {pool.available >> 20} MiB free; this needs {allocation >> 20} MiB. "

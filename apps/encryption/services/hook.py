@@ -16,6 +16,7 @@ trigger "libvirt hook"."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -29,8 +30,10 @@ from apps.vms.models import VirtualMachine
 
 from ..keystore import write_private_file
 from ..models import EncryptedDisk
-from .common import fail
-from .unlock import disks_lock, disks_unlock, mapping_source
+from .common import authorize, fail
+from .unlock import disks_lock, disks_unlock, mapping_source, point_at_mapping
+
+log = logging.getLogger(__name__)
 
 TRIGGER = "libvirt hook"
 # what selects the portal's settings; secrets themselves are never copied (their *_FILE is)
@@ -129,3 +132,25 @@ def hook_release(*, vm_id: int | None, uuid: str) -> list[str] | None:
             params={"trigger": TRIGGER, "closed": closed},
         )
     return closed
+
+
+def definitions_protect(*, actor=None) -> list[str]:
+    """Beat (every few minutes): every VM with encrypted disks is registered with the hook,
+    and every ready LUKS2 disk's definition names its unlocked path, never its container
+    (definitions from before this rule, or changed outside the portal). Audited per repair."""
+    action = "encryption.vm.definition_repair"
+    authorize(actor, "encryption.change", anywhere=True, action=action)
+    repaired = []
+    vms = VirtualMachine.objects.filter(encrypted_disks__isnull=False, present=True).distinct().select_related("host")
+    for vm in vms:
+        try:
+            hook_registry_sync(vm)
+            for disk in EncryptedDisk.objects.filter(vm=vm, state=EncryptedDisk.State.READY).select_related(
+                "vm", "host"
+            ):
+                if point_at_mapping(disk):
+                    repaired.append(f"{vm.name}:{disk.target}")
+                    record(actor=actor, action=action, target=vm, outcome="success", params={"disk": disk.target})
+        except PortalError as exc:  # one unreadable VM must not stop the others
+            log.warning("definitions_protect: %s: %s", vm.name, exc.message)
+    return repaired

@@ -52,15 +52,18 @@ def mapping_source(disk: EncryptedDisk) -> tuple[str, bool]:
     return dm.mapping_path(disk.mapping_name), dm.block
 
 
-def point_at_mapping(disk: EncryptedDisk) -> None:
+def point_at_mapping(disk: EncryptedDisk) -> bool:
     """Make the VM's persistent definition name the disk's unlocked path, not the container
-    (a definition from before this rule is repaired by the portal's next start)."""
+    (a definition from before this rule, or edited by hand, is repaired by the portal's next
+    start and by the beat task `definitions_protect`). True when it had to be changed."""
     if disk.kind != EncryptedDisk.Kind.LUKS2:
-        return
+        return False
     source, block = mapping_source(disk)
     current = {d["target"]: d["path"] for d in lv.domain_disks(disk.host.uri, disk.vm.name)}
     if disk.target in current and current[disk.target] != source:
         lv.set_disk_source(disk.host.uri, disk.vm.name, disk.target, source, block=block)
+        return True
+    return False
 
 
 def _refuse_unfinished(vm: VirtualMachine, targets: set[str] | None) -> None:

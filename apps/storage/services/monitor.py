@@ -23,6 +23,7 @@ from apps.vms.models import VirtualMachine
 from ..models import BreachAction, PoolLimit, StorageAlert, StorageDefaults, UsageSample
 from .alerts import notify
 from .common import authorize, defaults_get, effective_pool_limit, effective_quota, fmt_bytes
+from .disks import host_snapshot
 from .samples import samples_compact
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,7 @@ def storage_check(*, actor=None, now: datetime | None = None) -> CheckReport:
     defaults = defaults_get()
     for host in Host.objects.all():
         try:
-            snapshot = gw.storage_snapshot(host.uri, workers=settings.STORAGE_LIBVIRT_READ_WORKERS)
+            snapshot = host_snapshot(host, workers=settings.STORAGE_LIBVIRT_READ_WORKERS)
         except PortalError as exc:
             log.warning("storage check: host %s unreadable: %s", host.name, exc.message)
             report.errors.append(f"{host.name}: {exc.message}")

@@ -30,6 +30,7 @@ from .common import (
     quota_of,
     record_failure,
 )
+from .disks import vm_disks
 
 
 def _actor_name(actor) -> str:
@@ -78,7 +79,7 @@ class QuotaView:
 
 def quota_get(*, actor, vm) -> QuotaView:
     authorize(actor, "storage.view", vm, action="storage.quota.view")
-    disks = gw.domain_disks(vm.host.uri, vm.name)
+    disks = vm_disks(vm)
     return QuotaView(vm, effective_quota(quota_of(vm), defaults_get()), disks.allocation, disks.provisioned)
 
 
@@ -110,7 +111,7 @@ def quota_set(
         if breach_action not in (None, ""):
             changes["breach_action"] = parse_action(breach_action)
         if "limit_bytes" in changes:
-            allocation = gw.domain_disks(vm.host.uri, vm.name).allocation
+            allocation = vm_disks(vm).allocation
             if changes["limit_bytes"] < allocation and not confirmed:
                 raise InvalidInput(
                     f"A quota of {fmt_bytes(changes['limit_bytes'])} is below the {fmt_bytes(allocation)} the "

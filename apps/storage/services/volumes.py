@@ -27,6 +27,7 @@ from .common import (
     quota_of,
     record_failure,
 )
+from .disks import vm_disks
 
 NEW_VOLUME_ALLOCATION = MIB  # what a fresh thin qcow2 takes at most (its metadata)
 
@@ -105,7 +106,7 @@ def volume_create(*, actor, vm, size_gib, name: str = "", pool: str = "") -> Job
     params = {"size_gib": str(size_gib), "volume": name, "pool": pool}
     try:
         size = parse_gib(size_gib, "volume size")
-        disks = gw.domain_disks(vm.host.uri, vm.name)
+        disks = vm_disks(vm)
         if not pool:
             first = next((d for d in disks.disks if d.path), None)
             vol = gw.volume_by_path(vm.host.uri, first.path) if first else None
@@ -136,7 +137,7 @@ def _run_volume_create(job: Job, progress: jobs.Progress) -> dict:
         _growth_lock(vm)
         vol = gw.find_volume(uri, pool, name)
         if vol is None:
-            growth_check(vm, gw.domain_disks(uri, vm.name), gw.get_pool(uri, pool), size, NEW_VOLUME_ALLOCATION)
+            growth_check(vm, vm_disks(vm), gw.get_pool(uri, pool), size, NEW_VOLUME_ALLOCATION)
             progress(20, f"creating {name} ({fmt_bytes(size)}, thin qcow2) in {pool}")
             vol = gw.create_volume(uri, pool, name, size)
         else:
@@ -154,7 +155,7 @@ def volume_resize(*, actor, vm, target: str, size_gib) -> Job:
     params = {"target": target, "size_gib": str(size_gib)}
     try:
         size = parse_gib(size_gib, "new size")
-        disks = gw.domain_disks(vm.host.uri, vm.name)
+        disks = vm_disks(vm)
         disk = _disk(disks, target)
         vol = _volume_of(vm, disk)
         if size < vol.capacity:
@@ -178,7 +179,7 @@ def _run_volume_resize(job: Job, progress: jobs.Progress) -> dict:
     uri, path, size = vm.host.uri, job.params["path"], job.params["bytes"]
     with transaction.atomic():
         _growth_lock(vm)
-        disks = gw.domain_disks(uri, vm.name)
+        disks = vm_disks(vm)
         disk = _disk(disks, job.params["target"])
         if disk.path != path:
             raise Conflict(f"Disk {disk.target} of {vm.name} is no longer {path}; nothing was resized.")
@@ -218,7 +219,7 @@ def volume_delete(*, actor, vm, target: str, confirmed: bool = False) -> Job:
 
         return disk_delete(actor=actor, disk=encrypted, confirmed=confirmed)
     try:
-        disks = gw.domain_disks(vm.host.uri, vm.name)
+        disks = vm_disks(vm)
         disk = _disk(disks, target)
         vol = _volume_of(vm, disk)
         params.update(pool=vol.pool, volume=vol.name)

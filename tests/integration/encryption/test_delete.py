@@ -97,3 +97,15 @@ def test_an_unconfirmed_or_live_delete_is_refused_and_audited(operator, encrypte
     assert EncryptedDisk.objects.filter(pk=disk.pk, state=EncryptedDisk.State.READY).exists()
     assert _outcomes("encryption.disk.delete") == ["failed"]
     assert not Job.objects.filter(kind__in=["encryption.disk.delete", "storage.volume.delete"]).exists()
+
+
+def test_storage_counts_an_encrypted_disk_as_its_container_volume(operator, encrypted, host):
+    """The definition names the unlocked path; quotas and pool pages count the container."""
+    from apps.storage.services.disks import host_snapshot, vm_disks
+
+    disk = encrypted
+    counted = {d.target: d for d in vm_disks(disk.vm).disks}[disk.target]
+    assert (counted.path, counted.capacity) == (disk.path, disk.size_bytes)
+    (dom,) = [d for d in host_snapshot(host).domains if d.name == disk.vm.name]
+    assert {d.target: d.path for d in dom.disks}[disk.target] == disk.path
+    assert dom.provisioned >= disk.size_bytes

@@ -176,3 +176,16 @@ def test_the_registry_entry_goes_with_the_last_encrypted_disk(make_encrypted, op
     assert not _entry(disk).exists()
     hook_registry_sync(disk.vm)  # idempotent: no disk, no entry
     assert not _entry(disk).exists()
+
+
+def test_the_beat_task_repairs_definitions_and_registers_vms(make_encrypted):
+    from apps.encryption.services.hook import definitions_protect
+
+    disk = make_encrypted()
+    lv.set_disk_source(disk.host.uri, disk.vm.name, disk.target, disk.path, block=False)  # e.g. an old definition
+    _entry(disk).unlink()
+    assert definitions_protect(actor=None) == [f"{disk.vm.name}:{disk.target}"]
+    assert _sources(disk)[disk.target] == services.device_mapper().mapping_path(disk.mapping_name)
+    assert _entry(disk).exists()
+    assert [e.params for e in _events("encryption.vm.definition_repair")] == [{"disk": disk.target}]
+    assert definitions_protect(actor=None) == []
