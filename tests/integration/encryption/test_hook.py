@@ -189,3 +189,25 @@ def test_the_beat_task_repairs_definitions_and_registers_vms(make_encrypted):
     assert _entry(disk).exists()
     assert [e.params for e in _events("encryption.vm.definition_repair")] == [{"disk": disk.target}]
     assert definitions_protect(actor=None) == []
+
+
+def test_the_hook_path_never_calls_libvirt(make_encrypted, monkeypatch):
+    """libvirtd waits for its hook: a libvirt call from it would deadlock. The hook's work
+    runs here with every libvirt call of both gateways made to fail."""
+    from apps.core.gateways import libvirt_gw
+    from apps.encryption.services.hook import hook_prepare, hook_release
+
+    disk = make_encrypted()
+    xml = virsh("dumpxml", "--inactive", disk.vm.name).stdout
+
+    def no_libvirt(*args, **kwargs):
+        raise AssertionError("libvirt called from the hook path")
+
+    dm = services.device_mapper()
+    with monkeypatch.context() as patched:
+        patched.setattr(libvirt_gw, "call", no_libvirt)
+        patched.setattr(lv, "call", no_libvirt)
+        assert hook_prepare(vm_id=disk.vm.pk, uuid=str(disk.vm.uuid), xml=xml) == [disk.target]
+        assert dm.is_open(disk.mapping_name)
+        assert hook_release(vm_id=disk.vm.pk, uuid=str(disk.vm.uuid)) == [disk.target]
+        assert not dm.is_open(disk.mapping_name)
