@@ -15,6 +15,7 @@ import pytest
 from django.conf import settings
 
 from apps.audit.models import AuditEvent
+from apps.core.errors import Conflict
 from apps.core.gateways import libvirt_gw as gw
 from apps.core.models import Job
 from apps.encryption import services
@@ -211,3 +212,22 @@ def test_the_hook_path_never_calls_libvirt(make_encrypted, monkeypatch):
         assert dm.is_open(disk.mapping_name)
         assert hook_release(vm_id=disk.vm.pk, uuid=str(disk.vm.uuid)) == [disk.target]
         assert not dm.is_open(disk.mapping_name)
+
+
+def test_the_hook_refuses_while_the_store_is_sealed(make_encrypted, admin, settings, tmp_path):
+    """The sealed-store refusal of the hook's work, in this process (the hook process reads
+    this run's fixed store, which a test cannot seal without harming the others)."""
+    from apps.encryption.services.hook import hook_prepare
+
+    disk = make_encrypted()
+    xml = virsh("dumpxml", "--inactive", disk.vm.name).stdout
+    settings.ENCRYPTION_KEY_DIR = tmp_path / "keys"
+    settings.ENCRYPTION_RUNTIME_DIR = tmp_path / "run"
+    settings.ENCRYPTION_KEK_PROVIDER = "passphrase"
+    services.store_initialize(actor=admin, passphrase="the store passphrase, long enough")
+    services.store_seal(actor=admin, confirmed=True)
+    with pytest.raises(Conflict, match="sealed"):
+        hook_prepare(vm_id=disk.vm.pk, uuid=str(disk.vm.uuid), xml=xml)
+    assert not services.device_mapper().is_open(disk.mapping_name)
+    (event,) = _events("encryption.vm.unlock")
+    assert event.outcome == "failed" and "sealed" in event.error
