@@ -66,17 +66,17 @@ def point_at_mapping(disk: EncryptedDisk) -> bool:
     return False
 
 
-def _refuse_unfinished(vm: VirtualMachine, targets: set[str] | None) -> None:
-    """A disk still being encrypted (or whose encryption stopped) cannot be opened yet."""
+def _refuse_unfinished(vm: VirtualMachine, targets: set[str]) -> None:
+    """A disk of the definition still being encrypted (or whose creation or encryption
+    stopped) cannot be opened yet: say so instead of letting QEMU fail on a missing path."""
     unfinished = EncryptedDisk.objects.filter(
-        vm=vm, state__in=[EncryptedDisk.State.ENCRYPTING, EncryptedDisk.State.FAILED]
+        vm=vm, state__in=[EncryptedDisk.State.ENCRYPTING, EncryptedDisk.State.FAILED], target__in=targets
     )
     for disk in unfinished:
-        if targets is None or disk.target in targets:
-            raise Conflict(
-                f"Disk {disk.target} of {vm.name} is {disk.state} (its in-place encryption has not finished): "
-                "run encrypt-existing again to resume it before starting the VM."
-            )
+        raise Conflict(
+            f"Disk {disk.target} of {vm.name} is {disk.state}: its creation or in-place encryption did not finish. "
+            "Run encrypt-existing again to resume an in-place encryption, or delete the disk, before starting the VM."
+        )
 
 
 def disks_unlock(
@@ -84,7 +84,12 @@ def disks_unlock(
 ) -> list[str]:
     """Open every ready encrypted disk of the VM with its stored key (idempotent).
     in_hook: called from the libvirt hook, so no libvirt call at all (the definition
-    already names the unlocked paths; the QEMU-LUKS secrets already hold their keys)."""
+    already names the unlocked paths; the QEMU-LUKS secrets already hold their keys), and
+    `targets` are the disks of the domain XML libvirt handed to the hook."""
+    if targets is None:  # the definition libvirt will start (the hook passes the one it was given)
+        if in_hook:
+            raise ValueError("the hook passes the targets of the domain XML it was given")
+        targets = {d["target"] for d in lv.domain_disks(vm.host.uri, vm.name)}
     _refuse_unfinished(vm, targets)
     disks = list(EncryptedDisk.objects.filter(vm=vm, state=EncryptedDisk.State.READY).select_related("vm", "host"))
     if not disks:

@@ -231,3 +231,13 @@ def test_the_hook_refuses_while_the_store_is_sealed(make_encrypted, admin, setti
     assert not services.device_mapper().is_open(disk.mapping_name)
     (event,) = _events("encryption.vm.unlock")
     assert event.outcome == "failed" and "sealed" in event.error
+
+
+def test_a_disk_whose_encryption_did_not_finish_keeps_the_vm_off_with_a_reason(make_encrypted, operator):
+    disk = make_encrypted()
+    EncryptedDisk.objects.filter(pk=disk.pk).update(state=EncryptedDisk.State.ENCRYPTING)
+    result = virsh("start", disk.vm.name)
+    assert result.returncode != 0 and f"Disk {disk.target}" in result.stderr and "did not finish" in result.stderr
+    job = run_job(services.vm_start_unlocked(actor=operator, vm=disk.vm))
+    assert job.state == Job.State.FAILED and "did not finish" in job.error
+    assert gw.domain_state(disk.host.uri, disk.vm.name) == "shut off"
