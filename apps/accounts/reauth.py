@@ -77,6 +77,9 @@ REAUTH_POLICY: dict[str, str | When] = {
     "encryption:key_restore": ALWAYS,  # writes a disk key from an escrow file
     "encryption:destroy_stale": ALWAYS,  # destroys header backups for good
     "encryption:vm_start": NEVER,
+    "encryption:vm_start_manual": NEVER,  # the typed passphrase is the proof (throttled, audited)
+    "encryption:vm_unlock_policy": ALWAYS,  # who can open a critical VM's disks
+    "encryption:vm_passphrase_change": ALWAYS,
     "encryption:vm_stop": When("force", "yes"),  # a forced stop is a force off
     "encryption:unseal": ALWAYS,
     "encryption:seal": ALWAYS,  # stops every encrypted disk from opening

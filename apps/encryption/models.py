@@ -84,3 +84,41 @@ class HeaderBackup(models.Model):
 
     def __str__(self):
         return self.path
+
+class RetiredKey(models.Model):
+    """The key of a deleted encrypted disk. Its key file stays in the store (wrapped, and
+    re-wrapped by KEK rotations) for a grace period, so a backup of the deleted volume can
+    still be read; then the beat task destroys it (`destroyed_at`). The row is the history."""
+
+    key_id = models.CharField(max_length=32, unique=True)
+    host = models.ForeignKey(Host, on_delete=models.PROTECT, related_name="retired_keys")
+    vm_name = models.CharField(max_length=200)
+    vm_uuid = models.UUIDField()
+    path = models.CharField(max_length=1024, help_text="the deleted volume the key opened")
+    retired_at = models.DateTimeField(default=timezone.now)
+    destroy_after = models.DateTimeField()
+    destroyed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-retired_at"]
+
+    def __str__(self):
+        return f"retired key {self.key_id} of {self.vm_name}:{self.path}"
+
+
+class UnlockPolicy(models.Model):
+    """How a VM's encrypted disks open at start. No row: automatic.
+    - automatic: with the keys in the portal's key store (the portal, virsh or autostart).
+    - manual: only with a passphrase an admin types at start; it lives in a LUKS key slot
+      of each disk and nowhere in the portal (the store keeps no key of these disks)."""
+
+    class Mode(models.TextChoices):
+        AUTOMATIC = "automatic", "automatic (key store)"
+        MANUAL = "manual", "manual (an admin types the passphrase at start)"
+
+    vm = models.OneToOneField(VirtualMachine, on_delete=models.CASCADE, related_name="unlock_policy")
+    mode = models.CharField(max_length=10, choices=Mode.choices, default=Mode.AUTOMATIC)
+    changed_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self):
+        return f"{self.vm.name}: {self.mode} unlock"

@@ -40,6 +40,7 @@ def index(request):
         "kinds": services.EncryptedDisk.Kind.choices,
         "max_age_days": settings.ENCRYPTION_KEY_MAX_AGE_DAYS,
         "vms": selectors.vms_for_change(request.user),
+        "luks2": services.luks2_capability(),
     }
     return render_page(request, "encryption/index.html", context, partial="table")
 
@@ -202,3 +203,51 @@ def kek_rotate(request):
         confirmed=_confirmed(request),
     )
     return job_started(request, job, "Rotating the key-encryption key.", reverse("encryption:index"))
+
+
+@permission_required("encryption.view")
+def vm_unlock(request, host: str, name: str):
+    """A VM's unlock policy: automatic (key store) or manual (an admin types its passphrase)."""
+    vm = vm_for(request.user, host, name)
+    context = {"vm": vm, **services.unlock_policy_get(actor=request.user, vm=vm)}
+    return render_page(request, "encryption/vm_unlock.html", context)
+
+
+@require_POST
+@permission_required("encryption.keys")
+def vm_unlock_policy(request, host: str, name: str):
+    vm = vm_for(request.user, host, name)
+    passphrase = request.POST.get("passphrase", "")
+    mode = request.POST.get("mode", "")
+    if mode == "manual" and passphrase != request.POST.get("passphrase_again", ""):
+        raise InvalidInput("The two passphrases differ.")
+    services.vm_unlock_policy_set(
+        actor=request.user, vm=vm, mode=mode, passphrase=passphrase, confirmed=_confirmed(request)
+    )
+    messages.success(request, f"{vm.name} now has {mode} unlock.")
+    return redirect("encryption:vm_unlock", host=host, name=name)
+
+
+@require_POST
+@permission_required("encryption.keys")
+def vm_start_manual(request, host: str, name: str):
+    """Open the disks with the typed passphrase and start the VM, in this request: the
+    passphrase never reaches a job, the database or a file."""
+    vm = vm_for(request.user, host, name)
+    state = services.vm_start_manual(actor=request.user, vm=vm, passphrase=request.POST.get("passphrase", ""))
+    messages.success(request, f"{vm.name} is {state}.")
+    return redirect("encryption:vm_unlock", host=host, name=name)
+
+
+@require_POST
+@permission_required("encryption.keys")
+def vm_passphrase_change(request, host: str, name: str):
+    vm = vm_for(request.user, host, name)
+    new = request.POST.get("new_passphrase", "")
+    if new != request.POST.get("new_passphrase_again", ""):
+        raise InvalidInput("The two new passphrases differ.")
+    services.vm_passphrase_change(
+        actor=request.user, vm=vm, passphrase=request.POST.get("passphrase", ""), new_passphrase=new
+    )
+    messages.success(request, f"The passphrase of {vm.name} was changed.")
+    return redirect("encryption:vm_unlock", host=host, name=name)

@@ -20,6 +20,7 @@ from apps.vms.models import VirtualMachine
 from .models import PoolLimit, PoolState, StorageAlert, VmDiskState, VmQuota, VolumeState
 from .services import defaults_get, effective_pool_limit, effective_quota, trend
 from .services.common import EffectivePoolLimit, EffectiveQuota
+from .services.disks import vm_disks
 from .services.samples import pool_samples, vm_samples
 
 
@@ -177,7 +178,7 @@ class VmStorage:
 def vm_storage(user, vm: VirtualMachine) -> VmStorage:
     require(user, "storage.view", vm, action="storage.vm.view")
     uri = vm.host.uri
-    disks = gw.domain_disks(uri, vm.name)
+    disks = vm_disks(vm)
     quota_row = VmQuota.objects.filter(vm=vm).first()
     now = timezone.now()
     return VmStorage(

@@ -186,6 +186,11 @@ ENCRYPTION_COMMAND_TIMEOUT = env_int("ENCRYPTION_COMMAND_TIMEOUT", 6 * 3600)
 # "cryptsetup" opens real dm-crypt mappings; "simulated" stands in for the kernel step on
 # hosts without device-mapper (see apps/encryption/gateways/cryptsetup.py).
 ENCRYPTION_DEVICE_MAPPER = env("ENCRYPTION_DEVICE_MAPPER", "cryptsetup")
+# Where the portal registers its VMs with encrypted disks for the libvirt qemu hook (root-only;
+# must match PORTAL_HOOK_REGISTRY in /etc/hypervisor-portal/hook.env, written by setup).
+ENCRYPTION_HOOK_REGISTRY_DIR = Path(env("ENCRYPTION_HOOK_REGISTRY_DIR", "/var/lib/hypervisor-portal/hook-domains"))
+# The key of a deleted encrypted disk is kept (wrapped) this long, then destroyed by beat.
+ENCRYPTION_RETIRED_KEY_GRACE_DAYS = env_int("ENCRYPTION_RETIRED_KEY_GRACE_DAYS", 30)
 
 # Celery
 CELERY_BROKER_URL = env("CELERY_BROKER_URL", REDIS_URL)
@@ -248,6 +253,14 @@ EMAIL_HOST_PASSWORD = env("EMAIL_HOST_PASSWORD", "")  # use EMAIL_HOST_PASSWORD_
 EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
 EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT", 10)
 DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", "hypervisor-portal@localhost")
+CELERY_BEAT_SCHEDULE["encryption-retired-keys-destroy"] = {
+    "task": "apps.encryption.tasks.retired_keys_destroy",
+    "schedule": 3600.0,
+}
+CELERY_BEAT_SCHEDULE["encryption-definitions-protect"] = {
+    "task": "apps.encryption.tasks.definitions_protect",
+    "schedule": 300.0,
+}
 CELERY_BEAT_SCHEDULE["storage-check"] = {
     "task": "apps.storage.tasks.storage_check",
     "schedule": float(STORAGE_CHECK_INTERVAL),

@@ -51,3 +51,5 @@ ENCRYPTION_PBKDF_FORCE_ITERATIONS = 4
 ENCRYPTION_KDF_MEMORY_KIB = 8192
 ENCRYPTION_KDF_ITERATIONS = 1
 ENCRYPTION_DEVICE_MAPPER = "simulated"  # this machine has no device-mapper
+# the libvirt hook runs `manage.py libvirt_hook` for this run's VMs: on this run's database
+ENCRYPTION_HOOK_EXTRA_ENV = {"PORTAL_USE_TEST_DB": "1", "PORTAL_TEST_RUN": TEST_RUN}

@@ -331,10 +331,58 @@ def _fsync_dir(path: str) -> None:
 # ---------------------------------------------------------------- device-mapper
 
 
+@dataclass(frozen=True)
+class MapperCapability:
+    """Whether this machine can open LUKS2 mappings: `mode` is "device-mapper" (it can),
+    "simulated" (test settings stand in for the kernel) or "missing" (`reason` says why)."""
+
+    mode: str
+    reason: str
+
+    @property
+    def available(self) -> bool:
+        return self.mode != "missing"
+
+
+def _kernel_lists_device_mapper(misc: str = "/proc/misc") -> bool:
+    try:
+        with open(misc, encoding="ascii", errors="replace") as fh:
+            return any(line.split()[1:] == ["device-mapper"] for line in fh if line.strip())
+    except OSError:
+        return False
+
+
+def _crypt_target_available() -> bool:
+    """dm-crypt is loaded (`dmsetup targets` lists crypt) or loadable (its module file)."""
+    try:
+        result = runner.run(["dmsetup", "targets"], timeout=10, check=False)
+        if result.returncode == 0 and any(ln.split()[:1] == ["crypt"] for ln in result.stdout.splitlines()):
+            return True
+    except (GatewayError, OSError):
+        pass
+    modules = f"/lib/modules/{os.uname().release}/kernel/drivers/md"
+    return os.path.isdir(modules) and any(n.startswith("dm-crypt.ko") for n in os.listdir(modules))
+
+
+def device_mapper_capability() -> MapperCapability:
+    """Read from the kernel of this machine (where cryptsetup runs): the device-mapper
+    driver (/proc/misc, /dev/mapper/control) and its crypt target."""
+    if not _kernel_lists_device_mapper():
+        return MapperCapability("missing", "the kernel has no device-mapper driver (/proc/misc lists none)")
+    if not os.path.exists("/dev/mapper/control"):
+        return MapperCapability("missing", "/dev/mapper/control is missing")
+    if not _crypt_target_available():
+        return MapperCapability("missing", "device-mapper has no crypt target (dm_crypt is not loaded or installed)")
+    return MapperCapability("device-mapper", "device-mapper with dm-crypt")
+
+
 class CryptsetupDeviceMapper:
     """Opens and closes real dm-crypt mappings (`cryptsetup open/close`), key on stdin."""
 
     block = True  # the VM's disk points at a block device
+
+    def capability(self) -> MapperCapability:
+        return device_mapper_capability()
 
     def mapping_path(self, name: str) -> str:
         return f"/dev/mapper/{name}"
@@ -367,6 +415,9 @@ class SimulatedDeviceMapper:
     """
 
     block = False  # the stand-in is a plain file
+
+    def capability(self) -> MapperCapability:
+        return MapperCapability("simulated", "SIMULATED device-mapper (test settings only)")
 
     def __init__(self, root: str):
         self.root = root

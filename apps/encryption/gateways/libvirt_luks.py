@@ -35,9 +35,11 @@ def _xml(el: ET.Element) -> str:
 
 
 def secret_xml(*, usage_volume: str, description: str) -> str:
-    """A private, ephemeral secret for a LUKS volume: its value is set through the API from
-    the portal's key store before each use, never read back, never kept by libvirt on disk."""
-    secret = ET.Element("secret", ephemeral="yes", private="yes")
+    """A private, persistent secret for a LUKS volume: its value is set through the API from
+    the portal's key store and never read back; libvirt keeps it (root-only, under
+    /etc/libvirt/secrets) so a start outside the portal (virsh, autostart) can open the disk.
+    The libvirt hook still refuses such a start while the portal's store is sealed."""
+    secret = ET.Element("secret", ephemeral="no", private="yes")
     ET.SubElement(secret, "description").text = description
     usage = ET.SubElement(secret, "usage", type="volume")
     ET.SubElement(usage, "volume").text = usage_volume
@@ -203,6 +205,21 @@ def attach_encrypted_disk(uri: str, name: str, disk_xml: str) -> None:
     """Add the disk to the VM's persistent definition (it appears at the next start, once
     the portal has opened it)."""
     call(uri, name, lambda conn: conn.lookupByName(name).attachDeviceFlags(disk_xml, libvirt.VIR_DOMAIN_AFFECT_CONFIG))
+
+
+def detach_disk_target(uri: str, name: str, target: str) -> bool:
+    """Remove disk `target` from the VM's persistent definition (whatever its source names:
+    the image or the unlocked mapping). False when the VM has no such disk (already done)."""
+
+    def _detach(conn):
+        dom = conn.lookupByName(name)
+        disk = _disk_element(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE), target)
+        if disk is None:
+            return False
+        dom.detachDeviceFlags(_xml(disk), libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+        return True
+
+    return call(uri, name, _detach)
 
 
 def set_disk_source(uri: str, name: str, target: str, source: str, *, block: bool) -> None:

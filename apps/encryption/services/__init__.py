@@ -2,7 +2,8 @@
 management commands and jobs all call these."""
 
 from ..models import EncryptedDisk  # noqa: F401
-from .common import device_mapper, disk_for, get_store, luks_params  # noqa: F401
+from .common import container_paths, device_mapper, disk_for, get_store, luks2_capability, luks_params  # noqa: F401
+from .delete import disk_delete, retired_keys_destroy  # noqa: F401
 from .disks import (  # noqa: F401
     DiskRow,
     disk_change_key,
@@ -14,6 +15,13 @@ from .disks import (  # noqa: F401
     keys_due,
 )
 from .headers import header_backups_destroy_stale  # noqa: F401
+from .manual import (  # noqa: F401
+    manual_unlock_vm_ids,
+    unlock_policy_get,
+    vm_passphrase_change,
+    vm_start_manual,
+    vm_unlock_policy_set,
+)
 from .recovery import (  # noqa: F401
     disk_escrow_export,
     disk_key_restore,

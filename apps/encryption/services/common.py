@@ -58,6 +58,31 @@ def device_mapper():
     return cs.CryptsetupDeviceMapper()
 
 
+def luks2_capability(host=None) -> cs.MapperCapability:
+    """Whether LUKS2 disks (opened by the host with cryptsetup) can be opened here. cryptsetup
+    runs on the portal's machine, so it is that kernel that is read (the test settings'
+    simulated mapper reads "simulated")."""
+    return device_mapper().capability()
+
+
+def require_luks2_openable(host) -> None:
+    """Refuse a LUKS2 disk on a host that could never open it, before anything is made."""
+    capability = luks2_capability(host)
+    if not capability.available:
+        raise InvalidInput(
+            f"Host {host.name} cannot open LUKS2 disks: {capability.reason}. Every start of the VM would fail. "
+            "Choose the qemu-luks kind instead (QEMU opens the disk itself with a libvirt secret), which works here."
+        )
+
+
+def container_paths(host) -> dict[str, str]:
+    """{unlocked path: LUKS2 container path} of the host's LUKS2 disks: what their VMs'
+    definitions name and what holds their data (storage counts the container)."""
+    dm = device_mapper()
+    disks = EncryptedDisk.objects.filter(host=host, kind=EncryptedDisk.Kind.LUKS2).only("key_id", "path")
+    return {dm.mapping_path(d.mapping_name): d.path for d in disks}
+
+
 def authorize(actor, perm: str, obj=None, *, action: str, anywhere: bool = False) -> None:
     """The one permission check. actor=None is the system (a management command run by
     root on the host without --as, or a job enqueued by it): it may do everything."""

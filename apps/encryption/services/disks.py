@@ -39,12 +39,28 @@ from .common import (
     luks_params,
     pool_by_name,
     pool_of_path,
+    require_luks2_openable,
     stored_key,
 )
+from .manual import is_manual
+from .unlock import mapping_source, point_at_mapping
 
 log = logging.getLogger(__name__)
 GIB = 1 << 30
 RESUME_HINT = "Re-run encrypt-existing to resume: the disk records how far it got."
+
+
+def _refuse_manual(vm) -> None:
+    if is_manual(vm):
+        raise InvalidInput(
+            f"{vm.name} is unlocked manually; switch it to automatic unlock before adding encrypted disks."
+        )
+
+
+def hook_registry_sync(vm) -> None:
+    from .hook import hook_registry_sync as sync
+
+    sync(vm)
 
 
 def _parse_gib(value) -> int:
@@ -61,11 +77,12 @@ def _space_check(vm: VirtualMachine, pool: lv.PoolTarget, grow: int, allocation:
     """The VM's quota and the pool's limits (the storage app's rule, when installed), then
     the pool's free space: refuse before anything is written."""
     try:
+        from apps.storage.services.disks import vm_disks
         from apps.storage.services.volumes import growth_check
     except ImportError:  # storage quotas not installed: the free-space check below still holds
         growth_check = None
     if growth_check is not None and hasattr(gw, "domain_disks") and hasattr(gw, "get_pool"):
-        growth_check(vm, gw.domain_disks(vm.host.uri, vm.name), gw.get_pool(vm.host.uri, pool.name), grow, allocation)
+        growth_check(vm, vm_disks(vm), gw.get_pool(vm.host.uri, pool.name), grow, allocation)
     if pool.available < allocation:
         raise InvalidInput(
             f"Pool {pool.name} has {pool.available >> 20} MiB free; this needs {allocation >> 20} MiB. "
@@ -94,9 +111,12 @@ def disk_create_encrypted(*, actor, vm: VirtualMachine, size_gib, pool: str = ""
     authorize(actor, "encryption.change", vm, action=action)
     params = {"size_gib": str(size_gib), "pool": pool, "kind": kind}
     try:
+        _refuse_manual(vm)
         if kind not in EncryptedDisk.Kind.values:
             raise InvalidInput(f"Unknown encryption kind {kind!r}: choose luks2 or qemu-luks.")
         gib = _parse_gib(size_gib)
+        if kind == EncryptedDisk.Kind.LUKS2:
+            require_luks2_openable(vm.host)
         pool = pool or _vm_default_pool(vm)
         validate_name(pool, "pool name")
         info = pool_by_name(vm.host, pool)
@@ -164,10 +184,13 @@ def _disk_create(disk: EncryptedDisk, progress: jobs.Progress) -> dict:
             cs.luks_format(disk.path, key, luks_params())
         elif not cs.test_key(disk.path, key):
             raise Conflict(f"{disk.path} is a LUKS device that the stored key does not open; left untouched.")
-        disk_xml = lv.encrypted_disk_xml(source=disk.path, target=disk.target)
+        # the guest is given the unlocked path, never the container (see services/unlock.py)
+        source, block = mapping_source(disk)
+        disk_xml = lv.encrypted_disk_xml(source=source, target=disk.target, block=block)
     progress(80, f"attaching it to {disk.vm.name} as {disk.target}")
-    if disk.path not in {d["path"] for d in lv.domain_disks(uri, disk.vm.name)}:
+    if disk.target not in {d["target"] for d in lv.domain_disks(uri, disk.vm.name)}:
         lv.attach_encrypted_disk(uri, disk.vm.name, disk_xml)
+    hook_registry_sync(disk.vm)
     EncryptedDisk.objects.filter(pk=disk.pk).update(state=EncryptedDisk.State.READY, key_created_at=timezone.now())
     return {"disk_id": disk.pk, "path": disk.path, "target": disk.target}
 
@@ -188,11 +211,14 @@ def disk_encrypt_existing(*, actor, vm: VirtualMachine, path: str, confirmed: bo
             raise InvalidInput(f"Encrypting a disk of {vm.name} in place needs confirmation.")
         if not path or "\x00" in path:
             raise InvalidInput("Give the path of the disk image to encrypt.")
+        _refuse_manual(vm)
+        require_luks2_openable(vm.host)
         info = pool_of_path(vm.host, path)
         real = os.path.realpath(path)
         params["path"] = real
         disks = {os.path.realpath(d["path"]): d for d in lv.domain_disks(vm.host.uri, vm.name) if d["path"]}
-        if real not in disks:
+        known = EncryptedDisk.objects.filter(vm=vm, path=real).exists()  # its definition names the mapping
+        if real not in disks and not known:
             raise InvalidInput(f"{path} is not a disk of {vm.name}.")
         state = gw.domain_state(vm.host.uri, vm.name)
         if state != "shut off":
@@ -341,6 +367,8 @@ def _disk_encrypt(disk: EncryptedDisk, original: int, progress: jobs.Progress, j
     state = gw.domain_state(disk.host.uri, disk.vm.name)
     if state != "shut off":
         raise Conflict(f"{disk.vm.name} is {state}: it must stay shut off while its disk is encrypted.")
+    point_at_mapping(disk)  # from now on no start can hand the guest the (half-)encrypted image
+    hook_registry_sync(disk.vm)
     store = get_store()
     store.require_unsealed()
     key = ensure_stored_key(store, disk)
@@ -445,6 +473,11 @@ def disk_change_key(*, actor, disk: EncryptedDisk, confirmed: bool = False) -> J
             raise InvalidInput(f"Changing the key of {disk} needs confirmation.")
         if disk.state != EncryptedDisk.State.READY:
             raise Conflict(f"{disk} is {disk.state}; only a ready disk can change its key.")
+        if is_manual(disk.vm):
+            raise InvalidInput(
+                f"{disk.vm.name} is unlocked manually: the portal holds no key of {disk}. Change the VM's typed "
+                "passphrase instead (the VM's unlock page, or change-passphrase, which asks for it)."
+            )
         if disk.kind == EncryptedDisk.Kind.QEMU_LUKS and gw.domain_state(disk.host.uri, disk.vm.name) != "shut off":
             raise Conflict(f"{disk.vm.name} must be shut off to change the key of a QEMU-opened disk.")
         store = get_store()

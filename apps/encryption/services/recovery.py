@@ -35,6 +35,10 @@ def disk_escrow_export(*, actor, disk: EncryptedDisk, recovery_passphrase: str) 
     try:
         if disk.state != EncryptedDisk.State.READY:
             raise InvalidInput(f"{disk} is {disk.state}; export its escrow once it is ready.")
+        from .manual import is_manual
+
+        if is_manual(disk.vm):
+            raise InvalidInput(f"{disk.vm.name} is unlocked manually: the portal holds no key of {disk} to escrow.")
         key = stored_key(get_store(), disk)
         document = escrow_wrap(
             key,

@@ -15,6 +15,7 @@ from apps.core.models import Host
 from apps.vms.models import VirtualMachine
 
 from ..models import PoolState, VmDiskState, VolumeState
+from .disks import host_snapshot
 
 _POOL_FIELDS = ["uuid", "active", "path", "capacity", "allocation", "available", "provisioned", "volume_allocation",
                 "volume_count", "collected_at"]  # fmt: skip
@@ -46,7 +47,7 @@ def _sync(model, existing: dict, wanted: dict, fields: list[str], make) -> None:
 def storage_collect(host: Host, snapshot: gw.StorageSnapshot | None = None) -> gw.StorageSnapshot:
     """Read the host's storage in bulk (unless given) and store it. Raises the gateway's
     error when the host cannot be read (the collector marks it unreachable)."""
-    snap = snapshot or gw.storage_snapshot(host.uri, workers=settings.STORAGE_LIBVIRT_READ_WORKERS)
+    snap = snapshot or host_snapshot(host, workers=settings.STORAGE_LIBVIRT_READ_WORKERS)  # encrypted: containers
     now = timezone.now()
     vm_ids = dict(VirtualMachine.objects.filter(host=host, present=True).values_list("uuid", "pk"))
     vm_ids = {str(k): v for k, v in vm_ids.items()}

@@ -31,6 +31,7 @@ from apps.vms.models import VirtualMachine
 from ..models import BreachAction, PoolLimit, StorageAlert, StorageDefaults, UsageSample
 from .alerts import notify
 from .common import authorize, defaults_get, effective_pool_limit, effective_quota, fmt_bytes
+from .disks import host_snapshot
 from .samples import samples_compact
 
 WARNING, BREACH = StorageAlert.Level.WARNING, StorageAlert.Level.BREACH
@@ -112,7 +113,7 @@ def storage_check(*, actor=None, now: datetime | None = None) -> CheckReport:
         if not scope.anything():
             continue
         try:
-            snapshot = gw.storage_snapshot(host.uri, workers=settings.STORAGE_LIBVIRT_READ_WORKERS)
+            snapshot = host_snapshot(host, workers=settings.STORAGE_LIBVIRT_READ_WORKERS)
         except PortalError as exc:
             report.unreadable.append(f"{host.name}: {exc.message}")
             continue

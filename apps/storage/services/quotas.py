@@ -30,6 +30,7 @@ from .common import (
     quota_of,
     record_failure,
 )
+from .disks import vm_disks
 
 
 def _actor_name(actor) -> str:
@@ -78,7 +79,7 @@ class QuotaView:
 
 def quota_get(*, actor, vm) -> QuotaView:
     authorize(actor, "storage.view", vm, action="storage.quota.view")
-    disks = gw.domain_disks(vm.host.uri, vm.name)
+    disks = vm_disks(vm)
     return QuotaView(vm, effective_quota(quota_of(vm), defaults_get()), disks.allocation, disks.provisioned)
 
 
@@ -131,7 +132,7 @@ def quota_set(
 
 
 def _check_new_limit(vm, limit: int, confirmed: bool) -> None:
-    disks = gw.domain_disks(vm.host.uri, vm.name)
+    disks = vm_disks(vm)  # an encrypted disk counts as its container
     if limit < disks.provisioned:
         raise InvalidInput(
             f"A quota of {fmt_bytes(limit)} is below the {fmt_bytes(disks.provisioned)} already provisioned "

@@ -4,6 +4,7 @@ job is asked for and again when it runs."""
 
 from __future__ import annotations
 
+from django.apps import apps as django_apps
 from django.db import transaction
 from django.db.models import F
 
@@ -27,6 +28,7 @@ from .common import (
     quota_of,
     record_failure,
 )
+from .disks import vm_disks
 
 NEW_VOLUME_ALLOCATION = MIB  # what a fresh thin qcow2 takes at most (its metadata)
 
@@ -105,7 +107,7 @@ def volume_create(*, actor, vm, size_gib, name: str = "", pool: str = "") -> Job
     params = {"size_gib": str(size_gib), "volume": name, "pool": pool}
     try:
         size = parse_gib(size_gib, "volume size")
-        disks = gw.domain_disks(vm.host.uri, vm.name)
+        disks = vm_disks(vm)
         if not pool:
             first = next((d for d in disks.disks if d.path), None)
             vol = gw.volume_by_path(vm.host.uri, first.path) if first else None
@@ -136,7 +138,7 @@ def _run_volume_create(job: Job, progress: jobs.Progress) -> dict:
         _growth_lock(vm)
         vol = gw.find_volume(uri, pool, name)
         if vol is None:
-            growth_check(vm, gw.domain_disks(uri, vm.name), gw.get_pool(uri, pool), size, NEW_VOLUME_ALLOCATION)
+            growth_check(vm, vm_disks(vm), gw.get_pool(uri, pool), size, NEW_VOLUME_ALLOCATION)
             progress(20, f"creating {name} ({fmt_bytes(size)}, thin qcow2) in {pool}")
             vol = gw.create_volume(uri, pool, name, size)
         else:
@@ -155,7 +157,7 @@ def volume_resize(*, actor, vm, target: str, size_gib) -> Job:
     params = {"target": target, "size_gib": str(size_gib)}
     try:
         size = parse_gib(size_gib, "new size")
-        disks = gw.domain_disks(vm.host.uri, vm.name)
+        disks = vm_disks(vm)
         disk = _disk(disks, target)
         vol = _volume_of(vm, disk)
         if size < vol.capacity:
@@ -179,7 +181,7 @@ def _run_volume_resize(job: Job, progress: jobs.Progress) -> dict:
     uri, path, size = vm.host.uri, job.params["path"], job.params["bytes"]
     with transaction.atomic():
         _growth_lock(vm)
-        disks = gw.domain_disks(uri, vm.name)
+        disks = vm_disks(vm)
         disk = _disk(disks, job.params["target"])
         if disk.path != path:
             raise Conflict(f"Disk {disk.target} of {vm.name} is no longer {path}; nothing was resized.")
@@ -199,13 +201,29 @@ def _run_volume_resize(job: Job, progress: jobs.Progress) -> dict:
     return {"target": disk.target, "capacity": size, "live": live}
 
 
+def _encrypted_disk(vm, target: str):
+    """The VM's encrypted disk on `target`, if the encryption app owns one there."""
+    if not django_apps.is_installed("apps.encryption"):
+        return None
+    from apps.encryption.models import EncryptedDisk
+
+    return EncryptedDisk.objects.select_related("vm", "host").filter(vm=vm, target=target).first()
+
+
 def volume_delete(*, actor, vm, target: str, confirmed: bool = False) -> Job:
-    """Detach a disk from a shut-off VM and delete its volume (asks for confirmation)."""
+    """Detach a disk from a shut-off VM and delete its volume (asks for confirmation).
+    An encrypted disk belongs to the encryption app: its own service deletes it (closing
+    it, retiring its key, removing its record)."""
     kind = "storage.volume.delete"
     authorize(actor, "storage.change", vm, action=kind)
     params = {"target": target}
+    encrypted = _encrypted_disk(vm, target)
+    if encrypted is not None:
+        from apps.encryption.services import disk_delete
+
+        return disk_delete(actor=actor, disk=encrypted, confirmed=confirmed)
     try:
-        disks = gw.domain_disks(vm.host.uri, vm.name)
+        disks = vm_disks(vm)
         disk = _disk(disks, target)
         vol = _volume_of(vm, disk)
         params.update(pool=vol.pool, volume=vol.name)

@@ -40,6 +40,25 @@ def _store_ready():
     get_store().initialize()
 
 
+@pytest.fixture(autouse=True)
+def _hook_registry_cleaned():
+    """Entries this test run wrote into the libvirt hook's registry (for VMs the test made)
+    go away after each test; other runs' entries stay."""
+    import json
+
+    from django.conf import settings
+
+    yield
+    registry = Path(settings.ENCRYPTION_HOOK_REGISTRY_DIR)
+    for entry in registry.glob("*.json") if registry.is_dir() else ():
+        try:
+            env = json.loads(entry.read_text()).get("env", {})
+        except (OSError, ValueError):
+            continue
+        if env.get("PORTAL_TEST_RUN") == settings.TEST_RUN and env.get("PORTAL_USE_TEST_DB") == "1":
+            entry.unlink(missing_ok=True)
+
+
 def run_job(job: Job) -> Job:
     """Run the job here, as the Celery task would (on_commit does not fire in db tests)."""
     jobs.job_run(job.pk, worker="pytest")

@@ -51,7 +51,8 @@ def test_create_encrypted_makes_a_luks2_volume_with_its_key_in_the_store(encrypt
     assert stat.S_IMODE(os.stat(key_file.parent).st_mode) == 0o700
     assert key.hex().encode() not in key_file.read_bytes()
     targets = {d["target"]: d["path"] for d in lv.domain_disks(shut_vm.host.uri, shut_vm.name)}
-    assert targets[disk.target] == disk.path
+    # the guest is given the unlocked path, never the LUKS container
+    assert targets[disk.target] == services.device_mapper().mapping_path(disk.mapping_name) != disk.path
     assert _events("encryption.disk.create") == ["requested", "success"]
     job = Job.objects.get(kind="encryption.disk.create")
     assert set(job.params) == {"size_gib", "pool", "kind", "volume", "disk_id"}

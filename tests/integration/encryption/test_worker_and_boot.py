@@ -109,7 +109,8 @@ def test_luks2_disks_are_opened_at_start_and_closed_at_stop(shut_vm, operator, t
         assert job.state == Job.State.SUCCEEDED, job.error
         disk.refresh_from_db()
         assert disk.mapping == "" and not dm.is_open(disk.mapping_name)
-        assert {d["target"]: d["path"] for d in lv.domain_disks(uri, shut_vm.name)}[disk.target] == disk.path
+        # closed, the definition still names the (now absent) unlocked path, never the container
+        assert {d["target"]: d["path"] for d in lv.domain_disks(uri, shut_vm.name)}[disk.target] == sources[disk.target]
     finally:
         _cleanup(disk)
 

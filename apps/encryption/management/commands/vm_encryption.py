@@ -13,6 +13,8 @@
     destroy-stale-headers VM [--disk vdb]
     status | init | unseal | seal | rotate-kek
     start VM | stop VM [--force]
+    unlock-policy VM automatic|manual [--passphrase-file F]
+    start-manual VM [--passphrase-file F]
 
 Jobs are queued for the workers and followed until they end (--no-wait returns at once).
 Destructive actions (encrypt-existing, change-passphrase, restore-key,
@@ -79,6 +81,9 @@ class Command(BaseCommand):
             p = sub.add_parser(name)
             p.add_argument("vm")
             p.add_argument("--disk", default="", help="guest device (e.g. vdb) when the VM has several")
+            if name == "change-passphrase":
+                p.add_argument("--passphrase-file", default="", help="manual-unlock VM: the current passphrase")
+                p.add_argument("--new-passphrase-file", default="", help="manual-unlock VM: the new passphrase")
         sub.add_parser("list-encrypted")
         sub.add_parser("key-reminders", help="disks whose key is old, or that lack an escrow or a header backup")
         p = sub.add_parser("escrow-export")
@@ -108,6 +113,13 @@ class Command(BaseCommand):
         p = sub.add_parser("stop")
         p.add_argument("vm")
         p.add_argument("--force", action="store_true")
+        p = sub.add_parser("unlock-policy", help="automatic (key store) or manual (a typed passphrase) unlock")
+        p.add_argument("vm")
+        p.add_argument("mode", choices=["automatic", "manual"])
+        p.add_argument("--passphrase-file", default="")
+        p = sub.add_parser("start-manual", help="open a manual-unlock VM's disks with its passphrase and start it")
+        p.add_argument("vm")
+        p.add_argument("--passphrase-file", default="")
         for action_parser in sub.choices.values():
             self._common_options(action_parser, top=False)
 
@@ -219,6 +231,13 @@ class Command(BaseCommand):
         elif action == "encrypt-existing":
             confirmed = self._confirm(o, f"Encrypting {o['path']} of {vm.name} in place")
             job = services.disk_encrypt_existing(actor=actor, vm=vm, path=o["path"], confirmed=confirmed)
+        elif action == "change-passphrase" and services.unlock_policy_get(actor=actor, vm=vm)["manual"]:
+            return self._manual_passphrase_change(actor, vm, o)
+        elif action == "unlock-policy":
+            return self._unlock_policy(actor, vm, o)
+        elif action == "start-manual":
+            state = services.vm_start_manual(actor=actor, vm=vm, passphrase=self._passphrase(o, "VM passphrase: "))
+            return self.stdout.write(self.style.SUCCESS(f"{vm.name} is {state}"))
         elif action == "change-passphrase":
             disk = self._disk(vm, o["disk"])
             confirmed = self._confirm(o, f"Changing the key of {disk}")
@@ -335,3 +354,19 @@ class Command(BaseCommand):
             actor=actor, disk=disk, escrow=escrow, recovery_passphrase=passphrase, confirmed=confirmed
         )
         self.stdout.write(self.style.SUCCESS(f"key of {disk} restored from escrow; recovery test passed"))
+
+    def _unlock_policy(self, actor, vm, o):
+        confirmed = self._confirm(o, f"Changing how the disks of {vm.name} are unlocked")
+        if o["mode"] == "manual":
+            passphrase = self._passphrase(o, f"New passphrase of {vm.name} (never stored): ", confirm=True)
+        else:
+            passphrase = self._passphrase(o, f"Current passphrase of {vm.name}: ")
+        services.vm_unlock_policy_set(actor=actor, vm=vm, mode=o["mode"], passphrase=passphrase, confirmed=confirmed)
+        self.stdout.write(self.style.SUCCESS(f"{vm.name} now has {o['mode']} unlock"))
+
+    def _manual_passphrase_change(self, actor, vm, o):
+        """A manual-unlock VM: the typed passphrase itself changes (asked, never in argv)."""
+        old = self._passphrase(o, f"Current passphrase of {vm.name}: ")
+        new = self._passphrase({"passphrase_file": o.get("new_passphrase_file")}, "New passphrase: ", confirm=True)
+        services.vm_passphrase_change(actor=actor, vm=vm, passphrase=old, new_passphrase=new)
+        self.stdout.write(self.style.SUCCESS(f"the passphrase of {vm.name} was changed"))
