@@ -38,6 +38,8 @@ class VmFilters:
     host: str = ""
     zone: str = ""
     state: str = ""
+    encrypted: str = ""  # "yes", "no" or "" (either)
+    over_quota: bool = False
     sort: str = "host"
     descending: bool = False
 
@@ -51,13 +53,16 @@ class VmFilters:
             host=params.get("host", "")[:63],
             zone=params.get("zone", "")[:63],
             state=params.get("state", "")[:20],
+            encrypted=params.get("encrypted", "") if params.get("encrypted", "") in ("yes", "no") else "",
+            over_quota=params.get("over_quota", "") == "yes",
             sort=sort if sort in SORTS else "host",
             descending=descending,
         )
 
     def as_query(self) -> dict[str, str]:
         """The filters as URL parameters (empty ones left out): bookmarkable views."""
-        values = {"q": self.q, "host": self.host, "zone": self.zone, "state": self.state}
+        values = {"q": self.q, "host": self.host, "zone": self.zone, "state": self.state,
+                  "encrypted": self.encrypted, "over_quota": "yes" if self.over_quota else ""}  # fmt: skip
         if self.sort != "host" or self.descending:
             values["sort"] = f"{'-' if self.descending else ''}{self.sort}"
         return {k: v for k, v in values.items() if v}
@@ -73,6 +78,13 @@ def vm_page(user, filters: VmFilters, page_number) -> Page:
         qs = qs.filter(zone=filters.zone)
     if filters.state:
         qs = qs.filter(last_state=filters.state)
+    if filters.encrypted:
+        # the encryption and storage apps own these rows: asked by relation, as subqueries
+        encrypted = VirtualMachine.objects.filter(encrypted_disks__isnull=False).values("pk")
+        qs = qs.filter(pk__in=encrypted) if filters.encrypted == "yes" else qs.exclude(pk__in=encrypted)
+    if filters.over_quota:  # an open breach: allocation at or over the hard limit
+        qs = qs.filter(pk__in=VirtualMachine.objects.filter(storagealert__state="open",
+                                                            storagealert__level="breach").values("pk"))  # fmt: skip
     order = SORTS[filters.sort]
     if filters.descending:
         order = tuple(f"-{f}" for f in order)

@@ -105,3 +105,26 @@ def test_an_unreachable_host_is_shown_stale_with_since_when(client, viewer, lab)
     page = client.get(reverse("vms:list")).content.decode()
     assert 'data-testid="stale-host"' in page and since.strftime("%Y-%m-%d %H:%M") in page
     assert "Cannot connect" in page and 'data-vm="vm-0000"' in page  # last known state still shown
+
+
+def test_the_list_filters_encrypted_and_over_quota_vms(client, viewer, lab):
+    from apps.encryption.models import EncryptedDisk
+    from apps.storage.models import StorageAlert
+
+    client.force_login(viewer)
+    make_vms(lab, 4)
+    enc, over = VirtualMachine.objects.get(name="vm-0001"), VirtualMachine.objects.get(name="vm-0002")
+    EncryptedDisk.objects.create(host=lab, vm=enc, vm_uuid=enc.uuid, path="/images/x.img", key_id="k" * 32,
+                                 state=EncryptedDisk.State.READY)  # fmt: skip
+    now = timezone.now()
+    alert = {"host": lab, "usage": 2, "limit": 1, "percent": 200, "raised_at": now, "updated_at": now}
+    StorageAlert.objects.create(vm=over, level="breach", **alert)
+    StorageAlert.objects.create(vm=enc, level="warning", **alert)  # a warning is not over the quota
+    names = lambda **q: {  # noqa: E731
+        r.split('"', 1)[0] for r in client.get(reverse("vms:list"), q).content.decode().split('data-vm="')[1:]
+    }
+    assert names(encrypted="yes") == {"vm-0001"}
+    assert names(encrypted="no") == {"vm-0000", "vm-0002", "vm-0003"}
+    assert names(over_quota="yes") == {"vm-0002"}
+    assert names(over_quota="yes", encrypted="yes") == set()
+    assert names(encrypted="maybe") == {"vm-0000", "vm-0001", "vm-0002", "vm-0003"}  # unknown value: no filter
