@@ -18,6 +18,7 @@ from apps.encryption.gateways import libvirt_luks as lv
 from apps.encryption.models import EncryptedDisk, RetiredKey
 from apps.encryption.services.common import stored_key
 from apps.storage import services as storage_services
+from tests.conftest import reauthenticate
 
 from .conftest import run_job
 
@@ -52,6 +53,7 @@ def test_deleting_an_encrypted_volume_from_the_storage_page_retires_its_key(clie
     EncryptedDisk.objects.filter(pk=disk.pk).update(mapping=disk.mapping_name)
     client.force_login(operator)
     url = reverse("storage:volume_delete", args=[vm.host.name, vm.name, disk.target])
+    reauthenticate(client)  # a volume delete asks for the password again (REAUTH_POLICY)
     response = client.post(url, {"confirm": "yes"})
     assert response.status_code in (200, 302)
     job = Job.objects.get(kind="encryption.disk.delete")
