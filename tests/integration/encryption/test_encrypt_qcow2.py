@@ -81,7 +81,11 @@ def qcow2_disk(host, shut_vm, libvirt_uri, test_pool):
 
 
 def _format_in_definition(uri: str, vm, path: str) -> str:
-    return next(d["format"] for d in lv.domain_disks(uri, vm.name) if d["path"] == path)
+    """The driver type of the disk at `path`: named by the image itself, or, once it is an
+    encrypted disk, by its unlocked path (a definition never names the LUKS container)."""
+    unlocked = {container: mapped for mapped, container in services.container_paths(vm.host).items()}
+    wanted = {path, unlocked.get(path, path)}
+    return next(d["format"] for d in lv.domain_disks(uri, vm.name) if d["path"] in wanted)
 
 
 def _outcomes():

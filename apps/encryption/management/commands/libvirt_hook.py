@@ -15,6 +15,9 @@ from apps.encryption.services.hook import hook_prepare, hook_release
 
 
 class Command(BaseCommand):
+    # called by libvirtd while it starts a domain: no system check may run here (the images
+    # check asks libvirt, which would wait on the very start that called us)
+    requires_system_checks = []
     help = "Called by the libvirt qemu hook: open (prepare) or close (release) a VM's encrypted disks."
 
     def add_arguments(self, parser):
