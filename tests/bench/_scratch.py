@@ -15,3 +15,28 @@ def scratch_pool() -> tuple[str, str, Path]:
     pool_name = f"bench-{tag}"
     pool_dir = make_traversable_dir(Path(settings.IMAGE_DIR) / "bench-pools" / pool_name)
     return tag, pool_name, pool_dir
+
+
+def remove_scratch(conn, pool_name: str, pool_dir: Path, domains=()) -> None:
+    """Stop and undefine the benchmark's domains, remove its pool and directory, close `conn`
+    (a benchmark leaves nothing behind, whatever happened)."""
+    import shutil
+
+    import libvirt
+
+    from apps.core.gateways import libvirt_gw as gw
+
+    for name in domains:
+        try:
+            dom = conn.lookupByName(name)
+            if dom.isActive():
+                dom.destroy()
+            dom.undefine()
+        except libvirt.libvirtError:  # never defined, or already gone
+            pass
+    try:
+        gw.remove_pool(settings.LIBVIRT_URI, pool_name, delete_volumes=False)
+    except Exception:  # noqa: BLE001  (already gone)
+        pass
+    conn.close()
+    shutil.rmtree(pool_dir, ignore_errors=True)

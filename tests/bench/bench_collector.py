@@ -8,7 +8,6 @@ qemu:///system in a scratch pool; removes them after."""
 from __future__ import annotations
 
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -29,7 +28,7 @@ def run(args) -> dict:
     from apps.core.gateways.libvirt_xml import domain_xml
     from apps.core.models import Host
     from apps.vms.models import VirtualMachine
-    from tests.bench._scratch import scratch_pool
+    from tests.bench._scratch import remove_scratch, scratch_pool
 
     uri = settings.LIBVIRT_URI
     tag, pool_name, pool_dir = scratch_pool()
@@ -101,15 +100,4 @@ def run(args) -> dict:
 
             VirtualMachine.objects.filter(host=host).delete()
             host.delete()
-        for step in ("destroy", "undefine"):
-            try:
-                dom = conn.lookupByName(name)
-                dom.destroy() if step == "destroy" else dom.undefine()
-            except libvirt.libvirtError:
-                pass
-        try:
-            gw.remove_pool(uri, pool_name, delete_volumes=False)
-        except Exception:  # noqa: BLE001  (already gone)
-            pass
-        conn.close()
-        shutil.rmtree(pool_dir, ignore_errors=True)
+        remove_scratch(conn, pool_name, pool_dir, [name])

@@ -7,7 +7,6 @@ small domains (one sparse disk each) on qemu:///system in a temporary pool; remo
 
 from __future__ import annotations
 
-import shutil
 import statistics
 import time
 
@@ -16,7 +15,7 @@ from django.conf import settings
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from tests.bench._scratch import scratch_pool
+from tests.bench._scratch import remove_scratch, scratch_pool
 
 VMS = 500
 ROUNDS = 5
@@ -96,14 +95,4 @@ def run(args) -> dict:
             RoleAssignment.objects.filter(host=host).delete()
             VirtualMachine.objects.filter(host=host).delete()
             host.delete()
-        for name in names:
-            try:
-                conn.lookupByName(name).undefine()
-            except libvirt.libvirtError:
-                pass
-        try:
-            gw.remove_pool(uri, pool_name, delete_volumes=False)
-        except Exception:  # noqa: BLE001  (already gone)
-            pass
-        conn.close()
-        shutil.rmtree(pool_dir, ignore_errors=True)
+        remove_scratch(conn, pool_name, pool_dir, names)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import http.client
 import os
 import random
-import shutil
 import statistics
 import subprocess
 import sys
@@ -87,7 +86,7 @@ def run(args) -> dict:
     from apps.core.models import Host
     from apps.vms.models import VirtualMachine
     from apps.vms.services import inventory_sync
-    from tests.bench._scratch import scratch_pool
+    from tests.bench._scratch import remove_scratch, scratch_pool
 
     duration = max(5.0, DURATION * args.scale)
     uri = settings.LIBVIRT_URI
@@ -196,13 +195,4 @@ def run(args) -> dict:
             RoleAssignment.objects.filter(host=host).delete()
             VirtualMachine.objects.filter(host=host).delete()
             host.delete()
-        try:
-            conn.lookupByName(domain).undefine()
-        except libvirt.libvirtError:
-            pass
-        try:
-            gw.remove_pool(uri, pool_name, delete_volumes=False)
-        except Exception:  # noqa: BLE001  (already gone)
-            pass
-        conn.close()
-        shutil.rmtree(pool_dir, ignore_errors=True)
+        remove_scratch(conn, pool_name, pool_dir, [domain])
