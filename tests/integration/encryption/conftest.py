@@ -59,6 +59,13 @@ def _hook_registry_cleaned():
             entry.unlink(missing_ok=True)
 
 
+@pytest.fixture
+def jobs_run_here(monkeypatch):
+    """Transactional tests that run their jobs with run_job: the commit must not also hand
+    the job to the session's Celery worker (both would run it, and race)."""
+    monkeypatch.setattr(jobs, "_send", lambda job_id: None)
+
+
 def run_job(job: Job) -> Job:
     """Run the job here, as the Celery task would (on_commit does not fire in db tests)."""
     jobs.job_run(job.pk, worker="pytest")

@@ -55,7 +55,7 @@ def _events(action):
 
 
 @pytest.fixture
-def make_encrypted(transactional_db, shut_vm, operator, test_pool):
+def make_encrypted(transactional_db, jobs_run_here, shut_vm, operator, test_pool):
     made = []
 
     def make(kind="luks2"):

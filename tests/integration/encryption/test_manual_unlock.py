@@ -44,7 +44,7 @@ def _outcomes(action):
 
 
 @pytest.fixture
-def disk(transactional_db, shut_vm, operator, test_pool):
+def disk(transactional_db, jobs_run_here, shut_vm, operator, test_pool):
     job = run_job(services.disk_create_encrypted(actor=operator, vm=shut_vm, size_gib=1, pool=test_pool))
     assert job.state == Job.State.SUCCEEDED, job.error
     d = EncryptedDisk.objects.select_related("vm", "host").get(pk=job.params["disk_id"])
