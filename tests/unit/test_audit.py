@@ -105,7 +105,7 @@ def test_the_database_refuses_updates_and_deletes(operator):
 
 def test_django_flush_is_refused_on_sqlite_outside_the_test_engine(operator):
     if connection.vendor != "sqlite":
-        pytest.skip("PostgreSQL's flush is TRUNCATE, an owner-only operation that row triggers do not see")
+        pytest.skip(reason="SQLite only: PostgreSQL's flush is TRUNCATE, which row triggers do not see")
     from django.db.backends.sqlite3.operations import DatabaseOperations  # Django's own, as in production
 
     make_events(operator, 1)
