@@ -13,6 +13,7 @@ import argparse
 import importlib
 import os
 import pkgutil
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -78,6 +79,10 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             if drop is not None:
                 drop()
+            from django.conf import settings
+
+            if settings.IMAGE_DIR.name.startswith("test-"):  # this run's own image directory
+                shutil.rmtree(settings.IMAGE_DIR, ignore_errors=True)
     print()
     print(f"{'benchmark':40} {'ratio':>8} {'target':>8}")
     for r in results:
