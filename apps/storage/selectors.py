@@ -95,12 +95,6 @@ class HostStorage:
     error: str = ""
 
 
-def _visible_vms(user, host: Host):
-    qs = VirtualMachine.objects.filter(host=host, present=True).select_related("storage_quota", "host", "disk_state")
-    allowed = scope_filter(user, "storage.view") if user is not None else None
-    return qs if allowed is None else qs.filter(allowed)
-
-
 def _stale_note(host: Host) -> str:
     if host.unreachable_since:
         when = timezone.localtime(host.unreachable_since).strftime("%Y-%m-%d %H:%M:%S")
@@ -110,34 +104,59 @@ def _stale_note(host: Host) -> str:
     return ""
 
 
-def overview_for(user) -> list[HostStorage]:
-    """Pools and VM quotas of every host the user may see (user None: the system, all), from
-    the database: a constant number of queries per host, no libvirt call."""
-    if user is not None:
-        require(user, "storage.view", anywhere=True, action="storage.pools.view")
+OVERVIEW_VMS_PER_PAGE = 50
+
+
+def _overview(user, vms: list[VirtualMachine]) -> list[HostStorage]:
+    """Pools of every host the user may see, and these VMs' quota rows grouped by host."""
     defaults = defaults_get()
+    by_host: dict[int, list[VirtualMachine]] = {}
+    for vm in vms:
+        by_host.setdefault(vm.host_id, []).append(vm)
     result = []
     for host in Host.objects.all():
-        vms = [vm for vm in _visible_vms(user, host).order_by("name")]
+        host_vms = by_host.get(host.pk, [])
         show_pools = user is None or has_perm(user, "storage.view", host)
-        if not vms and not show_pools:
+        if not host_vms and not show_pools:
             continue
         entry = HostStorage(host, error=_stale_note(host))
         if show_pools:
             limits = {pl.pool: pl for pl in PoolLimit.objects.filter(host=host)}
             entry.pools = [PoolRow(host, p, effective_pool_limit(limits.get(p.name), defaults))
                            for p in PoolState.objects.filter(host=host).order_by("name")]  # fmt: skip
-        alerts = {
-            a.vm_id: a
-            for a in StorageAlert.objects.filter(host=host, state="open", vm__isnull=False).select_related("vm")
-        }
-        for vm in vms:
+        alerts = {}
+        if host_vms:
+            open_alerts = StorageAlert.objects.filter(host=host, state="open", vm__in=[vm.pk for vm in host_vms])
+            alerts = {a.vm_id: a for a in open_alerts}
+        for vm in host_vms:
             disks = getattr(vm, "disk_state", None)
             if disks is not None:
                 quota = effective_quota(getattr(vm, "storage_quota", None), defaults)
                 entry.vms.append(VmUsageRow(vm, disks, quota, alerts.get(vm.pk)))
         result.append(entry)
     return result
+
+
+def _visible_vms_everywhere(user):
+    qs = VirtualMachine.objects.filter(present=True).select_related("storage_quota", "host", "disk_state")
+    allowed = scope_filter(user, "storage.view") if user is not None else None
+    return (qs if allowed is None else qs.filter(allowed)).order_by("host__name", "name")
+
+
+def overview_for(user) -> list[HostStorage]:
+    """Pools and every VM's quota row of every host the user may see (user None: the
+    system, all), from the database, no libvirt call (the `storage_quota list` command)."""
+    if user is not None:
+        require(user, "storage.view", anywhere=True, action="storage.pools.view")
+    return _overview(user, list(_visible_vms_everywhere(user)))
+
+
+def overview_page(user, page_number=None) -> tuple[list[HostStorage], Page]:
+    """The storage page: pools of every host, and one page of VM quota rows (host, name
+    order), so a host of thousands of VMs draws fifty."""
+    require(user, "storage.view", anywhere=True, action="storage.pools.view")
+    page = Paginator(_visible_vms_everywhere(user), OVERVIEW_VMS_PER_PAGE).get_page(page_number)
+    return _overview(user, list(page.object_list)), page
 
 
 @dataclass(frozen=True)

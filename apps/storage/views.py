@@ -46,8 +46,10 @@ def _refused(request, form, *, perm: str, obj, action: str, target=None) -> None
 
 @permission_required("storage.view")
 def pool_list(request):
+    hosts, page = selectors.overview_page(request.user, request.GET.get("page"))
     context = {
-        "hosts": selectors.overview_for(request.user),
+        "hosts": hosts,
+        "page": page,
         "open_alerts": services.alert_badge_count(request.user),
     }
     return render_page(request, "storage/pools.html", context, partial="overview")

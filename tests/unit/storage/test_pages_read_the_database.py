@@ -72,7 +72,7 @@ def test_the_overview_makes_no_libvirt_call_and_constant_queries(client, viewer,
     fill(lab, 100)
     many = count_queries(client, reverse("storage:pools"))
     assert no_libvirt == [] and many == few
-    html = client.get(reverse("storage:pools")).content.decode()
+    html = client.get(reverse("storage:pools"), {"page": 3}).content.decode()  # 50 VM rows a page
     assert 'data-pool="big"' in html and 'data-vm="vm-00104"' in html
 
 
@@ -108,3 +108,13 @@ def test_a_scoped_user_sees_no_pools_and_only_their_vms(client, make_user, lab, 
     html = client.get(reverse("storage:pools")).content.decode()
     assert 'data-vm="vm-00001"' in html and 'data-vm="vm-00000"' not in html and "data-pool=" not in html
     assert client.get(reverse("storage:pool", args=[lab.name, "big"])).status_code == 404
+
+
+def test_the_overview_draws_one_page_of_vm_quota_rows(client, viewer, lab, no_libvirt):
+    client.force_login(viewer)
+    fill(lab, 120, volumes_per_vm=1)
+    first = client.get(reverse("storage:pools")).content.decode()
+    assert first.count('data-vm="') == 50 and "120 VMs" in first and "Page 1 of 3" in first
+    assert 'data-pool="big"' in first  # the pools on every page
+    third = client.get(reverse("storage:pools"), {"page": 3}).content.decode()
+    assert third.count('data-vm="') == 20 and 'data-vm="vm-00119"' in third and 'data-pool="big"' in third
