@@ -42,7 +42,7 @@ _VM_USAGE_SQL = """
 SELECT v.id, v.name, d.state, d.provisioned, d.allocation, q.limit_bytes
 FROM vms_virtualmachine v JOIN storage_vmdiskstate d ON d.vm_id = v.id
 LEFT JOIN storage_vmquota q ON q.vm_id = v.id
-WHERE v.present AND v.host_id = %s ORDER BY v.name
+WHERE v.present AND v.host_id = %s ORDER BY v.name LIMIT 50
 """
 _POOL_SQL = "SELECT * FROM storage_poolstate WHERE host_id = %s AND name = 'big'"
 _VOLUMES_SQL = """
@@ -173,17 +173,19 @@ def run(args) -> dict:
                     cur.fetchall()
                 cur.execute(_POOLS_SQL, [host.pk])
                 cur.fetchall()
+                cur.execute("SELECT COUNT(*) FROM vms_virtualmachine WHERE present AND host_id = %s", [host.pk])
+                cur.fetchone()
                 cur.execute(_VM_USAGE_SQL, [host.pk])
                 return cur.fetchall()
 
         def portal_overview():
-            return storage_selectors.overview_for(get_user_model().objects.get(pk=user.pk))
+            return storage_selectors.overview_page(get_user_model().objects.get(pk=user.pk), "1")[0]
 
-        assert len(bare_overview()) == sum(len(h.vms) for h in portal_overview())
+        assert len(bare_overview()) == sum(len(h.vms) for h in portal_overview())  # the first page
         b, p = _median(bare_overview, 10), _median(portal_overview, 10)
         with _counting() as counted:
             assert client.get("/storage/").status_code == 200
-        results[f"storage overview ({len(vms)} VMs)"] = (b, p, _median(lambda: client.get("/storage/"), 10),
+        results[f"storage overview ({len(vms)} VMs, page 1)"] = (b, p, _median(lambda: client.get("/storage/"), 10),
                                                           len(counted))  # fmt: skip
 
         middle = max(1, volumes // 200)  # a page in the middle of the pool
