@@ -107,17 +107,23 @@ def escrow_export(request, pk: int):
     return response
 
 
+def _escrow_upload(request, purpose: str) -> bytes:
+    """The uploaded escrow document (refused when missing or larger than an escrow can be)."""
+    upload = request.FILES.get("escrow")
+    if upload is None or upload.size > MAX_ESCROW_BYTES:
+        raise InvalidInput(f"Choose the escrow file (a small JSON document) {purpose}.")
+    return upload.read()
+
+
 @require_POST
 @permission_required("encryption.keys")
 def recovery_test(request, pk: int):
     disk = services.disk_for(request.user, pk)
-    upload = request.FILES.get("escrow")
-    if upload is None or upload.size > MAX_ESCROW_BYTES:
-        raise InvalidInput("Choose the escrow file (a small JSON document) to test.")
+    escrow = _escrow_upload(request, "to test")
     result = services.disk_recovery_test(
         actor=request.user,
         disk=disk,
-        escrow=upload.read(),
+        escrow=escrow,
         recovery_passphrase=request.POST.get("recovery_passphrase", ""),
     )
     stale = "" if result["escrow_current"] else " (the escrow is of an earlier key: export a new one)"
@@ -130,13 +136,11 @@ def recovery_test(request, pk: int):
 def key_restore(request, pk: int):
     """Put the disk's key back into the store from an escrow file, then test it."""
     disk = services.disk_for(request.user, pk)
-    upload = request.FILES.get("escrow")
-    if upload is None or upload.size > MAX_ESCROW_BYTES:
-        raise InvalidInput("Choose the escrow file (a small JSON document) to restore from.")
+    escrow = _escrow_upload(request, "to restore from")
     services.disk_key_restore(
         actor=request.user,
         disk=disk,
-        escrow=upload.read(),
+        escrow=escrow,
         recovery_passphrase=request.POST.get("recovery_passphrase", ""),
         confirmed=_confirmed(request),
     )
