@@ -1,5 +1,11 @@
-"""The one permission check. Views, services, management commands and tasks all call
-`require` (or `has_perm`), so a role means the same thing everywhere.
+"""The one permission engine. Three ways in, one rule:
+
+- `authorize(actor, perm, obj, action=...)` in services (and views before they act): raises
+  PermissionDenied and audits the denial. actor None is the system user (the periodic
+  checks, commands run without --as, a breach suspension): trusted, audited as "system".
+  Job handlers pass `jobs.job_actor(job)`, never `job.actor`.
+- `has_perm(user, perm, obj)` for a yes/no (the `{% can %}` template tag asks it per button).
+- `restrict(queryset, user, perm)` for "the rows this user may see with this permission".
 
 Scopes resolve through the object: VM -> zone -> host -> global. An object takes part by
 offering `scope_path()` -> (host_id, zone, vm_id)."""
@@ -93,6 +99,14 @@ def require(user, perm: str, obj=None, *, anywhere: bool = False, action: str | 
     raise PermissionDenied(f"You do not have the '{perm}' permission for this.")
 
 
+def authorize(actor, perm: str, obj=None, *, action: str | None = None, anywhere: bool = False, target=None) -> None:
+    """The permission check of every service: the system actor (None) is allowed, anyone
+    else needs `perm` over `obj` (a denial is audited under `action` and raised)."""
+    if actor is None:
+        return
+    require(actor, perm, obj, anywhere=anywhere, action=action, target=target)
+
+
 def permissions_of(user) -> set[str]:
     """Every permission the user holds in some scope (for showing navigation)."""
     perms: set[str] = set()
@@ -118,3 +132,34 @@ def scope_filter(user, perm: str):
         elif a.scope == Scope.VM:
             q |= Q(pk=a.vm_id)
     return q
+
+
+def restrict(queryset, user, perm: str):
+    """The rows of `queryset` that `perm` covers for `user` (None: the system, all rows).
+    The model says how it reaches its VM with `scope_vm_path` ("" for VirtualMachine
+    itself, "vm" for a row with a `vm` foreign key)."""
+    if user is None:
+        return queryset
+    path = getattr(queryset.model, "scope_vm_path", None)
+    if path is None:
+        raise TypeError(f"{queryset.model.__name__} has no scope_vm_path: it cannot be restricted by VM scope")
+    q = scope_filter(user, perm)
+    if q is None:
+        return queryset
+    if path:
+        q = _prefixed(q, path)
+    return queryset.filter(q)
+
+
+def _prefixed(q, path: str):
+    from django.db.models import Q
+
+    out = Q()
+    out.connector, out.negated = q.connector, q.negated
+    for child in q.children:
+        if isinstance(child, Q):
+            out.children.append(_prefixed(child, path))
+        else:
+            key, value = child
+            out.children.append((f"{path}__{'pk' if key == 'pk' else key}", value))
+    return out

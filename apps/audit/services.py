@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 from django.db import transaction
 from django.utils import timezone
@@ -96,6 +98,68 @@ def record(
         event.save()
         AuditChainHead.objects.filter(id=1).update(last_hash=event.hash, count=head.count + 1)
     return event
+
+
+@dataclass
+class Outcome:
+    """What an `audited` block records; the block may add params or change the target
+    once it knows them (a created object, a value read during the change)."""
+
+    target: object = None
+    params: dict = field(default_factory=dict)
+    job: object = None
+
+
+@contextmanager
+def audited(*, actor, action: str, target=None, params: dict | None = None, perm: str | None = None,
+            obj=None, job=None, atomic: bool = False):
+    """The one way a service records what became of an action:
+
+        with audited(actor=actor, action="storage.quota.set", target=vm, perm="storage.change",
+                     params={"limit_bytes": limit}) as ev:
+            ...the change...
+            ev.params["previous_version"] = row.version - 1
+
+    With `perm`, the permission is checked first (`authorize`: a denial is audited and
+    raised, the block never runs). The block ending records "success"; a PortalError
+    records "failed" with its message and is re-raised; PermissionDenied raised inside
+    was already audited where it was checked. With atomic=True the block and its success
+    event commit together, and a failure is recorded after the rollback."""
+    from django.core.exceptions import PermissionDenied
+
+    from apps.core.errors import PortalError
+
+    if perm is not None:
+        from apps.accounts.permissions import authorize
+
+        authorize(actor, perm, obj if obj is not None else target, action=action, target=target)
+    ev = Outcome(target=target, params=dict(params or {}), job=job)
+    try:
+        with transaction.atomic() if atomic else _nothing():
+            yield ev
+            record(actor=actor, action=action, target=ev.target, outcome="success", params=ev.params, job=ev.job)
+    except PermissionDenied:
+        raise
+    except PortalError as exc:
+        record(actor=actor, action=action, target=ev.target, outcome="failed", params=ev.params,
+               error=exc.message, job=ev.job)
+        raise
+
+
+@contextmanager
+def _nothing():
+    yield
+
+
+def refused(*, actor, action: str, target=None, params: dict | None = None, error: str, perm: str | None = None,
+            obj=None) -> None:
+    """Input a form refused before any service ran: check the permission as the service
+    would (a denial is audited and raised as such), then audit the refusal."""
+    if perm is not None:
+        from apps.accounts.permissions import authorize
+
+        authorize(actor, perm, obj if obj is not None else target, action=action, target=target)
+    record(actor=actor, action=action, target=target, outcome="failed", params=params, error=error)
 
 
 def verify_chain() -> tuple[int, AuditEvent | None, str]:

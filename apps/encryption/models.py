@@ -45,6 +45,8 @@ class EncryptedDisk(models.Model):
     def __str__(self):
         return f"{self.vm.name}:{self.volume or self.path}"
 
+    scope_vm_path = "vm"  # permissions.restrict reaches the VM through this field
+
     def scope_path(self):
         return self.vm.scope_path()
 

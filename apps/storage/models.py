@@ -71,6 +71,8 @@ class VmQuota(models.Model):
     def __str__(self):
         return f"quota of {self.vm}"
 
+    scope_vm_path = "vm"  # permissions.restrict reaches the VM through this field
+
     def scope_path(self):
         return self.vm.scope_path()
 
@@ -172,6 +174,8 @@ class StorageAlert(models.Model):
     @property
     def subject(self) -> str:
         return self.vm.name if self.vm_id else f"pool {self.pool}"
+
+    scope_vm_path = "vm"  # permissions.restrict reaches the VM through this field
 
     def scope_path(self):
         return self.vm.scope_path() if self.vm_id else (self.host_id, None, None)

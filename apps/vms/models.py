@@ -31,5 +31,7 @@ class VirtualMachine(models.Model):
     def __str__(self):
         return self.name
 
+    scope_vm_path = ""  # permissions.restrict: this is the VM
+
     def scope_path(self):
         return (self.host_id, self.zone, self.pk)

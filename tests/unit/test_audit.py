@@ -165,3 +165,33 @@ def test_events_outlive_their_actor(operator, django_user_model):
     event = AuditEvent.objects.get(pk=event.pk)
     assert event.actor_name == "oscar-operator"
     assert verify_chain()[2] == ""
+
+
+@pytest.mark.django_db
+def test_audited_records_success_failure_and_a_single_denial(make_user):
+    from django.core.exceptions import PermissionDenied
+
+    from apps.accounts.models import Role
+    from apps.audit.models import AuditEvent
+    from apps.audit.services import audited
+    from apps.core.errors import InvalidInput
+    from apps.core.models import Host
+
+    host = Host.objects.create(name="h-audited", uri="test:///default")
+    admin, viewer = make_user(role=Role.ADMIN), make_user(role=Role.VIEWER)
+    with audited(actor=admin, action="t.ok", target=host, params={"a": 1}) as ev:
+        ev.params["b"] = 2
+    with pytest.raises(InvalidInput):
+        with audited(actor=admin, action="t.bad", target=host, atomic=True):
+            Host.objects.filter(pk=host.pk).update(name="renamed")
+            raise InvalidInput("no such size")
+    ran = []
+    with pytest.raises(PermissionDenied):
+        with audited(actor=viewer, action="t.denied", target=host, perm="storage.settings"):
+            ran.append(1)
+    events = {e.action: e for e in AuditEvent.objects.filter(action__startswith="t.")}
+    assert events["t.ok"].outcome == "success" and events["t.ok"].params == {"a": 1, "b": 2}
+    assert (events["t.bad"].outcome, events["t.bad"].error) == ("failed", "no such size")
+    assert Host.objects.get(pk=host.pk).name == "h-audited"  # atomic: the change rolled back
+    assert events["t.denied"].outcome == "denied" and ran == []
+    assert AuditEvent.objects.filter(action="t.denied").count() == 1

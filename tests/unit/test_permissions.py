@@ -79,3 +79,48 @@ def test_disabled_users_have_no_permissions(make_user, estate):
 def test_unknown_permissions_are_a_programming_error(make_user):
     with pytest.raises(ValueError):
         has_perm(make_user(role=Role.ADMIN), "vms.teleport")
+
+
+def test_restrict_filters_rows_that_reach_their_vm_through_a_field(make_user, estate):
+    from apps.accounts.permissions import restrict
+    from apps.storage.models import VmQuota
+
+    _, _, vms = estate
+    for vm in vms.values():
+        VmQuota.objects.create(vm=vm)
+    op = make_user(role=Role.OPERATOR, scope="zone", zone="secure")
+    assert sorted(restrict(VmQuota.objects.all(), op, "storage.change").values_list("vm__name", flat=True)) == [
+        "a",
+        "c",
+    ]
+    assert sorted(restrict(VirtualMachine.objects.all(), op, "vms.view").values_list("name", flat=True)) == ["a", "c"]
+    viewer = make_user(role=Role.VIEWER)
+    assert not restrict(VmQuota.objects.all(), viewer, "storage.change").exists()  # viewers never change
+    assert restrict(VmQuota.objects.all(), None, "storage.change").count() == 3  # the system sees all
+
+
+def test_authorize_trusts_the_system_actor_and_audits_a_denial(make_user, estate):
+    from django.core.exceptions import PermissionDenied
+
+    from apps.accounts.permissions import authorize
+    from apps.audit.models import AuditEvent
+
+    _, _, vms = estate
+    authorize(None, "vms.operate", vms["a"], action="vm.suspend")  # the system: allowed, nothing raised
+    viewer = make_user(role=Role.VIEWER)
+    with pytest.raises(PermissionDenied):
+        authorize(viewer, "vms.operate", vms["a"], action="vm.suspend")
+    event = AuditEvent.objects.get(action="vm.suspend")
+    assert (event.outcome, event.actor_name, event.target_name) == ("denied", viewer.username, "a")
+
+
+def test_can_tag_asks_for_the_object_not_the_role(make_user, estate, rf):
+    from django.template import Context, Template
+
+    _, _, vms = estate
+    op = make_user(role=Role.OPERATOR, scope="vm", vm=vms["a"])
+    request = rf.get("/")
+    request.user = op
+    tpl = Template('{% load portal %}{% can "storage.change" vm as ok %}{{ ok|yesno:"form,none" }}')
+    assert tpl.render(Context({"request": request, "vm": vms["a"]})) == "form"
+    assert tpl.render(Context({"request": request, "vm": vms["b"]})) == "none"
