@@ -269,7 +269,7 @@ def test_a_key_file_created_meanwhile_is_not_overwritten(store, monkeypatch):
     ours is refused and theirs kept (link, not rename)."""
     import tempfile
 
-    from apps.encryption import keystore
+    from apps.encryption.keystore import common as keystore_files
 
     key_id = store.new_key_id()
     target = store.directory / "disks" / f"{key_id}.key"
@@ -281,7 +281,7 @@ def test_a_key_file_created_meanwhile_is_not_overwritten(store, monkeypatch):
             os.chmod(target, 0o400)
         return real_mkstemp(*args, **kwargs)
 
-    monkeypatch.setattr(keystore.tempfile, "mkstemp", racing_mkstemp)
+    monkeypatch.setattr(keystore_files.tempfile, "mkstemp", racing_mkstemp)
     with pytest.raises(KeyFileRejected, match="already exists"):
         store.put(key_id=key_id, vm_uuid=VM_A, volume="/pool/a.img", key=os.urandom(64))
     assert target.read_bytes() == b"the other writer's key file"
