@@ -195,3 +195,24 @@ def test_audited_records_success_failure_and_a_single_denial(make_user):
     assert Host.objects.get(pk=host.pk).name == "h-audited"  # atomic: the change rolled back
     assert events["t.denied"].outcome == "denied" and ran == []
     assert AuditEvent.objects.filter(action="t.denied").count() == 1
+
+
+@pytest.mark.django_db
+def test_audited_records_a_partial_batch_as_failed_and_leaves_a_job_to_record_its_end(make_user):
+    """A batch that ends with some items failed (ev.error) is recorded as failed without
+    raising; a block that enqueued a job (ev.recorded: job_enqueue wrote "requested") adds
+    nothing, so the log holds one "requested" and, later, the job's end."""
+    from apps.accounts.models import Role
+    from apps.audit.models import AuditEvent
+    from apps.audit.services import audited
+
+    admin = make_user(role=Role.ADMIN)
+    with audited(actor=admin, action="t.batch", params={"files": 3}) as ev:
+        ev.params["restored"] = 2
+        ev.error = "1 file(s) not restored"
+    with audited(actor=admin, action="t.job") as ev:
+        ev.recorded = True
+    batch = AuditEvent.objects.get(action="t.batch")
+    assert (batch.outcome, batch.error) == ("failed", "1 file(s) not restored")
+    assert batch.params == {"files": 3, "restored": 2}
+    assert not AuditEvent.objects.filter(action="t.job").exists()

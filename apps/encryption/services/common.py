@@ -1,6 +1,7 @@
 """Shared pieces of the encryption services: the store and device-mapper from settings,
-the permission check (with the system actor of management commands and workers), LUKS
-parameters, path checks against the host's pools, and disk lookups scoped to the user."""
+LUKS parameters, path checks against the host's pools, and disk lookups scoped to the user.
+The permission check is apps.accounts.permissions.authorize (the system actor, None, of
+management commands and workers included); job handlers pass apps.core.jobs.job_actor(job)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.utils import timezone
 
-from apps.accounts.permissions import has_perm, require
-from apps.audit.services import record
+from apps.accounts.permissions import restrict
 from apps.core.errors import InvalidInput, NotFound
 
 from ..gateways import cryptsetup as cs
@@ -83,27 +83,6 @@ def container_paths(host) -> dict[str, str]:
     return {dm.mapping_path(d.mapping_name): d.path for d in disks}
 
 
-def authorize(actor, perm: str, obj=None, *, action: str, anywhere: bool = False) -> None:
-    """The one permission check. actor=None is the system (a management command run by
-    root on the host without --as, or a job enqueued by it): it may do everything."""
-    if actor is None:
-        return
-    require(actor, perm, obj, anywhere=anywhere, action=action)
-
-
-def fail(*, actor, action: str, target, error: str, params: dict | None = None) -> None:
-    """Audit a refused request (outside the rolled-back transaction)."""
-    record(actor=actor, action=action, target=target, outcome="failed", params=params, error=error)
-
-
-def job_actor(job):
-    """The user who asked for the job, or None (system) when a command asked for it without
-    a user. A job whose user was deleted is denied (PermissionDenied), never the system."""
-    from apps.core.jobs import job_actor as core_job_actor
-
-    return core_job_actor(job)
-
-
 def new_disk_key() -> bytes:
     return os.urandom(DISK_KEY_BYTES)
 
@@ -147,8 +126,8 @@ def pool_by_name(host, name: str) -> lv.PoolTarget:
 
 def disk_for(user, pk: int, perm: str = "encryption.view") -> EncryptedDisk:
     """The encrypted disk, if the user may see it (NotFound otherwise: hidden stays hidden)."""
-    disk = EncryptedDisk.objects.select_related("vm", "host").filter(pk=pk).first()
-    if disk is None or (user is not None and not has_perm(user, perm, disk.vm)):
+    disk = restrict(EncryptedDisk.objects.select_related("vm", "host"), user, perm).filter(pk=pk).first()
+    if disk is None:
         raise NotFound("No such encrypted disk that you can see.")
     return disk
 

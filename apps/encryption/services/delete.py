@@ -13,15 +13,17 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from apps.audit.services import record
+from apps.accounts.permissions import authorize
+from apps.audit.services import audited, record
 from apps.core import jobs
 from apps.core.errors import Conflict, InvalidInput, PortalError
 from apps.core.gateways import libvirt_gw as gw
+from apps.core.jobs import job_actor
 from apps.core.models import Job
 
 from ..gateways import libvirt_luks as lv
 from ..models import EncryptedDisk, RetiredKey, UnlockPolicy
-from .common import authorize, device_mapper, fail, get_store, job_actor
+from .common import device_mapper, get_store
 
 BUSY_KINDS = ("encryption.disk.encrypt", "encryption.disk.change_key", "encryption.disk.create")
 
@@ -30,9 +32,8 @@ def disk_delete(*, actor, disk: EncryptedDisk, confirmed: bool = False) -> Job:
     """Delete the encrypted disk of a shut-off VM (its volume and its data). Refused unless
     `confirmed`, while the VM runs, and while another job works on the disk."""
     action = "encryption.disk.delete"
-    authorize(actor, "encryption.change", disk.vm, action=action)
     params = {"disk_id": disk.pk, "target": disk.target, "volume": disk.volume}
-    try:
+    with audited(actor=actor, action=action, target=disk.vm, perm="encryption.change", params=params) as ev:
         if not confirmed:
             raise InvalidInput(f"Deleting the encrypted disk {disk} destroys its data: confirm it.")
         state = gw.domain_state(disk.host.uri, disk.vm.name)
@@ -46,10 +47,9 @@ def disk_delete(*, actor, disk: EncryptedDisk, confirmed: bool = False) -> Job:
                 busy = _jobs_on_disk(disk, kind)
                 if busy is not None:
                     raise Conflict(f"Job {busy.pk} ({busy.label}) is working on {disk}; wait for it to end.")
-            return jobs.job_enqueue(actor=actor, kind=action, target=disk.vm, host=disk.host, params=params)
-    except PortalError as exc:
-        fail(actor=actor, action=action, target=disk.vm, params=params, error=exc.message)
-        raise
+            job = jobs.job_enqueue(actor=actor, kind=action, target=disk.vm, host=disk.host, params=params)
+        ev.recorded = True  # job_enqueue recorded "requested", the job records its end
+    return job
 
 
 @jobs.handler("encryption.disk.delete")
@@ -130,19 +130,19 @@ def retired_keys_destroy(*, actor=None, now=None) -> list[str]:
     for retired in RetiredKey.objects.select_related("host").filter(destroyed_at=None, destroy_after__lte=now):
         if _in_use(retired.key_id):  # never a key a disk opens with
             continue
-        target = ("retiredkey", retired.pk, str(retired))
         try:
-            store.delete(retired.key_id)
-        except (PortalError, OSError) as exc:
-            fail(actor=actor, action=action, target=target, error=getattr(exc, "message", "") or str(exc))
+            with audited(
+                actor=actor,
+                action=action,
+                target=("retiredkey", retired.pk, str(retired)),
+                params={"retired": retired.key_id, "vm": retired.vm_name, "volume": retired.path},
+            ):
+                try:
+                    store.delete(retired.key_id)
+                except OSError as exc:
+                    raise Conflict(f"Could not destroy the retired key {retired.key_id}: {exc.strerror}.") from None
+                RetiredKey.objects.filter(pk=retired.pk).update(destroyed_at=now)
+        except PortalError:  # audited as failed; the other keys are still destroyed
             continue
-        RetiredKey.objects.filter(pk=retired.pk).update(destroyed_at=now)
-        record(
-            actor=actor,
-            action=action,
-            target=target,
-            outcome="success",
-            params={"retired": retired.key_id, "vm": retired.vm_name, "volume": retired.path},
-        )
         destroyed.append(retired.key_id)
     return destroyed

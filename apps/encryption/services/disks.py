@@ -13,10 +13,13 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from apps.accounts.permissions import authorize, restrict
+from apps.audit.services import audited, refused
 from apps.core import jobs
 from apps.core.errors import Conflict, InvalidInput, NotFound, PortalError
 from apps.core.gateways import libvirt_gw as gw
 from apps.core.gateways import qemu_img
+from apps.core.jobs import job_actor
 from apps.core.models import Job
 from apps.core.validators import validate_name
 from apps.vms.models import VirtualMachine
@@ -29,12 +32,8 @@ from ..models import EncryptedDisk, HeaderBackup
 from .common import (
     LUKS2_HEADER_BYTES,
     MAX_SIZE_GIB,
-    authorize,
-    disk_for,
     ensure_stored_key,
-    fail,
     get_store,
-    job_actor,
     key_rotation_due,
     luks_params,
     pool_by_name,
@@ -63,26 +62,22 @@ def hook_registry_sync(vm) -> None:
     sync(vm)
 
 
-def _parse_gib(value) -> int:
-    try:
-        gib = int(str(value).strip())
-    except (TypeError, ValueError):
-        raise InvalidInput(f"The size must be a whole number of GiB, not {value!r}.") from None
+def _check_gib(gib: int) -> int:
+    """The size, typed (forms and commands parse it): a whole number of GiB in range."""
+    if not isinstance(gib, int) or isinstance(gib, bool):
+        raise InvalidInput(f"The size must be a whole number of GiB, not {str(gib)[:20]!r}.")
     if not 1 <= gib <= MAX_SIZE_GIB:
         raise InvalidInput(f"The size must be between 1 and {MAX_SIZE_GIB} GiB.")
     return gib
 
 
 def _space_check(vm: VirtualMachine, pool: lv.PoolTarget, grow: int, allocation: int) -> None:
-    """The VM's quota and the pool's limits (the storage app's rule, when installed), then
-    the pool's free space: refuse before anything is written."""
-    try:
-        from apps.storage.services.disks import vm_disks
-        from apps.storage.services.volumes import growth_check
-    except ImportError:  # storage quotas not installed: the free-space check below still holds
-        growth_check = None
-    if growth_check is not None and hasattr(gw, "domain_disks") and hasattr(gw, "get_pool"):
-        growth_check(vm, vm_disks(vm), gw.get_pool(vm.host.uri, pool.name), grow, allocation)
+    """The VM's quota and the pool's limits (the storage app's rule), then the pool's free
+    space: refuse before anything is written."""
+    from apps.storage.services import growth_check  # storage imports encryption: imported here
+    from apps.storage.services.disks import vm_disks
+
+    growth_check(vm, vm_disks(vm), gw.get_pool(vm.host.uri, pool.name), grow, allocation)
     if pool.available < allocation:
         raise InvalidInput(
             f"Pool {pool.name} has {pool.available >> 20} MiB free; this needs {allocation >> 20} MiB. "
@@ -103,18 +98,17 @@ def _vm_default_pool(vm: VirtualMachine) -> str:
 # ---------------------------------------------------------------- create-encrypted
 
 
-def disk_create_encrypted(*, actor, vm: VirtualMachine, size_gib, pool: str = "", kind: str = "luks2") -> Job:
+def disk_create_encrypted(*, actor, vm: VirtualMachine, size_gib: int, pool: str = "", kind: str = "luks2") -> Job:
     """A new encrypted volume of `size_gib` in the VM's pool, attached to the VM.
     kind "luks2": LUKS2 by cryptsetup (the seed's format), opened by the host at VM start.
     kind "qemu-luks": LUKS1 formatted by libvirt and opened by QEMU with a libvirt secret."""
     action = "encryption.disk.create"
-    authorize(actor, "encryption.change", vm, action=action)
-    params = {"size_gib": str(size_gib), "pool": pool, "kind": kind}
-    try:
+    params = {"size_gib": str(size_gib)[:20], "pool": pool, "kind": kind}
+    with audited(actor=actor, action=action, target=vm, perm="encryption.change", params=params) as ev:
         _refuse_manual(vm)
         if kind not in EncryptedDisk.Kind.values:
             raise InvalidInput(f"Unknown encryption kind {kind!r}: choose luks2 or qemu-luks.")
-        gib = _parse_gib(size_gib)
+        gib = _check_gib(size_gib)
         if kind == EncryptedDisk.Kind.LUKS2:
             require_luks2_openable(vm.host)
         pool = pool or _vm_default_pool(vm)
@@ -127,7 +121,7 @@ def disk_create_encrypted(*, actor, vm: VirtualMachine, size_gib, pool: str = ""
         capacity = gib * GIB + (LUKS2_HEADER_BYTES if kind == EncryptedDisk.Kind.LUKS2 else 0)
         _space_check(vm, info, capacity, LUKS2_HEADER_BYTES)
         target = lv.next_free_target(vm.host.uri, vm.name)
-        params.update(pool=pool, volume=volume)
+        ev.params.update(pool=pool, volume=volume)
         with transaction.atomic():
             disk = EncryptedDisk.objects.create(
                 host=vm.host,
@@ -142,12 +136,11 @@ def disk_create_encrypted(*, actor, vm: VirtualMachine, size_gib, pool: str = ""
                 key_id=store.new_key_id(),
                 state=EncryptedDisk.State.CREATING,
             )
-            return jobs.job_enqueue(
-                actor=actor, kind=action, target=vm, host=vm.host, params={**params, "disk_id": disk.pk}
+            job = jobs.job_enqueue(
+                actor=actor, kind=action, target=vm, host=vm.host, params={**ev.params, "disk_id": disk.pk}
             )
-    except PortalError as exc:
-        fail(actor=actor, action=action, target=vm, params=params, error=exc.message)
-        raise
+        ev.recorded = True  # job_enqueue recorded "requested", the job records its end
+    return job
 
 
 @jobs.handler("encryption.disk.create")
@@ -204,9 +197,10 @@ def disk_encrypt_existing(*, actor, vm: VirtualMachine, path: str, confirmed: bo
     be undone; cryptsetup records its progress in the header, so a killed job resumes.
     Destructive: refused unless `confirmed`."""
     action = "encryption.disk.encrypt"
-    authorize(actor, "encryption.change", vm, action=action)
-    params = {"path": str(path)[:500]}
-    try:
+    with audited(
+        actor=actor, action=action, target=vm, perm="encryption.change", params={"path": str(path)[:500]}
+    ) as ev:
+        params = ev.params
         if not confirmed:
             raise InvalidInput(f"Encrypting a disk of {vm.name} in place needs confirmation.")
         if not path or "\x00" in path:
@@ -227,7 +221,9 @@ def disk_encrypt_existing(*, actor, vm: VirtualMachine, path: str, confirmed: bo
             host=vm.host, path=real, state__in=[EncryptedDisk.State.ENCRYPTING, EncryptedDisk.State.FAILED]
         ).first()
         if unfinished is not None:
-            return _encrypt_resume(actor, vm, unfinished, params)
+            job = _encrypt_resume(actor, vm, unfinished, params)
+            ev.recorded = True  # job_enqueue recorded "requested", the job records its end
+            return job
         if not os.path.isfile(real):
             raise InvalidInput(f"{path} is not a regular file.")
         if EncryptedDisk.objects.filter(host=vm.host, path=real).exists() or cs.is_luks(real):
@@ -261,16 +257,15 @@ def disk_encrypt_existing(*, actor, vm: VirtualMachine, path: str, confirmed: bo
                 key_id=store.new_key_id(),
                 state=EncryptedDisk.State.ENCRYPTING,
             )
-            return jobs.job_enqueue(
+            job = jobs.job_enqueue(
                 actor=actor,
                 kind=action,
                 target=vm,
                 host=vm.host,
                 params={**params, "disk_id": disk.pk, "original_size": size},  # raw size
             )
-    except PortalError as exc:
-        fail(actor=actor, action=action, target=vm, params=params, error=exc.message)
-        raise
+        ev.recorded = True  # job_enqueue recorded "requested", the job records its end
+    return job
 
 
 def _check_image(vm: VirtualMachine, path: str, real: str, fmt: str) -> int:
@@ -467,8 +462,9 @@ def disk_change_key(*, actor, disk: EncryptedDisk, confirmed: bool = False) -> J
     remove the old slot. The disk opens with the old or the new stored key at every step.
     Refused unless `confirmed`, and while another key change of the disk is under way."""
     action = "encryption.disk.change_key"
-    authorize(actor, "encryption.change", disk.vm, action=action)
-    try:
+    with audited(
+        actor=actor, action=action, target=disk.vm, perm="encryption.change", params={"disk_id": disk.pk}
+    ) as ev:
         if not confirmed:
             raise InvalidInput(f"Changing the key of {disk} needs confirmation.")
         if disk.state != EncryptedDisk.State.READY:
@@ -490,10 +486,9 @@ def disk_change_key(*, actor, disk: EncryptedDisk, confirmed: bool = False) -> J
             # the new key's id (not the key) names the job's goal: a re-delivered job that
             # finds it already in place does nothing
             params = {"disk_id": disk.pk, "new_key_id": store.new_key_id()}
-            return jobs.job_enqueue(actor=actor, kind=action, target=disk.vm, host=disk.host, params=params)
-    except PortalError as exc:
-        fail(actor=actor, action=action, target=disk.vm, params={"disk_id": disk.pk}, error=exc.message)
-        raise
+            job = jobs.job_enqueue(actor=actor, kind=action, target=disk.vm, host=disk.host, params=params)
+        ev.recorded = True  # job_enqueue recorded "requested", the job records its end
+    return job
 
 
 def _slots_opened_by(path: str, key: bytes) -> list[int]:
@@ -590,17 +585,17 @@ def _header_backup(disk: EncryptedDisk) -> str:
 
 def disk_header_backup(*, actor, disk: EncryptedDisk) -> Job:
     action = "encryption.disk.header_backup"
-    authorize(actor, "encryption.change", disk.vm, action=action)
-    try:
+    with audited(
+        actor=actor, action=action, target=disk.vm, perm="encryption.change", params={"disk_id": disk.pk}
+    ) as ev:
         if not cs.is_luks(disk.path):
             raise Conflict(f"{disk.path} is not a LUKS device (yet); there is no header to back up.")
         with transaction.atomic():
-            return jobs.job_enqueue(
+            job = jobs.job_enqueue(
                 actor=actor, kind=action, target=disk.vm, host=disk.host, params={"disk_id": disk.pk}
             )
-    except PortalError as exc:
-        fail(actor=actor, action=action, target=disk.vm, params={"disk_id": disk.pk}, error=exc.message)
-        raise
+        ev.recorded = True  # job_enqueue recorded "requested", the job records its end
+    return job
 
 
 @jobs.handler("encryption.disk.header_backup")
@@ -673,19 +668,15 @@ class DiskRow:
 def disks_list(*, actor, host=None) -> list[DiskRow]:
     """Every encrypted disk the actor may see, with what its LUKS header says."""
     authorize(actor, "encryption.view", anywhere=True, action="encryption.disk.list")
-    from apps.accounts.permissions import scope_filter
-
-    qs = (
+    qs = restrict(
         EncryptedDisk.objects.select_related("vm", "host")
         .prefetch_related("header_backups")
-        .order_by("host__name", "vm__name", "target")
+        .order_by("host__name", "vm__name", "target"),
+        actor,
+        "encryption.view",
     )
     if host is not None:
         qs = qs.filter(host=host)
-    if actor is not None:
-        allowed = scope_filter(actor, "encryption.view")
-        if allowed is not None:
-            qs = qs.filter(vm__in=VirtualMachine.objects.filter(allowed))
     rows = []
     for disk in qs:
         try:
@@ -696,11 +687,13 @@ def disks_list(*, actor, host=None) -> list[DiskRow]:
 
 
 def disk_get(*, actor, pk: int) -> EncryptedDisk:
-    try:
-        return disk_for(actor, pk)
-    except NotFound as exc:
-        fail(actor=actor, action="encryption.disk.view", target=("encrypteddisk", pk, ""), error=exc.message)
-        raise
+    """The disk's page: a disk the actor may not see is "not found", and the miss audited."""
+    disk = restrict(EncryptedDisk.objects.select_related("vm", "host"), actor, "encryption.view").filter(pk=pk).first()
+    if disk is None:
+        error = "No such encrypted disk that you can see."
+        refused(actor=actor, action="encryption.disk.view", target=("encrypteddisk", pk, ""), error=error)
+        raise NotFound(error)
+    return disk
 
 
 def keys_due(*, actor, host=None) -> list[DiskRow]:

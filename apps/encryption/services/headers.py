@@ -5,23 +5,25 @@ change marks such backups stale (services/disks.py); this destroys them, on conf
 
 from __future__ import annotations
 
-from apps.audit.services import record
-from apps.core.errors import Conflict, InvalidInput, PortalError
+from apps.audit.services import audited
+from apps.core.errors import Conflict, InvalidInput
 
 from ..gateways import files
 from ..models import EncryptedDisk, HeaderBackup
-from .common import authorize, fail
 
 
 def header_backups_destroy_stale(*, actor, disk: EncryptedDisk, confirmed: bool = False) -> list[str]:
     """Overwrite and remove every stale header backup of the disk; the paths destroyed.
     Destructive (a stale backup is also the only way back to the old header): refused
     unless `confirmed`."""
-    action = "encryption.disk.header_backup_destroy"
-    authorize(actor, "encryption.change", disk.vm, action=action)
-    params = {"disk_id": disk.pk}
     destroyed: list[str] = []
-    try:
+    with audited(
+        actor=actor,
+        action="encryption.disk.header_backup_destroy",
+        target=disk.vm,
+        perm="encryption.change",
+        params={"disk_id": disk.pk, "files": destroyed},  # what was destroyed, also when it stops half-way
+    ):
         if not confirmed:
             raise InvalidInput(f"Destroying the stale header backups of {disk} needs confirmation.")
         stale = list(HeaderBackup.objects.filter(disk=disk, stale=True))
@@ -34,8 +36,4 @@ def header_backups_destroy_stale(*, actor, disk: EncryptedDisk, confirmed: bool 
                 raise Conflict(f"Could not destroy the header backup {backup.path}: {exc.strerror}.") from None
             backup.delete()
             destroyed.append(backup.path)
-    except PortalError as exc:
-        fail(actor=actor, action=action, target=disk.vm, params={**params, "files": destroyed}, error=exc.message)
-        raise
-    record(actor=actor, action=action, target=disk.vm, outcome="success", params={**params, "files": destroyed})
     return destroyed

@@ -23,14 +23,14 @@ from pathlib import Path
 
 from django.conf import settings
 
-from apps.audit.services import record
+from apps.accounts.permissions import authorize
+from apps.audit.services import audited, record
 from apps.core.errors import Conflict, PortalError
 from apps.core.gateways.libvirt_xml import parse_domain_devices
 from apps.vms.models import VirtualMachine
 
 from ..keystore import write_private_file
 from ..models import EncryptedDisk
-from .common import authorize, fail
 from .unlock import disks_lock, disks_unlock, mapping_source, point_at_mapping
 
 log = logging.getLogger(__name__)
@@ -106,14 +106,10 @@ def hook_prepare(*, vm_id: int | None, uuid: str, xml: str) -> list[str] | None:
     vm = _vm_of(vm_id, uuid)
     if vm is None:
         return None
-    action = "encryption.vm.unlock"
-    try:
+    with audited(actor=None, action="encryption.vm.unlock", target=vm, params={"trigger": TRIGGER}) as ev:
         targets = _check_definition(vm, xml)
         opened = disks_unlock(vm, in_hook=True, targets=targets)
-    except PortalError as exc:
-        fail(actor=None, action=action, target=vm, params={"trigger": TRIGGER}, error=exc.message)
-        raise
-    record(actor=None, action=action, target=vm, outcome="success", params={"trigger": TRIGGER, "opened": opened})
+        ev.params["opened"] = opened
     return opened
 
 

@@ -20,15 +20,16 @@ from django.db import transaction
 from django.utils import timezone
 
 from apps.accounts import throttle
+from apps.accounts.permissions import authorize
 from apps.audit import context as audit_context
-from apps.audit.services import record
+from apps.audit.services import audited
 from apps.core.errors import Conflict, InvalidInput, PortalError
 from apps.core.gateways import libvirt_gw as gw
 from apps.vms.models import VirtualMachine
 
 from ..gateways import cryptsetup as cs
 from ..models import EncryptedDisk, UnlockPolicy
-from .common import authorize, device_mapper, fail, get_store, luks_params, new_disk_key, stored_key
+from .common import device_mapper, get_store, luks_params, new_disk_key, stored_key
 from .delete import retire_key
 
 MIN_VM_PASSPHRASE = 12
@@ -101,10 +102,10 @@ def vm_unlock_policy_set(*, actor, vm: VirtualMachine, mode: str, passphrase: st
     passphrase replaces the stored key in every disk, and the stored key is retired. To
     automatic: the typed passphrase (proving the admin knows it) is replaced by a new random
     key kept in the store. The VM must be shut off."""
-    action = "encryption.vm.unlock_policy"
-    authorize(actor, "encryption.keys", vm, action=action)
-    params = {"mode": str(mode)[:20]}
-    try:
+    with audited(
+        actor=actor, action="encryption.vm.unlock_policy", target=vm, perm="encryption.keys",
+        params={"mode": str(mode)[:20]},
+    ) as ev:
         if mode not in UnlockPolicy.Mode.values:
             raise InvalidInput("Choose automatic or manual unlock.")
         if not confirmed:
@@ -131,11 +132,7 @@ def vm_unlock_policy_set(*, actor, vm: VirtualMachine, mode: str, passphrase: st
             for disk in disks:
                 _to_automatic(store, disk, typed)
         UnlockPolicy.objects.update_or_create(vm=vm, defaults={"mode": mode, "changed_at": timezone.now()})
-    except PortalError as exc:
-        fail(actor=actor, action=action, target=vm, params=params, error=exc.message)
-        raise
-    params["disks"] = [d.target for d in disks]
-    record(actor=actor, action=action, target=vm, outcome="success", params=params)
+        ev.params["disks"] = [d.target for d in disks]
 
 
 def _to_automatic(store, disk: EncryptedDisk, typed: bytes) -> None:
@@ -155,9 +152,7 @@ def _to_automatic(store, disk: EncryptedDisk, typed: bytes) -> None:
 def vm_start_manual(*, actor, vm: VirtualMachine, passphrase: str) -> str:
     """Open the disks of a manual-unlock VM with the typed passphrase and start it (both
     here, in the request). Returns the VM's state."""
-    action = "encryption.vm.manual_unlock"
-    authorize(actor, "encryption.keys", vm, action=action)
-    try:
+    with audited(actor=actor, action="encryption.vm.manual_unlock", target=vm, perm="encryption.keys") as ev:
         if not is_manual(vm):
             raise InvalidInput(f"{vm.name} is unlocked automatically: start it the usual way.")
         typed = _checked_passphrase(vm, passphrase)
@@ -180,22 +175,17 @@ def vm_start_manual(*, actor, vm: VirtualMachine, passphrase: str) -> str:
 
             disks_lock(vm)
             raise
-    except PortalError as exc:
-        fail(actor=actor, action=action, target=vm, error=exc.message)
-        raise
-    throttle.clear(*_throttle_key(vm))
-    state = gw.domain_state(vm.host.uri, vm.name)
-    VirtualMachine.objects.filter(pk=vm.pk).update(last_state=state)
-    record(actor=actor, action=action, target=vm, outcome="success", params={"opened": [d.target for d in disks]})
+        throttle.clear(*_throttle_key(vm))
+        state = gw.domain_state(vm.host.uri, vm.name)
+        VirtualMachine.objects.filter(pk=vm.pk).update(last_state=state)
+        ev.params["opened"] = [d.target for d in disks]
     return state
 
 
 def vm_passphrase_change(*, actor, vm: VirtualMachine, passphrase: str, new_passphrase: str) -> None:
     """change-passphrase of a manual-unlock VM: the typed passphrase is replaced by a new
     one in every disk (new slot added and verified before the old one is removed)."""
-    action = "encryption.vm.passphrase_change"
-    authorize(actor, "encryption.keys", vm, action=action)
-    try:
+    with audited(actor=actor, action="encryption.vm.passphrase_change", target=vm, perm="encryption.keys") as ev:
         if not is_manual(vm):
             raise InvalidInput(f"{vm.name} is unlocked automatically: its disks' keys change with change-passphrase.")
         typed = _checked_passphrase(vm, passphrase)
@@ -210,11 +200,8 @@ def vm_passphrase_change(*, actor, vm: VirtualMachine, passphrase: str, new_pass
         for disk in disks:
             if _slots_opened_by(disk.path, typed):
                 _replace_slots(disk.path, typed, new_passphrase.encode())
-    except PortalError as exc:
-        fail(actor=actor, action=action, target=vm, error=exc.message)
-        raise
-    throttle.clear(*_throttle_key(vm))
-    record(actor=actor, action=action, target=vm, outcome="success", params={"disks": [d.target for d in disks]})
+        throttle.clear(*_throttle_key(vm))
+        ev.params["disks"] = [d.target for d in disks]
 
 
 def unlock_policy_get(*, actor, vm: VirtualMachine) -> dict:

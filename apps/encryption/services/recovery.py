@@ -11,7 +11,8 @@ from django.conf import settings
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.utils import timezone
 
-from apps.audit.services import record
+from apps.accounts.permissions import authorize
+from apps.audit.services import audited
 from apps.core.errors import Conflict, InvalidInput, NotFound, PortalError
 
 from ..errors import KeyFileRejected
@@ -19,7 +20,7 @@ from ..gateways import cryptsetup as cs
 from ..gateways import libvirt_luks as lv
 from ..keystore import escrow_unwrap, escrow_wrap
 from ..models import EncryptedDisk
-from .common import authorize, fail, get_store, stored_key
+from .common import get_store, stored_key
 from .store import STORE_TARGET
 
 
@@ -30,9 +31,10 @@ def _binding(disk: EncryptedDisk) -> dict:
 def disk_escrow_export(*, actor, disk: EncryptedDisk, recovery_passphrase: str) -> bytes:
     """The disk's key wrapped to `recovery_passphrase` (never stored), as a document for the
     admin to keep offline. Needs encryption.keys (admins)."""
-    action = "encryption.key.escrow_export"
-    authorize(actor, "encryption.keys", disk.vm, action=action)
-    try:
+    with audited(
+        actor=actor, action="encryption.key.escrow_export", target=disk.vm, perm="encryption.keys",
+        params={"disk_id": disk.pk},
+    ):
         if disk.state != EncryptedDisk.State.READY:
             raise InvalidInput(f"{disk} is {disk.state}; export its escrow once it is ready.")
         from .manual import is_manual
@@ -47,11 +49,7 @@ def disk_escrow_export(*, actor, disk: EncryptedDisk, recovery_passphrase: str) 
             memory_kib=settings.ENCRYPTION_KDF_MEMORY_KIB,
             iterations=settings.ENCRYPTION_KDF_ITERATIONS,
         )
-    except PortalError as exc:
-        fail(actor=actor, action=action, target=disk.vm, params={"disk_id": disk.pk}, error=exc.message)
-        raise
-    EncryptedDisk.objects.filter(pk=disk.pk).update(escrowed_at=timezone.now())
-    record(actor=actor, action=action, target=disk.vm, outcome="success", params={"disk_id": disk.pk})
+        EncryptedDisk.objects.filter(pk=disk.pk).update(escrowed_at=timezone.now())
     return document
 
 
@@ -85,9 +83,10 @@ def _opens(disk: EncryptedDisk, key: bytes) -> bool:
 def disk_recovery_test(*, actor, disk: EncryptedDisk, escrow: bytes, recovery_passphrase: str) -> dict:
     """Prove that the stored key and the escrowed key both open the disk's LUKS header
     (`cryptsetup open --test-passphrase`, no mapping)."""
-    action = "encryption.key.recovery_test"
-    authorize(actor, "encryption.keys", disk.vm, action=action)
-    try:
+    with audited(
+        actor=actor, action="encryption.key.recovery_test", target=disk.vm, perm="encryption.keys",
+        params={"disk_id": disk.pk},
+    ) as ev:
         binding, escrowed = _escrowed_key(disk, escrow, recovery_passphrase)
         stored_ok = _opens(disk, stored_key(get_store(), disk))
         escrow_ok = _opens(disk, escrowed)
@@ -101,11 +100,8 @@ def disk_recovery_test(*, actor, disk: EncryptedDisk, escrow: bytes, recovery_pa
         if not (stored_ok and escrow_ok):
             failed = [n for n, ok in (("stored key", stored_ok), ("escrowed key", escrow_ok)) if not ok]
             raise InvalidInput(f"Recovery test failed for {disk}: the {' and the '.join(failed)} does not open it.")
-    except PortalError as exc:
-        fail(actor=actor, action=action, target=disk.vm, params={"disk_id": disk.pk}, error=exc.message)
-        raise
-    EncryptedDisk.objects.filter(pk=disk.pk).update(recovery_tested_at=timezone.now())
-    record(actor=actor, action=action, target=disk.vm, outcome="success", params={"disk_id": disk.pk, **result})
+        EncryptedDisk.objects.filter(pk=disk.pk).update(recovery_tested_at=timezone.now())
+        ev.params.update(result)
     return result
 
 
@@ -117,10 +113,10 @@ def disk_key_restore(
     back from the store must open the LUKS header). Needs encryption.keys (and, on the page,
     a recent re-authentication). Refused unless `confirmed`, for another disk's escrow, for
     an escrow whose key does not open the disk, and while the stored key still works."""
-    action = "encryption.key.restore"
-    authorize(actor, "encryption.keys", disk.vm, action=action)
-    params = {"disk_id": disk.pk}
-    try:
+    with audited(
+        actor=actor, action="encryption.key.restore", target=disk.vm, perm="encryption.keys",
+        params={"disk_id": disk.pk},
+    ) as ev:
         if not confirmed:
             raise InvalidInput(f"Restoring the key of {disk} from escrow needs confirmation.")
         binding, escrowed = _escrowed_key(disk, escrow, recovery_passphrase)
@@ -146,12 +142,9 @@ def disk_key_restore(
         # the recovery test, right after: the key as the store now gives it opens the header
         if not _opens(disk, stored_key(store, disk)):
             raise Conflict(f"The restored key of {disk} does not open it when read back from the key store.")
-    except PortalError as exc:
-        fail(actor=actor, action=action, target=disk.vm, params=params, error=exc.message)
-        raise
-    EncryptedDisk.objects.filter(pk=disk.pk).update(recovery_tested_at=timezone.now())
-    result = {"restored": True, "recovery_test": "passed", "escrow_current": binding["key_id"] == disk.key_id}
-    record(actor=actor, action=action, target=disk.vm, outcome="success", params={**params, **result})
+        EncryptedDisk.objects.filter(pk=disk.pk).update(recovery_tested_at=timezone.now())
+        result = {"restored": True, "recovery_test": "passed", "escrow_current": binding["key_id"] == disk.key_id}
+        ev.params.update(result)
     return result
 
 
@@ -165,15 +158,21 @@ def store_restore_from_escrow(
     message) per file; the summary is audited as encryption.store.restore."""
     action = "encryption.store.restore"
     authorize(actor, "encryption.keys", anywhere=True, action=action)
-    try:
+    with audited(actor=actor, action=action, target=STORE_TARGET) as ev:
         if not confirmed:
             raise InvalidInput("Restoring the key store from escrow files needs confirmation.")
         if not escrows:
             raise InvalidInput("Give the escrow files to restore the key store from.")
         get_store().require_unsealed()
-    except PortalError as exc:
-        fail(actor=actor, action=action, target=STORE_TARGET, error=exc.message)
-        raise
+        results = _restore_each(actor, escrows, recovery_passphrase)
+        restored = sum(ok for _, ok, _ in results)
+        ev.params = {"files": len(results), "restored": restored}
+        if restored != len(results):  # recorded as failed; the per-file results are returned
+            ev.error = f"{len(results) - restored} escrow file(s) not restored"
+    return results
+
+
+def _restore_each(actor, escrows: list[tuple[str, bytes]], recovery_passphrase: str) -> list[tuple[str, bool, str]]:
     results = []
     for name, document in escrows:
         try:
@@ -193,13 +192,4 @@ def store_restore_from_escrow(
             results.append((name, False, "not a key escrow file of this portal"))
         except (PortalError, PermissionDenied) as exc:
             results.append((name, False, getattr(exc, "message", str(exc))))
-    restored = sum(ok for _, ok, _ in results)
-    record(
-        actor=actor,
-        action=action,
-        target=STORE_TARGET,
-        outcome="success" if restored == len(results) else "failed",
-        params={"files": len(results), "restored": restored},
-        error="" if restored == len(results) else f"{len(results) - restored} escrow file(s) not restored",
-    )
     return results

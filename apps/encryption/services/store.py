@@ -12,14 +12,16 @@ from dataclasses import dataclass
 from django.db import transaction
 
 from apps.accounts import throttle
+from apps.accounts.permissions import authorize
 from apps.audit import context as audit_context
-from apps.audit.services import record
+from apps.audit.services import audited
 from apps.core import jobs
-from apps.core.errors import Conflict, InvalidInput, PortalError
+from apps.core.errors import Conflict, InvalidInput
+from apps.core.jobs import job_actor
 from apps.core.models import Host, Job
 
 from ..keystore import PassphraseKek
-from .common import authorize, fail, get_store, job_actor
+from .common import get_store
 
 STORE_TARGET = ("keystore", "", "key store")
 MIN_STORE_PASSPHRASE = 12
@@ -90,14 +92,11 @@ def store_initialize(*, actor, passphrase: str = "") -> StoreStatus:
     action = "encryption.store.initialize"
     authorize(actor, "encryption.keys", anywhere=True, action=action)
     store = get_store()
-    try:
+    with audited(actor=actor, action=action, target=STORE_TARGET) as ev:
         if store.provider_name == "passphrase" and not store.initialized():
             _require_strong(passphrase)
         store.initialize(passphrase=passphrase.encode() or None)
-    except PortalError as exc:
-        fail(actor=actor, action=action, target=STORE_TARGET, error=exc.message)
-        raise
-    record(actor=actor, action=action, target=STORE_TARGET, outcome="success", params={"provider": store.provider_name})
+        ev.params["provider"] = store.provider_name
     return store_status(actor=actor)
 
 
@@ -106,7 +105,7 @@ def store_unseal(*, actor, passphrase: str) -> None:
     authorize(actor, "encryption.keys", anywhere=True, action=action)
     store = get_store()
     who, address = _unseal_throttle_key()
-    try:
+    with audited(actor=actor, action=action, target=STORE_TARGET):
         if throttle.is_locked(who, address):
             raise Conflict("Too many wrong store passphrases: unsealing is refused for a while; try again later.")
         if not store.initialized():  # the first unseal sets the passphrase
@@ -118,11 +117,7 @@ def store_unseal(*, actor, passphrase: str) -> None:
             except InvalidInput:
                 throttle.note_failure(who, address)
                 raise
-    except PortalError as exc:
-        fail(actor=actor, action=action, target=STORE_TARGET, error=exc.message)
-        raise
-    throttle.clear(who, address)
-    record(actor=actor, action=action, target=STORE_TARGET, outcome="success")
+        throttle.clear(who, address)
 
 
 def store_seal(*, actor, confirmed: bool = False) -> None:
@@ -130,14 +125,10 @@ def store_seal(*, actor, confirmed: bool = False) -> None:
     Refused unless `confirmed`."""
     action = "encryption.store.seal"
     authorize(actor, "encryption.keys", anywhere=True, action=action)
-    try:
+    with audited(actor=actor, action=action, target=STORE_TARGET):
         if not confirmed:
             raise InvalidInput("Sealing the key store needs confirmation.")
         get_store().seal()
-    except PortalError as exc:
-        fail(actor=actor, action=action, target=STORE_TARGET, error=exc.message)
-        raise
-    record(actor=actor, action=action, target=STORE_TARGET, outcome="success")
 
 
 def kek_rotate(*, actor, host: Host, new_passphrase: str = "", confirmed: bool = False) -> Job:
@@ -147,7 +138,7 @@ def kek_rotate(*, actor, host: Host, new_passphrase: str = "", confirmed: bool =
     action = "encryption.kek.rotate"
     authorize(actor, "encryption.keys", anywhere=True, action=action)
     store = get_store()
-    try:
+    with audited(actor=actor, action=action, target=STORE_TARGET) as ev:
         if not confirmed:
             raise InvalidInput("Rotating the key-encryption key needs confirmation.")
         store.require_unsealed()
@@ -158,10 +149,9 @@ def kek_rotate(*, actor, host: Host, new_passphrase: str = "", confirmed: bool =
                 )
         version = store.rotation_begin(passphrase=new_passphrase.encode() or None)
         with transaction.atomic():
-            return jobs.job_enqueue(actor=actor, kind=action, target=host, host=host, params={"kek_version": version})
-    except PortalError as exc:
-        fail(actor=actor, action=action, target=STORE_TARGET, error=exc.message)
-        raise
+            job = jobs.job_enqueue(actor=actor, kind=action, target=host, host=host, params={"kek_version": version})
+        ev.recorded = True  # job_enqueue recorded "requested", the job records its end
+    return job
 
 
 @jobs.handler("encryption.kek.rotate")

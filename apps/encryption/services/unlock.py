@@ -18,32 +18,33 @@ import time
 
 from django.db import transaction
 
+from apps.accounts.permissions import authorize
+from apps.audit.services import audited
 from apps.core import jobs
-from apps.core.errors import Conflict, InvalidInput, PortalError
+from apps.core.errors import Conflict, InvalidInput
 from apps.core.gateways import libvirt_gw as gw
+from apps.core.jobs import job_actor
 from apps.core.models import Job
 from apps.vms.models import VirtualMachine
 
 from ..gateways import libvirt_luks as lv
 from ..models import EncryptedDisk
-from .common import authorize, device_mapper, fail, get_store, job_actor, stored_key
+from .common import device_mapper, get_store, stored_key
 
 SHUTDOWN_WAIT_SECONDS = 120
 
 
 def vm_start_unlocked(*, actor, vm: VirtualMachine) -> Job:
     action = "encryption.vm.start"
-    authorize(actor, "vms.operate", vm, action=action)
-    try:
+    with audited(actor=actor, action=action, target=vm, perm="vms.operate") as ev:
         state = gw.domain_state(vm.host.uri, vm.name)
         if state not in ("shut off", "crashed"):
             raise Conflict(f"Cannot start {vm.name}: it is {state}.")
         get_store().require_unsealed()
         with transaction.atomic():
-            return jobs.job_enqueue(actor=actor, kind=action, target=vm, host=vm.host, params={})
-    except PortalError as exc:
-        fail(actor=actor, action=action, target=vm, error=exc.message)
-        raise
+            job = jobs.job_enqueue(actor=actor, kind=action, target=vm, host=vm.host, params={})
+        ev.recorded = True  # job_enqueue recorded "requested", the job records its end
+    return job
 
 
 def mapping_source(disk: EncryptedDisk) -> tuple[str, bool]:
@@ -154,15 +155,13 @@ def _run_start(job: Job, progress: jobs.Progress) -> dict:
 
 def vm_stop_locked(*, actor, vm: VirtualMachine, force: bool = False, confirmed: bool = False) -> Job:
     action = "encryption.vm.stop"
-    authorize(actor, "vms.operate", vm, action=action)
-    try:
+    with audited(actor=actor, action=action, target=vm, perm="vms.operate") as ev:
         if not confirmed:
             raise InvalidInput(f"Stopping {vm.name} and closing its encrypted disks needs confirmation.")
         with transaction.atomic():
-            return jobs.job_enqueue(actor=actor, kind=action, target=vm, host=vm.host, params={"force": bool(force)})
-    except PortalError as exc:
-        fail(actor=actor, action=action, target=vm, error=exc.message)
-        raise
+            job = jobs.job_enqueue(actor=actor, kind=action, target=vm, host=vm.host, params={"force": bool(force)})
+        ev.recorded = True  # job_enqueue recorded "requested", the job records its end
+    return job
 
 
 @jobs.handler("encryption.vm.stop")

@@ -38,7 +38,8 @@ from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied
 from django.core.management.base import BaseCommand, CommandError
 
-from apps.core.errors import PortalError
+from apps.audit.services import refused
+from apps.core.errors import InvalidInput, PortalError
 from apps.core.models import Host, Job
 from apps.encryption import services
 from apps.encryption.models import EncryptedDisk
@@ -212,6 +213,23 @@ class Command(BaseCommand):
         except PortalError as exc:
             raise CommandError(exc.message) from None
 
+    @staticmethod
+    def _gib(actor, vm, value: str) -> int:
+        """The size argument as a whole number of GiB; anything else is refused, audited."""
+        try:
+            return int(value.strip())
+        except ValueError:
+            error = f"The size must be a whole number of GiB, not {value[:20]!r}."
+            refused(
+                actor=actor,
+                action="encryption.disk.create",
+                target=vm,
+                params={"size_gib": value[:20]},
+                error=error,
+                perm="encryption.change",
+            )
+            raise InvalidInput(error) from None
+
     def _dispatch(self, o):
         actor = self._actor(o["as_user"])
         action = o["action"]
@@ -227,7 +245,8 @@ class Command(BaseCommand):
         host = host or self._host("")
         vm = vm_for_actor(actor, host.name, o["vm"])  # "not found" outside the scope, as on the pages
         if action == "create-encrypted":
-            job = services.disk_create_encrypted(actor=actor, vm=vm, size_gib=o["gib"], pool=o["pool"], kind=o["kind"])
+            gib = self._gib(actor, vm, o["gib"])
+            job = services.disk_create_encrypted(actor=actor, vm=vm, size_gib=gib, pool=o["pool"], kind=o["kind"])
         elif action == "encrypt-existing":
             confirmed = self._confirm(o, f"Encrypting {o['path']} of {vm.name} in place")
             job = services.disk_encrypt_existing(actor=actor, vm=vm, path=o["path"], confirmed=confirmed)
