@@ -28,5 +28,5 @@ from .recovery import (  # noqa: F401
     disk_recovery_test,
     store_restore_from_escrow,
 )
-from .store import StoreStatus, kek_rotate, store_initialize, store_seal, store_status, store_unseal  # noqa: F401
+from .store import STORE_TARGET, StoreStatus, kek_rotate, store_initialize, store_seal, store_status, store_unseal  # noqa: F401
 from .unlock import disks_lock, disks_unlock, lock_hook, unlock_hook, vm_start_unlocked, vm_stop_locked  # noqa: F401
