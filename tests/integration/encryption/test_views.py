@@ -163,3 +163,44 @@ def test_the_page_says_what_protects_the_keys_and_what_the_baseline_recommends(c
     assert "HSM" in recommendation and "TPM" in recommendation and "off the host" in recommendation
     kek_files = list(settings.ENCRYPTION_KEK_FILE_DIR.glob("*.kek"))
     assert kek_files and not list(settings.ENCRYPTION_KEY_DIR.rglob("*.kek"))
+
+
+def test_a_refused_form_rerenders_with_its_errors_and_is_audited(client, operator, shut_vm, test_pool):
+    """Bad input never reaches a service: the form's partial comes back (HTMX) in place of
+    the form with the field's error, the refusal is audited, nothing is created."""
+    client.force_login(operator)
+    vm_name = f"{shut_vm.host.name}/{shut_vm.name}"
+    response = client.post(
+        reverse("encryption:create"),
+        {"vm": vm_name, "size_gib": "ten", "kind": "luks2", "pool": test_pool},
+        headers={"HX-Request": "true"},
+    )
+    assert response.status_code == 400
+    assert response["HX-Retarget"] == "#create-disk" and response["HX-Reswap"] == "outerHTML"
+    html = response.content.decode()
+    assert "<html" not in html and 'id="create-disk"' in html and 'data-testid="create-errors"' in html
+    assert "whole number of GiB" in html and f'value="{vm_name}" selected' in html
+    event = AuditEvent.objects.get(action="encryption.disk.create")
+    assert event.outcome == "failed" and "whole number" in event.error
+    assert event.target_name == str(shut_vm) and event.params["size_gib"] == "ten"
+    assert not EncryptedDisk.objects.exists() and not Job.objects.exists()
+
+
+def test_an_upload_that_is_not_an_escrow_file_is_refused_by_the_form(client, admin, disk):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    client.force_login(admin)
+    _reauth(client)
+    secret = "a recovery passphrase typed here"
+    response = client.post(
+        reverse("encryption:recovery_test", args=[disk.pk]),
+        {"escrow": SimpleUploadedFile("notes.txt", b"not an escrow"), "recovery_passphrase": secret},
+    )
+    assert response.status_code == 400
+    html = response.content.decode()
+    assert 'data-testid="recovery-test-errors"' in html and "not JSON" in html
+    event = AuditEvent.objects.get(action="encryption.key.recovery_test")
+    assert event.outcome == "failed" and "not JSON" in event.error and event.params == {"escrow": "notes.txt"}
+    assert secret not in f"{event.params} {event.error}"
+    disk.refresh_from_db()
+    assert disk.recovery_tested_at is None
