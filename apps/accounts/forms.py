@@ -2,9 +2,9 @@ from django import forms
 from django.contrib.auth import get_user_model
 from django.contrib.auth.forms import AuthenticationForm
 from django.contrib.auth.password_validation import validate_password
+from django.contrib.auth.signals import user_login_failed
 
 from apps.audit.middleware import client_ip
-from apps.audit.services import record
 from apps.core.models import Host
 
 from . import throttle
@@ -21,13 +21,10 @@ class ThrottledAuthenticationForm(AuthenticationForm):
         username = self.cleaned_data.get("username") or ""
         ip = client_ip(self.request) if self.request else None
         if throttle.is_locked(username, ip):
-            record(
-                actor=None,
-                actor_name=username or "anonymous",
-                action="auth.login",
-                outcome="denied",
-                target=("user", "", username),
-                error="throttled after repeated failures",
+            # refused before the password is checked: the same signal as a wrong password,
+            # with the reason (apps.audit.auth_events records it as a denial)
+            user_login_failed.send(
+                sender=__name__, credentials={"username": username}, request=self.request, throttled=True
             )
             raise forms.ValidationError(self.error_messages["locked"], code="locked")
         try:

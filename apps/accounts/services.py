@@ -8,27 +8,24 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from apps.audit.services import record
+from apps.audit.services import audited
 from apps.core.errors import Conflict, InvalidInput
 
 from . import permissions
 from .models import Role, RoleAssignment, Scope
+from .permissions import authorize
 
 User = get_user_model()
 
 
 def user_create(*, actor, username: str, password: str, email: str = "", role: str = Role.VIEWER) -> User:
-    permissions.require(actor, "accounts.manage", action="accounts.user.create", target=("user", "", username))
-    with transaction.atomic():
+    action = "accounts.user.create"
+    authorize(actor, "accounts.manage", action=action, target=("user", "", username))
+    with audited(actor=actor, action=action, target=("user", "", username), atomic=True) as ev:
         user = User.objects.create_user(username=username, password=password, email=email)
         assignment = RoleAssignment.objects.create(user=user, role=role, scope=Scope.GLOBAL, created_by=actor.username)
-        record(
-            actor=actor,
-            action="accounts.user.create",
-            target=user,
-            outcome="success",
-            params={"role": role, "scope": assignment.scope_label, "email": email},
-        )
+        ev.target = user
+        ev.params = {"role": role, "scope": assignment.scope_label, "email": email}
     return user
 
 
@@ -44,20 +41,18 @@ def _end_sessions(user) -> int:
 
 def user_set_active(*, actor, user, active: bool) -> None:
     action = "accounts.user.enable" if active else "accounts.user.disable"
-    permissions.require(actor, "accounts.manage", action=action, target=user)
-    if user.pk == actor.pk and not active:
-        record(actor=actor, action=action, target=user, outcome="failed", error="cannot disable yourself")
-        raise Conflict("You cannot disable your own account.")
-    with transaction.atomic():
+    authorize(actor, "accounts.manage", action=action, target=user)
+    with audited(actor=actor, action=action, target=user, atomic=True) as ev:
+        if user.pk == actor.pk and not active:
+            raise Conflict("You cannot disable your own account.")
         user.is_active = active
         user.save(update_fields=["is_active"])
-        ended = 0 if active else _end_sessions(user)
-        record(actor=actor, action=action, target=user, outcome="success", params={"sessions_ended": ended})
+        ev.params["sessions_ended"] = 0 if active else _end_sessions(user)
 
 
 def assignment_add(*, actor, user, role: str, scope: str, host=None, zone: str = "", vm=None) -> RoleAssignment:
     action = "accounts.role.assign"
-    permissions.require(actor, "accounts.manage", action=action, target=user)
+    authorize(actor, "accounts.manage", action=action, target=user)
     assignment = RoleAssignment(
         user=user,
         role=role,
@@ -68,29 +63,23 @@ def assignment_add(*, actor, user, role: str, scope: str, host=None, zone: str =
         created_by=actor.username,
     )
     params = {"role": role, "scope": scope, "host": str(host or ""), "zone": zone, "vm": str(vm or "")}
-    try:
-        assignment.full_clean(exclude=["user"])
+    duplicate = Conflict("This user already has that role over that scope.")
+    with audited(actor=actor, action=action, target=user, params=params, atomic=True) as ev:
+        try:
+            assignment.full_clean(exclude=["user"])
+        except ValidationError as exc:
+            raise InvalidInput("; ".join(exc.messages)) from None
         same = RoleAssignment.objects.filter(
             user=user, role=role, scope=scope, host=assignment.host, zone=assignment.zone, vm=assignment.vm
         )
         if same.exists():  # NULLs are distinct in a unique constraint, so ask explicitly
-            raise IntegrityError("duplicate")
-        with transaction.atomic():
-            assignment.save()
-            record(
-                actor=actor,
-                action=action,
-                target=user,
-                outcome="success",
-                params={**params, "scope": assignment.scope_label},
-            )
-    except ValidationError as exc:
-        message = "; ".join(exc.messages)
-        record(actor=actor, action=action, target=user, outcome="failed", params=params, error=message)
-        raise InvalidInput(message) from None
-    except IntegrityError:
-        record(actor=actor, action=action, target=user, outcome="failed", params=params, error="duplicate")
-        raise Conflict("This user already has that role over that scope.") from None
+            raise duplicate
+        try:
+            with transaction.atomic():
+                assignment.save()
+        except IntegrityError:
+            raise duplicate from None
+        ev.params["scope"] = assignment.scope_label
     permissions.forget(user)
     return assignment
 
@@ -98,15 +87,13 @@ def assignment_add(*, actor, user, role: str, scope: str, host=None, zone: str =
 def assignment_remove(*, actor, assignment: RoleAssignment) -> None:
     action = "accounts.role.revoke"
     user = assignment.user
-    permissions.require(actor, "accounts.manage", action=action, target=user)
-    remaining_admins = RoleAssignment.objects.filter(role=Role.ADMIN, user__is_active=True).exclude(pk=assignment.pk)
-    if assignment.role == Role.ADMIN and not remaining_admins.exists():
-        record(actor=actor, action=action, target=user, outcome="failed", error="last admin")
-        raise Conflict("This is the last active admin assignment; give the admin role to someone else first.")
-    with transaction.atomic():
-        label = assignment.scope_label
-        assignment.delete()
-        record(
-            actor=actor, action=action, target=user, outcome="success", params={"role": assignment.role, "scope": label}
+    authorize(actor, "accounts.manage", action=action, target=user)
+    with audited(actor=actor, action=action, target=user, atomic=True) as ev:
+        remaining_admins = RoleAssignment.objects.filter(role=Role.ADMIN, user__is_active=True).exclude(
+            pk=assignment.pk
         )
+        if assignment.role == Role.ADMIN and not remaining_admins.exists():
+            raise Conflict("This is the last active admin assignment; give the admin role to someone else first.")
+        ev.params = {"role": assignment.role, "scope": assignment.scope_label}
+        assignment.delete()
     permissions.forget(user)

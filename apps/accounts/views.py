@@ -4,7 +4,7 @@ from django.contrib.auth import views as auth_views
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
-from apps.core.errors import InvalidInput
+from apps.audit.services import refused
 from apps.core.views_util import permission_required, render_page
 from apps.vms.models import VirtualMachine
 
@@ -31,14 +31,11 @@ def user_list(request):
 def user_create(request):
     form = UserCreateForm(request.POST)
     if not form.is_valid():
-        from apps.audit.services import record
-
-        record(
+        refused(
             actor=request.user,
             action="accounts.user.create",
-            outcome="failed",
             target=("user", "", request.POST.get("username", "")[:150]),
-            error="; ".join(f"{k}: {' '.join(v)}" for k, v in form.errors.items()),
+            error=_error_text(form),
         )
         users = User.objects.prefetch_related("role_assignments").order_by("username")
         return render_page(request, "accounts/users.html", {"users": users, "form": form}, status=400)
@@ -47,13 +44,20 @@ def user_create(request):
     return redirect("accounts:detail", pk=user.pk)
 
 
+def _error_text(form) -> str:
+    """A form's errors in one line, for the audit log (never a password: errors do not echo it)."""
+    return "; ".join(f"{k}: {' '.join(v)}" for k, v in form.errors.items())
+
+
+def _user_page(request, user, form, status: int = 200):
+    assignments = user.role_assignments.select_related("host", "vm", "vm__host")
+    context = {"subject": user, "assignments": assignments, "form": form}
+    return render_page(request, "accounts/user.html", context, status=status)
+
+
 @permission_required("accounts.manage")
 def user_detail(request, pk: int):
-    user = get_object_or_404(User, pk=pk)
-    assignments = user.role_assignments.select_related("host", "vm", "vm__host")
-    return render_page(
-        request, "accounts/user.html", {"subject": user, "assignments": assignments, "form": AssignmentForm()}
-    )
+    return _user_page(request, get_object_or_404(User, pk=pk), AssignmentForm())
 
 
 @require_POST
@@ -71,17 +75,18 @@ def user_set_active(request, pk: int):
 def assignment_add(request, pk: int):
     user = get_object_or_404(User, pk=pk)
     form = AssignmentForm(request.POST)
-    if not form.is_valid():
-        raise InvalidInput(
-            "Check the role assignment: " + "; ".join(f"{k}: {' '.join(v)}" for k, v in form.errors.items())
-        )
-    data = form.cleaned_data
     vm = None
-    if data["scope"] == "vm":
-        host_name, _, vm_name = (data.get("vm") or "").partition("/")
+    if form.is_valid() and form.cleaned_data["scope"] == "vm":
+        host_name, _, vm_name = (form.cleaned_data.get("vm") or "").partition("/")
         vm = VirtualMachine.objects.filter(host__name=host_name, name=vm_name, present=True).first()
         if vm is None:
-            raise InvalidInput(f"No VM {data.get('vm')!r}: write it as host/vm, e.g. local/web-1.")
+            form.add_error("vm", f"No VM {form.cleaned_data.get('vm')!r}: write it as host/vm, e.g. local/web-1.")
+    if not form.is_valid():
+        sent = ("role", "scope", "host", "zone", "vm")
+        params = {k: str(form.data.get(k, ""))[:40] for k in sent if form.data.get(k)}
+        refused(actor=request.user, action="accounts.role.assign", target=user, params=params, error=_error_text(form))
+        return _user_page(request, user, form, status=400)
+    data = form.cleaned_data
     services.assignment_add(
         actor=request.user,
         user=user,

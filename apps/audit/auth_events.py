@@ -1,3 +1,7 @@
+"""Sign-in events come from here only: Django's auth signals (signed in, signed out, a
+failed sign-in, which the sign-in form also sends for a throttled attempt) are written to
+the audit log."""
+
 from django.contrib.auth.signals import user_logged_in, user_logged_out, user_login_failed
 from django.dispatch import receiver
 
@@ -16,13 +20,15 @@ def _logged_out(sender, request, user, **kwargs):
 
 
 @receiver(user_login_failed)
-def _login_failed(sender, credentials, request=None, **kwargs):
+def _login_failed(sender, credentials, request=None, throttled: bool = False, **kwargs):
+    """A wrong password (django.contrib.auth.authenticate), or a sign-in refused unchecked
+    because of too many failures (the sign-in form sends throttled=True)."""
     username = str(credentials.get("username", ""))[:150]
     record(
         actor=None,
         actor_name=username or "anonymous",
         action="auth.login",
-        outcome="failed",
+        outcome="denied" if throttled else "failed",
         target=("user", "", username),
-        error="wrong username or password, or account disabled",
+        error="throttled after repeated failures" if throttled else "wrong username or password, or account disabled",
     )

@@ -223,3 +223,17 @@ def test_failed_sign_ins_do_not_throttle_a_signed_in_users_reauthentication(clie
     client.force_login(operator)
     reauthenticate(client)  # the re-authentication has its own counter
     assert AuditEvent.objects.get(action="auth.reauth").outcome == "success"
+
+
+def test_a_refused_role_assignment_rerenders_the_form_and_is_audited(client, admin, operator):
+    client.force_login(admin)
+    reauthenticate(client)
+    url = reverse("accounts:assignment_add", args=[operator.pk])
+    response = client.post(url, {"role": Role.OPERATOR, "scope": "vm", "vm": "nowhere/ghost"})
+    assert response.status_code == 400
+    html = response.content.decode()
+    assert 'data-testid="assignment-errors"' in html and "No VM &#x27;nowhere/ghost&#x27;" in html
+    event = AuditEvent.objects.get(action="accounts.role.assign")
+    assert (event.outcome, event.target_name) == ("failed", str(operator)) and "No VM" in event.error
+    assert event.params == {"role": Role.OPERATOR, "scope": "vm", "vm": "nowhere/ghost"}
+    assert not operator.role_assignments.filter(scope="vm").exists()
