@@ -103,11 +103,18 @@ def record(
 @dataclass
 class Outcome:
     """What an `audited` block records; the block may add params or change the target
-    once it knows them (a created object, a value read during the change)."""
+    once it knows them (a created object, a value read during the change).
+
+    `error`: the block ended without raising but did not fully succeed (a batch where some
+    items failed): "failed" is recorded with this error instead of "success".
+    `recorded`: the block's outcome is already in the log, so nothing is added at its end
+    (a service that enqueues a job: `job_enqueue` records "requested", the job its end)."""
 
     target: object = None
     params: dict = field(default_factory=dict)
     job: object = None
+    error: str = ""
+    recorded: bool = False
 
 
 @contextmanager
@@ -137,7 +144,9 @@ def audited(*, actor, action: str, target=None, params: dict | None = None, perm
     try:
         with transaction.atomic() if atomic else _nothing():
             yield ev
-            record(actor=actor, action=action, target=ev.target, outcome="success", params=ev.params, job=ev.job)
+            if not ev.recorded:
+                record(actor=actor, action=action, target=ev.target, outcome="failed" if ev.error else "success",
+                       params=ev.params, error=ev.error, job=ev.job)
     except PermissionDenied:
         raise
     except PortalError as exc:

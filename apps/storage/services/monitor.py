@@ -10,7 +10,10 @@ queries, whatever the number of VMs and volumes; only alerts that change state c
 
 The system check (Celery beat, `storage_quota check` without --as) covers everything. A
 user's check covers only what the user may change (storage.change): it reads, reports and
-acts on those VMs (and pools of hosts in their scope) alone, audited as that user."""
+acts on those VMs (and pools of hosts in their scope) alone, audited as that user.
+
+A breach suspends (and its end resumes) the VM through the VM lifecycle service
+(apps.vms.services.vm_lifecycle_now), as a person's suspension would."""
 
 from __future__ import annotations
 
@@ -18,20 +21,22 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from django.conf import settings
+from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.utils import timezone
 
-from apps.accounts.permissions import has_perm
+from apps.accounts.permissions import authorize, has_perm
 from apps.audit.services import record
 from apps.core.errors import PortalError
 from apps.core.gateways import libvirt_gw as gw
 from apps.core.models import Host
 from apps.vms.models import VirtualMachine
+from apps.vms.services import vm_lifecycle_now
 
+from ..disks import host_snapshot
 from ..models import BreachAction, PoolLimit, StorageAlert, StorageDefaults, UsageSample
+from ..quota_rules import defaults_read, effective_pool_limit, effective_quota, fmt_bytes
 from .alerts import notify
-from .common import authorize, defaults_get, effective_pool_limit, effective_quota, fmt_bytes
-from .disks import host_snapshot
 from .samples import samples_compact
 
 WARNING, BREACH = StorageAlert.Level.WARNING, StorageAlert.Level.BREACH
@@ -107,7 +112,7 @@ def storage_check(*, actor=None, now: datetime | None = None) -> CheckReport:
     authorize(actor, "storage.change", None, anywhere=True, action="storage.check")
     now = now or timezone.now()
     report = CheckReport()
-    defaults = defaults_get()
+    defaults = defaults_read()
     for host in Host.objects.all():
         scope = _Scope(actor, host)
         if not scope.anything():
@@ -262,8 +267,10 @@ def _check_host(host, snapshot, defaults, now, report: CheckReport, scope: _Scop
             if alert is not None and m.vm is not None:
                 # also when the level stayed: a breach action changed meanwhile applies now
                 _apply_action(scope.actor, m, alert, level, report)
-        except PortalError as exc:  # one VM's failure must not stop the check
+        except PortalError as exc:  # one VM's failure must not stop the check (it is audited where it failed)
             report.errors.append(f"{m.subject}: {exc.message}")
+        except PermissionDenied as exc:  # a user's check may change quotas but not suspend VMs (audited)
+            report.errors.append(f"{m.subject}: {exc}")
 
 
 def _target(m: Measure):
@@ -340,15 +347,16 @@ def _apply_action(actor, m: Measure, alert: StorageAlert, level: str | None, rep
     if wanted == applied:
         return
     uri, name, vm = m.host.uri, m.vm.name, m.vm
+    reason = {"reason": alert.message}
     if applied == BreachAction.SUSPEND:
         if gw.domain_state(uri, name) == "paused":
-            _with_audit(actor, vm, "storage.quota.resume", lambda: gw.resume_domain(uri, name), alert.message)
+            vm_lifecycle_now(actor=actor, vm=vm, action="resume", audit_action="storage.quota.resume", params=reason)
             report.resumed.append(f"{name}: {alert.message}")
     elif applied == BreachAction.REFUSE:
         record(actor=actor, action="storage.quota.refuse_growth", target=vm, outcome="success", params={"on": False})
     _set_applied(alert, "")
     if wanted == BreachAction.SUSPEND:
-        _with_audit(actor, vm, "storage.quota.suspend", lambda: gw.suspend_domain(uri, name), alert.message)
+        vm_lifecycle_now(actor=actor, vm=vm, action="suspend", audit_action="storage.quota.suspend", params=reason)
         report.suspended.append(f"{name}: {alert.message}")
     elif wanted == BreachAction.REFUSE:
         record(actor=actor, action="storage.quota.refuse_growth", target=vm, outcome="success", params={"on": True})
@@ -358,12 +366,3 @@ def _apply_action(actor, m: Measure, alert: StorageAlert, level: str | None, rep
 def _set_applied(alert: StorageAlert, action: str) -> None:
     alert.action_applied = action
     StorageAlert.objects.filter(pk=alert.pk).update(action_applied=action)
-
-
-def _with_audit(actor, vm, action: str, fn, reason: str) -> None:
-    try:
-        fn()
-    except PortalError as exc:
-        record(actor=actor, action=action, target=vm, outcome="failed", params={"reason": reason}, error=exc.message)
-        raise
-    record(actor=actor, action=action, target=vm, outcome="success", params={"reason": reason})
