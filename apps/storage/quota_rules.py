@@ -20,12 +20,13 @@ def fmt_bytes(n: int | float) -> str:
 
 
 def defaults_from_settings() -> dict:
-    """The field values of the defaults row before anyone changed them."""
+    """The field values of the defaults row before anyone changed them (as the row holds
+    them: the ratio with its 2 decimals)."""
     return {
         "quota_bytes": settings.STORAGE_DEFAULT_QUOTA_GIB * GIB,
         "alert_percent": settings.STORAGE_DEFAULT_ALERT_PERCENT,
         "breach_action": settings.STORAGE_DEFAULT_BREACH_ACTION,
-        "max_overcommit": Decimal(settings.STORAGE_DEFAULT_MAX_OVERCOMMIT),
+        "max_overcommit": Decimal(str(settings.STORAGE_DEFAULT_MAX_OVERCOMMIT)).quantize(Decimal("0.01")),
         "reserve_percent": settings.STORAGE_DEFAULT_RESERVE_PERCENT,
     }
 

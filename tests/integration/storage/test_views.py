@@ -257,3 +257,22 @@ def test_the_page_expands_to_a_size_and_says_so(client, operator, off_vm):
     assert response.status_code == 400
     assert 'data-testid="expand-errors"' in response.content.decode()
     assert VmQuota.objects.get(vm=off_vm).limit_bytes == 32 * GIB
+
+
+def test_an_operator_of_one_vm_gets_the_forms_on_that_vm_only(client, make_user, host, off_vm, make_domain):
+    """The forms follow the permission over this VM (the question the service asks), not
+    whether the user holds storage.change somewhere."""
+    from apps.accounts.models import Role, RoleAssignment
+    from apps.vms.collector import host_collect
+
+    other = make_domain()
+    host_collect(host)
+    user = make_user(role=Role.OPERATOR, scope="vm", vm=off_vm)
+    RoleAssignment.objects.create(user=user, role=Role.VIEWER, scope="global")
+    client.force_login(user)
+    mine = client.get(_url("vm", off_vm)).content.decode()
+    assert 'data-testid="quota-form"' in mine and "Resize" in mine and "New volume" in mine
+    response = client.get(reverse("storage:vm", args=[host.name, other]))
+    assert response.status_code == 200 and 'data-disk="vda"' in response.content.decode()
+    theirs = response.content.decode()
+    assert 'data-testid="quota-form"' not in theirs and "Resize" not in theirs and "New volume" not in theirs
