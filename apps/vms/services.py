@@ -150,11 +150,8 @@ def _lookup(user, host_name: str, vm_name: str, *, system: bool) -> VirtualMachi
         hidden = vm is not None
         record(actor=user, action="vms.vm.lookup", target=vm or target, outcome="denied" if hidden else "failed",
                error="outside the user's scope" if hidden else "no such VM")  # fmt: skip
-        where = "" if system else " that you can see"  # the same words whether it is hidden or absent
-        raise NotFound(
-            f"No VM named {vm_name!r} on host {host_name!r}{where} (a VM defined a moment ago shows once the "
-            "state collector has read its host)."
-        )
+        # the same words whether it is hidden or absent
+        raise NotFound(f"No VM named {vm_name!r} on host {host_name!r}{'' if system else ' that you can see'}.")
     return vm
 
 
