@@ -1,8 +1,7 @@
 from django.conf import settings
 from django.db import transaction
 
-from apps.accounts.permissions import require
-from apps.audit.services import record
+from apps.audit.services import audited
 
 from .errors import Conflict, InvalidInput
 from .gateways import libvirt_gw as gw
@@ -21,8 +20,8 @@ def host_default() -> Host:
 
 def host_create(*, actor, name: str, uri: str, description: str = "", check: bool = True) -> Host:
     """Add a hypervisor host. With check=True the portal connects to it first."""
-    require(actor, "accounts.manage", action="core.host.create", target=("host", "", name))
-    try:
+    with audited(actor=actor, action="core.host.create", target=("host", "", name), perm="accounts.manage",
+                 params={"uri": uri}) as ev:  # fmt: skip
         validate_name(name, "host name")
         if not uri or any(c.isspace() for c in uri) or "://" not in uri:
             raise InvalidInput(f"Invalid libvirt URI {uri!r}: expected e.g. qemu:///system or qemu+ssh://host/system.")
@@ -32,19 +31,9 @@ def host_create(*, actor, name: str, uri: str, description: str = "", check: boo
             gw.version(uri)
         with transaction.atomic():
             host = Host.objects.create(name=name, uri=uri, description=description)
-            record(actor=actor, action="core.host.create", target=host, outcome="success", params={"uri": uri})
-        if check:  # its first read now, so its VMs show at once; the collector keeps them current
-            from apps.vms.collector import host_collect
+            ev.target = host
+    if check:  # its first read now, so its VMs show at once; the collector keeps them current
+        from apps.vms.collector import host_collect
 
-            host_collect(host)
-        return host
-    except (InvalidInput, Conflict, gw.GatewayError) as exc:
-        record(
-            actor=actor,
-            action="core.host.create",
-            target=("host", "", name),
-            outcome="failed",
-            params={"uri": uri},
-            error=exc.message,
-        )
-        raise
+        host_collect(host)
+    return host

@@ -8,7 +8,7 @@ from django.http import HttpResponse
 from django.shortcuts import redirect, render
 
 from apps.accounts import reauth
-from apps.accounts.permissions import require
+from apps.accounts.permissions import authorize
 
 
 def permission_required(perm: str, action: str | None = None):
@@ -20,7 +20,7 @@ def permission_required(perm: str, action: str | None = None):
     def decorate(view):
         @wraps(view)
         def wrapped(request, *args, **kwargs):
-            require(request.user, perm, anywhere=True, action=action or f"page.{request.resolver_match.url_name}")
+            authorize(request.user, perm, anywhere=True, action=action or f"page.{request.resolver_match.url_name}")
             if reauth.needs_reauth(request) and not reauth.has_recent_auth(request):
                 return redirect_htmx(request, reauth.refuse(request))
             return view(request, *args, **kwargs)

@@ -1,7 +1,8 @@
-"""The storage pages' forms: every numeric field is parsed here, into a typed value, with
-the same messages for people as the services (the services check again: the command line
-and tasks call them too). A form refuses what a service would refuse with a 500 or let
-slip by: `version=²` (digits `int` does not take) or no version at all."""
+"""The storage forms: every number people type (on the pages and on the `storage_quota`
+command line) is parsed here, into a typed value, with messages for people; each form's
+`service_args()` is what its service takes (bytes, ints, Decimals). A form refuses what a
+service would refuse with a 500 or let slip by: `version=²` (digits `int` does not take)
+or no version at all. A refusal is audited with `apps.audit.services.refused`."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ from decimal import Decimal
 
 from django import forms
 
+from apps.audit.services import refused
 from apps.core.errors import InvalidInput
 
+from .fields import gib_to_bytes, parse_action, parse_gib_decimal, parse_percent, parse_ratio, parse_reserve
 from .models import BreachAction
-from .services.common import parse_gib, parse_percent, parse_ratio, parse_reserve
 
 
 class _ParsedField(forms.Field):
@@ -39,8 +41,7 @@ class GibField(_ParsedField):
     """A size in GiB (Decimal), up to 3 decimals, more than 0, at most STORAGE_MAX_SIZE_GIB."""
 
     def parse(self, value):
-        parse_gib(value, self.what)
-        return Decimal(value)
+        return parse_gib_decimal(value, self.what)
 
 
 class PercentField(_ParsedField):
@@ -84,20 +85,62 @@ class VersionField(forms.IntegerField):
         return super().to_python(value)
 
 
-ACTION_CHOICES = [("", "unchanged"), *BreachAction.choices]
+def _bytes(gib: Decimal | None) -> int | None:
+    return None if gib is None else gib_to_bytes(gib)
+
+
+class BreachActionField(forms.ChoiceField):
+    """alert, refuse or suspend; a wrong one is named with the choices."""
+
+    def __init__(self, *, blank: bool = False, **kwargs):
+        choices = [("", "unchanged"), *BreachAction.choices] if blank else BreachAction.choices
+        super().__init__(choices=choices, **kwargs)
+
+    def validate(self, value):
+        try:
+            super().validate(value)
+        except forms.ValidationError as exc:
+            if exc.code != "invalid_choice":
+                raise
+            try:
+                parse_action(value)
+            except InvalidInput as refused_value:
+                raise forms.ValidationError(f"Select a valid choice. {refused_value.message}", code="invalid_choice")
+            raise
 
 
 class QuotaForm(forms.Form):
-    """A VM's own quota: the fields given change, the others stay."""
+    """A VM's own quota: the fields given change, the others stay. The command line
+    (versioned=False) has no page whose version could be out of date."""
 
     limit_gib = GibField(what="quota", required=False, label="Hard limit (GiB)")
     alert_percent = PercentField(what="alert threshold", required=False, label="Alert at (%)")
-    breach_action = forms.ChoiceField(choices=ACTION_CHOICES, required=False, label="On breach")
+    breach_action = BreachActionField(blank=True, required=False, label="On breach")
     confirm = forms.BooleanField(required=False)
     version = VersionField()
 
+    def __init__(self, *args, versioned: bool = True, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not versioned:
+            del self.fields["version"]
+
     def clean_confirm(self):
         return self.data.get("confirm") == "yes"
+
+    def service_args(self) -> dict:
+        d = self.cleaned_data
+        return {"limit_bytes": _bytes(d["limit_gib"]), "alert_percent": d["alert_percent"],
+                "breach_action": d["breach_action"] or None, "confirmed": d["confirm"],
+                "expected_version": d.get("version")}  # fmt: skip
+
+
+class ThresholdForm(forms.Form):
+    """`storage_quota alert-threshold VM PERCENT`."""
+
+    percent = PercentField(what="alert threshold", label="Alert at (%)")
+
+    def service_args(self) -> dict:
+        return {"percent": self.cleaned_data["percent"]}
 
 
 class ExpandForm(forms.Form):
@@ -116,16 +159,25 @@ class ExpandForm(forms.Form):
             )
         return cleaned
 
+    def service_args(self) -> dict:
+        return {"to_bytes": _bytes(self.cleaned_data["to_gib"]), "by_bytes": _bytes(self.cleaned_data["by_gib"])}
+
 
 class DefaultsForm(forms.Form):
     """The portal-wide defaults (admins)."""
 
     quota_gib = GibField(what="default quota", label="Default VM quota (GiB)")
     alert_percent = PercentField(what="alert threshold", label="Alert threshold (%)")
-    breach_action = forms.ChoiceField(choices=BreachAction.choices, label="On breach")
+    breach_action = BreachActionField(label="On breach")
     max_overcommit = RatioField(what="maximum overcommit", label="Pool maximum overcommit")
     reserve_percent = ReserveField(what="reserve", label="Pool reserve (%)")
     version = VersionField()
+
+    def service_args(self) -> dict:
+        d = self.cleaned_data
+        return {"quota_bytes": _bytes(d["quota_gib"]), "alert_percent": d["alert_percent"],
+                "breach_action": d["breach_action"], "max_overcommit": d["max_overcommit"],
+                "reserve_percent": d["reserve_percent"], "expected_version": d["version"]}  # fmt: skip
 
 
 class PoolLimitForm(forms.Form):
@@ -134,15 +186,26 @@ class PoolLimitForm(forms.Form):
     max_overcommit = RatioField(what="maximum overcommit", required=False, label="Maximum overcommit (x)")
     reserve_percent = ReserveField(what="reserve", required=False, label="Reserve (% free)")
 
+    def service_args(self) -> dict:
+        return {"max_overcommit": self.cleaned_data["max_overcommit"],
+                "reserve_percent": self.cleaned_data["reserve_percent"]}  # fmt: skip
+
 
 class VolumeCreateForm(forms.Form):
     size_gib = GibField(what="volume size", label="Size (GiB)")
     volume = forms.CharField(required=False, max_length=63, label="Name")
     pool = forms.CharField(required=False, max_length=63, label="Pool")
 
+    def service_args(self) -> dict:
+        d = self.cleaned_data
+        return {"size_bytes": _bytes(d["size_gib"]), "name": d["volume"].strip(), "pool": d["pool"].strip()}
+
 
 class VolumeResizeForm(forms.Form):
     size_gib = GibField(what="new size", label="New size (GiB)")
+
+    def service_args(self) -> dict:
+        return {"size_bytes": _bytes(self.cleaned_data["size_gib"])}
 
 
 def error_text(form: forms.Form) -> str:
@@ -157,3 +220,19 @@ def error_text(form: forms.Form) -> str:
 def submitted(form: forms.Form) -> dict:
     """What the person sent (trimmed and cut short), for the audit of a refusal."""
     return {name: str(form.data.get(name, ""))[:40] for name in form.fields if form.data.get(name, "") != ""}
+
+
+def refuse(form: forms.Form, *, actor, action: str, target=None, perm: str | None = None, obj=None) -> None:
+    """Audit the form's refusal as its service would have (after its permission check: a
+    denial is audited and raised as such)."""
+    refused(actor=actor, action=action, target=target, obj=obj, perm=perm, params=submitted(form),
+            error=error_text(form))  # fmt: skip
+
+
+def validated(form: forms.Form, *, actor, action: str, target=None, perm: str | None = None, obj=None):
+    """The form, valid, for callers without a page to re-render (the command line): an
+    invalid one is refused (audited) and raised as InvalidInput with its messages."""
+    if not form.is_valid():
+        refuse(form, actor=actor, action=action, target=target, perm=perm, obj=obj)
+        raise InvalidInput(error_text(form))
+    return form

@@ -1,7 +1,7 @@
 """Reads for the storage pages, scoped to what the user may see, joined with quotas, limits,
 alerts and usage history. Lists read the database only (the state collector's PoolState,
 VolumeState and VmDiskState rows, apps/storage/services/collect.py); a VM's own storage page
-reads its one VM live."""
+reads its one VM live. Reads only: no service is imported, nothing is written."""
 
 from __future__ import annotations
 
@@ -10,18 +10,23 @@ from dataclasses import dataclass, field
 from django.core.paginator import Page, Paginator
 from django.utils import timezone
 
-from apps.accounts.permissions import has_perm, require, scope_filter
+from apps.accounts.permissions import authorize, has_perm, restrict
 from apps.core.errors import NotFound
 from apps.core.gateways import libvirt_gw as gw
 from apps.core.models import Host
 from apps.core.validators import validate_name
 from apps.vms.models import VirtualMachine
 
+from .disks import vm_disks
 from .models import PoolLimit, PoolState, StorageAlert, VmDiskState, VmQuota, VolumeState
-from .services import defaults_get, effective_pool_limit, effective_quota, trend
-from .services.common import EffectivePoolLimit, EffectiveQuota
-from .services.disks import vm_disks
-from .services.samples import pool_samples, vm_samples
+from .quota_rules import (
+    EffectivePoolLimit,
+    EffectiveQuota,
+    defaults_read,
+    effective_pool_limit,
+    effective_quota,
+)
+from .trends import pool_samples, trend, vm_samples
 
 
 def _pct(part: int, whole: int) -> int:
@@ -109,7 +114,7 @@ OVERVIEW_VMS_PER_PAGE = 50
 
 def _overview(user, vms: list[VirtualMachine]) -> list[HostStorage]:
     """Pools of every host the user may see, and these VMs' quota rows grouped by host."""
-    defaults = defaults_get()
+    defaults = defaults_read()
     by_host: dict[int, list[VirtualMachine]] = {}
     for vm in vms:
         by_host.setdefault(vm.host_id, []).append(vm)
@@ -139,22 +144,20 @@ def _overview(user, vms: list[VirtualMachine]) -> list[HostStorage]:
 
 def _visible_vms_everywhere(user):
     qs = VirtualMachine.objects.filter(present=True).select_related("storage_quota", "host", "disk_state")
-    allowed = scope_filter(user, "storage.view") if user is not None else None
-    return (qs if allowed is None else qs.filter(allowed)).order_by("host__name", "name")
+    return restrict(qs, user, "storage.view").order_by("host__name", "name")
 
 
 def overview_for(user) -> list[HostStorage]:
     """Pools and every VM's quota row of every host the user may see (user None: the
     system, all), from the database, no libvirt call (the `storage_quota list` command)."""
-    if user is not None:
-        require(user, "storage.view", anywhere=True, action="storage.pools.view")
+    authorize(user, "storage.view", anywhere=True, action="storage.pools.view")
     return _overview(user, list(_visible_vms_everywhere(user)))
 
 
 def overview_page(user, page_number=None) -> tuple[list[HostStorage], Page]:
     """The storage page: pools of every host, and one page of VM quota rows (host, name
     order), so a host of thousands of VMs draws fifty."""
-    require(user, "storage.view", anywhere=True, action="storage.pools.view")
+    authorize(user, "storage.view", anywhere=True, action="storage.pools.view")
     page = Paginator(_visible_vms_everywhere(user), OVERVIEW_VMS_PER_PAGE).get_page(page_number)
     return _overview(user, list(page.object_list)), page
 
@@ -195,7 +198,7 @@ class VmStorage:
 
 
 def vm_storage(user, vm: VirtualMachine) -> VmStorage:
-    require(user, "storage.view", vm, action="storage.vm.view")
+    authorize(user, "storage.view", vm, action="storage.vm.view")
     uri = vm.host.uri
     disks = vm_disks(vm)
     quota_row = VmQuota.objects.filter(vm=vm).first()
@@ -203,7 +206,7 @@ def vm_storage(user, vm: VirtualMachine) -> VmStorage:
     return VmStorage(
         vm=vm,
         disks=disks,
-        quota=effective_quota(quota_row, defaults_get()),
+        quota=effective_quota(quota_row, defaults_read()),
         quota_row=quota_row,
         snapshots=len(gw.list_snapshots(uri, vm.name)),
         alerts=list(StorageAlert.objects.filter(vm=vm)[:10]),
@@ -231,7 +234,7 @@ def pool_detail(user, host_name: str, pool: str, page_number=None) -> PoolDetail
     host = Host.objects.filter(name=host_name).first()
     if host is None or not has_perm(user, "storage.view", host):
         raise NotFound(f"No host named {host_name!r} that you can see.")
-    require(user, "storage.view", host, action="storage.pool.view")
+    authorize(user, "storage.view", host, action="storage.pool.view")
     info = PoolState.objects.filter(host=host, name=pool).first()
     if info is None:
         raise NotFound(f"Host {host_name} has no storage pool named {pool!r}.")
@@ -239,7 +242,7 @@ def pool_detail(user, host_name: str, pool: str, page_number=None) -> PoolDetail
     volumes = VolumeState.objects.filter(host=host, pool=pool).select_related("vm").order_by("name")
     now = timezone.now()
     return PoolDetail(
-        row=PoolRow(host, info, effective_pool_limit(limit_row, defaults_get())),
+        row=PoolRow(host, info, effective_pool_limit(limit_row, defaults_read())),
         volumes=Paginator(volumes, VOLUMES_PER_PAGE).get_page(page_number),
         limit_row=limit_row,
         trend=trend(pool_samples(host, pool, now=now), now=now),
@@ -250,8 +253,7 @@ def pool_detail(user, host_name: str, pool: str, page_number=None) -> PoolDetail
 
 def vm_trend(user, vm: VirtualMachine):
     """A VM's usage history and projection (`storage_quota trend VM`)."""
-    if user is not None:
-        require(user, "storage.view", vm, action="storage.vm.view")
+    authorize(user, "storage.view", vm, action="storage.vm.view")
     now = timezone.now()
     return trend(vm_samples(vm, now=now), now=now)
 
@@ -271,11 +273,29 @@ def pool_limits_for(user, host: Host, pool: str) -> tuple[PoolLimit | None, Effe
     validate_name(pool, "pool name")
     gw.get_pool(host.uri, pool)  # NotFound for an unknown pool
     row = PoolLimit.objects.filter(host=host, pool=pool).first()
-    return row, effective_pool_limit(row, defaults_get())
+    return row, effective_pool_limit(row, defaults_read())
 
 
 def defaults_for(user):
     """The portal-wide storage defaults, for anyone who may see storage somewhere."""
-    if user is not None:
-        require(user, "storage.view", anywhere=True, action="storage.settings.view")
-    return defaults_get()
+    authorize(user, "storage.view", anywhere=True, action="storage.settings.view")
+    return defaults_read()
+
+
+def alerts_visible_to(user, *, open_only: bool = False):
+    """Alerts on VMs the user may see (pool alerts for hosts they may see)."""
+    qs = StorageAlert.objects.select_related("vm", "host", "vm__host")
+    if open_only:
+        qs = qs.filter(state=StorageAlert.State.OPEN)
+    if user is None:
+        return qs
+    host_ids = [h.pk for h in Host.objects.all() if has_perm(user, "storage.view", h)]
+    on_vms = restrict(qs.filter(vm__isnull=False), user, "storage.view")
+    return on_vms | qs.filter(vm__isnull=True, host_id__in=host_ids)
+
+
+def alert_badge_count(user) -> int:
+    """Open alerts nobody acknowledged yet (the badge in the navigation)."""
+    if user is None or not has_perm(user, "storage.view", anywhere=True):
+        return 0
+    return alerts_visible_to(user, open_only=True).filter(acknowledged_at__isnull=True).count()

@@ -22,7 +22,7 @@ from .forms import (
     VolumeCreateForm,
     VolumeResizeForm,
     error_text,
-    submitted,
+    refuse,
 )
 from .models import BreachAction
 
@@ -31,26 +31,13 @@ def _confirmed(request) -> bool:
     return request.POST.get("confirm") == "yes"
 
 
-def _refused(request, form, *, perm: str, obj, action: str, target=None) -> None:
-    """Audit a form's refusal the way the service would have (after its permission check)."""
-    services.input_refused(
-        actor=request.user,
-        perm=perm,
-        obj=obj,
-        action=action,
-        target=target,
-        params=submitted(form),
-        error=error_text(form),
-    )
-
-
 @permission_required("storage.view")
 def pool_list(request):
     hosts, page = selectors.overview_page(request.user, request.GET.get("page"))
     context = {
         "hosts": hosts,
         "page": page,
-        "open_alerts": services.alert_badge_count(request.user),
+        "open_alerts": selectors.alert_badge_count(request.user),
     }
     return render_page(request, "storage/pools.html", context, partial="overview")
 
@@ -70,17 +57,12 @@ def pool_limits(request, host: str, pool: str):
     form = PoolLimitForm(request.POST)
     if not form.is_valid():
         target = ("pool", f"{host_obj.name}/{pool}", pool)
-        _refused(request, form, perm="storage.settings", obj=host_obj, action="storage.pool.limit", target=target)
+        refuse(form, actor=request.user, perm="storage.settings", obj=host_obj, action="storage.pool.limit",
+               target=target)  # fmt: skip
         detail = selectors.pool_detail(request.user, host, pool)
         context = {"d": detail, "page": detail.volumes, "limit_form": form}
         return render_page(request, "storage/pool.html", context, status=400)
-    services.pool_limit_set(
-        actor=request.user,
-        host=host_obj,
-        pool=pool,
-        max_overcommit=form.cleaned_data["max_overcommit"],
-        reserve_percent=form.cleaned_data["reserve_percent"],
-    )
+    services.pool_limit_set(actor=request.user, host=host_obj, pool=pool, **form.service_args())
     messages.success(request, f"Limits of pool {pool} saved.")
     return redirect("storage:pool", host, pool)
 
@@ -101,18 +83,9 @@ def quota_set(request, host: str, name: str):
     vm = vm_for(request.user, host, name)
     form = QuotaForm(request.POST)
     if not form.is_valid():
-        _refused(request, form, perm="storage.change", obj=vm, action="storage.quota.set")
+        refuse(form, actor=request.user, perm="storage.change", target=vm, action="storage.quota.set")
         return _vm_page(request, vm, status=400, quota_form=form)
-    data = form.cleaned_data
-    services.quota_set(
-        actor=request.user,
-        vm=vm,
-        limit_gib=data["limit_gib"],
-        alert_percent=data["alert_percent"],
-        breach_action=data["breach_action"] or None,
-        confirmed=data["confirm"],
-        expected_version=data["version"],
-    )
+    services.quota_set(actor=request.user, vm=vm, **form.service_args())
     if request.htmx:
         return _vm_page(request, vm)
     messages.success(request, f"Quota of {vm.name} saved.")
@@ -125,11 +98,9 @@ def quota_expand(request, host: str, name: str):
     vm = vm_for(request.user, host, name)
     form = ExpandForm(request.POST)
     if not form.is_valid():
-        _refused(request, form, perm="storage.change", obj=vm, action="storage.quota.expand")
+        refuse(form, actor=request.user, perm="storage.change", target=vm, action="storage.quota.expand")
         return _vm_page(request, vm, status=400, expand_form=form)
-    services.quota_expand(
-        actor=request.user, vm=vm, to_gib=form.cleaned_data["to_gib"], by_gib=form.cleaned_data["by_gib"]
-    )
+    services.quota_expand(actor=request.user, vm=vm, **form.service_args())
     if request.htmx:
         return _vm_page(request, vm)
     messages.success(request, f"Quota of {vm.name} expanded.")
@@ -146,15 +117,9 @@ def volume_create(request, host: str, name: str):
     vm = vm_for(request.user, host, name)
     form = VolumeCreateForm(request.POST)
     if not form.is_valid():
-        _refused(request, form, perm="storage.change", obj=vm, action="storage.volume.create")
+        refuse(form, actor=request.user, perm="storage.change", target=vm, action="storage.volume.create")
         raise InvalidInput(error_text(form))
-    job = services.volume_create(
-        actor=request.user,
-        vm=vm,
-        size_gib=form.cleaned_data["size_gib"],
-        name=form.cleaned_data["volume"].strip(),
-        pool=form.cleaned_data["pool"].strip(),
-    )
+    job = services.volume_create(actor=request.user, vm=vm, **form.service_args())
     return _job_response(request, vm, job, "Creating the volume.")
 
 
@@ -164,9 +129,9 @@ def volume_resize(request, host: str, name: str, target: str):
     vm = vm_for(request.user, host, name)
     form = VolumeResizeForm(request.POST)
     if not form.is_valid():
-        _refused(request, form, perm="storage.change", obj=vm, action="storage.volume.resize")
+        refuse(form, actor=request.user, perm="storage.change", target=vm, action="storage.volume.resize")
         raise InvalidInput(error_text(form))
-    job = services.volume_resize(actor=request.user, vm=vm, target=target, size_gib=form.cleaned_data["size_gib"])
+    job = services.volume_resize(actor=request.user, vm=vm, target=target, **form.service_args())
     return _job_response(request, vm, job, f"Resizing {target}.")
 
 
@@ -181,7 +146,7 @@ def volume_delete(request, host: str, name: str, target: str):
 @permission_required("storage.view")
 def alert_list(request):
     show_all = request.GET.get("all") == "1"
-    alerts = services.alerts_visible_to(request.user, open_only=not show_all)
+    alerts = selectors.alerts_visible_to(request.user, open_only=not show_all)
     page = Paginator(alerts, 50).get_page(request.GET.get("page"))
     return render_page(request, "storage/alerts.html", {"page": page, "show_all": show_all}, partial="table")
 
@@ -197,7 +162,7 @@ def alert_acknowledge(request, pk: int):
 
 
 def _settings_page(request, form=None, status=200):
-    context = {"d": services.defaults_get(), "actions": BreachAction.choices, "form": form}
+    context = {"d": selectors.defaults_for(request.user), "actions": BreachAction.choices, "form": form}
     return render_page(request, "storage/settings.html", context, status=status)
 
 
@@ -212,17 +177,8 @@ def settings_save(request):
     form = DefaultsForm(request.POST)
     if not form.is_valid():
         target = ("storagedefaults", "1", "storage defaults")
-        _refused(request, form, perm="storage.settings", obj=None, action="storage.settings.update", target=target)
+        refuse(form, actor=request.user, perm="storage.settings", action="storage.settings.update", target=target)
         return _settings_page(request, form, status=400)
-    data = form.cleaned_data
-    services.defaults_update(
-        actor=request.user,
-        quota_gib=data["quota_gib"],
-        alert_percent=data["alert_percent"],
-        breach_action=data["breach_action"],
-        max_overcommit=data["max_overcommit"],
-        reserve_percent=data["reserve_percent"],
-        expected_version=data["version"],
-    )
+    services.defaults_update(actor=request.user, **form.service_args())
     messages.success(request, "Storage defaults saved.")
     return redirect("storage:settings")

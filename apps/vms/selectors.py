@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from django.core.paginator import Page, Paginator
 from django.db.models import Count, Max, Q, QuerySet
 
-from apps.accounts.permissions import scope_filter
+from apps.accounts.permissions import restrict
 from apps.core.models import Host
 
 from .models import VirtualMachine
@@ -27,9 +27,7 @@ SORTS = {
 
 def vms_visible_to(user, perm: str = "vms.view") -> QuerySet[VirtualMachine]:
     """The present VMs `perm` lets the user see, their hosts joined."""
-    qs = VirtualMachine.objects.filter(present=True).select_related("host")
-    allowed = scope_filter(user, perm)
-    return qs if allowed is None else qs.filter(allowed)
+    return restrict(VirtualMachine.objects.filter(present=True).select_related("host"), user, perm)
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from django.db import transaction
 from django.utils import timezone
 
-from apps.accounts.permissions import has_perm, require
-from apps.audit.services import record
+from apps.accounts.permissions import authorize, has_perm
+from apps.audit.services import audited, record, refused
 from apps.core import jobs
 from apps.core.errors import Conflict, InvalidInput, NotFound
 from apps.core.gateways import libvirt_gw as gw
@@ -120,13 +120,15 @@ def inventory_for(user) -> list[VirtualMachine]:
     """The VMs the user may see, as the state collector last read them (no libvirt call)."""
     from .selectors import vms_visible_to
 
-    require(user, "vms.view", anywhere=True, action="vms.inventory.view")
+    authorize(user, "vms.view", anywhere=True, action="vms.inventory.view")
     return list(vms_visible_to(user).order_by("host__name", "name"))
 
 
 def vm_for(user, host_name: str, vm_name: str, perm: str = "vms.view") -> VirtualMachine:
     """The VM, if the user may see it (NotFound otherwise, so hidden VMs stay hidden).
-    A refused lookup is audited: it is how a forged request for another scope shows up."""
+    A refused lookup is audited: it is how a forged request for another scope shows up.
+    It reads the database only: the state collector keeps the rows current (a VM defined
+    a moment ago shows once the collector has read its host)."""
     return _lookup(user, host_name, vm_name, system=False)
 
 
@@ -139,28 +141,22 @@ def vm_for_actor(actor, host_name: str, vm_name: str) -> VirtualMachine:
 
 def _lookup(user, host_name: str, vm_name: str, *, system: bool) -> VirtualMachine:
     target = ("virtualmachine", "", f"{host_name}/{vm_name}"[:200])
-    try:
+    with audited(actor=user, action="vms.vm.lookup", target=target) as ev:
+        ev.recorded = True  # a lookup is an event only when it is refused
         validate_name(host_name, "host name")
         validate_name(vm_name, "VM name")
-    except InvalidInput as exc:
-        record(actor=user, action="vms.vm.lookup", target=target, outcome="failed", error=exc.message)
-        raise
     vm = VirtualMachine.objects.select_related("host").filter(host__name=host_name, name=vm_name, present=True).first()
-    if vm is None:
-        host = Host.objects.filter(name=host_name).first()
-        if host is not None:
-            inventory_sync(host)
-            vm = VirtualMachine.objects.select_related("host").filter(host=host, name=vm_name, present=True).first()
     if vm is None or not (system or has_perm(user, "vms.view", vm)):
         hidden = vm is not None
         record(actor=user, action="vms.vm.lookup", target=vm or target, outcome="denied" if hidden else "failed",
                error="outside the user's scope" if hidden else "no such VM")  # fmt: skip
+        # the same words whether it is hidden or absent
         raise NotFound(f"No VM named {vm_name!r} on host {host_name!r}{'' if system else ' that you can see'}.")
     return vm
 
 
 def vm_detail(*, actor, vm: VirtualMachine) -> tuple[gw.DomainInfo, list[gw.SnapshotInfo]]:
-    require(actor, "vms.view", vm, action="vms.vm.view")
+    authorize(actor, "vms.view", vm, action="vms.vm.view")
     return gw.get_domain(vm.host.uri, vm.name), gw.list_snapshots(vm.host.uri, vm.name)
 
 
@@ -168,34 +164,47 @@ def vm_lifecycle(*, actor, vm: VirtualMachine, action: str, confirmed: bool = Fa
     """Ask for a lifecycle action; it runs as a job."""
     kind = f"vms.vm.{action}"
     if action not in LIFECYCLE:
-        record(
-            actor=actor,
-            action="vms.vm.action",
-            target=vm,
-            outcome="failed",
-            params={"action": action},
-            error="unknown action",
-        )
+        refused(actor=actor, action="vms.vm.action", target=vm, params={"action": action}, error="unknown action")
         raise InvalidInput(f"Unknown action {action!r}. Choose one of: {', '.join(LIFECYCLE)}.")
     allowed_from, perm, needs_confirmation = LIFECYCLE[action]
-    require(actor, perm, vm, action=kind)
-    try:
+    with audited(actor=actor, action=kind, target=vm, perm=perm) as ev:
         if needs_confirmation and not confirmed:
             raise InvalidInput(f"{action.replace('_', ' ').capitalize()} of {vm.name} needs confirmation.")
         state = gw.domain_state(vm.host.uri, vm.name)
         if state not in allowed_from:
             raise Conflict(f"Cannot {action.replace('_', ' ')} {vm.name}: it is {state}.")
-        with transaction.atomic():
-            return jobs.job_enqueue(actor=actor, kind=kind, target=vm, host=vm.host, params={"action": action})
-    except (InvalidInput, Conflict, NotFound) as exc:
-        record(actor=actor, action=kind, target=vm, outcome="failed", error=exc.message)
-        raise
+        return _enqueue(ev, actor, kind, vm, {"action": action})
+
+
+def _enqueue(ev, actor, kind: str, vm: VirtualMachine, params: dict) -> Job:
+    """The job; its request is audited by job_enqueue ("requested"), its end by job_run."""
+    with transaction.atomic():
+        job = jobs.job_enqueue(actor=actor, kind=kind, target=vm, host=vm.host, params=params)
+    ev.recorded = True
+    return job
+
+
+def vm_lifecycle_now(*, actor, vm: VirtualMachine, action: str, audit_action: str | None = None,
+                     params: dict | None = None) -> str:  # fmt: skip
+    """Run a lifecycle action at once, in this process, for a service that must act now
+    (the storage check suspending a VM over its quota, and resuming it after): the same
+    permission (the system actor, None, is allowed) and the same work as the job, audited
+    under `audit_action` (default vms.vm.<action>). Returns the VM's new state."""
+    with audited(actor=actor, action=audit_action or f"vms.vm.{action}", target=vm, perm=LIFECYCLE[action][1],
+                 params=params):  # fmt: skip
+        return _lifecycle_apply(vm, action, lambda percent, message="": None)
 
 
 def _run_lifecycle(job: Job, progress: jobs.Progress) -> dict:
     action = job.params["action"]
     vm = VirtualMachine.objects.select_related("host").get(pk=job.target_id)
-    require(job.actor, LIFECYCLE[action][1], vm, action=job.kind)
+    authorize(jobs.job_actor(job), LIFECYCLE[action][1], vm, action=job.kind)
+    return {"state": _lifecycle_apply(vm, action, progress)}
+
+
+def _lifecycle_apply(vm: VirtualMachine, action: str, progress: jobs.Progress) -> str:
+    """The work of a lifecycle action (idempotent: a VM already in the action's resulting
+    state is left alone), the other apps' hooks, and the VM row's new state."""
     uri = vm.host.uri
     state = gw.domain_state(uri, vm.name)
     if state == _RESULT_STATE[action] and action != "shutdown":
@@ -213,7 +222,7 @@ def _run_lifecycle(job: Job, progress: jobs.Progress) -> dict:
         for hook in AFTER_STOP:
             hook(vm, progress)
     VirtualMachine.objects.filter(pk=vm.pk).update(last_state=state, last_seen=timezone.now())
-    return {"state": state}
+    return state
 
 
 # Other apps hook into the lifecycle jobs (registered in their AppConfig.ready): the
@@ -228,26 +237,19 @@ for _action in LIFECYCLE:
 
 def snapshot_create(*, actor, vm: VirtualMachine, name: str, description: str = "") -> Job:
     kind = "vms.snapshot.create"
-    require(actor, "vms.snapshot", vm, action=kind)
-    try:
+    with audited(actor=actor, action=kind, target=vm, perm="vms.snapshot", params={"snapshot": name}) as ev:
         validate_name(name, "snapshot name")
         if len(description) > 500:
             raise InvalidInput("The description is limited to 500 characters.")
         if any(s.name == name for s in gw.list_snapshots(vm.host.uri, vm.name)):
             raise Conflict(f"{vm.name} already has a snapshot named {name!r}.")
-        with transaction.atomic():
-            return jobs.job_enqueue(
-                actor=actor, kind=kind, target=vm, host=vm.host, params={"snapshot": name, "description": description}
-            )
-    except (InvalidInput, Conflict, NotFound) as exc:
-        record(actor=actor, action=kind, target=vm, outcome="failed", params={"snapshot": name}, error=exc.message)
-        raise
+        return _enqueue(ev, actor, kind, vm, {"snapshot": name, "description": description})
 
 
 @jobs.handler("vms.snapshot.create")
 def _run_snapshot_create(job: Job, progress: jobs.Progress) -> dict:
     vm = VirtualMachine.objects.select_related("host").get(pk=job.target_id)
-    require(job.actor, "vms.snapshot", vm, action=job.kind)
+    authorize(jobs.job_actor(job), "vms.snapshot", vm, action=job.kind)
     name = job.params["snapshot"]
     if any(s.name == name for s in gw.list_snapshots(vm.host.uri, vm.name)):
         progress(90, f"snapshot {name} already exists")  # re-delivered job: already done
@@ -259,24 +261,19 @@ def _run_snapshot_create(job: Job, progress: jobs.Progress) -> dict:
 
 def snapshot_delete(*, actor, vm: VirtualMachine, name: str, confirmed: bool = False) -> Job:
     kind = "vms.snapshot.delete"
-    require(actor, "vms.snapshot", vm, action=kind)
-    try:
+    with audited(actor=actor, action=kind, target=vm, perm="vms.snapshot", params={"snapshot": name}) as ev:
         validate_name(name, "snapshot name")
         if not confirmed:
             raise InvalidInput(f"Deleting snapshot {name} of {vm.name} needs confirmation.")
         if not any(s.name == name for s in gw.list_snapshots(vm.host.uri, vm.name)):
             raise NotFound(f"{vm.name} has no snapshot named {name!r}.")
-        with transaction.atomic():
-            return jobs.job_enqueue(actor=actor, kind=kind, target=vm, host=vm.host, params={"snapshot": name})
-    except (InvalidInput, Conflict, NotFound) as exc:
-        record(actor=actor, action=kind, target=vm, outcome="failed", params={"snapshot": name}, error=exc.message)
-        raise
+        return _enqueue(ev, actor, kind, vm, {"snapshot": name})
 
 
 @jobs.handler("vms.snapshot.delete")
 def _run_snapshot_delete(job: Job, progress: jobs.Progress) -> dict:
     vm = VirtualMachine.objects.select_related("host").get(pk=job.target_id)
-    require(job.actor, "vms.snapshot", vm, action=job.kind)
+    authorize(jobs.job_actor(job), "vms.snapshot", vm, action=job.kind)
     name = job.params["snapshot"]
     if any(s.name == name for s in gw.list_snapshots(vm.host.uri, vm.name)):
         progress(10, f"deleting snapshot {name}")

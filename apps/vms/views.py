@@ -4,7 +4,6 @@ from django.http import HttpResponse
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
-from apps.accounts.permissions import has_perm
 from apps.core.views_util import job_started, permission_required, render_page
 
 from . import selectors, services
@@ -57,8 +56,6 @@ def vm_detail(request, host: str, name: str):
         "live": live,
         "snapshots": snapshots,
         "actions": services.actions_for(live.state),
-        "can_operate": has_perm(request.user, "vms.operate", vm),
-        "can_snapshot": has_perm(request.user, "vms.snapshot", vm),
     }
     return render_page(request, "vms/detail.html", context, partial="summary")
 

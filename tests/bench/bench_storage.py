@@ -96,7 +96,7 @@ def run(args) -> dict:
     from apps.core.gateways import libvirt_gw as gw
     from apps.core.models import Host
     from apps.storage.models import UsageSample
-    from apps.storage.services import defaults_get, storage_check
+    from apps.storage.services import storage_check
     from apps.vms.services import inventory_sync
 
     vms = max(1, int(VMS * args.scale))
@@ -119,7 +119,6 @@ def run(args) -> dict:
             names.append(name)
         host = Host.objects.create(name=f"bench-{tag}", uri=uri)
         inventory_sync(host)
-        defaults_get()
         print(f"set up {vms} domains and {len(paths)} volumes in {time.monotonic() - started:.1f}s", flush=True)
         result = _measure(uri, gw, storage_check)
         return {

@@ -122,3 +122,39 @@ def test_destructive_action_without_confirmation_changes_nothing(client, operato
     response = client.post(action_url(vm), {"action": "force_off"})
     assert response.status_code == 400 and "needs confirmation" in response.content.decode()
     assert gw.domain_state(vm.host.uri, vm.name) == "running"
+
+
+def test_a_vm_job_the_system_asked_for_runs_and_is_audited_as_the_system(vm):
+    """A job with no user (a command run without --as, a breach suspension) is the system's:
+    the handler's permission check lets it through, and the audit log names "system"."""
+    from apps.core import jobs
+    from apps.vms import services
+
+    job = services.vm_lifecycle(actor=None, vm=vm, action="suspend")
+    assert (job.actor_id, job.actor_name) == (None, "system")
+    jobs.job_run(job.pk, worker="test")  # in this process: the test's transaction never sends it to a worker
+    job.refresh_from_db()
+    assert job.state == Job.State.SUCCEEDED, job.error
+    assert gw.domain_state(vm.host.uri, vm.name) == "paused"
+    done = AuditEvent.objects.filter(job_id=job.pk).order_by("id").values_list("outcome", "actor_name", "actor_id")
+    assert list(done) == [("requested", "system", None), ("success", "system", None)]
+    assert not AuditEvent.objects.filter(outcome="denied").exists()
+
+
+def test_the_detail_page_offers_actions_only_where_the_user_may_act(client, make_user, host, vm, make_domain):
+    """An operator of one VM who may view every VM: the actions on their VM, none on another."""
+    from apps.accounts.models import RoleAssignment
+    from apps.vms.models import VirtualMachine
+    from apps.vms.services import inventory_sync
+
+    other = make_domain()  # shut off: not booted
+    inventory_sync(host)
+    user = make_user(role=Role.OPERATOR, scope="vm", vm=vm)
+    RoleAssignment.objects.create(user=user, role=Role.VIEWER, scope="global")
+    client.force_login(user)
+    mine = client.get(reverse("vms:detail", args=[host.name, vm.name])).content.decode()
+    assert 'data-action="suspend"' in mine and "Take snapshot" in mine
+    theirs = VirtualMachine.objects.get(host=host, name=other)
+    response = client.get(reverse("vms:detail", args=[host.name, theirs.name]))
+    assert response.status_code == 200
+    assert 'data-action="start"' not in response.content.decode() and "Take snapshot" not in response.content.decode()

@@ -8,7 +8,7 @@ import pytest
 from django.template import engines
 
 from apps.core.units import format_bytes
-from apps.storage.services import fmt_bytes
+from apps.storage.quota_rules import fmt_bytes
 
 ROOT = Path(__file__).resolve().parents[2]
 KIB, MIB, GIB, TIB = 1 << 10, 1 << 20, 1 << 30, 1 << 40

@@ -1,4 +1,5 @@
-"""Alerts people see and acknowledge, and the notifications sent when they change."""
+"""Alerts people acknowledge, and the notifications sent when they change (the lists of
+alerts people see are read by apps/storage/selectors.py)."""
 
 from __future__ import annotations
 
@@ -8,75 +9,38 @@ import urllib.request
 
 from django.conf import settings
 from django.core.mail import send_mail
-from django.db import transaction
 from django.utils import timezone
 
-from apps.accounts.permissions import has_perm, scope_filter
-from apps.audit.services import record
-from apps.core.errors import Conflict, NotFound, PortalError
+from apps.accounts.permissions import has_perm
+from apps.audit.services import audited
+from apps.core.errors import Conflict, NotFound
 
 from ..models import StorageAlert
-from .common import authorize, record_failure
 
 log = logging.getLogger(__name__)
 
 
-def alerts_visible_to(user, *, open_only: bool = False):
-    """Alerts on VMs the user may see (pool alerts for hosts they may see)."""
-    qs = StorageAlert.objects.select_related("vm", "host", "vm__host")
-    if open_only:
-        qs = qs.filter(state=StorageAlert.State.OPEN)
-    if user is None:
-        return qs
-    allowed = scope_filter(user, "storage.view")
-    if allowed is None:
-        return qs
-    from django.db.models import Q
-
-    from apps.core.models import Host
-    from apps.vms.models import VirtualMachine
-
-    vm_ids = VirtualMachine.objects.filter(allowed).values("pk")  # a subquery: never thousands of ids in Python
-    host_ids = [h.pk for h in Host.objects.all() if has_perm(user, "storage.view", h)]
-    return qs.filter(Q(vm_id__in=vm_ids) | Q(vm__isnull=True, host_id__in=host_ids))
-
-
-def alert_badge_count(user) -> int:
-    """Open alerts nobody acknowledged yet (the badge in the navigation)."""
-    if user is None or not has_perm(user, "storage.view", anywhere=True):
-        return 0
-    return alerts_visible_to(user, open_only=True).filter(acknowledged_at__isnull=True).count()
-
-
 def alert_acknowledge(*, actor, alert_id: int) -> StorageAlert:
-    action = "storage.alert.acknowledge"
     alert = StorageAlert.objects.select_related("vm", "vm__host", "host").filter(pk=alert_id).first()
     if alert is None or (actor is not None and not has_perm(actor, "storage.view", alert)):
         raise NotFound(f"No storage alert #{alert_id} that you can see.")
     target = alert.vm if alert.vm_id else ("pool", f"{alert.host.name}/{alert.pool}", alert.pool)
-    authorize(actor, "storage.change", alert, action=action, target=target)
-    try:
-        with transaction.atomic():
-            updated = StorageAlert.objects.filter(
-                pk=alert.pk, state=StorageAlert.State.OPEN, acknowledged_at__isnull=True
-            ).update(
-                acknowledged_at=timezone.now(),
-                acknowledged_by=actor if getattr(actor, "is_authenticated", False) else None,
-                acknowledged_by_name=getattr(actor, "username", "") or "system",
-            )
-            if not updated:
-                alert.refresh_from_db()
-                if alert.state != StorageAlert.State.OPEN:
-                    raise Conflict(f"The alert on {alert.subject} is already cleared.")
-                raise Conflict(
-                    f"The alert on {alert.subject} was already acknowledged by {alert.acknowledged_by_name}."
-                )
-            record(actor=actor, action=action, target=target, outcome="success", params={"alert": alert.pk})
+    with audited(actor=actor, action="storage.alert.acknowledge", target=target, obj=alert, perm="storage.change",
+                 params={"alert": alert.pk}, atomic=True):  # fmt: skip
+        updated = StorageAlert.objects.filter(
+            pk=alert.pk, state=StorageAlert.State.OPEN, acknowledged_at__isnull=True
+        ).update(
+            acknowledged_at=timezone.now(),
+            acknowledged_by=actor if getattr(actor, "is_authenticated", False) else None,
+            acknowledged_by_name=getattr(actor, "username", "") or "system",
+        )
+        if not updated:
             alert.refresh_from_db()
-            return alert
-    except PortalError as exc:
-        record_failure(actor=actor, action=action, target=target, params={"alert": alert.pk}, error=exc.message)
-        raise
+            if alert.state != StorageAlert.State.OPEN:
+                raise Conflict(f"The alert on {alert.subject} is already cleared.")
+            raise Conflict(f"The alert on {alert.subject} was already acknowledged by {alert.acknowledged_by_name}.")
+    alert.refresh_from_db()
+    return alert
 
 
 def notify(alert: StorageAlert, event: str) -> None:

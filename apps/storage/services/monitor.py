@@ -5,12 +5,17 @@ The quota model: a VM's hard limit caps the provisioned size of its disks (growt
 is refused); its allocation (what the disks and their snapshots really take) is watched
 against the same limit: an alert at the alert threshold, the breach action at 100%.
 
-Per host: one bulk libvirt read (gateway.storage_snapshot) and a constant number of
-queries, whatever the number of VMs and volumes; only alerts that change state cost more.
+Per host: the state collector's storage read (services/collect.py: one bulk libvirt read,
+stored in PoolState/VolumeState/VmDiskState, the rows the pages show), then the check
+measures those rows: a constant number of queries whatever the number of VMs and volumes;
+only alerts that change state cost more.
 
 The system check (Celery beat, `storage_quota check` without --as) covers everything. A
 user's check covers only what the user may change (storage.change): it reads, reports and
-acts on those VMs (and pools of hosts in their scope) alone, audited as that user."""
+acts on those VMs (and pools of hosts in their scope) alone, audited as that user.
+
+A breach suspends (and its end resumes) the VM through the VM lifecycle service
+(apps.vms.services.vm_lifecycle_now), as a person's suspension would."""
 
 from __future__ import annotations
 
@@ -18,20 +23,22 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from django.conf import settings
+from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.utils import timezone
 
-from apps.accounts.permissions import has_perm
+from apps.accounts.permissions import authorize, has_perm
 from apps.audit.services import record
 from apps.core.errors import PortalError
 from apps.core.gateways import libvirt_gw as gw
 from apps.core.models import Host
 from apps.vms.models import VirtualMachine
+from apps.vms.services import vm_lifecycle_now
 
-from ..models import BreachAction, PoolLimit, StorageAlert, StorageDefaults, UsageSample
+from ..models import BreachAction, PoolLimit, PoolState, StorageAlert, StorageDefaults, UsageSample
+from ..quota_rules import defaults_read, effective_pool_limit, effective_quota, fmt_bytes
 from .alerts import notify
-from .common import authorize, defaults_get, effective_pool_limit, effective_quota, fmt_bytes
-from .disks import host_snapshot
+from .collect import storage_collect
 from .samples import samples_compact
 
 WARNING, BREACH = StorageAlert.Level.WARNING, StorageAlert.Level.BREACH
@@ -107,17 +114,19 @@ def storage_check(*, actor=None, now: datetime | None = None) -> CheckReport:
     authorize(actor, "storage.change", None, anywhere=True, action="storage.check")
     now = now or timezone.now()
     report = CheckReport()
-    defaults = defaults_get()
+    defaults = defaults_read()
     for host in Host.objects.all():
         scope = _Scope(actor, host)
         if not scope.anything():
             continue
         try:
-            snapshot = host_snapshot(host, workers=settings.STORAGE_LIBVIRT_READ_WORKERS)
+            snapshot = storage_collect(host)  # the collector's storage read: the rows the pages show, now
         except PortalError as exc:
             report.unreadable.append(f"{host.name}: {exc.message}")
             continue
-        _check_host(host, snapshot, defaults, now, report, scope)
+        if scope.host_wide and _register_strangers(host, snapshot):
+            storage_collect(host, snapshot)  # their disk rows too (no second libvirt read)
+        _check_host(host, defaults, now, report, scope)
     if actor is None:
         samples_compact(now)  # portal-wide housekeeping: the system check's
     return report
@@ -141,59 +150,53 @@ class _Scope:
         return any(self.vm(vm) for vm in rows)
 
 
-def _vm_rows(host: Host, snapshot: gw.StorageSnapshot, register: bool) -> dict[str, VirtualMachine]:
-    """The portal's rows of the host's domains. A domain defined outside the portal is
-    registered here from the data already read (the VM inventory fills in the rest the
-    next time it syncs), so it is measured and held to the default quota at once. Only a
-    check covering the whole host registers them."""
-
-    def load():
-        rows = VirtualMachine.objects.filter(host=host, present=True).select_related("storage_quota", "host")
-        return {str(vm.uuid): vm for vm in rows}
-
-    rows = load()
-    missing = [d for d in snapshot.domains if d.uuid not in rows]
-    if missing and register:
-        now = timezone.now()
-        VirtualMachine.objects.bulk_create(
-            [VirtualMachine(host=host, uuid=d.uuid, name=d.name, last_state=d.state, last_seen=now) for d in missing],
-            ignore_conflicts=True,  # a stale row holds the name: the inventory sync sorts it out
-        )
-        rows = load()
-    return rows
+def _register_strangers(host: Host, snapshot: gw.StorageSnapshot) -> bool:
+    """Register the host's domains defined outside the portal from the data already read
+    (the VM inventory fills in the rest the next time it syncs), so they are measured and
+    held to the default quota at once. Only a check covering the whole host does this.
+    True when some were registered."""
+    known = {str(u) for u in VirtualMachine.objects.filter(host=host, present=True).values_list("uuid", flat=True)}
+    missing = [d for d in snapshot.domains if d.uuid not in known]
+    if not missing:
+        return False
+    now = timezone.now()
+    VirtualMachine.objects.bulk_create(
+        [VirtualMachine(host=host, uuid=d.uuid, name=d.name, last_state=d.state, last_seen=now) for d in missing],
+        ignore_conflicts=True,  # a stale row holds the name: the inventory sync sorts it out
+    )
+    return True
 
 
-def measure_host(
-    host: Host, snapshot: gw.StorageSnapshot, defaults: StorageDefaults, scope: _Scope | None = None
-) -> list[Measure]:
+def measure_host(host: Host, defaults: StorageDefaults, scope: _Scope | None = None) -> list[Measure]:
+    """What the check holds against the quotas and pool limits: the state collector's rows
+    of the host (VmDiskState, PoolState, written by services/collect.py)."""
     scope = scope or _Scope(None, host)
-    vms = _vm_rows(host, snapshot, register=scope.host_wide)
+    vms = (VirtualMachine.objects.filter(host=host, present=True, disk_state__isnull=False)
+           .select_related("storage_quota", "disk_state", "host").order_by("name"))  # fmt: skip
     measures = []
-    for dom in snapshot.domains:
-        vm = vms.get(dom.uuid)
-        if vm is None or not scope.vm(vm):
+    for vm in vms:
+        if not scope.vm(vm):
             continue
+        disks = vm.disk_state
         quota = effective_quota(getattr(vm, "storage_quota", None), defaults)
         measures.append(
             Measure(
                 host,
                 vm,
                 "",
-                dom.allocation,
+                disks.allocation,
                 quota.limit_bytes,
-                dom.provisioned,
+                disks.provisioned,
                 quota.alert_percent,
                 100,
                 quota.breach_action,
-                dom.state,
+                disks.state,
             )
         )
     if not scope.host_wide:
         return measures  # pools belong to the host, outside a VM- or zone-scoped user's check
     limits = {pl.pool: pl for pl in PoolLimit.objects.filter(host=host)}
-    for pool in snapshot.pools:
-        if not pool.active or not pool.capacity:
-            continue
+    for pool in PoolState.objects.filter(host=host, active=True, capacity__gt=0).order_by("name"):
         limit = effective_pool_limit(limits.get(pool.name), defaults)
         measures.append(
             Measure(
@@ -202,7 +205,7 @@ def measure_host(
                 pool.name,
                 pool.allocation,
                 pool.capacity,
-                sum(v.capacity for v in pool.volumes),
+                pool.provisioned,
                 min(defaults.alert_percent, 100 - limit.reserve_percent),
                 100 - limit.reserve_percent,
             )
@@ -226,8 +229,8 @@ def over_limit_line(m: Measure) -> str:
     return ""
 
 
-def _check_host(host, snapshot, defaults, now, report: CheckReport, scope: _Scope) -> None:
-    measures = measure_host(host, snapshot, defaults, scope)
+def _check_host(host, defaults, now, report: CheckReport, scope: _Scope) -> None:
+    measures = measure_host(host, defaults, scope)
     open_alerts = {(a.vm_id, a.pool): a for a in StorageAlert.objects.filter(host=host, state=StorageAlert.State.OPEN)}
     hysteresis = settings.STORAGE_ALERT_HYSTERESIS_PERCENT
     UsageSample.objects.bulk_create(
@@ -262,8 +265,10 @@ def _check_host(host, snapshot, defaults, now, report: CheckReport, scope: _Scop
             if alert is not None and m.vm is not None:
                 # also when the level stayed: a breach action changed meanwhile applies now
                 _apply_action(scope.actor, m, alert, level, report)
-        except PortalError as exc:  # one VM's failure must not stop the check
+        except PortalError as exc:  # one VM's failure must not stop the check (it is audited where it failed)
             report.errors.append(f"{m.subject}: {exc.message}")
+        except PermissionDenied as exc:  # a user's check may change quotas but not suspend VMs (audited)
+            report.errors.append(f"{m.subject}: {exc}")
 
 
 def _target(m: Measure):
@@ -340,15 +345,16 @@ def _apply_action(actor, m: Measure, alert: StorageAlert, level: str | None, rep
     if wanted == applied:
         return
     uri, name, vm = m.host.uri, m.vm.name, m.vm
+    reason = {"reason": alert.message}
     if applied == BreachAction.SUSPEND:
         if gw.domain_state(uri, name) == "paused":
-            _with_audit(actor, vm, "storage.quota.resume", lambda: gw.resume_domain(uri, name), alert.message)
+            vm_lifecycle_now(actor=actor, vm=vm, action="resume", audit_action="storage.quota.resume", params=reason)
             report.resumed.append(f"{name}: {alert.message}")
     elif applied == BreachAction.REFUSE:
         record(actor=actor, action="storage.quota.refuse_growth", target=vm, outcome="success", params={"on": False})
     _set_applied(alert, "")
     if wanted == BreachAction.SUSPEND:
-        _with_audit(actor, vm, "storage.quota.suspend", lambda: gw.suspend_domain(uri, name), alert.message)
+        vm_lifecycle_now(actor=actor, vm=vm, action="suspend", audit_action="storage.quota.suspend", params=reason)
         report.suspended.append(f"{name}: {alert.message}")
     elif wanted == BreachAction.REFUSE:
         record(actor=actor, action="storage.quota.refuse_growth", target=vm, outcome="success", params={"on": True})
@@ -358,12 +364,3 @@ def _apply_action(actor, m: Measure, alert: StorageAlert, level: str | None, rep
 def _set_applied(alert: StorageAlert, action: str) -> None:
     alert.action_applied = action
     StorageAlert.objects.filter(pk=alert.pk).update(action_applied=action)
-
-
-def _with_audit(actor, vm, action: str, fn, reason: str) -> None:
-    try:
-        fn()
-    except PortalError as exc:
-        record(actor=actor, action=action, target=vm, outcome="failed", params={"reason": reason}, error=exc.message)
-        raise
-    record(actor=actor, action=action, target=vm, outcome="success", params={"reason": reason})

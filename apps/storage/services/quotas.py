@@ -1,40 +1,62 @@
 """Per-VM quotas, portal-wide defaults and pool limits. Every change is audited; a change
-built on a stale read is refused (compare-and-swap on a version), never lost."""
+built on a stale read is refused (compare-and-swap on a version), never lost. The values
+come typed (bytes, percentages, Decimals): the forms (apps/storage/forms.py) parsed them."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from decimal import Decimal
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import BigIntegerField, F, Value
 from django.db.models.functions import Coalesce, Greatest
 
-from apps.audit.services import record
-from apps.core.errors import Conflict, InvalidInput, PortalError
+from apps.accounts.permissions import authorize
+from apps.audit.services import audited
+from apps.core.errors import Conflict, InvalidInput
 from apps.core.gateways import libvirt_gw as gw
 from apps.core.models import Host
 
-from ..models import GIB, PoolLimit, StorageDefaults, VmQuota
-from .common import (
-    EffectiveQuota,
-    authorize,
-    defaults_get,
-    effective_quota,
-    fmt_bytes,
-    parse_action,
-    parse_gib,
-    parse_percent,
-    parse_ratio,
-    parse_reserve,
-    quota_of,
-    record_failure,
-)
-from .disks import vm_disks
+from ..disks import vm_disks
+from ..models import GIB, BreachAction, PoolLimit, StorageDefaults, VmQuota
+from ..quota_rules import EffectiveQuota, defaults_from_settings, defaults_read, effective_quota, fmt_bytes, quota_of
 
 
 def _actor_name(actor) -> str:
     return getattr(actor, "username", "") or "system"
+
+
+def _gib(n: int) -> str:
+    """Bytes as the GiB number the audit log shows (20, 2.5, 0.25)."""
+    return f"{n / GIB:g}"
+
+
+def _check_size(n: int, what: str) -> int:
+    if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
+        raise InvalidInput(f"The {what} must be more than 0 GiB.")
+    if n > settings.STORAGE_MAX_SIZE_GIB * GIB:
+        raise InvalidInput(f"The {what} of {fmt_bytes(n)} is larger than the {settings.STORAGE_MAX_SIZE_GIB} GiB "
+                           "this portal accepts.")  # fmt: skip
+    return n
+
+
+def _check_percent(n: int, what: str = "alert threshold", low: int = 1, high: int = 100) -> int:
+    if isinstance(n, bool) or not isinstance(n, int) or not low <= n <= high:
+        raise InvalidInput(f"The {what} must be from {low} to {high} percent (got {n}).")
+    return n
+
+
+def _check_action(value: str) -> str:
+    if value not in BreachAction.values:
+        raise InvalidInput(f"Unknown breach action {value!r}.")
+    return value
+
+
+def _check_ratio(value: Decimal) -> Decimal:
+    if not isinstance(value, Decimal) or not value.is_finite() or not 1 <= value <= 100:
+        raise InvalidInput(f"The overcommit ratio must be from 1 (no overcommit) to 100 (got {value}).")
+    return value
 
 
 def _write_quota(vm, expected_version: int | None, **changes) -> VmQuota | None:
@@ -59,6 +81,12 @@ def _write_quota(vm, expected_version: int | None, **changes) -> VmQuota | None:
     return VmQuota.objects.get(vm=vm)
 
 
+def _defaults_row() -> StorageDefaults:
+    """The defaults row, saved from the settings the first time someone changes it."""
+    row, _ = StorageDefaults.objects.get_or_create(id=1, defaults=defaults_from_settings())
+    return row
+
+
 @dataclass(frozen=True)
 class QuotaView:
     """A VM's quota with its current usage (read live from libvirt)."""
@@ -80,16 +108,16 @@ class QuotaView:
 def quota_get(*, actor, vm) -> QuotaView:
     authorize(actor, "storage.view", vm, action="storage.quota.view")
     disks = vm_disks(vm)
-    return QuotaView(vm, effective_quota(quota_of(vm), defaults_get()), disks.allocation, disks.provisioned)
+    return QuotaView(vm, effective_quota(quota_of(vm), defaults_read()), disks.allocation, disks.provisioned)
 
 
 def quota_set(
     *,
     actor,
     vm,
-    limit_gib=None,
-    alert_percent=None,
-    breach_action=None,
+    limit_bytes: int | None = None,
+    alert_percent: int | None = None,
+    breach_action: str | None = None,
     confirmed: bool = False,
     expected_version: int | None = None,
 ) -> EffectiveQuota:
@@ -98,37 +126,30 @@ def quota_set(
     what the disks and their snapshots already take (allocation) would be breached at
     once and needs confirmation. With expected_version (the version the person saw), a
     quota changed meanwhile by someone else is refused, not overwritten."""
-    action = "storage.quota.set"
-    authorize(actor, "storage.change", vm, action=action)
-    params = {"limit_gib": limit_gib, "alert_percent": alert_percent, "breach_action": breach_action}
+    params = {"limit_gib": None if limit_bytes is None else _gib(limit_bytes), "alert_percent": alert_percent,
+              "breach_action": breach_action}  # fmt: skip
     params = {k: str(v) for k, v in params.items() if v not in (None, "")}
-    try:
+    with audited(actor=actor, action="storage.quota.set", target=vm, perm="storage.change", params=params,
+                 atomic=True) as ev:  # fmt: skip
         if not params:
             raise InvalidInput("Nothing to change: give a limit, an alert threshold or a breach action.")
         changes = {}
-        if limit_gib not in (None, ""):
-            changes["limit_bytes"] = parse_gib(limit_gib, "quota")
-        if alert_percent not in (None, ""):
-            changes["alert_percent"] = parse_percent(alert_percent)
-        if breach_action not in (None, ""):
-            changes["breach_action"] = parse_action(breach_action)
-        if "limit_bytes" in changes:
-            _check_new_limit(vm, changes["limit_bytes"], confirmed)
-        with transaction.atomic():
-            row = _write_quota(vm, expected_version, **changes, updated_by_name=_actor_name(actor))
-            if row is None:
-                by = getattr(VmQuota.objects.filter(vm=vm).first(), "updated_by_name", "") or "someone else"
-                raise Conflict(
-                    f"The quota of {vm.name} was changed by {by} "
-                    "since you loaded it; nothing was changed. Reload and try again."
-                )
-            result = effective_quota(row, defaults_get())
-            params["previous_version"] = str(row.version - 1)
-            record(actor=actor, action=action, target=vm, outcome="success", params=params)
-            return result
-    except PortalError as exc:
-        record_failure(actor=actor, action=action, target=vm, params=params, error=exc.message)
-        raise
+        if limit_bytes is not None:
+            changes["limit_bytes"] = _check_size(limit_bytes, "quota")
+            _check_new_limit(vm, limit_bytes, confirmed)
+        if alert_percent is not None:
+            changes["alert_percent"] = _check_percent(alert_percent)
+        if breach_action:
+            changes["breach_action"] = _check_action(breach_action)
+        row = _write_quota(vm, expected_version, **changes, updated_by_name=_actor_name(actor))
+        if row is None:
+            by = getattr(VmQuota.objects.filter(vm=vm).first(), "updated_by_name", "") or "someone else"
+            raise Conflict(
+                f"The quota of {vm.name} was changed by {by} "
+                "since you loaded it; nothing was changed. Reload and try again."
+            )
+        ev.params["previous_version"] = str(row.version - 1)
+        return effective_quota(row, defaults_read())
 
 
 def _check_new_limit(vm, limit: int, confirmed: bool) -> None:
@@ -148,135 +169,119 @@ def _check_new_limit(vm, limit: int, confirmed: bool) -> None:
         )
 
 
-def quota_set_threshold(*, actor, vm, percent) -> EffectiveQuota:
+def quota_set_threshold(*, actor, vm, percent: int) -> EffectiveQuota:
     """`storage_quota alert-threshold VM PERCENT`."""
-    action = "storage.quota.threshold"
-    authorize(actor, "storage.change", vm, action=action)
-    params = {"alert_percent": str(percent)}
-    try:
-        value = parse_percent(percent)
-        with transaction.atomic():
-            row = _write_quota(vm, None, alert_percent=value, updated_by_name=_actor_name(actor))
-            record(actor=actor, action=action, target=vm, outcome="success", params=params)
-            return effective_quota(row, defaults_get())
-    except PortalError as exc:
-        record_failure(actor=actor, action=action, target=vm, params=params, error=exc.message)
-        raise
+    with audited(actor=actor, action="storage.quota.threshold", target=vm, perm="storage.change",
+                 params={"alert_percent": str(percent)}, atomic=True):  # fmt: skip
+        row = _write_quota(vm, None, alert_percent=_check_percent(percent), updated_by_name=_actor_name(actor))
+        return effective_quota(row, defaults_read())
 
 
-def quota_expand(*, actor, vm, to_gib=None, by_gib=None) -> EffectiveQuota:
-    """Raise a VM's hard limit to `to_gib` (the new total), or by `by_gib`. An "expansion"
-    that would lower the limit is refused (lowering is `quota_set`'s, which checks what
-    the disks already hold). Two people expanding by an amount at once both count: the
-    addition is one UPDATE in the database (no read-modify-write to lose). Never touches
-    a disk."""
-    action = "storage.quota.expand"
-    authorize(actor, "storage.change", vm, action=action)
-    given = {k: v for k, v in (("to_gib", to_gib), ("by_gib", by_gib)) if v not in (None, "")}
-    params = {k: str(v) for k, v in given.items()}
-    try:
+def quota_expand(*, actor, vm, to_bytes: int | None = None, by_bytes: int | None = None) -> EffectiveQuota:
+    """Raise a VM's hard limit to `to_bytes` (the new total), or by `by_bytes`. An
+    "expansion" that would lower the limit is refused (lowering is `quota_set`'s, which
+    checks what the disks already hold). Two people expanding by an amount at once both
+    count: the addition is one UPDATE in the database (no read-modify-write to lose).
+    Never touches a disk."""
+    given = {k: v for k, v in (("to_gib", to_bytes), ("by_gib", by_bytes)) if v is not None}
+    params = {k: _gib(v) for k, v in given.items()}
+    with audited(actor=actor, action="storage.quota.expand", target=vm, perm="storage.change", params=params,
+                 atomic=True) as ev:  # fmt: skip
         if len(given) != 1:
             raise InvalidInput("Give either the new quota (to GiB) or the amount to add (by GiB), not both.")
-        defaults = defaults_get()
+        defaults = defaults_read()
         current = Coalesce(F("limit_bytes"), Value(defaults.quota_bytes, output_field=BigIntegerField()))
-        with transaction.atomic():
-            if by_gib not in (None, ""):
-                by = parse_gib(by_gib, "expansion")
-                row = _write_quota(vm, None, limit_bytes=current + by, updated_by_name=_actor_name(actor))
-                if row.limit_bytes > settings.STORAGE_MAX_SIZE_GIB * GIB:
-                    raise InvalidInput(
-                        f"Expanding by {by_gib} GiB would take the quota of {vm.name} to "
-                        f"{fmt_bytes(row.limit_bytes)}, above the {settings.STORAGE_MAX_SIZE_GIB} GiB this portal "
-                        "accepts."
-                    )
-            else:
-                target = parse_gib(to_gib, "new quota")
-                before = effective_quota(quota_of(vm), defaults)
-                if target <= before.limit_bytes:
-                    what = "leave it unchanged" if target == before.limit_bytes else "shrink it"
-                    raise InvalidInput(
-                        f"The quota of {vm.name} is already {fmt_bytes(before.limit_bytes)}"
-                        f"{'' if before.own_limit else ' (the default)'}; expanding it to {fmt_bytes(target)} "
-                        f"would {what}. Expand to a larger size, or set a lower quota with set."
-                    )
-                row = _write_quota(
-                    vm,
-                    None,
-                    limit_bytes=Greatest(current, Value(target, output_field=BigIntegerField())),
-                    updated_by_name=_actor_name(actor),
+        if by_bytes is not None:
+            by = _check_size(by_bytes, "expansion")
+            row = _write_quota(vm, None, limit_bytes=current + by, updated_by_name=_actor_name(actor))
+            if row.limit_bytes > settings.STORAGE_MAX_SIZE_GIB * GIB:
+                raise InvalidInput(
+                    f"Expanding by {fmt_bytes(by)} would take the quota of {vm.name} to "
+                    f"{fmt_bytes(row.limit_bytes)}, above the {settings.STORAGE_MAX_SIZE_GIB} GiB this portal "
+                    "accepts."
                 )
-                if row.limit_bytes != target:  # raised further by someone else meanwhile
-                    raise Conflict(
-                        f"The quota of {vm.name} was raised to {fmt_bytes(row.limit_bytes)} meanwhile; "
-                        "nothing was changed."
-                    )
-            params["limit_gib"] = f"{row.limit_bytes / GIB:g}"
-            record(actor=actor, action=action, target=vm, outcome="success", params=params)
-            return effective_quota(row, defaults)
-    except PortalError as exc:
-        record_failure(actor=actor, action=action, target=vm, params=params, error=exc.message)
-        raise
+        else:
+            target = _check_size(to_bytes, "new quota")
+            before = effective_quota(quota_of(vm), defaults)
+            if target <= before.limit_bytes:
+                what = "leave it unchanged" if target == before.limit_bytes else "shrink it"
+                raise InvalidInput(
+                    f"The quota of {vm.name} is already {fmt_bytes(before.limit_bytes)}"
+                    f"{'' if before.own_limit else ' (the default)'}; expanding it to {fmt_bytes(target)} "
+                    f"would {what}. Expand to a larger size, or set a lower quota with set."
+                )
+            row = _write_quota(
+                vm,
+                None,
+                limit_bytes=Greatest(current, Value(target, output_field=BigIntegerField())),
+                updated_by_name=_actor_name(actor),
+            )
+            if row.limit_bytes != target:  # raised further by someone else meanwhile
+                raise Conflict(
+                    f"The quota of {vm.name} was raised to {fmt_bytes(row.limit_bytes)} meanwhile; "
+                    "nothing was changed."
+                )
+        ev.params["limit_gib"] = _gib(row.limit_bytes)
+        return effective_quota(row, defaults)
 
 
 def defaults_update(
-    *, actor, quota_gib, alert_percent, breach_action, max_overcommit, reserve_percent, expected_version=None
+    *,
+    actor,
+    quota_bytes: int,
+    alert_percent: int,
+    breach_action: str,
+    max_overcommit: Decimal,
+    reserve_percent: int,
+    expected_version: int | None = None,
 ) -> StorageDefaults:
     """The defaults applied to VMs and pools without their own values (admins only)."""
-    action = "storage.settings.update"
-    authorize(actor, "storage.settings", None, action=action)
     params = {
-        "quota_gib": str(quota_gib),
+        "quota_gib": _gib(quota_bytes),
         "alert_percent": str(alert_percent),
         "breach_action": str(breach_action),
         "max_overcommit": str(max_overcommit),
         "reserve_percent": str(reserve_percent),
     }
     target = ("storagedefaults", "1", "storage defaults")
-    try:
+    with audited(actor=actor, action="storage.settings.update", target=target, perm="storage.settings",
+                 params=params, atomic=True):  # fmt: skip
         values = {
-            "quota_bytes": parse_gib(quota_gib, "default quota"),
-            "alert_percent": parse_percent(alert_percent),
-            "breach_action": parse_action(breach_action),
-            "max_overcommit": parse_ratio(max_overcommit),
-            "reserve_percent": parse_reserve(reserve_percent),
+            "quota_bytes": _check_size(quota_bytes, "default quota"),
+            "alert_percent": _check_percent(alert_percent),
+            "breach_action": _check_action(breach_action),
+            "max_overcommit": _check_ratio(max_overcommit),
+            "reserve_percent": _check_percent(reserve_percent, "reserve", 0, 99),
         }
-        defaults_get()
-        with transaction.atomic():
-            rows = StorageDefaults.objects.filter(id=1)
-            if expected_version is not None:
-                rows = rows.filter(version=expected_version)
-            if not rows.update(**values, version=F("version") + 1, updated_by_name=_actor_name(actor)):
-                raise Conflict("The storage settings were changed by someone else since you loaded them. Reload.")
-            record(actor=actor, action=action, target=target, outcome="success", params=params)
-            return StorageDefaults.objects.get(id=1)
-    except PortalError as exc:
-        record_failure(actor=actor, action=action, target=target, params=params, error=exc.message)
-        raise
+        _defaults_row()
+        rows = StorageDefaults.objects.filter(id=1)
+        if expected_version is not None:
+            rows = rows.filter(version=expected_version)
+        if not rows.update(**values, version=F("version") + 1, updated_by_name=_actor_name(actor)):
+            raise Conflict("The storage settings were changed by someone else since you loaded them. Reload.")
+        return StorageDefaults.objects.get(id=1)
 
 
-def pool_limit_set(*, actor, host: Host, pool: str, max_overcommit, reserve_percent) -> PoolLimit:
+def pool_limit_set(
+    *, actor, host: Host, pool: str, max_overcommit: Decimal | None, reserve_percent: int | None
+) -> PoolLimit:
     """A pool's own maximum overcommit ratio and free-space reserve (admins only).
-    Empty values fall back to the defaults."""
-    action = "storage.pool.limit"
-    authorize(actor, "storage.settings", host, action=action)
+    None falls back to the default."""
     params = {
         "pool": pool,
         "max_overcommit": "" if max_overcommit is None else str(max_overcommit),
         "reserve_percent": "" if reserve_percent is None else str(reserve_percent),
     }
     target = ("pool", f"{host.name}/{pool}", pool)
-    try:
+    with audited(actor=actor, action="storage.pool.limit", target=target, obj=host, perm="storage.settings",
+                 params=params):  # fmt: skip
         gw.get_pool(host.uri, pool)  # NotFound for an unknown pool
         values = {
-            "max_overcommit": parse_ratio(max_overcommit) if max_overcommit not in (None, "") else None,
-            "reserve_percent": parse_reserve(reserve_percent) if reserve_percent not in (None, "") else None,
+            "max_overcommit": None if max_overcommit is None else _check_ratio(max_overcommit),
+            "reserve_percent": None if reserve_percent is None else _check_percent(reserve_percent, "reserve", 0, 99),
         }
         with transaction.atomic():
             limit, _ = PoolLimit.objects.select_for_update().get_or_create(host=host, pool=pool)
             PoolLimit.objects.filter(pk=limit.pk).update(**values, version=F("version") + 1)
             limit.refresh_from_db()
-            record(actor=actor, action=action, target=target, outcome="success", params=params)
             return limit
-    except PortalError as exc:
-        record_failure(actor=actor, action=action, target=target, params=params, error=exc.message)
-        raise

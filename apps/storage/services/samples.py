@@ -1,10 +1,9 @@
-"""Usage history: samples are averaged into hourly, then daily ones as they age; trends
-are projected with a least-squares line."""
+"""Usage history housekeeping: samples are averaged into hourly, then daily ones as they
+age (the trends read from them are in apps/storage/trends.py)."""
 
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -58,60 +57,3 @@ def samples_compact(now: datetime) -> int:
         made += len(rows)
     UsageSample.objects.filter(at__lt=now - timedelta(days=settings.STORAGE_SAMPLE_KEEP_DAYS)).delete()
     return made
-
-
-@dataclass(frozen=True)
-class Trend:
-    points: list[tuple[datetime, int]]
-    limit: int
-    bytes_per_day: float | None
-    days_left: float | None
-    polyline: str = ""
-    limit_y: float = 0.0
-    last_xy: tuple[float, float] = (0.0, 0.0)
-
-
-CHART_W, CHART_H = 600, 150
-
-
-def trend(samples, *, now: datetime, window_days: int = 14) -> Trend:
-    """Chart points and the projected days until usage reaches the limit."""
-    points = [(s.at, s.allocation) for s in samples]
-    limit = samples[-1].limit if samples else 0
-    recent = [(at, v) for at, v in points if at >= now - timedelta(days=window_days)]
-    slope = None
-    days_left = None
-    if len(recent) >= 2 and (recent[-1][0] - recent[0][0]).total_seconds() >= 3600:
-        xs = [(at - recent[0][0]).total_seconds() / 86400 for at, _ in recent]
-        ys = [v for _, v in recent]
-        mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-        var = sum((x - mx) ** 2 for x in xs)
-        if var > 0:
-            slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / var
-            last = ys[-1]
-            if slope > 0 and limit > last:
-                days_left = (limit - last) / slope
-            elif limit <= last:
-                days_left = 0.0
-    polyline, limit_y, last_xy = "", 0.0, (0.0, 0.0)
-    if points:
-        t0, t1 = points[0][0], points[-1][0]
-        span = max((t1 - t0).total_seconds(), 1.0)
-        top = max(max(v for _, v in points), limit, 1)
-        coords = [(CHART_W * (at - t0).total_seconds() / span, CHART_H - CHART_H * v / top) for at, v in points]
-        polyline = " ".join(f"{x:.1f},{y:.1f}" for x, y in coords)
-        limit_y = CHART_H - CHART_H * limit / top
-        last_xy = (round(coords[-1][0], 1), round(coords[-1][1], 1))
-    return Trend(points, limit, slope, days_left, polyline, limit_y, last_xy)
-
-
-def vm_samples(vm, *, now: datetime, days: int = 30):
-    return list(UsageSample.objects.filter(vm=vm, at__gte=now - timedelta(days=days)).order_by("at"))
-
-
-def pool_samples(host, pool: str, *, now: datetime, days: int = 30):
-    return list(
-        UsageSample.objects.filter(host=host, vm__isnull=True, pool=pool, at__gte=now - timedelta(days=days)).order_by(
-            "at"
-        )
-    )

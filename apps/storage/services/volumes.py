@@ -8,27 +8,20 @@ from django.apps import apps as django_apps
 from django.db import transaction
 from django.db.models import F
 
+from apps.accounts.permissions import authorize
+from apps.audit.services import audited
 from apps.core import jobs
-from apps.core.errors import Conflict, InvalidInput, NotFound, PortalError
+from apps.core.errors import Conflict, InvalidInput, NotFound
 from apps.core.gateways import libvirt_gw as gw
 from apps.core.models import Host, Job
 from apps.core.validators import validate_name
 from apps.vms.models import VirtualMachine
 
+from ..disks import vm_disks
+from ..fields import MIB
 from ..models import BreachAction, PoolLimit, StorageAlert
+from ..quota_rules import defaults_read, effective_pool_limit, effective_quota, fmt_bytes, quota_of
 from .collect import storage_collect
-from .common import (
-    MIB,
-    authorize,
-    defaults_get,
-    effective_pool_limit,
-    effective_quota,
-    fmt_bytes,
-    parse_gib,
-    quota_of,
-    record_failure,
-)
-from .disks import vm_disks
 
 NEW_VOLUME_ALLOCATION = MIB  # what a fresh thin qcow2 takes at most (its metadata)
 
@@ -36,7 +29,7 @@ NEW_VOLUME_ALLOCATION = MIB  # what a fresh thin qcow2 takes at most (its metada
 def growth_check(vm, disks: gw.DomainDisks, pool: gw.PoolInfo, grow: int, new_allocation: int = 0) -> None:
     """Refuse growth by `grow` bytes of provisioned capacity that would cross the VM's
     quota, the pool's overcommit ratio or its reserve; say by how much."""
-    defaults = defaults_get()
+    defaults = defaults_read()
     quota = effective_quota(quota_of(vm), defaults)
     blocked = StorageAlert.objects.filter(
         vm=vm, state=StorageAlert.State.OPEN, level=StorageAlert.Level.BREACH, action_applied=BreachAction.REFUSE
@@ -95,18 +88,32 @@ def _volume_of(vm, disk: gw.DiskInfo) -> gw.VolumeInfo:
     return vol
 
 
-def _enqueue(actor, kind: str, vm, params: dict) -> Job:
+def _enqueue(ev, actor, kind: str, vm, params: dict) -> Job:
+    """The job; its request is audited by job_enqueue ("requested"), not by the `audited`
+    block around this call (which audits a refusal)."""
     with transaction.atomic():
-        return jobs.job_enqueue(actor=actor, kind=kind, target=vm, host=vm.host, params=params)
+        job = jobs.job_enqueue(actor=actor, kind=kind, target=vm, host=vm.host, params=params)
+    ev.recorded = True
+    return job
 
 
-def volume_create(*, actor, vm, size_gib, name: str = "", pool: str = "") -> Job:
-    """A new thin qcow2 volume attached to the VM as its next disk."""
+def _gib(n: int) -> str:
+    return f"{n / (1 << 30):g}"
+
+
+def _check_size(n: int, what: str) -> int:
+    if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
+        raise InvalidInput(f"The {what} must be more than 0 GiB.")
+    return n
+
+
+def volume_create(*, actor, vm, size_bytes: int, name: str = "", pool: str = "") -> Job:
+    """A new thin qcow2 volume attached to the VM as its next disk (`size_bytes`, which
+    the form rounded to whole MiB). The request is audited by the job (requested)."""
     kind = "storage.volume.create"
-    authorize(actor, "storage.change", vm, action=kind)
-    params = {"size_gib": str(size_gib), "volume": name, "pool": pool}
-    try:
-        size = parse_gib(size_gib, "volume size")
+    params = {"size_gib": _gib(size_bytes), "volume": name, "pool": pool}
+    with audited(actor=actor, action=kind, target=vm, perm="storage.change", params=params) as ev:
+        size = _check_size(size_bytes, "volume size")
         disks = vm_disks(vm)
         if not pool:
             first = next((d for d in disks.disks if d.path), None)
@@ -119,14 +126,11 @@ def volume_create(*, actor, vm, size_gib, name: str = "", pool: str = "") -> Job
         if not name.endswith(".qcow2"):
             name += ".qcow2"
         validate_name(name, "volume name")
-        params.update(volume=name, pool=pool)
+        ev.params.update(volume=name, pool=pool)
         if gw.find_volume(vm.host.uri, pool, name) is not None:
             raise Conflict(f"Pool {pool} already has a volume named {name}.")
         growth_check(vm, disks, gw.get_pool(vm.host.uri, pool), size, NEW_VOLUME_ALLOCATION)
-        return _enqueue(actor, kind, vm, {**params, "bytes": size})
-    except PortalError as exc:
-        record_failure(actor=actor, action=kind, target=vm, params=params, error=exc.message)
-        raise
+        return _enqueue(ev, actor, kind, vm, {**ev.params, "bytes": size})
 
 
 @jobs.handler("storage.volume.create")
@@ -149,14 +153,13 @@ def _run_volume_create(job: Job, progress: jobs.Progress) -> dict:
     return {"volume": name, "pool": pool, "target": target, "capacity": vol.capacity}
 
 
-def volume_resize(*, actor, vm, target: str, size_gib) -> Job:
-    """Grow a disk to `size_gib` (its new capacity): live with blockResize when the VM
+def volume_resize(*, actor, vm, target: str, size_bytes: int) -> Job:
+    """Grow a disk to `size_bytes` (its new capacity): live with blockResize when the VM
     runs, vol-resize when it is off. Shrinking is refused: it would lose data."""
     kind = "storage.volume.resize"
-    authorize(actor, "storage.change", vm, action=kind)
-    params = {"target": target, "size_gib": str(size_gib)}
-    try:
-        size = parse_gib(size_gib, "new size")
+    params = {"target": target, "size_gib": _gib(size_bytes)}
+    with audited(actor=actor, action=kind, target=vm, perm="storage.change", params=params) as ev:
+        size = _check_size(size_bytes, "new size")
         disks = vm_disks(vm)
         disk = _disk(disks, target)
         vol = _volume_of(vm, disk)
@@ -168,10 +171,7 @@ def volume_resize(*, actor, vm, target: str, size_gib) -> Job:
         if size == vol.capacity:
             raise InvalidInput(f"Disk {target} of {vm.name} is already {fmt_bytes(size)}.")
         growth_check(vm, disks, gw.get_pool(vm.host.uri, vol.pool), size - vol.capacity)
-        return _enqueue(actor, kind, vm, {**params, "bytes": size, "path": vol.path, "pool": vol.pool})
-    except PortalError as exc:
-        record_failure(actor=actor, action=kind, target=vm, params=params, error=exc.message)
-        raise
+        return _enqueue(ev, actor, kind, vm, {**params, "bytes": size, "path": vol.path, "pool": vol.pool})
 
 
 @jobs.handler("storage.volume.resize")
@@ -216,25 +216,21 @@ def volume_delete(*, actor, vm, target: str, confirmed: bool = False) -> Job:
     it, retiring its key, removing its record)."""
     kind = "storage.volume.delete"
     authorize(actor, "storage.change", vm, action=kind)
-    params = {"target": target}
     encrypted = _encrypted_disk(vm, target)
     if encrypted is not None:
         from apps.encryption.services import disk_delete
 
         return disk_delete(actor=actor, disk=encrypted, confirmed=confirmed)
-    try:
+    with audited(actor=actor, action=kind, target=vm, params={"target": target}) as ev:
         disks = vm_disks(vm)
         disk = _disk(disks, target)
         vol = _volume_of(vm, disk)
-        params.update(pool=vol.pool, volume=vol.name)
+        ev.params.update(pool=vol.pool, volume=vol.name)
         if not confirmed:
             raise InvalidInput(f"Deleting disk {target} ({vol.name}) of {vm.name} destroys its data: confirm it.")
         if disks.state != "shut off":
             raise Conflict(f"{vm.name} is {disks.state}: shut it down before deleting one of its disks.")
-        return _enqueue(actor, kind, vm, {**params, "path": vol.path})
-    except PortalError as exc:
-        record_failure(actor=actor, action=kind, target=vm, params=params, error=exc.message)
-        raise
+        return _enqueue(ev, actor, kind, vm, {**ev.params, "path": vol.path})
 
 
 @jobs.handler("storage.volume.delete")

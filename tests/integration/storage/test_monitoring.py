@@ -6,8 +6,8 @@ from django.core import mail
 
 from apps.core.errors import Conflict
 from apps.core.gateways import libvirt_gw as gw
-from apps.storage import services
-from apps.storage.models import StorageAlert, UsageSample
+from apps.storage import selectors, services
+from apps.storage.models import GIB, StorageAlert, UsageSample
 
 from .conftest import disk_path, events, overfill, write_data
 
@@ -22,7 +22,7 @@ def test_usage_growth_raises_acts_and_clears(operator, small_vm, webhook, settin
     settings.STORAGE_ALERT_EMAIL_TO = ["ops@example.invalid"]
     vm = small_vm
     uri, path = vm.host.uri, disk_path(vm)
-    services.quota_set(actor=operator, vm=vm, limit_gib="0.25", alert_percent="50", breach_action="suspend")
+    services.quota_set(actor=operator, vm=vm, limit_bytes=int(0.25 * GIB), alert_percent=50, breach_action="suspend")
 
     services.storage_check(actor=None)
     assert _alerts(vm) == []  # an empty thin disk: nothing to say
@@ -50,7 +50,7 @@ def test_usage_growth_raises_acts_and_clears(operator, small_vm, webhook, settin
     services.storage_check(actor=None)  # unchanged usage: no new event, no flapping
     assert len(events("storage.alert.escalate", target_name=vm.name)) == 1
 
-    services.quota_expand(actor=operator, vm=vm, by_gib="1")  # 300 MiB of 1.25 GiB
+    services.quota_expand(actor=operator, vm=vm, by_bytes=1 * GIB)  # 300 MiB of 1.25 GiB
     report = services.storage_check(actor=None)
     alert.refresh_from_db()
     assert (alert.state, alert.action_applied) == ("cleared", "")
@@ -67,27 +67,27 @@ def test_usage_growth_raises_acts_and_clears(operator, small_vm, webhook, settin
 def test_refuse_growth_blocks_new_volumes_while_breached(operator, small_vm):
     off_vm = small_vm
     overfill(off_vm)
-    services.quota_set(actor=operator, vm=off_vm, limit_gib="0.25", breach_action="refuse", confirmed=True)
+    services.quota_set(actor=operator, vm=off_vm, limit_bytes=int(0.25 * GIB), breach_action="refuse", confirmed=True)
     services.storage_check(actor=None)
     (alert,) = _alerts(off_vm)
     assert (alert.level, alert.action_applied) == ("breach", "refuse")
-    services.quota_set(actor=operator, vm=off_vm, limit_gib="100")
+    services.quota_set(actor=operator, vm=off_vm, limit_bytes=100 * GIB)
     # the quota now has room, but growth stays refused until the next check sees usage fall
     with pytest.raises(Conflict, match="refuses growth"):
-        services.volume_create(actor=operator, vm=off_vm, size_gib="1")
+        services.volume_create(actor=operator, vm=off_vm, size_bytes=1 * GIB)
     assert events("storage.volume.create", outcome="failed")
     services.storage_check(actor=None)
     alert.refresh_from_db()
     assert alert.state == "cleared"
-    services.volume_create(actor=operator, vm=off_vm, size_gib="1")  # accepted now
+    services.volume_create(actor=operator, vm=off_vm, size_bytes=1 * GIB)  # accepted now
 
 
 def test_a_pool_inside_its_reserve_raises_an_alert(admin, host, test_pool, off_vm):
-    services.pool_limit_set(actor=admin, host=host, pool=test_pool, max_overcommit="", reserve_percent="99")
+    services.pool_limit_set(actor=admin, host=host, pool=test_pool, max_overcommit=None, reserve_percent=99)
     services.storage_check(actor=None)
     alert = StorageAlert.objects.get(host=host, pool=test_pool, vm__isnull=True, state="open")
     assert alert.level == "breach"
-    services.pool_limit_set(actor=admin, host=host, pool=test_pool, max_overcommit="", reserve_percent="0")
+    services.pool_limit_set(actor=admin, host=host, pool=test_pool, max_overcommit=None, reserve_percent=0)
     services.storage_check(actor=None)
     alert.refresh_from_db()
     assert alert.state == "cleared"
@@ -97,10 +97,10 @@ def test_a_pool_inside_its_reserve_raises_an_alert(admin, host, test_pool, off_v
 def test_acknowledging_an_alert_is_audited_once(operator, viewer, small_vm):
     off_vm = small_vm
     overfill(off_vm)
-    services.quota_set(actor=operator, vm=off_vm, limit_gib="0.25", confirmed=True)
+    services.quota_set(actor=operator, vm=off_vm, limit_bytes=int(0.25 * GIB), confirmed=True)
     services.storage_check(actor=None)
     (alert,) = _alerts(off_vm)
-    assert services.alert_badge_count(operator) >= 1
+    assert selectors.alert_badge_count(operator) >= 1
     with pytest.raises(Exception, match="permission"):
         services.alert_acknowledge(actor=viewer, alert_id=alert.pk)
     services.alert_acknowledge(actor=operator, alert_id=alert.pk)
@@ -140,7 +140,7 @@ def test_an_unreachable_host_or_webhook_does_not_stop_the_check(operator, small_
     Host.objects.create(name="ghost", uri="qemu+unix:///system?socket=/nonexistent/libvirt-sock")
     settings.STORAGE_ALERT_WEBHOOK_URL = "http://127.0.0.1:9/nothing-listens-here"
     overfill(off_vm)
-    services.quota_set(actor=operator, vm=off_vm, limit_gib="0.25", confirmed=True)
+    services.quota_set(actor=operator, vm=off_vm, limit_bytes=int(0.25 * GIB), confirmed=True)
     report = services.storage_check(actor=None)
     assert [line.split(":")[0] for line in report.unreadable] == ["ghost"]
     assert StorageAlert.objects.get(vm=off_vm).level == "breach"  # raised although the webhook failed
@@ -150,7 +150,7 @@ def test_a_breach_action_changed_during_a_breach_applies_at_the_next_check(opera
     vm = small_vm
     uri = vm.host.uri
     overfill(vm)
-    services.quota_set(actor=operator, vm=vm, limit_gib="0.25", confirmed=True)  # breach action: alert
+    services.quota_set(actor=operator, vm=vm, limit_bytes=int(0.25 * GIB), confirmed=True)  # breach action: alert
     gw.start_domain(uri, vm.name)
     services.storage_check(actor=None)
     (alert,) = _alerts(vm)
@@ -161,7 +161,7 @@ def test_a_breach_action_changed_during_a_breach_applies_at_the_next_check(opera
     alert.refresh_from_db()
     assert (alert.state, alert.action_applied) == ("open", "refuse")
     with pytest.raises(Conflict, match="refuses growth"):
-        services.volume_create(actor=operator, vm=vm, size_gib="0.1")
+        services.volume_create(actor=operator, vm=vm, size_bytes=int(0.1 * GIB))
 
     services.quota_set(actor=operator, vm=vm, breach_action="suspend")
     report = services.storage_check(actor=None)

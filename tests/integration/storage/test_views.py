@@ -7,6 +7,7 @@ from django.urls import reverse
 from apps.core.models import Job
 from apps.storage import services
 from apps.storage.models import GIB, StorageAlert, VmQuota
+from apps.storage.quota_rules import defaults_read
 from tests.conftest import reauthenticate
 
 from .conftest import events, overfill
@@ -87,7 +88,7 @@ def test_deleting_a_disk_needs_a_recent_reauthentication_and_the_confirmation(cl
 def test_acknowledge_from_the_alert_list(client, operator, small_vm):
     off_vm = small_vm
     overfill(off_vm)
-    services.quota_set(actor=operator, vm=off_vm, limit_gib="0.25", confirmed=True)
+    services.quota_set(actor=operator, vm=off_vm, limit_bytes=int(0.25 * GIB), confirmed=True)
     services.storage_check(actor=None)
     alert = StorageAlert.objects.get(vm=off_vm)
     client.force_login(operator)
@@ -106,7 +107,7 @@ def test_defaults_are_for_admins(client, admin, operator, host):
     assert client.get(reverse("storage:settings")).status_code == 403
     client.force_login(admin)
     assert client.get(reverse("storage:settings")).status_code == 200
-    version = services.defaults_get().version
+    version = defaults_read().version
     response = client.post(
         reverse("storage:settings_save"),
         {
@@ -119,11 +120,11 @@ def test_defaults_are_for_admins(client, admin, operator, host):
         },
     )
     assert response.status_code == 302
-    defaults = services.defaults_get()
+    defaults = defaults_read()
     assert (defaults.quota_bytes, defaults.alert_percent, str(defaults.max_overcommit)) == (50 * GIB, 85, "2.50")
     response = client.post(reverse("storage:settings_save"), {"quota_gib": "1", "alert_percent": "150"})
     assert response.status_code == 400
-    assert services.defaults_get().quota_bytes == 50 * GIB
+    assert defaults_read().quota_bytes == 50 * GIB
 
 
 def test_a_vm_scoped_operator_sees_and_changes_only_that_vm(client, make_user, host, make_domain):
@@ -208,7 +209,7 @@ def test_the_defaults_form_refuses_a_malformed_version_and_bad_numbers(client, a
         "max_overcommit": "2.5",
         "reserve_percent": "15",
     }
-    before = services.defaults_get()
+    before = defaults_read()
     for version in ("\u00b2", "", "v1"):
         response = client.post(reverse("storage:settings_save"), {**good, "version": version})
         assert response.status_code == 400
@@ -218,7 +219,7 @@ def test_the_defaults_form_refuses_a_malformed_version_and_bad_numbers(client, a
     )
     assert response.status_code == 400
     assert 'data-testid="defaults-errors"' in response.content.decode()
-    after = services.defaults_get()
+    after = defaults_read()
     assert (after.version, after.quota_bytes) == (before.version, before.quota_bytes)
     assert [e.outcome for e in events("storage.settings.update")] == ["failed"] * 4
 
@@ -243,7 +244,7 @@ def test_the_page_expands_to_a_size_and_says_so(client, operator, off_vm):
     html = client.get(_url("vm", off_vm)).content.decode()
     assert "Expand to (GiB, the new hard limit)" in html
     assert "caps the disks&#x27; provisioned size" in html or "caps the disks' provisioned size" in html
-    services.quota_set(actor=operator, vm=off_vm, limit_gib="20")
+    services.quota_set(actor=operator, vm=off_vm, limit_bytes=20 * GIB)
     response = client.post(_url("quota_expand", off_vm), {"to_gib": "30"}, HTTP_HX_REQUEST="true")
     assert response.status_code == 200
     assert VmQuota.objects.get(vm=off_vm).limit_bytes == 30 * GIB
@@ -256,3 +257,22 @@ def test_the_page_expands_to_a_size_and_says_so(client, operator, off_vm):
     assert response.status_code == 400
     assert 'data-testid="expand-errors"' in response.content.decode()
     assert VmQuota.objects.get(vm=off_vm).limit_bytes == 32 * GIB
+
+
+def test_an_operator_of_one_vm_gets_the_forms_on_that_vm_only(client, make_user, host, off_vm, make_domain):
+    """The forms follow the permission over this VM (the question the service asks), not
+    whether the user holds storage.change somewhere."""
+    from apps.accounts.models import Role, RoleAssignment
+    from apps.vms.collector import host_collect
+
+    other = make_domain()
+    host_collect(host)
+    user = make_user(role=Role.OPERATOR, scope="vm", vm=off_vm)
+    RoleAssignment.objects.create(user=user, role=Role.VIEWER, scope="global")
+    client.force_login(user)
+    mine = client.get(_url("vm", off_vm)).content.decode()
+    assert 'data-testid="quota-form"' in mine and "Resize" in mine and "New volume" in mine
+    response = client.get(reverse("storage:vm", args=[host.name, other]))
+    assert response.status_code == 200 and 'data-disk="vda"' in response.content.decode()
+    theirs = response.content.decode()
+    assert 'data-testid="quota-form"' not in theirs and "Resize" not in theirs and "New volume" not in theirs

@@ -1,6 +1,8 @@
 """Volumes of a VM as jobs: create (thin qcow2), resize live and offline, delete with
 confirmation; quota and pool limits refuse growth and say by how much."""
 
+from decimal import Decimal
+
 import pytest
 
 from apps.core import jobs
@@ -28,7 +30,7 @@ def _disks(vm):
 
 
 def test_creating_a_volume_attaches_a_thin_qcow2(operator, off_vm, test_pool):
-    job = _run(services.volume_create(actor=operator, vm=off_vm, size_gib="2", name=f"{off_vm.name}-data"))
+    job = _run(services.volume_create(actor=operator, vm=off_vm, size_bytes=2 * GIB, name=f"{off_vm.name}-data"))
     assert job.state == "succeeded", job.error
     vdb = _disks(off_vm)["vdb"]
     assert vdb.capacity == 2 * GIB
@@ -42,46 +44,46 @@ def test_creating_a_volume_attaches_a_thin_qcow2(operator, off_vm, test_pool):
 
 
 def test_growth_over_the_quota_is_refused_with_the_excess(operator, off_vm):
-    services.quota_set(actor=operator, vm=off_vm, limit_gib="3")
+    services.quota_set(actor=operator, vm=off_vm, limit_bytes=3 * GIB)
     with pytest.raises(InvalidInput, match=r"4 GiB of disks, 1 GiB over its quota of 3 GiB"):
-        services.volume_create(actor=operator, vm=off_vm, size_gib="3")
+        services.volume_create(actor=operator, vm=off_vm, size_bytes=3 * GIB)
     with pytest.raises(InvalidInput, match=r"1.5 GiB over its quota"):
-        services.volume_resize(actor=operator, vm=off_vm, target="vda", size_gib="4.5")
+        services.volume_resize(actor=operator, vm=off_vm, target="vda", size_bytes=int(4.5 * GIB))
     assert not Job.objects.exists()
     assert [e.outcome for e in events("storage.volume.create")] == ["failed"]
     assert "1 GiB over its quota" in events("storage.volume.create")[0].error
 
 
 def test_pool_overcommit_and_reserve_are_enforced(admin, operator, off_vm, host, test_pool):
-    services.quota_set(actor=operator, vm=off_vm, limit_gib="1000000")
+    services.quota_set(actor=operator, vm=off_vm, limit_bytes=1000000 * GIB)
     pool = gw.get_pool(host.uri, test_pool)
     too_much = pool.capacity * 2 // GIB
-    services.pool_limit_set(actor=admin, host=host, pool=test_pool, max_overcommit="1.5", reserve_percent="")
+    services.pool_limit_set(actor=admin, host=host, pool=test_pool, max_overcommit=Decimal("1.5"), reserve_percent=None)
     with pytest.raises(InvalidInput, match=r"over its maximum overcommit of 1.50x"):
-        services.volume_create(actor=operator, vm=off_vm, size_gib=str(too_much))
-    services.pool_limit_set(actor=admin, host=host, pool=test_pool, max_overcommit="", reserve_percent="99")
+        services.volume_create(actor=operator, vm=off_vm, size_bytes=too_much * GIB)
+    services.pool_limit_set(actor=admin, host=host, pool=test_pool, max_overcommit=None, reserve_percent=99)
     with pytest.raises(InvalidInput, match=r"inside its 99% reserve"):
-        services.volume_create(actor=operator, vm=off_vm, size_gib="1")
+        services.volume_create(actor=operator, vm=off_vm, size_bytes=1 * GIB)
     assert not Job.objects.exists()
 
 
 def test_resize_offline_then_live_and_never_shrink(operator, off_vm):
     uri = off_vm.host.uri
-    job = _run(services.volume_resize(actor=operator, vm=off_vm, target="vda", size_gib="1.5"))
+    job = _run(services.volume_resize(actor=operator, vm=off_vm, target="vda", size_bytes=int(1.5 * GIB)))
     assert (job.state, job.result["live"]) == ("succeeded", False), job.error
     assert _disks(off_vm)["vda"].capacity == int(1.5 * GIB)
     gw.start_domain(uri, off_vm.name)
-    job = _run(services.volume_resize(actor=operator, vm=off_vm, target="vda", size_gib="2"))
+    job = _run(services.volume_resize(actor=operator, vm=off_vm, target="vda", size_bytes=2 * GIB))
     assert (job.state, job.result["live"]) == ("succeeded", True), job.error
     assert _disks(off_vm)["vda"].capacity == 2 * GIB
     with pytest.raises(InvalidInput, match="shrinking it to 1 GiB would lose data"):
-        services.volume_resize(actor=operator, vm=off_vm, target="vda", size_gib="1")
+        services.volume_resize(actor=operator, vm=off_vm, target="vda", size_bytes=1 * GIB)
     with pytest.raises(Exception, match="no disk 'vdz'"):
-        services.volume_resize(actor=operator, vm=off_vm, target="vdz", size_gib="3")
+        services.volume_resize(actor=operator, vm=off_vm, target="vdz", size_bytes=3 * GIB)
 
 
 def test_delete_needs_confirmation_and_a_stopped_vm(operator, off_vm, test_pool):
-    _run(services.volume_create(actor=operator, vm=off_vm, size_gib="1"))
+    _run(services.volume_create(actor=operator, vm=off_vm, size_bytes=1 * GIB))
     path = _disks(off_vm)["vdb"].path
     with pytest.raises(InvalidInput, match="confirm"):
         services.volume_delete(actor=operator, vm=off_vm, target="vdb")
@@ -98,7 +100,7 @@ def test_delete_needs_confirmation_and_a_stopped_vm(operator, off_vm, test_pool)
 
 def test_viewer_cannot_create_volumes(viewer, off_vm):
     with pytest.raises(Exception, match="permission"):
-        services.volume_create(actor=viewer, vm=off_vm, size_gib="1")
+        services.volume_create(actor=viewer, vm=off_vm, size_bytes=1 * GIB)
     assert events("storage.volume.create", outcome="denied")
 
 
@@ -110,8 +112,8 @@ def test_a_volume_job_runs_on_the_real_worker(worker, operator, host, make_domai
     name = make_domain(running=True)
     inventory_sync(host)
     vm = VirtualMachine.objects.select_related("host").get(host=host, name=name)
-    job = wait_for_job(services.volume_create(actor=operator, vm=vm, size_gib="1").pk)
+    job = wait_for_job(services.volume_create(actor=operator, vm=vm, size_bytes=1 * GIB).pk)
     assert job.state == "succeeded", job.error
     assert _disks(vm)["vdb"].capacity == GIB
-    job = wait_for_job(services.volume_resize(actor=operator, vm=vm, target="vdb", size_gib="2").pk)
+    job = wait_for_job(services.volume_resize(actor=operator, vm=vm, target="vdb", size_bytes=2 * GIB).pk)
     assert (job.state, job.result.get("live")) == ("succeeded", True), job.error

@@ -1,4 +1,4 @@
-"""`manage.py storage_quota`: the seed's storage_quota.sh, through the same services,
+"""`manage.py storage_quota`: the seed's storage_quota.sh, through the same forms, services,
 permissions and audit as the portal. The actor is the system user unless --as USER."""
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ from apps.core.errors import NotFound, PortalError
 from apps.core.models import Host
 from apps.core.validators import validate_name
 from apps.storage import selectors, services
+from apps.storage.forms import DefaultsForm, ExpandForm, PoolLimitForm, QuotaForm, ThresholdForm, validated
 from apps.storage.models import BreachAction
-from apps.storage.services import fmt_bytes
+from apps.storage.quota_rules import fmt_bytes
 from apps.vms.services import vm_for_actor
 
 ACTIONS = [value for value, _label in BreachAction.choices]
@@ -95,20 +96,30 @@ class Command(BaseCommand):
                 return self._trend(actor, host, options)
             vm = vm_for_actor(actor, host, options["vm"])  # "not found" outside the scope, as on the pages
             if verb == "set":
-                services.quota_set(actor=actor, vm=vm, limit_gib=options["gib"], confirmed=options["confirm"])
-            elif verb == "expand":
-                if (options["gib"] is None) == (options["by"] is None):
-                    raise CommandError("Give the new hard limit (expand VM GiB) or the increase (--by GiB), not both.")
-                services.quota_expand(actor=actor, vm=vm, to_gib=options["gib"], by_gib=options["by"])
+                data = {"limit_gib": options["gib"], "confirm": "yes" if options["confirm"] else ""}
+                form = self._form(QuotaForm(data, versioned=False), actor, "storage.quota.set", vm)
+                services.quota_set(actor=actor, vm=vm, **form.service_args())
+            elif verb == "expand":  # "expand VM 100": the new hard limit is 100 GiB (the seed's "Expand to")
+                form = self._form(ExpandForm({"to_gib": options["gib"], "by_gib": options["by"]}), actor,
+                                  "storage.quota.expand", vm)  # fmt: skip
+                services.quota_expand(actor=actor, vm=vm, **form.service_args())
             elif verb == "alert-threshold":
-                services.quota_set_threshold(actor=actor, vm=vm, percent=options["percent"])
+                form = self._form(ThresholdForm({"percent": options["percent"]}), actor, "storage.quota.threshold", vm)
+                services.quota_set_threshold(actor=actor, vm=vm, **form.service_args())
             elif verb == "breach-action":
-                services.quota_set(actor=actor, vm=vm, breach_action=options["action"])
+                form = self._form(QuotaForm({"breach_action": options["action"]}, versioned=False), actor,
+                                  "storage.quota.set", vm)  # fmt: skip
+                services.quota_set(actor=actor, vm=vm, **form.service_args())
             self._show(services.quota_get(actor=actor, vm=vm))
         except PermissionDenied as exc:
             raise CommandError(str(exc))
         except PortalError as exc:
             raise CommandError(exc.message)
+
+    @staticmethod
+    def _form(form, actor, action: str, target, perm: str = "storage.change", obj=None):
+        """The form, valid, or the refusal audited (as the page would) and raised."""
+        return validated(form, actor=actor, action=action, target=target, perm=perm, obj=obj)
 
     def _actor(self, username):
         if not username:
@@ -218,16 +229,14 @@ class Command(BaseCommand):
 
             def value(given, own):
                 if given is None:  # not given: keep the pool's own value (or the default)
-                    return "" if own is None else own
+                    return "" if own is None else str(own)
                 return "" if given.strip().lower() == "default" else given
 
-            services.pool_limit_set(
-                actor=actor,
-                host=host,
-                pool=pool,
-                max_overcommit=value(options["max_overcommit"], getattr(row, "max_overcommit", None)),
-                reserve_percent=value(options["reserve"], getattr(row, "reserve_percent", None)),
-            )
+            data = {"max_overcommit": value(options["max_overcommit"], getattr(row, "max_overcommit", None)),
+                    "reserve_percent": value(options["reserve"], getattr(row, "reserve_percent", None))}  # fmt: skip
+            target = ("pool", f"{host.name}/{pool}", pool)
+            form = self._form(PoolLimitForm(data), actor, "storage.pool.limit", target, "storage.settings", host)
+            services.pool_limit_set(actor=actor, host=host, pool=pool, **form.service_args())
             row, effective = selectors.pool_limits_for(actor, host, pool)
 
         def mark(own):
@@ -247,15 +256,13 @@ class Command(BaseCommand):
             def pick(key, current):
                 return current if given[key] is None else given[key]
 
-            d = services.defaults_update(
-                actor=actor,
-                quota_gib=pick("quota", f"{d.quota_bytes / (1 << 30):g}"),
-                alert_percent=pick("alert", d.alert_percent),
-                breach_action=pick("action", d.breach_action),
-                max_overcommit=pick("max_overcommit", d.max_overcommit),
-                reserve_percent=pick("reserve", d.reserve_percent),
-                expected_version=d.version,
-            )
+            data = {"quota_gib": pick("quota", f"{d.quota_bytes / (1 << 30):g}"),
+                    "alert_percent": pick("alert", d.alert_percent), "breach_action": pick("action", d.breach_action),
+                    "max_overcommit": pick("max_overcommit", d.max_overcommit),
+                    "reserve_percent": pick("reserve", d.reserve_percent), "version": d.version}  # fmt: skip
+            target = ("storagedefaults", "1", "storage defaults")
+            form = self._form(DefaultsForm(data), actor, "storage.settings.update", target, "storage.settings")
+            d = services.defaults_update(actor=actor, **form.service_args())
         self.stdout.write(
             f"defaults: quota {fmt_bytes(d.quota_bytes)}, alert at {d.alert_percent}%, on breach {d.breach_action}; "
             f"pools: maximum overcommit {d.max_overcommit}x, reserve {d.reserve_percent}%"
