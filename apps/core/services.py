@@ -4,8 +4,8 @@ from django.db import transaction
 from apps.accounts.permissions import require
 from apps.audit.services import record
 
-from .errors import Conflict, InvalidInput
-from .gateways import libvirt_gw as gw
+from .errors import Conflict, GatewayError, InvalidInput
+from .gateways import libvirt as gw
 from .models import Host
 from .validators import validate_name
 
@@ -29,7 +29,7 @@ def host_create(*, actor, name: str, uri: str, description: str = "", check: boo
         if Host.objects.filter(name=name).exists():
             raise Conflict(f"A host named {name!r} already exists.")
         if check:
-            gw.version(uri)
+            gw.host_version(uri)
         with transaction.atomic():
             host = Host.objects.create(name=name, uri=uri, description=description)
             record(actor=actor, action="core.host.create", target=host, outcome="success", params={"uri": uri})
@@ -38,7 +38,7 @@ def host_create(*, actor, name: str, uri: str, description: str = "", check: boo
 
             host_collect(host)
         return host
-    except (InvalidInput, Conflict, gw.GatewayError) as exc:
+    except (InvalidInput, Conflict, GatewayError) as exc:
         record(
             actor=actor,
             action="core.host.create",

@@ -5,7 +5,7 @@ The quota model: a VM's hard limit caps the provisioned size of its disks (growt
 is refused); its allocation (what the disks and their snapshots really take) is watched
 against the same limit: an alert at the alert threshold, the breach action at 100%.
 
-Per host: one bulk libvirt read (gateway.storage_snapshot) and a constant number of
+Per host: one bulk libvirt read (gateway.host_storage_snapshot) and a constant number of
 queries, whatever the number of VMs and volumes; only alerts that change state cost more.
 
 The system check (Celery beat, `storage_quota check` without --as) covers everything. A
@@ -24,7 +24,7 @@ from django.utils import timezone
 from apps.accounts.permissions import has_perm
 from apps.audit.services import record
 from apps.core.errors import PortalError
-from apps.core.gateways import libvirt_gw as gw
+from apps.core.gateways import libvirt as gw
 from apps.core.models import Host
 from apps.vms.models import VirtualMachine
 
@@ -342,13 +342,13 @@ def _apply_action(actor, m: Measure, alert: StorageAlert, level: str | None, rep
     uri, name, vm = m.host.uri, m.vm.name, m.vm
     if applied == BreachAction.SUSPEND:
         if gw.domain_state(uri, name) == "paused":
-            _with_audit(actor, vm, "storage.quota.resume", lambda: gw.resume_domain(uri, name), alert.message)
+            _with_audit(actor, vm, "storage.quota.resume", lambda: gw.domain_resume(uri, name), alert.message)
             report.resumed.append(f"{name}: {alert.message}")
     elif applied == BreachAction.REFUSE:
         record(actor=actor, action="storage.quota.refuse_growth", target=vm, outcome="success", params={"on": False})
     _set_applied(alert, "")
     if wanted == BreachAction.SUSPEND:
-        _with_audit(actor, vm, "storage.quota.suspend", lambda: gw.suspend_domain(uri, name), alert.message)
+        _with_audit(actor, vm, "storage.quota.suspend", lambda: gw.domain_suspend(uri, name), alert.message)
         report.suspended.append(f"{name}: {alert.message}")
     elif wanted == BreachAction.REFUSE:
         record(actor=actor, action="storage.quota.refuse_growth", target=vm, outcome="success", params={"on": True})

@@ -12,7 +12,7 @@ from django.db.models.functions import Coalesce, Greatest
 
 from apps.audit.services import record
 from apps.core.errors import Conflict, InvalidInput, PortalError
-from apps.core.gateways import libvirt_gw as gw
+from apps.core.gateways import libvirt as gw
 from apps.core.models import Host
 
 from ..models import GIB, PoolLimit, StorageDefaults, VmQuota
@@ -266,7 +266,7 @@ def pool_limit_set(*, actor, host: Host, pool: str, max_overcommit, reserve_perc
     }
     target = ("pool", f"{host.name}/{pool}", pool)
     try:
-        gw.get_pool(host.uri, pool)  # NotFound for an unknown pool
+        gw.pool_get(host.uri, pool)  # NotFound for an unknown pool
         values = {
             "max_overcommit": parse_ratio(max_overcommit) if max_overcommit not in (None, "") else None,
             "reserve_percent": parse_reserve(reserve_percent) if reserve_percent not in (None, "") else None,
