@@ -13,21 +13,22 @@ django.setup()
 
 from django.conf import settings  # noqa: E402
 
-from apps.core.gateways import libvirt_gw as gw  # noqa: E402
+from apps.core.gateways import libvirt as gw  # noqa: E402
+from tests.libvirt_helpers import network_remove  # noqa: E402
 
 PREFIXES = ("tvm-", "tpool-", "tnet-", "bench-")
 uri = settings.LIBVIRT_URI
-for d in gw.list_domains(uri):
+for d in gw.domain_list(uri):
     if d.name.startswith(PREFIXES):
-        gw.undefine_domain(uri, d.name)
+        gw.domain_undefine(uri, d.name)
         print("removed VM", d.name)
-for p in gw.list_pools(uri):
+for p in gw.pool_list(uri):
     if p.name.startswith(PREFIXES):
-        gw.remove_pool(uri, p.name)
+        gw.pool_remove(uri, p.name)
         print("removed pool", p.name)
-for n in gw.list_networks(uri):
+for n in gw.network_list(uri):
     if n.name.startswith(PREFIXES):
-        gw.remove_network(uri, n.name)
+        network_remove(uri, n.name)
         print("removed network", n.name)
 for run_dir in sorted(settings.IMAGE_DIR.glob("test-*")):  # images of cut-short runs
     shutil.rmtree(run_dir, ignore_errors=True)

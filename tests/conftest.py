@@ -16,9 +16,10 @@ from django.conf import settings
 
 from apps.accounts.models import Role, RoleAssignment
 from apps.core.checks import image_dir_problem
-from apps.core.gateways import libvirt_gw as gw
-from apps.core.gateways.libvirt_xml import domain_xml
+from apps.core.gateways import libvirt as gw
+from apps.core.gateways.libvirt import domain_xml
 from apps.core.models import Host, Job
+from tests.libvirt_helpers import network_remove
 
 ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "correct-horse-battery-staple"
@@ -103,7 +104,7 @@ def _image_dir_removed_at_the_end():
 def libvirt_uri():
     uri = settings.LIBVIRT_URI
     try:
-        gw.version(uri)
+        gw.host_version(uri)
     except Exception as exc:  # the suite needs the real daemon: say so, loudly
         pytest.fail(f"libvirtd is not answering at {uri}: {exc}. Run `make test` (it starts it).")
     problem = image_dir_problem()
@@ -122,18 +123,18 @@ def test_pool(libvirt_uri):
     """A dir pool of our own for the whole session, removed at the end."""
     name = unique("tpool")
     path = settings.IMAGE_DIR / "pools" / name
-    gw.ensure_dir_pool(libvirt_uri, name, str(path))
+    gw.pool_ensure_dir(libvirt_uri, name, str(path))
     yield name
-    gw.remove_pool(libvirt_uri, name)
+    gw.pool_remove(libvirt_uri, name)
 
 
 @pytest.fixture(scope="session")
 def test_network(libvirt_uri):
     """An isolated network (no <forward>): nothing leaves the host."""
     name = unique("tnet")
-    gw.ensure_isolated_network(libvirt_uri, name, f"vbr{uuid.uuid4().hex[:8]}")
+    gw.network_ensure_isolated(libvirt_uri, name, f"vbr{uuid.uuid4().hex[:8]}")
     yield name
-    gw.remove_network(libvirt_uri, name)
+    network_remove(libvirt_uri, name)
 
 
 @pytest.fixture
@@ -143,19 +144,19 @@ def make_domain(libvirt_uri, test_pool, test_network):
 
     def make(name: str | None = None, running: bool = False, disk_gib: float = 1) -> str:
         name = name or unique("tvm")
-        vol = gw.create_volume(libvirt_uri, test_pool, f"{name}.qcow2", int(disk_gib * (1 << 30)))
-        gw.define_domain(
+        vol = gw.volume_create(libvirt_uri, test_pool, f"{name}.qcow2", int(disk_gib * (1 << 30)))
+        gw.domain_define(
             libvirt_uri, domain_xml(name=name, memory_mib=64, vcpus=1, disk_paths=[vol.path], networks=[test_network])
         )
         created.append(name)
         if running:
-            gw.start_domain(libvirt_uri, name)
+            gw.domain_start(libvirt_uri, name)
         return name
 
     yield make
     for name in created:
         try:
-            gw.undefine_domain(libvirt_uri, name)
+            gw.domain_undefine(libvirt_uri, name)
         except Exception:  # already gone: the test removed it
             pass
 

@@ -11,7 +11,7 @@ from django.core.checks import Error, register
 
 from apps.core.errors import PortalError
 from apps.core.gateways import host_paths
-from apps.core.gateways import libvirt_gw as gw
+from apps.core.gateways import libvirt as gw
 
 
 def _mode(path: Path) -> int | None:
@@ -66,7 +66,7 @@ def qemu_blocked(path: str | Path) -> tuple[str, host_paths.Blocked] | None:
     if not _local_system_libvirt(uri):
         return None
     try:
-        identity = gw.qemu_identity(uri)
+        identity = gw.host_qemu_identity(uri)
     except PortalError:  # libvirtd does not answer: whatever needs it says so
         return None
     blocked = host_paths.first_blocked(path, *identity) if identity else None

@@ -4,7 +4,7 @@ from django.db import transaction
 from apps.audit.services import audited
 
 from .errors import Conflict, InvalidInput
-from .gateways import libvirt_gw as gw
+from .gateways import libvirt as gw
 from .models import Host
 from .validators import validate_name
 
@@ -28,7 +28,7 @@ def host_create(*, actor, name: str, uri: str, description: str = "", check: boo
         if Host.objects.filter(name=name).exists():
             raise Conflict(f"A host named {name!r} already exists.")
         if check:
-            gw.version(uri)
+            gw.host_version(uri)
         with transaction.atomic():
             host = Host.objects.create(name=name, uri=uri, description=description)
             ev.target = host

@@ -9,7 +9,7 @@ import dataclasses
 
 from django.apps import apps as django_apps
 
-from apps.core.gateways import libvirt_gw as gw
+from apps.core.gateways import libvirt as gw
 
 
 def _aliases(host) -> dict[str, str]:
@@ -36,14 +36,14 @@ def _resolved(disks: gw.DomainDisks, aliases: dict[str, str], volume_of) -> gw.D
 
 
 def vm_disks(vm) -> gw.DomainDisks:
-    """gw.domain_disks, with encrypted disks counted as their container volumes."""
-    disks = gw.domain_disks(vm.host.uri, vm.name)
-    return _resolved(disks, _aliases(vm.host), lambda path: gw.volume_by_path(vm.host.uri, path))
+    """gw.domain_disks_live, with encrypted disks counted as their container volumes."""
+    disks = gw.domain_disks_live(vm.host.uri, vm.name)
+    return _resolved(disks, _aliases(vm.host), lambda path: gw.volume_find_by_path(vm.host.uri, path))
 
 
 def host_snapshot(host, **kwargs) -> gw.StorageSnapshot:
-    """gw.storage_snapshot, with encrypted disks counted as their container volumes."""
-    snap = gw.storage_snapshot(host.uri, **kwargs)
+    """gw.host_storage_snapshot, with encrypted disks counted as their container volumes."""
+    snap = gw.host_storage_snapshot(host.uri, **kwargs)
     aliases = _aliases(host)
     if not aliases:
         return snap

@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from apps.accounts.permissions import authorize, has_perm, restrict
 from apps.core.errors import NotFound
-from apps.core.gateways import libvirt_gw as gw
+from apps.core.gateways import libvirt as gw
 from apps.core.models import Host
 from apps.core.validators import validate_name
 from apps.vms.models import VirtualMachine
@@ -208,7 +208,7 @@ def vm_storage(user, vm: VirtualMachine) -> VmStorage:
         disks=disks,
         quota=effective_quota(quota_row, defaults_read()),
         quota_row=quota_row,
-        snapshots=len(gw.list_snapshots(uri, vm.name)),
+        snapshots=len(gw.snapshot_list(uri, vm.name)),
         alerts=list(StorageAlert.objects.filter(vm=vm)[:10]),
         trend=trend(vm_samples(vm, now=now), now=now),
         pools=gw.pool_names(uri),
@@ -271,7 +271,7 @@ def pool_limits_for(user, host: Host, pool: str) -> tuple[PoolLimit | None, Effe
     if user is not None and not has_perm(user, "storage.view", host):
         raise NotFound(f"No host named {host.name!r} that you can see.")
     validate_name(pool, "pool name")
-    gw.get_pool(host.uri, pool)  # NotFound for an unknown pool
+    gw.pool_get(host.uri, pool)  # NotFound for an unknown pool
     row = PoolLimit.objects.filter(host=host, pool=pool).first()
     return row, effective_pool_limit(row, defaults_read())
 

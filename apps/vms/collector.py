@@ -27,8 +27,7 @@ from django.utils import timezone
 
 from apps.audit.services import record
 from apps.core.errors import GatewayError, NotFound, PortalError
-from apps.core.gateways import libvirt_events as events
-from apps.core.gateways import libvirt_gw as gw
+from apps.core.gateways import libvirt as gw
 from apps.core.models import Host
 
 from .models import VirtualMachine
@@ -84,7 +83,7 @@ def domain_refresh(host: Host, name: str, uuid: str, kind: str) -> VirtualMachin
     """Bring one VM's row up to date after a lifecycle event (one domain read, not a host scan)."""
     vm = VirtualMachine.objects.filter(host=host, uuid=uuid).first()
     try:
-        info = None if kind == "undefined" else gw.get_domain(host.uri, name)
+        info = None if kind == "undefined" else gw.domain_get(host.uri, name)
     except NotFound:
         info = None
     if info is None or not info.persistent and info.state == "shut off":
@@ -113,7 +112,7 @@ def domain_refresh(host: Host, name: str, uuid: str, kind: str) -> VirtualMachin
 @dataclass
 class _HostFeed:
     host: Host
-    watch: events.DomainWatch | None = None
+    watch: gw.DomainWatch | None = None
     next_read: float = 0.0
     pending: dict[str, tuple[str, str]] = field(default_factory=dict)  # uuid -> (name, kind)
 
@@ -127,7 +126,7 @@ class Collector:
         self.tick = tick
         self.host_names = host_names
         self.stop = threading.Event()
-        self._events: queue.Queue[tuple[int, events.DomainEvent]] = queue.Queue()
+        self._events: queue.Queue[tuple[int, gw.DomainEvent]] = queue.Queue()
         self._feeds: dict[int, _HostFeed] = {}
 
     def _hosts(self) -> list[Host]:
@@ -144,7 +143,7 @@ class Collector:
             feed.watch = None
         host_id = feed.host.pk
         try:
-            feed.watch = events.watch_domains(feed.host.uri, lambda ev: self._events.put((host_id, ev)))
+            feed.watch = gw.domain_watch(feed.host.uri, lambda ev: self._events.put((host_id, ev)))
         except GatewayError as exc:
             host_mark_unreachable(feed.host, exc.message)
             return

@@ -12,7 +12,7 @@ from apps.accounts.permissions import authorize, has_perm
 from apps.audit.services import audited, record, refused
 from apps.core import jobs
 from apps.core.errors import Conflict, InvalidInput, NotFound
-from apps.core.gateways import libvirt_gw as gw
+from apps.core.gateways import libvirt as gw
 from apps.core.models import Host, Job
 from apps.core.validators import validate_name
 
@@ -43,11 +43,11 @@ _RESULT_STATE = {
     "resume": "running",
 }
 _GATEWAY = {
-    "start": gw.start_domain,
-    "shutdown": gw.shutdown_domain,
-    "force_off": gw.force_off_domain,
-    "suspend": gw.suspend_domain,
-    "resume": gw.resume_domain,
+    "start": gw.domain_start,
+    "shutdown": gw.domain_shutdown,
+    "force_off": gw.domain_force_off,
+    "suspend": gw.domain_suspend,
+    "resume": gw.domain_resume,
 }
 
 
@@ -74,7 +74,7 @@ def inventory_sync(host: Host, domains: list[gw.DomainInfo] | None = None) -> Sy
     VM rows up to date: a constant number of queries whatever the number of VMs, and writes
     only for rows that changed."""
     if domains is None:
-        domains = gw.list_domains(host.uri)
+        domains = gw.domain_list(host.uri)
     now = timezone.now()
     existing = {str(vm.uuid): vm for vm in VirtualMachine.objects.filter(host=host)}
     to_create, to_update, found = [], [], []
@@ -157,7 +157,7 @@ def _lookup(user, host_name: str, vm_name: str, *, system: bool) -> VirtualMachi
 
 def vm_detail(*, actor, vm: VirtualMachine) -> tuple[gw.DomainInfo, list[gw.SnapshotInfo]]:
     authorize(actor, "vms.view", vm, action="vms.vm.view")
-    return gw.get_domain(vm.host.uri, vm.name), gw.list_snapshots(vm.host.uri, vm.name)
+    return gw.domain_get(vm.host.uri, vm.name), gw.snapshot_list(vm.host.uri, vm.name)
 
 
 def vm_lifecycle(*, actor, vm: VirtualMachine, action: str, confirmed: bool = False) -> Job:
@@ -241,7 +241,7 @@ def snapshot_create(*, actor, vm: VirtualMachine, name: str, description: str = 
         validate_name(name, "snapshot name")
         if len(description) > 500:
             raise InvalidInput("The description is limited to 500 characters.")
-        if any(s.name == name for s in gw.list_snapshots(vm.host.uri, vm.name)):
+        if any(s.name == name for s in gw.snapshot_list(vm.host.uri, vm.name)):
             raise Conflict(f"{vm.name} already has a snapshot named {name!r}.")
         return _enqueue(ev, actor, kind, vm, {"snapshot": name, "description": description})
 
@@ -251,11 +251,11 @@ def _run_snapshot_create(job: Job, progress: jobs.Progress) -> dict:
     vm = VirtualMachine.objects.select_related("host").get(pk=job.target_id)
     authorize(jobs.job_actor(job), "vms.snapshot", vm, action=job.kind)
     name = job.params["snapshot"]
-    if any(s.name == name for s in gw.list_snapshots(vm.host.uri, vm.name)):
+    if any(s.name == name for s in gw.snapshot_list(vm.host.uri, vm.name)):
         progress(90, f"snapshot {name} already exists")  # re-delivered job: already done
     else:
         progress(10, f"creating snapshot {name}")
-        gw.create_snapshot(vm.host.uri, vm.name, name, job.params.get("description", ""))
+        gw.snapshot_create(vm.host.uri, vm.name, name, job.params.get("description", ""))
     return {"snapshot": name}
 
 
@@ -265,7 +265,7 @@ def snapshot_delete(*, actor, vm: VirtualMachine, name: str, confirmed: bool = F
         validate_name(name, "snapshot name")
         if not confirmed:
             raise InvalidInput(f"Deleting snapshot {name} of {vm.name} needs confirmation.")
-        if not any(s.name == name for s in gw.list_snapshots(vm.host.uri, vm.name)):
+        if not any(s.name == name for s in gw.snapshot_list(vm.host.uri, vm.name)):
             raise NotFound(f"{vm.name} has no snapshot named {name!r}.")
         return _enqueue(ev, actor, kind, vm, {"snapshot": name})
 
@@ -275,9 +275,9 @@ def _run_snapshot_delete(job: Job, progress: jobs.Progress) -> dict:
     vm = VirtualMachine.objects.select_related("host").get(pk=job.target_id)
     authorize(jobs.job_actor(job), "vms.snapshot", vm, action=job.kind)
     name = job.params["snapshot"]
-    if any(s.name == name for s in gw.list_snapshots(vm.host.uri, vm.name)):
+    if any(s.name == name for s in gw.snapshot_list(vm.host.uri, vm.name)):
         progress(10, f"deleting snapshot {name}")
-        gw.delete_snapshot(vm.host.uri, vm.name, name)
+        gw.snapshot_delete(vm.host.uri, vm.name, name)
     else:
         progress(90, f"snapshot {name} is already gone")
     return {"snapshot": name}

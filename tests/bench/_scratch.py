@@ -24,7 +24,7 @@ def remove_scratch(conn, pool_name: str, pool_dir: Path, domains=()) -> None:
 
     import libvirt
 
-    from apps.core.gateways import libvirt_gw as gw
+    from apps.core.gateways import libvirt as gw
 
     for name in domains:
         try:
@@ -35,7 +35,7 @@ def remove_scratch(conn, pool_name: str, pool_dir: Path, domains=()) -> None:
         except libvirt.libvirtError:  # never defined, or already gone
             pass
     try:
-        gw.remove_pool(settings.LIBVIRT_URI, pool_name, delete_volumes=False)
+        gw.pool_remove(settings.LIBVIRT_URI, pool_name, delete_volumes=False)
     except Exception:  # noqa: BLE001  (already gone)
         pass
     conn.close()

@@ -23,9 +23,8 @@ def run(args) -> dict:
     from django.conf import settings
     from django.utils import timezone
 
-    from apps.core.gateways import libvirt_events as events
-    from apps.core.gateways import libvirt_gw as gw
-    from apps.core.gateways.libvirt_xml import domain_xml
+    from apps.core.gateways import libvirt as gw
+    from apps.core.gateways.libvirt import domain_xml
     from apps.core.models import Host
     from apps.vms.models import VirtualMachine
     from tests.bench._scratch import remove_scratch, scratch_pool
@@ -39,7 +38,7 @@ def run(args) -> dict:
         disk = pool_dir / "events.qcow2"
         subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "64M"], check=True, timeout=60)
         conn.defineXML(domain_xml(name=name, memory_mib=64, vcpus=1, disk_paths=[str(disk)], networks=[]))
-        gw.ensure_dir_pool(uri, pool_name, str(pool_dir))
+        gw.pool_ensure_dir(uri, pool_name, str(pool_dir))
         conn.lookupByName(name).create()
         host = Host.objects.create(name=f"bench-{tag}", uri=uri)
         log = Path(settings.VAR_DIR) / f"bench-collector-{tag}.log"
@@ -61,7 +60,7 @@ def run(args) -> dict:
                 seen[ev.kind] = time.perf_counter()
                 arrived.set()
 
-        watch = events.watch_domains(uri, on_event)
+        watch = gw.domain_watch(uri, on_event)
         bare, portal = [], []
         for i in range(ROUNDS):
             verb, kind, state = ("suspend", "suspended", "paused") if i % 2 == 0 else ("resume", "resumed", "running")

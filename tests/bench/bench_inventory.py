@@ -43,8 +43,8 @@ def run(args) -> dict:
     from django.contrib.auth import get_user_model
 
     from apps.accounts.models import RoleAssignment
-    from apps.core.gateways import libvirt_gw as gw
-    from apps.core.gateways.libvirt_xml import domain_xml
+    from apps.core.gateways import libvirt as gw
+    from apps.core.gateways.libvirt import domain_xml
     from apps.core.models import Host
     from apps.vms.services import inventory_for
 
@@ -62,7 +62,7 @@ def run(args) -> dict:
             name = f"bench-{tag}-{i:04d}"
             conn.defineXML(domain_xml(name=name, memory_mib=64, vcpus=1, disk_paths=[str(path)], networks=[]))
             names.append(name)
-        gw.ensure_dir_pool(uri, pool_name, str(pool_dir))
+        gw.pool_ensure_dir(uri, pool_name, str(pool_dir))
         host = Host.objects.create(name=f"bench-{tag}", uri=uri)
         user = get_user_model().objects.create_user(f"bench-{tag}")
         RoleAssignment.objects.create(user=user, role="viewer", scope="host", host=host)

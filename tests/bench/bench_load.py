@@ -81,8 +81,8 @@ def run(args) -> dict:
     from django.utils import timezone
 
     from apps.accounts.models import RoleAssignment
-    from apps.core.gateways import libvirt_gw as gw
-    from apps.core.gateways.libvirt_xml import domain_xml
+    from apps.core.gateways import libvirt as gw
+    from apps.core.gateways.libvirt import domain_xml
     from apps.core.models import Host
     from apps.vms.models import VirtualMachine
     from apps.vms.services import inventory_sync
@@ -100,7 +100,7 @@ def run(args) -> dict:
         disk = pool_dir / "detail.qcow2"
         subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "64M"], check=True, timeout=60)
         conn.defineXML(domain_xml(name=domain, memory_mib=64, vcpus=1, disk_paths=[str(disk)], networks=[]))
-        gw.ensure_dir_pool(uri, pool_name, str(pool_dir))
+        gw.pool_ensure_dir(uri, pool_name, str(pool_dir))
         host = Host.objects.create(name=f"bench-{tag}", uri=uri, collected_at=timezone.now())
         inventory_sync(host)  # the real domains (the detail page's among them), as the collector would
         VirtualMachine.objects.bulk_create(

@@ -74,7 +74,7 @@ def run(args) -> dict:
     from django.contrib.auth import get_user_model
 
     from apps.accounts.models import RoleAssignment
-    from apps.core.gateways import libvirt_gw
+    from apps.core.gateways.libvirt import connection as libvirt_connection
     from apps.core.models import Host
     from apps.vms import selectors
     from apps.vms.models import VirtualMachine
@@ -111,8 +111,8 @@ def run(args) -> dict:
     client = Client(HTTP_HOST="localhost")
     client.force_login(user)
     calls: list[str] = []
-    real_call = libvirt_gw.call
-    libvirt_gw.call = lambda uri, what, fn: calls.append(what) or real_call(uri, what, fn)
+    real_call = libvirt_connection.call
+    libvirt_connection.call = lambda uri, what, fn: calls.append(what) or real_call(uri, what, fn)
     results = {}
     try:
         matching = VirtualMachine.objects.filter(host=host, last_state="running", zone="z1").count()
@@ -214,7 +214,7 @@ def run(args) -> dict:
         request = _median(lambda: client.get(url), 10)
         results[f"pool page ({volumes} volumes, page {middle})"] = (b, p, request, len(counted))
     finally:
-        libvirt_gw.call = real_call
+        libvirt_connection.call = real_call
         RoleAssignment.objects.filter(host=host).delete()
         VolumeState.objects.filter(host=host).delete()
         PoolState.objects.filter(host=host).delete()

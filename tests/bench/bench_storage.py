@@ -70,7 +70,7 @@ def _measure(uri: str, gw, storage_check) -> dict:
             check_times.append(time.perf_counter() - t0)
         queries.append(len(ctx.captured_queries))
         t0 = time.perf_counter()
-        gw.storage_snapshot(uri, workers=workers)
+        gw.host_storage_snapshot(uri, workers=workers)
         snapshot_times.append(time.perf_counter() - t0)
         settings.STORAGE_LIBVIRT_READ_WORKERS = 1  # the same check reading libvirt one call at a time
         try:
@@ -93,7 +93,7 @@ def _measure(uri: str, gw, storage_check) -> dict:
 
 
 def run(args) -> dict:
-    from apps.core.gateways import libvirt_gw as gw
+    from apps.core.gateways import libvirt as gw
     from apps.core.models import Host
     from apps.storage.models import UsageSample
     from apps.storage.services import storage_check
@@ -112,7 +112,7 @@ def run(args) -> dict:
             with open(path, "wb") as f:
                 f.truncate(1 << 20)  # sparse: 1 MiB of capacity, nothing allocated
             paths.append(str(path))
-        gw.ensure_dir_pool(uri, pool_name, str(pool_dir))
+        gw.pool_ensure_dir(uri, pool_name, str(pool_dir))
         for i in range(vms):
             name = f"bench-{tag}-{i:04d}"
             conn.defineXML(_domain_xml(name, paths[i * DISKS_PER_VM : (i + 1) * DISKS_PER_VM]))

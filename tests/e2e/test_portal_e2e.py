@@ -11,7 +11,7 @@ import pytest
 from playwright.sync_api import expect
 
 from apps.audit.models import AuditEvent
-from apps.core.gateways import libvirt_gw as gw
+from apps.core.gateways import libvirt as gw
 from apps.core.models import Job
 from tests.conftest import PASSWORD
 

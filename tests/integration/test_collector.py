@@ -13,8 +13,8 @@ import time
 import pytest
 
 from apps.audit.models import AuditEvent
-from apps.core.gateways import libvirt_gw as gw
-from apps.core.gateways.libvirt_xml import domain_xml
+from apps.core.gateways import libvirt as gw
+from apps.core.gateways.libvirt import domain_xml
 from apps.core.models import Host
 from apps.vms.models import VirtualMachine
 from tests.conftest import ROOT, unique
@@ -77,7 +77,7 @@ def row(host: Host, name: str) -> VirtualMachine | None:
 def test_changes_made_with_virsh_reach_the_database_within_seconds(host, collector, libvirt_uri, test_pool,
                                                                      test_network):  # fmt: skip
     name = unique("tvm")
-    vol = gw.create_volume(libvirt_uri, test_pool, f"{name}.qcow2", 1 << 30)
+    vol = gw.volume_create(libvirt_uri, test_pool, f"{name}.qcow2", 1 << 30)
     try:
         define_outside(name, vol.path, test_network)
         vm = wait_for("the defined VM's row", lambda: row(host, name))

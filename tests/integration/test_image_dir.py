@@ -16,7 +16,7 @@ from django.test import override_settings
 
 from apps.core.checks import image_dir_problem
 from apps.core.gateways import host_paths
-from apps.core.gateways import libvirt_gw as gw
+from apps.core.gateways import libvirt as gw
 
 pytestmark = pytest.mark.libvirt
 QEMU = pwd.getpwnam("libvirt-qemu")
@@ -36,7 +36,7 @@ def private_clone():
 
 
 def test_the_host_reports_the_user_qemu_runs_as(libvirt_uri):
-    assert gw.qemu_identity(libvirt_uri) == (QEMU.pw_uid, grp.getgrnam("libvirt-qemu").gr_gid)
+    assert gw.host_qemu_identity(libvirt_uri) == (QEMU.pw_uid, grp.getgrnam("libvirt-qemu").gr_gid)
 
 
 @pytest.mark.parametrize("as_root", [True, False], ids=["kernel-as-qemu", "mode-bits"])
@@ -65,7 +65,7 @@ def test_the_start_check_says_in_one_line_what_blocks_qemu_and_how_to_fix_it(lib
 
 
 def test_the_suite_keeps_its_images_in_its_own_run_directory_of_the_image_dir(test_pool, libvirt_uri):
-    (pool,) = [p for p in gw.list_pools(libvirt_uri) if p.name == test_pool]
+    (pool,) = [p for p in gw.pool_list(libvirt_uri) if p.name == test_pool]
     assert Path(pool.path) == settings.IMAGE_DIR / "pools" / test_pool
     assert settings.IMAGE_DIR.parent == Path(os.environ.get("PORTAL_IMAGE_DIR", "/var/lib/hypervisor-portal/images"))
     assert settings.IMAGE_DIR.name == f"test-{settings.TEST_RUN}"

@@ -5,7 +5,8 @@ other sessions ran benchmarks with thousands of volumes on the same libvirtd).""
 import libvirt
 import pytest
 
-from apps.core.gateways import libvirt_gw as gw
+from apps.core.gateways import libvirt as gw
+from apps.core.gateways.libvirt import storage
 
 pytestmark = pytest.mark.libvirt
 
@@ -68,23 +69,23 @@ def test_pools_and_volumes_that_vanish_while_listed_are_skipped():
             _Pool("ok", [_Vol("a"), _Vol("deleted", exc=_error(libvirt.VIR_ERR_NO_STORAGE_VOL)), _Vol("b")]),
         ]
     )
-    assert [(v.pool, v.name) for v in gw._all_volumes(conn)] == [("ok", "a"), ("ok", "b")]
+    assert [(v.pool, v.name) for v in storage._all_volumes(conn)] == [("ok", "a"), ("ok", "b")]
 
 
 def test_other_pool_errors_still_surface():
     conn = _Conn([_Pool("broken", exc=_error(libvirt.VIR_ERR_INTERNAL_ERROR))])
     with pytest.raises(libvirt.libvirtError):
-        gw._all_volumes(conn)
+        storage._all_volumes(conn)
 
 
 def test_vm_detail_reads_only_its_own_volumes(libvirt_uri, make_domain, monkeypatch):
     name = make_domain(running=True)
 
     def every_volume(conn):
-        raise AssertionError("get_domain read every volume of the host")
+        raise AssertionError("domain_get read every volume of the host")
 
-    monkeypatch.setattr(gw, "_all_volumes", every_volume)
-    info = gw.get_domain(libvirt_uri, name)
+    monkeypatch.setattr(storage, "_all_volumes", every_volume)
+    info = gw.domain_get(libvirt_uri, name)
     (disk,) = info.disks
     assert disk.path.endswith(f"{name}.qcow2")
     assert disk.capacity == 1 << 30 and 0 < disk.allocation < 1 << 30

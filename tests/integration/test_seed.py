@@ -17,10 +17,11 @@ from django.test import override_settings
 
 from apps.accounts.models import Role
 from apps.audit.models import AuditEvent
-from apps.core.gateways import libvirt_gw as gw
-from apps.core.gateways.libvirt_xml import domain_xml
+from apps.core.gateways import libvirt as gw
+from apps.core.gateways.libvirt import domain_xml
 from apps.core.management.commands import seed_demo
 from apps.vms.models import VirtualMachine
+from tests.libvirt_helpers import network_remove
 
 pytestmark = [pytest.mark.django_db, pytest.mark.libvirt]
 
@@ -45,10 +46,10 @@ def demo(libvirt_uri, monkeypatch, tmp_path):
         yield names
     for vm in (names["web"], names["db"], names["build"]):
         try:
-            gw.undefine_domain(libvirt_uri, vm)
+            gw.domain_undefine(libvirt_uri, vm)
         except Exception:
             pass
-    for remove, objects in ((gw.remove_pool, [names["pool"]]), (gw.remove_network, list(networks))):
+    for remove, objects in ((gw.pool_remove, [names["pool"]]), (network_remove, list(networks))):
         for name in objects:
             try:
                 remove(libvirt_uri, name)
@@ -63,11 +64,11 @@ def seed() -> str:
 
 
 def pool_path(uri: str, name: str) -> Path:
-    return Path(next(p.path for p in gw.list_pools(uri) if p.name == name))
+    return Path(next(p.path for p in gw.pool_list(uri) if p.name == name))
 
 
 def disk_of(uri: str, vm: str) -> Path:
-    return Path(gw.get_domain(uri, vm).disks[0].path)
+    return Path(gw.domain_get(uri, vm).disks[0].path)
 
 
 def test_seed_demo_twice_gives_the_same_demo(libvirt_uri, demo):
@@ -78,7 +79,7 @@ def test_seed_demo_twice_gives_the_same_demo(libvirt_uri, demo):
     seeded = VirtualMachine.objects.filter(name__startswith=demo["web"][:10], present=True)
     assert sorted(vm.name for vm in seeded) == sorted([demo["web"], demo["db"], demo["build"]])
     assert gw.domain_state(libvirt_uri, demo["web"]) == "running"
-    networks = {n.name: n for n in gw.list_networks(libvirt_uri)}
+    networks = {n.name: n for n in gw.network_list(libvirt_uri)}
     assert {networks[n].forward_mode for n in seed_demo.NETWORKS} == {"isolated"}
     assert pool_path(libvirt_uri, demo["pool"]) == settings.IMAGE_DIR / "demo"
     creds = Path(settings.VAR_DIR) / "demo-credentials.txt"
@@ -94,8 +95,8 @@ def test_seed_demo_twice_gives_the_same_demo(libvirt_uri, demo):
 
 def test_a_demo_pool_an_earlier_clone_left_with_images_is_reused_and_said(libvirt_uri, demo):
     old = settings.IMAGE_DIR / "earlier-clone-demo"  # QEMU can reach it
-    gw.ensure_dir_pool(libvirt_uri, demo["pool"], str(old))
-    gw.create_volume(libvirt_uri, demo["pool"], f"{demo['db']}.qcow2", 1 << 30)
+    gw.pool_ensure_dir(libvirt_uri, demo["pool"], str(old))
+    gw.volume_create(libvirt_uri, demo["pool"], f"{demo['db']}.qcow2", 1 << 30)
     out = seed()
     wanted = settings.IMAGE_DIR / "demo"
     assert f"Demo pool {demo['pool']} is at {old} (defined by an earlier clone), not at {wanted}: reusing it" in out
@@ -110,14 +111,14 @@ def test_a_demo_pool_left_where_qemu_cannot_reach_is_defined_again_here_deleting
     wanted = settings.IMAGE_DIR / "demo"
     with tempfile.TemporaryDirectory(prefix="clone-") as home:  # a 0700 home: QEMU cannot enter
         old = Path(home) / "p" / "var" / "pools" / "demo"
-        gw.ensure_dir_pool(libvirt_uri, demo["pool"], str(old))
-        old_disk = gw.create_volume(libvirt_uri, demo["pool"], f"{demo['db']}.qcow2", 1 << 30)
+        gw.pool_ensure_dir(libvirt_uri, demo["pool"], str(old))
+        old_disk = gw.volume_create(libvirt_uri, demo["pool"], f"{demo['db']}.qcow2", 1 << 30)
         network = seed_demo.VMS[1][2]
-        gw.ensure_isolated_network(libvirt_uri, network, seed_demo.NETWORKS[network])
-        gw.define_domain(
+        gw.network_ensure_isolated(libvirt_uri, network, seed_demo.NETWORKS[network])
+        gw.domain_define(
             libvirt_uri, domain_xml(name=demo["db"], memory_mib=64, vcpus=1, disk_paths=[old_disk.path], networks=[])
         )
-        db_uuid = gw.get_domain(libvirt_uri, demo["db"]).uuid
+        db_uuid = gw.domain_get(libvirt_uri, demo["db"]).uuid
         out = seed()
         assert os.path.exists(old_disk.path)  # nothing deleted
     assert (
@@ -126,14 +127,14 @@ def test_a_demo_pool_left_where_qemu_cannot_reach_is_defined_again_here_deleting
     )
     assert f"{demo['db']} had its disk at {old_disk.path}, outside the demo pool: defined again on a disk in" in out
     assert pool_path(libvirt_uri, demo["pool"]) == wanted
-    assert gw.get_domain(libvirt_uri, demo["db"]).uuid == db_uuid
+    assert gw.domain_get(libvirt_uri, demo["db"]).uuid == db_uuid
     assert {disk_of(libvirt_uri, vm).parent for vm in (demo["web"], demo["db"], demo["build"])} == {wanted}
     assert gw.domain_state(libvirt_uri, demo["web"]) == "running"  # QEMU reaches the new place
 
 
 def test_a_demo_pool_whose_directory_is_gone_is_defined_again_here(libvirt_uri, demo, tmp_path):
     old = tmp_path / "gone"
-    gw.ensure_dir_pool(libvirt_uri, demo["pool"], str(old))
+    gw.pool_ensure_dir(libvirt_uri, demo["pool"], str(old))
     os.rmdir(old)  # the earlier clone was deleted
     out = seed()
     assert f"Demo pool {demo['pool']} was at {old} (its directory is gone): defined again at" in out
@@ -142,12 +143,12 @@ def test_a_demo_pool_whose_directory_is_gone_is_defined_again_here(libvirt_uri, 
 
 def test_a_demo_vm_still_running_on_a_disk_outside_the_demo_pool_is_left_alone_and_said(libvirt_uri, demo):
     old = settings.IMAGE_DIR / "deleted-clone"
-    gw.ensure_dir_pool(libvirt_uri, demo["pool"], str(old))
-    disk = gw.create_volume(libvirt_uri, demo["pool"], f"{demo['web']}.qcow2", 1 << 30)
-    gw.define_domain(
+    gw.pool_ensure_dir(libvirt_uri, demo["pool"], str(old))
+    disk = gw.volume_create(libvirt_uri, demo["pool"], f"{demo['web']}.qcow2", 1 << 30)
+    gw.domain_define(
         libvirt_uri, domain_xml(name=demo["web"], memory_mib=64, vcpus=1, disk_paths=[disk.path], networks=[])
     )
-    gw.start_domain(libvirt_uri, demo["web"])
+    gw.domain_start(libvirt_uri, demo["web"])
     os.unlink(disk.path)  # the earlier clone was deleted under the running VM
     os.rmdir(old)
     out = seed()

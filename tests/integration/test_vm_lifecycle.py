@@ -7,7 +7,7 @@ from django.db import transaction
 
 from apps.audit.models import AuditEvent
 from apps.core.errors import Conflict, InvalidInput
-from apps.core.gateways import libvirt_gw as gw
+from apps.core.gateways import libvirt as gw
 from apps.core.models import Job
 from apps.vms import services
 from tests.conftest import wait_for_job
@@ -48,12 +48,12 @@ def test_force_off_needs_confirmation_then_stops_the_vm(worker, operator, vm):
 def test_snapshot_create_list_delete(worker, operator, vm):
     job = wait_for_job(services.snapshot_create(actor=operator, vm=vm, name="before-upgrade", description="x").pk)
     assert job.state == Job.State.SUCCEEDED, job.error
-    assert [s.name for s in gw.list_snapshots(vm.host.uri, vm.name)] == ["before-upgrade"]
+    assert [s.name for s in gw.snapshot_list(vm.host.uri, vm.name)] == ["before-upgrade"]
     with pytest.raises(Conflict, match="already has a snapshot"):
         services.snapshot_create(actor=operator, vm=vm, name="before-upgrade")
     job = wait_for_job(services.snapshot_delete(actor=operator, vm=vm, name="before-upgrade", confirmed=True).pk)
     assert job.state == Job.State.SUCCEEDED, job.error
-    assert gw.list_snapshots(vm.host.uri, vm.name) == []
+    assert gw.snapshot_list(vm.host.uri, vm.name) == []
     assert events_for(job) == [("vms.snapshot.delete", "requested"), ("vms.snapshot.delete", "success")]
 
 

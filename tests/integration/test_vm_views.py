@@ -6,7 +6,7 @@ from django.urls import reverse
 
 from apps.accounts.models import Role
 from apps.audit.models import AuditEvent
-from apps.core.gateways import libvirt_gw as gw
+from apps.core.gateways import libvirt as gw
 from apps.core.models import Job
 from tests.conftest import reauthenticate
 
@@ -103,7 +103,7 @@ def test_force_off_needs_a_recent_reauthentication(client, operator, vm):
 
 
 def test_deleting_a_snapshot_from_the_page_needs_a_recent_reauthentication(client, operator, vm):
-    gw.create_snapshot(vm.host.uri, vm.name, "before-upgrade", "")
+    gw.snapshot_create(vm.host.uri, vm.name, "before-upgrade", "")
     client.force_login(operator)
     url = reverse("vms:snapshot_delete", args=[vm.host.name, vm.name, "before-upgrade"])
     response = client.post(url, {"confirm": "yes"})

@@ -1,4 +1,4 @@
-"""The lines the design draws, checked on the source: libvirt only in gateways, commands
+"""The lines the design draws, checked on the source: libvirt only in its one gateway, commands
 only through the runner, no shell, no connection opened at import time."""
 
 import ast
@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 APPS = Path(__file__).resolve().parents[2] / "apps"
+LIBVIRT = APPS / "core" / "gateways" / "libvirt"
 
 
 def modules():
@@ -28,9 +29,14 @@ def is_gateway(path: Path) -> bool:
     return "gateways" in path.parts or path.name == "gateway.py"
 
 
-def test_libvirt_is_imported_only_by_gateways():
-    offenders = [str(p.relative_to(APPS)) for p, tree in modules() if "libvirt" in imported(tree) and not is_gateway(p)]
-    assert not offenders, f"libvirt imported outside a gateway: {offenders}"
+def test_libvirt_is_imported_only_by_the_libvirt_gateway():
+    """One libvirt gateway, the package apps/core/gateways/libvirt/: no other module (another
+    app's gateway included) imports libvirt."""
+    offenders = [
+        str(p.relative_to(APPS)) for p, tree in modules() if "libvirt" in imported(tree) and LIBVIRT not in p.parents
+    ]
+    assert not offenders, f"libvirt imported outside apps/core/gateways/libvirt/: {offenders}"
+    assert any("libvirt" in imported(tree) for p, tree in modules() if LIBVIRT in p.parents)
 
 
 def test_subprocess_is_used_only_by_the_runner_and_gateways():
@@ -69,7 +75,7 @@ def test_no_libvirt_connection_is_opened_at_import_time():
     """Load every app and URL in a fresh interpreter: no libvirt connection may exist yet."""
     code = (
         "import django; django.setup(); from django.urls import get_resolver; get_resolver().url_patterns; "
-        "from apps.core.gateways import libvirt_gw; import sys; sys.exit(len(libvirt_gw._connections))"
+        "from apps.core.gateways.libvirt import connection; import sys; sys.exit(len(connection._connections))"
     )
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "hypervisor_web.settings.test"}
     result = subprocess.run([sys.executable, "-c", code], cwd=APPS.parent, env=env, capture_output=True, timeout=60)

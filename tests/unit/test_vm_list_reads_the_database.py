@@ -12,7 +12,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from apps.accounts.models import Role
-from apps.core.gateways import libvirt_gw
+from apps.core.gateways.libvirt import connection as libvirt_connection
 from apps.core.models import Host
 from apps.vms.models import VirtualMachine
 
@@ -21,9 +21,9 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def no_libvirt(monkeypatch):
-    """Every libvirt call goes through libvirt_gw.call: count them (any would be a failure)."""
+    """Every libvirt call goes through the gateway's connection.call: count them (any would be a failure)."""
     calls = []
-    monkeypatch.setattr(libvirt_gw, "call", lambda uri, what, fn: calls.append(what) or fn(None))
+    monkeypatch.setattr(libvirt_connection, "call", lambda uri, what, fn: calls.append(what) or fn(None))
     return calls
 
 

@@ -13,9 +13,9 @@ from django.utils import timezone
 
 from apps.accounts.permissions import restrict
 from apps.core.errors import InvalidInput, NotFound
+from apps.core.gateways import libvirt as gw
 
 from ..gateways import cryptsetup as cs
-from ..gateways import libvirt_luks as lv
 from ..keystore import DISK_KEY_BYTES, KeyStore
 from ..models import EncryptedDisk
 
@@ -102,11 +102,11 @@ def ensure_stored_key(store: KeyStore, disk: EncryptedDisk, key_id: str | None =
         return key
 
 
-def pool_of_path(host, path: str) -> lv.PoolTarget:
+def pool_of_path(host, path: str) -> gw.PoolTarget:
     """The active pool whose target directory holds `path` after resolving symlinks
     (os.path.realpath on both sides); InvalidInput when there is none."""
     real = os.path.realpath(path)
-    for pool in lv.active_pools(host.uri):
+    for pool in gw.pool_targets(host.uri):
         if not pool.path:
             continue
         root = os.path.realpath(pool.path)
@@ -117,8 +117,8 @@ def pool_of_path(host, path: str) -> lv.PoolTarget:
     )
 
 
-def pool_by_name(host, name: str) -> lv.PoolTarget:
-    for pool in lv.active_pools(host.uri):
+def pool_by_name(host, name: str) -> gw.PoolTarget:
+    for pool in gw.pool_targets(host.uri):
         if pool.name == name:
             return pool
     raise NotFound(f"Host {host.name} has no active pool named {name!r}.")

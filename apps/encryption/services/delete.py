@@ -17,11 +17,10 @@ from apps.accounts.permissions import authorize
 from apps.audit.services import audited, record
 from apps.core import jobs
 from apps.core.errors import Conflict, InvalidInput, PortalError
-from apps.core.gateways import libvirt_gw as gw
+from apps.core.gateways import libvirt as gw
 from apps.core.jobs import job_actor
 from apps.core.models import Job
 
-from ..gateways import libvirt_luks as lv
 from ..models import EncryptedDisk, RetiredKey, UnlockPolicy
 from .common import device_mapper, get_store
 
@@ -68,11 +67,11 @@ def _run_disk_delete(job: Job, progress: jobs.Progress) -> dict:
     for name in {disk.mapping, disk.mapping_name} - {""}:
         dm.close(name)
     progress(30, f"detaching {disk.target} from {vm.name}")
-    lv.detach_disk_target(uri, vm.name, disk.target)
+    gw.domain_disk_detach_target(uri, vm.name, disk.target)
     progress(50, f"deleting {disk.volume} from {disk.pool}")
-    lv.volume_delete_if_exists(uri, disk.pool, disk.volume)
+    gw.volume_delete_if_exists(uri, disk.pool, disk.volume)
     if disk.secret_uuid:
-        lv.secret_remove(uri, disk.secret_uuid)
+        gw.secret_remove(uri, disk.secret_uuid)
     progress(80, "retiring the disk's key")
     retired = []
     with transaction.atomic():

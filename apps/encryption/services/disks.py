@@ -17,7 +17,7 @@ from apps.accounts.permissions import authorize, restrict
 from apps.audit.services import audited, refused
 from apps.core import jobs
 from apps.core.errors import Conflict, InvalidInput, NotFound, PortalError
-from apps.core.gateways import libvirt_gw as gw
+from apps.core.gateways import libvirt as gw
 from apps.core.gateways import qemu_img
 from apps.core.jobs import job_actor
 from apps.core.models import Job
@@ -26,7 +26,6 @@ from apps.vms.models import VirtualMachine
 
 from ..gateways import cryptsetup as cs
 from ..gateways import files
-from ..gateways import libvirt_luks as lv
 from ..keystore import ensure_private_dir
 from ..models import EncryptedDisk, HeaderBackup
 from .common import (
@@ -71,13 +70,13 @@ def _check_gib(gib: int) -> int:
     return gib
 
 
-def _space_check(vm: VirtualMachine, pool: lv.PoolTarget, grow: int, allocation: int) -> None:
+def _space_check(vm: VirtualMachine, pool: gw.PoolTarget, grow: int, allocation: int) -> None:
     """The VM's quota and the pool's limits (the storage app's rule), then the pool's free
     space: refuse before anything is written."""
     from apps.storage.services import growth_check  # storage imports encryption: imported here
     from apps.storage.services.disks import vm_disks
 
-    growth_check(vm, vm_disks(vm), gw.get_pool(vm.host.uri, pool.name), grow, allocation)
+    growth_check(vm, vm_disks(vm), gw.pool_get(vm.host.uri, pool.name), grow, allocation)
     if pool.available < allocation:
         raise InvalidInput(
             f"Pool {pool.name} has {pool.available >> 20} MiB free; this needs {allocation >> 20} MiB. "
@@ -86,7 +85,7 @@ def _space_check(vm: VirtualMachine, pool: lv.PoolTarget, grow: int, allocation:
 
 
 def _vm_default_pool(vm: VirtualMachine) -> str:
-    for disk in lv.domain_disks(vm.host.uri, vm.name):
+    for disk in gw.domain_disks_defined(vm.host.uri, vm.name):
         if disk["path"]:
             try:
                 return pool_of_path(vm.host, disk["path"]).name
@@ -120,7 +119,7 @@ def disk_create_encrypted(*, actor, vm: VirtualMachine, size_gib: int, pool: str
         path = os.path.join(info.path, volume)
         capacity = gib * GIB + (LUKS2_HEADER_BYTES if kind == EncryptedDisk.Kind.LUKS2 else 0)
         _space_check(vm, info, capacity, LUKS2_HEADER_BYTES)
-        target = lv.next_free_target(vm.host.uri, vm.name)
+        target = gw.domain_disk_next_target(vm.host.uri, vm.name)
         ev.params.update(pool=pool, volume=volume)
         with transaction.atomic():
             disk = EncryptedDisk.objects.create(
@@ -161,17 +160,17 @@ def _disk_create(disk: EncryptedDisk, progress: jobs.Progress) -> dict:
     progress(10, "fetching the disk key from the key store")
     key = ensure_stored_key(store, disk)
     if disk.kind == EncryptedDisk.Kind.QEMU_LUKS:
-        secret = lv.secret_ensure(uri, usage_volume=disk.path, description=f"portal disk key {disk}")
-        lv.secret_set_value(uri, secret, key.hex().encode())
+        secret = gw.secret_ensure(uri, usage_volume=disk.path, description=f"portal disk key {disk}")
+        gw.secret_set_value(uri, secret, key.hex().encode())
         if disk.secret_uuid != secret:
             EncryptedDisk.objects.filter(pk=disk.pk).update(secret_uuid=secret)
         progress(30, "creating the QEMU LUKS volume")
-        if gw.find_volume(uri, disk.pool, disk.volume) is None:
-            lv.create_luks_volume(uri, disk.pool, disk.volume, disk.size_bytes, secret)
-        disk_xml = lv.encrypted_disk_xml(source=disk.path, target=disk.target, secret_uuid=secret)
+        if gw.volume_find(uri, disk.pool, disk.volume) is None:
+            gw.volume_create_luks(uri, disk.pool, disk.volume, disk.size_bytes, secret)
+        disk_xml = gw.disk_encrypted_xml(source=disk.path, target=disk.target, secret_uuid=secret)
     else:
         progress(30, "creating the volume")
-        lv.create_raw_volume(uri, disk.pool, disk.volume, disk.size_bytes)
+        gw.volume_ensure_raw(uri, disk.pool, disk.volume, disk.size_bytes)
         if not cs.is_luks(disk.path):
             progress(50, "writing the LUKS2 header")
             cs.luks_format(disk.path, key, luks_params())
@@ -179,10 +178,10 @@ def _disk_create(disk: EncryptedDisk, progress: jobs.Progress) -> dict:
             raise Conflict(f"{disk.path} is a LUKS device that the stored key does not open; left untouched.")
         # the guest is given the unlocked path, never the container (see services/unlock.py)
         source, block = mapping_source(disk)
-        disk_xml = lv.encrypted_disk_xml(source=source, target=disk.target, block=block)
+        disk_xml = gw.disk_encrypted_xml(source=source, target=disk.target, block=block)
     progress(80, f"attaching it to {disk.vm.name} as {disk.target}")
-    if disk.target not in {d["target"] for d in lv.domain_disks(uri, disk.vm.name)}:
-        lv.attach_encrypted_disk(uri, disk.vm.name, disk_xml)
+    if disk.target not in {d["target"] for d in gw.domain_disks_defined(uri, disk.vm.name)}:
+        gw.domain_disk_attach_xml(uri, disk.vm.name, disk_xml)
     hook_registry_sync(disk.vm)
     EncryptedDisk.objects.filter(pk=disk.pk).update(state=EncryptedDisk.State.READY, key_created_at=timezone.now())
     return {"disk_id": disk.pk, "path": disk.path, "target": disk.target}
@@ -210,7 +209,7 @@ def disk_encrypt_existing(*, actor, vm: VirtualMachine, path: str, confirmed: bo
         info = pool_of_path(vm.host, path)
         real = os.path.realpath(path)
         params["path"] = real
-        disks = {os.path.realpath(d["path"]): d for d in lv.domain_disks(vm.host.uri, vm.name) if d["path"]}
+        disks = {os.path.realpath(d["path"]): d for d in gw.domain_disks_defined(vm.host.uri, vm.name) if d["path"]}
         known = EncryptedDisk.objects.filter(vm=vm, path=real).exists()  # its definition names the mapping
         if real not in disks and not known:
             raise InvalidInput(f"{path} is not a disk of {vm.name}.")
@@ -274,7 +273,7 @@ def _check_image(vm: VirtualMachine, path: str, real: str, fmt: str) -> int:
     libvirt's of the VM) that would point at a disk that no longer exists."""
     if fmt not in qemu_img.FORMATS:
         raise InvalidInput(f"{path} is a {fmt} image; in-place encryption takes raw or qcow2 images only.")
-    snapshots = [s.name for s in gw.list_snapshots(vm.host.uri, vm.name)]
+    snapshots = [s.name for s in gw.snapshot_list(vm.host.uri, vm.name)]
     if snapshots:
         raise Conflict(
             f"{vm.name} has {len(snapshots)} snapshot(s) ({', '.join(snapshots[:5])}) that refer to its disks as "
@@ -398,7 +397,7 @@ def _disk_encrypt(disk: EncryptedDisk, original: int, progress: jobs.Progress, j
     progress(90, "backing up the new LUKS2 header")
     backup = _header_backup(disk)
     files.remove(head)
-    lv.refresh_pool(disk.host.uri, disk.pool)
+    gw.pool_refresh(disk.host.uri, disk.pool)
     EncryptedDisk.objects.filter(pk=disk.pk).update(
         state=EncryptedDisk.State.READY, key_created_at=timezone.now(), header_backup_at=timezone.now()
     )
@@ -406,7 +405,7 @@ def _disk_encrypt(disk: EncryptedDisk, original: int, progress: jobs.Progress, j
 
 
 def _disk_format(disk: EncryptedDisk) -> str:
-    for d in lv.domain_disks(disk.host.uri, disk.vm.name):
+    for d in gw.domain_disks_defined(disk.host.uri, disk.vm.name):
         if d["target"] == disk.target:
             return d["format"] or "raw"
     raise Conflict(f"{disk.vm.name} no longer has the disk {disk.target}; nothing was done.")
@@ -449,9 +448,9 @@ def _qcow2_to_raw(disk: EncryptedDisk, virtual_size: int, progress: jobs.Progres
         swapped = True
     if swapped:
         progress(9, f"the VM's disk {disk.target} is now a raw image")
-        lv.set_disk_format(disk.host.uri, disk.vm.name, disk.target, "raw")
+        gw.domain_disk_set_format(disk.host.uri, disk.vm.name, disk.target, "raw")
         files.remove(original)
-        lv.refresh_pool(disk.host.uri, disk.pool)
+        gw.pool_refresh(disk.host.uri, disk.pool)
 
 
 # ---------------------------------------------------------------- change-passphrase
@@ -534,7 +533,7 @@ def _complete_change(
                 progress(70, f"removing the old key slot {slot}")
                 cs.kill_slot(disk.path, slot, new_key)
     if disk.kind == EncryptedDisk.Kind.QEMU_LUKS and disk.secret_uuid:
-        lv.secret_set_value(disk.host.uri, disk.secret_uuid, new_key.hex().encode())
+        gw.secret_set_value(disk.host.uri, disk.secret_uuid, new_key.hex().encode())
     old_key_id = disk.key_id
     with transaction.atomic():
         # escrowed_at is kept: an escrow older than key_created_at is named stale

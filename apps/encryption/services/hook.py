@@ -26,7 +26,7 @@ from django.conf import settings
 from apps.accounts.permissions import authorize
 from apps.audit.services import audited, record
 from apps.core.errors import Conflict, PortalError
-from apps.core.gateways.libvirt_xml import parse_domain_devices
+from apps.core.gateways.libvirt import domain_devices_parse
 from apps.vms.models import VirtualMachine
 
 from ..keystore import write_private_file
@@ -90,7 +90,7 @@ def _vm_of(vm_id: int | None, uuid: str) -> VirtualMachine | None:
 def _check_definition(vm: VirtualMachine, xml: str) -> set[str]:
     """The domain libvirt is about to start must name the unlocked path of each LUKS2 disk,
     never its container. Returns the definition's disk targets."""
-    sources = {d["target"]: d["path"] for d in parse_domain_devices(xml)[0]}
+    sources = {d["target"]: d["path"] for d in domain_devices_parse(xml)[0]}
     for disk in EncryptedDisk.objects.filter(vm=vm, kind=EncryptedDisk.Kind.LUKS2):
         if disk.target in sources and os.path.realpath(sources[disk.target] or "") == os.path.realpath(disk.path):
             raise Conflict(

@@ -24,7 +24,7 @@ from apps.accounts.permissions import authorize
 from apps.audit import context as audit_context
 from apps.audit.services import audited
 from apps.core.errors import Conflict, InvalidInput, PortalError
-from apps.core.gateways import libvirt_gw as gw
+from apps.core.gateways import libvirt as gw
 from apps.vms.models import VirtualMachine
 
 from ..gateways import cryptsetup as cs
@@ -169,7 +169,7 @@ def vm_start_manual(*, actor, vm: VirtualMachine, passphrase: str) -> str:
                     except InvalidInput:
                         raise _wrong_passphrase(vm, disk) from None
                 EncryptedDisk.objects.filter(pk=disk.pk).update(mapping=disk.mapping_name)
-            gw.start_domain(vm.host.uri, vm.name)  # the libvirt hook finds the disks open
+            gw.domain_start(vm.host.uri, vm.name)  # the libvirt hook finds the disks open
         except PortalError:
             from .unlock import disks_lock
 

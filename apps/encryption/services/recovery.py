@@ -14,10 +14,10 @@ from django.utils import timezone
 from apps.accounts.permissions import authorize
 from apps.audit.services import audited
 from apps.core.errors import Conflict, InvalidInput, NotFound, PortalError
+from apps.core.gateways import libvirt as gw
 
 from ..errors import KeyFileRejected
 from ..gateways import cryptsetup as cs
-from ..gateways import libvirt_luks as lv
 from ..keystore import escrow_unwrap, escrow_wrap
 from ..models import EncryptedDisk
 from .common import get_store, stored_key
@@ -138,7 +138,7 @@ def disk_key_restore(
             raise InvalidInput(f"The escrowed key does not open {disk}: it cannot be restored.")
         store.put(key_id=disk.key_id, vm_uuid=str(disk.vm_uuid), volume=disk.path, key=escrowed, replace=True)
         if disk.kind == EncryptedDisk.Kind.QEMU_LUKS and disk.secret_uuid:
-            lv.secret_set_value(disk.host.uri, disk.secret_uuid, escrowed.hex().encode())
+            gw.secret_set_value(disk.host.uri, disk.secret_uuid, escrowed.hex().encode())
         # the recovery test, right after: the key as the store now gives it opens the header
         if not _opens(disk, stored_key(store, disk)):
             raise Conflict(f"The restored key of {disk} does not open it when read back from the key store.")

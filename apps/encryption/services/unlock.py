@@ -22,12 +22,11 @@ from apps.accounts.permissions import authorize
 from apps.audit.services import audited
 from apps.core import jobs
 from apps.core.errors import Conflict, InvalidInput
-from apps.core.gateways import libvirt_gw as gw
+from apps.core.gateways import libvirt as gw
 from apps.core.jobs import job_actor
 from apps.core.models import Job
 from apps.vms.models import VirtualMachine
 
-from ..gateways import libvirt_luks as lv
 from ..models import EncryptedDisk
 from .common import device_mapper, get_store, stored_key
 
@@ -60,9 +59,9 @@ def point_at_mapping(disk: EncryptedDisk) -> bool:
     if disk.kind != EncryptedDisk.Kind.LUKS2:
         return False
     source, block = mapping_source(disk)
-    current = {d["target"]: d["path"] for d in lv.domain_disks(disk.host.uri, disk.vm.name)}
+    current = {d["target"]: d["path"] for d in gw.domain_disks_defined(disk.host.uri, disk.vm.name)}
     if disk.target in current and current[disk.target] != source:
-        lv.set_disk_source(disk.host.uri, disk.vm.name, disk.target, source, block=block)
+        gw.domain_disk_set_source(disk.host.uri, disk.vm.name, disk.target, source, block=block)
         return True
     return False
 
@@ -90,7 +89,7 @@ def disks_unlock(
     if targets is None:  # the definition libvirt will start (the hook passes the one it was given)
         if in_hook:
             raise ValueError("the hook passes the targets of the domain XML it was given")
-        targets = {d["target"] for d in lv.domain_disks(vm.host.uri, vm.name)}
+        targets = {d["target"] for d in gw.domain_disks_defined(vm.host.uri, vm.name)}
     _refuse_unfinished(vm, targets)
     disks = list(EncryptedDisk.objects.filter(vm=vm, state=EncryptedDisk.State.READY).select_related("vm", "host"))
     if not disks:
@@ -109,7 +108,7 @@ def disks_unlock(
         key = stored_key(store, disk)  # refuses a missing or altered key before anything starts
         if disk.kind == EncryptedDisk.Kind.QEMU_LUKS:
             if not in_hook:
-                lv.secret_set_value(vm.host.uri, disk.secret_uuid, key.hex().encode())
+                gw.secret_set_value(vm.host.uri, disk.secret_uuid, key.hex().encode())
         else:
             if not in_hook:
                 point_at_mapping(disk)
@@ -147,7 +146,7 @@ def _run_start(job: Job, progress: jobs.Progress) -> dict:
     opened = disks_unlock(vm, progress)
     _registry_refresh(vm)
     progress(80, f"starting {vm.name}")
-    gw.start_domain(vm.host.uri, vm.name)
+    gw.domain_start(vm.host.uri, vm.name)
     state = gw.domain_state(vm.host.uri, vm.name)
     VirtualMachine.objects.filter(pk=vm.pk).update(last_state=state)
     return {"state": state, "opened": opened}
@@ -172,10 +171,10 @@ def _run_stop(job: Job, progress: jobs.Progress) -> dict:
     if gw.domain_state(uri, vm.name) != "shut off":
         if job.params.get("force"):
             progress(20, f"powering {vm.name} off")
-            gw.force_off_domain(uri, vm.name)
+            gw.domain_force_off(uri, vm.name)
         else:
             progress(20, f"asking {vm.name} to shut down")
-            gw.shutdown_domain(uri, vm.name)
+            gw.domain_shutdown(uri, vm.name)
             deadline = time.monotonic() + SHUTDOWN_WAIT_SECONDS
             while gw.domain_state(uri, vm.name) != "shut off" and time.monotonic() < deadline:
                 time.sleep(1)

@@ -30,7 +30,7 @@ from django.utils import timezone
 from apps.accounts.permissions import authorize, has_perm
 from apps.audit.services import record
 from apps.core.errors import PortalError
-from apps.core.gateways import libvirt_gw as gw
+from apps.core.gateways import libvirt as gw
 from apps.core.models import Host
 from apps.vms.models import VirtualMachine
 from apps.vms.services import vm_lifecycle_now

@@ -15,7 +15,7 @@ from django.db.models.functions import Coalesce, Greatest
 from apps.accounts.permissions import authorize
 from apps.audit.services import audited
 from apps.core.errors import Conflict, InvalidInput
-from apps.core.gateways import libvirt_gw as gw
+from apps.core.gateways import libvirt as gw
 from apps.core.models import Host
 
 from ..disks import vm_disks
@@ -275,7 +275,7 @@ def pool_limit_set(
     target = ("pool", f"{host.name}/{pool}", pool)
     with audited(actor=actor, action="storage.pool.limit", target=target, obj=host, perm="storage.settings",
                  params=params):  # fmt: skip
-        gw.get_pool(host.uri, pool)  # NotFound for an unknown pool
+        gw.pool_get(host.uri, pool)  # NotFound for an unknown pool
         values = {
             "max_overcommit": None if max_overcommit is None else _check_ratio(max_overcommit),
             "reserve_percent": None if reserve_percent is None else _check_percent(reserve_percent, "reserve", 0, 99),

@@ -12,7 +12,7 @@ from apps.accounts.permissions import authorize
 from apps.audit.services import audited
 from apps.core import jobs
 from apps.core.errors import Conflict, InvalidInput, NotFound
-from apps.core.gateways import libvirt_gw as gw
+from apps.core.gateways import libvirt as gw
 from apps.core.models import Host, Job
 from apps.core.validators import validate_name
 from apps.vms.models import VirtualMachine
@@ -80,7 +80,7 @@ def _disk(disks: gw.DomainDisks, target: str) -> gw.DiskInfo:
 
 
 def _volume_of(vm, disk: gw.DiskInfo) -> gw.VolumeInfo:
-    vol = gw.volume_by_path(vm.host.uri, disk.path) if disk.path else None
+    vol = gw.volume_find_by_path(vm.host.uri, disk.path) if disk.path else None
     if vol is None:
         raise NotFound(
             f"Disk {disk.target} of {vm.name} is not a volume of a storage pool; the portal cannot change it."
@@ -117,7 +117,7 @@ def volume_create(*, actor, vm, size_bytes: int, name: str = "", pool: str = "")
         disks = vm_disks(vm)
         if not pool:
             first = next((d for d in disks.disks if d.path), None)
-            vol = gw.volume_by_path(vm.host.uri, first.path) if first else None
+            vol = gw.volume_find_by_path(vm.host.uri, first.path) if first else None
             if vol is None:
                 raise InvalidInput(f"{vm.name} has no disk in a storage pool: choose the pool for the new volume.")
             pool = vol.pool
@@ -127,9 +127,9 @@ def volume_create(*, actor, vm, size_bytes: int, name: str = "", pool: str = "")
             name += ".qcow2"
         validate_name(name, "volume name")
         ev.params.update(volume=name, pool=pool)
-        if gw.find_volume(vm.host.uri, pool, name) is not None:
+        if gw.volume_find(vm.host.uri, pool, name) is not None:
             raise Conflict(f"Pool {pool} already has a volume named {name}.")
-        growth_check(vm, disks, gw.get_pool(vm.host.uri, pool), size, NEW_VOLUME_ALLOCATION)
+        growth_check(vm, disks, gw.pool_get(vm.host.uri, pool), size, NEW_VOLUME_ALLOCATION)
         return _enqueue(ev, actor, kind, vm, {**ev.params, "bytes": size})
 
 
@@ -140,15 +140,15 @@ def _run_volume_create(job: Job, progress: jobs.Progress) -> dict:
     uri, pool, name, size = vm.host.uri, job.params["pool"], job.params["volume"], job.params["bytes"]
     with transaction.atomic():
         _growth_lock(vm)
-        vol = gw.find_volume(uri, pool, name)
+        vol = gw.volume_find(uri, pool, name)
         if vol is None:
-            growth_check(vm, vm_disks(vm), gw.get_pool(uri, pool), size, NEW_VOLUME_ALLOCATION)
+            growth_check(vm, vm_disks(vm), gw.pool_get(uri, pool), size, NEW_VOLUME_ALLOCATION)
             progress(20, f"creating {name} ({fmt_bytes(size)}, thin qcow2) in {pool}")
-            vol = gw.create_volume(uri, pool, name, size)
+            vol = gw.volume_create(uri, pool, name, size)
         else:
             progress(50, f"{name} already exists")  # re-delivered job
         progress(70, f"attaching {name} to {vm.name}")
-        target = gw.attach_disk(uri, vm.name, vol.path)
+        target = gw.domain_disk_attach(uri, vm.name, vol.path)
     storage_collect(vm.host)  # the pages show the change at once
     return {"volume": name, "pool": pool, "target": target, "capacity": vol.capacity}
 
@@ -170,7 +170,7 @@ def volume_resize(*, actor, vm, target: str, size_bytes: int) -> Job:
             )
         if size == vol.capacity:
             raise InvalidInput(f"Disk {target} of {vm.name} is already {fmt_bytes(size)}.")
-        growth_check(vm, disks, gw.get_pool(vm.host.uri, vol.pool), size - vol.capacity)
+        growth_check(vm, disks, gw.pool_get(vm.host.uri, vol.pool), size - vol.capacity)
         return _enqueue(ev, actor, kind, vm, {**params, "bytes": size, "path": vol.path, "pool": vol.pool})
 
 
@@ -190,13 +190,13 @@ def _run_volume_resize(job: Job, progress: jobs.Progress) -> dict:
             progress(90, f"{disk.target} is already {fmt_bytes(vol.capacity)}")  # re-delivered job
             storage_collect(vm.host)  # the pages show the change at once
             return {"target": disk.target, "capacity": vol.capacity, "live": False}
-        growth_check(vm, disks, gw.get_pool(uri, vol.pool), size - vol.capacity)
+        growth_check(vm, disks, gw.pool_get(uri, vol.pool), size - vol.capacity)
         live = disks.state in ("running", "paused")
         progress(30, f"resizing {disk.target} to {fmt_bytes(size)} {'live' if live else 'offline'}")
         if live:
-            gw.block_resize(uri, vm.name, path, size)
+            gw.domain_disk_resize(uri, vm.name, path, size)
         else:
-            gw.resize_volume(uri, path, size)
+            gw.volume_resize(uri, path, size)
     storage_collect(vm.host)  # the pages show the change at once
     return {"target": disk.target, "capacity": size, "live": live}
 
@@ -241,9 +241,9 @@ def _run_volume_delete(job: Job, progress: jobs.Progress) -> dict:
     if gw.domain_state(uri, vm.name) != "shut off":
         raise Conflict(f"{vm.name} was started meanwhile; the disk was not deleted.")
     progress(20, f"detaching {job.params['target']} from {vm.name}")
-    gw.detach_disk(uri, vm.name, path)  # no-op when already detached (re-delivered job)
-    if gw.find_volume(uri, pool, name) is not None:
+    gw.domain_disk_detach(uri, vm.name, path)  # no-op when already detached (re-delivered job)
+    if gw.volume_find(uri, pool, name) is not None:
         progress(60, f"deleting {name} from {pool}")
-        gw.delete_volume(uri, pool, name)
+        gw.volume_delete(uri, pool, name)
     storage_collect(vm.host)  # the pages show the change at once
     return {"volume": name, "pool": pool}

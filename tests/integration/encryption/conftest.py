@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from apps.core import jobs
+from apps.core.gateways import libvirt as gw
 from apps.core.models import Job
-from apps.encryption.gateways import libvirt_luks as lv
 from apps.encryption.services import get_store
 from apps.vms.models import VirtualMachine
 from apps.vms.services import inventory_sync
@@ -89,7 +89,7 @@ def data_disk(shut_vm, libvirt_uri, test_pool):
 
     def make(mib: int = 48):
         name = f"{unique('data')}.img"
-        vol = lv.create_raw_volume(libvirt_uri, test_pool, name, mib << 20)
+        vol = gw.volume_ensure_raw(libvirt_uri, test_pool, name, mib << 20)
         digest = hashlib.sha256()
         chunk_digests.clear()
         with open(vol.path, "r+b") as fh:
@@ -98,8 +98,8 @@ def data_disk(shut_vm, libvirt_uri, test_pool):
                 digest.update(chunk)
                 chunk_digests.append(hashlib.sha256(chunk).hexdigest())
                 fh.write(chunk)
-        target = lv.next_free_target(libvirt_uri, shut_vm.name)
-        lv.attach_encrypted_disk(libvirt_uri, shut_vm.name, lv.encrypted_disk_xml(source=vol.path, target=target))
+        target = gw.domain_disk_next_target(libvirt_uri, shut_vm.name)
+        gw.domain_disk_attach_xml(libvirt_uri, shut_vm.name, gw.disk_encrypted_xml(source=vol.path, target=target))
         made.append(name)
         return vol.path, digest.hexdigest(), mib << 20
 
@@ -107,7 +107,7 @@ def data_disk(shut_vm, libvirt_uri, test_pool):
     yield make
     for name in made:
         try:
-            lv.volume_delete_if_exists(libvirt_uri, test_pool, name)
+            gw.volume_delete_if_exists(libvirt_uri, test_pool, name)
         except Exception:
             pass
 

@@ -8,10 +8,10 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from apps.audit.models import AuditEvent
+from apps.core.gateways import libvirt as gw
 from apps.core.models import Job
 from apps.encryption import services
 from apps.encryption.gateways import cryptsetup as cs
-from apps.encryption.gateways import libvirt_luks as lv
 from apps.encryption.models import EncryptedDisk
 from apps.encryption.services.common import stored_key
 
@@ -30,7 +30,7 @@ def _cmd(*args):
 def cleanup(host):
     yield
     for disk in EncryptedDisk.objects.exclude(pool=""):
-        lv.volume_delete_if_exists(host.uri, disk.pool, disk.volume)
+        gw.volume_delete_if_exists(host.uri, disk.pool, disk.volume)
 
 
 def test_the_seed_commands_work_as_the_system_actor(host, shut_vm, test_pool, tmp_path, cleanup):

@@ -11,10 +11,9 @@ from django.utils import timezone
 
 from apps.audit.models import AuditEvent
 from apps.core.errors import InvalidInput, NotFound
-from apps.core.gateways import libvirt_gw as gw
+from apps.core.gateways import libvirt as gw
 from apps.core.models import Job
 from apps.encryption import services
-from apps.encryption.gateways import libvirt_luks as lv
 from apps.encryption.models import EncryptedDisk, RetiredKey
 from apps.encryption.services.common import stored_key
 from apps.storage import services as storage_services
@@ -32,10 +31,10 @@ def encrypted(shut_vm, operator, test_pool):
     disk = EncryptedDisk.objects.select_related("vm", "host").get(pk=job.params["disk_id"])
     yield disk
     try:
-        gw.force_off_domain(disk.host.uri, disk.vm.name)
+        gw.domain_force_off(disk.host.uri, disk.vm.name)
     except Exception:
         pass
-    lv.volume_delete_if_exists(disk.host.uri, disk.pool, disk.volume)
+    gw.volume_delete_if_exists(disk.host.uri, disk.pool, disk.volume)
     services.get_store().delete(disk.key_id)
 
 
@@ -62,8 +61,8 @@ def test_deleting_an_encrypted_volume_from_the_storage_page_retires_its_key(clie
     assert job.state == Job.State.SUCCEEDED, job.error
     assert not EncryptedDisk.objects.filter(pk=disk.pk).exists()
     assert not dm.is_open(disk.mapping_name)
-    assert disk.target not in {d["target"] for d in lv.domain_disks(vm.host.uri, vm.name)}
-    assert gw.find_volume(vm.host.uri, disk.pool, disk.volume) is None
+    assert disk.target not in {d["target"] for d in gw.domain_disks_defined(vm.host.uri, vm.name)}
+    assert gw.volume_find(vm.host.uri, disk.pool, disk.volume) is None
     retired = RetiredKey.objects.get(key_id=disk.key_id)
     assert retired.destroyed_at is None and retired.path == disk.path
     assert retired.destroy_after > timezone.now() + timedelta(days=29)

@@ -10,10 +10,10 @@ from django.core.exceptions import PermissionDenied
 
 from apps.audit.models import AuditEvent
 from apps.core.errors import Conflict, InvalidInput
+from apps.core.gateways import libvirt as gw
 from apps.core.models import Job
 from apps.encryption import services
 from apps.encryption.gateways import cryptsetup as cs
-from apps.encryption.gateways import libvirt_luks as lv
 from apps.encryption.models import EncryptedDisk
 from apps.encryption.services.common import stored_key
 
@@ -33,7 +33,7 @@ def encrypted(shut_vm, operator, test_pool):
     assert job.state == Job.State.SUCCEEDED, job.error
     disk = EncryptedDisk.objects.get(pk=job.params["disk_id"])
     yield disk
-    lv.volume_delete_if_exists(disk.host.uri, disk.pool, disk.volume)
+    gw.volume_delete_if_exists(disk.host.uri, disk.pool, disk.volume)
     get = services.get_store()
     get.delete(disk.key_id)
 
@@ -50,7 +50,7 @@ def test_create_encrypted_makes_a_luks2_volume_with_its_key_in_the_store(encrypt
     assert stat.S_IMODE(os.stat(key_file).st_mode) == 0o400
     assert stat.S_IMODE(os.stat(key_file.parent).st_mode) == 0o700
     assert key.hex().encode() not in key_file.read_bytes()
-    targets = {d["target"]: d["path"] for d in lv.domain_disks(shut_vm.host.uri, shut_vm.name)}
+    targets = {d["target"]: d["path"] for d in gw.domain_disks_defined(shut_vm.host.uri, shut_vm.name)}
     # the guest is given the unlocked path, never the LUKS container
     assert targets[disk.target] == services.device_mapper().mapping_path(disk.mapping_name) != disk.path
     assert _events("encryption.disk.create") == ["requested", "success"]

@@ -13,7 +13,7 @@ from django.conf import settings
 
 from apps.audit.models import AuditEvent
 from apps.core.errors import Conflict, InvalidInput
-from apps.core.gateways import libvirt_gw as gw
+from apps.core.gateways import libvirt as gw
 from apps.core.models import Job
 from apps.encryption import services
 from apps.encryption.gateways import cryptsetup as cs
@@ -71,12 +71,12 @@ def test_encrypt_existing_refuses_bad_requests_and_changes_nothing(
             actor=operator, vm=shut_vm, path=os.path.join(os.path.dirname(path), "nothing.img"), confirmed=True
         )
     # a running VM
-    gw.start_domain(libvirt_uri, shut_vm.name)
+    gw.domain_start(libvirt_uri, shut_vm.name)
     try:
         with pytest.raises(Conflict, match="shut it off"):
             services.disk_encrypt_existing(actor=operator, vm=shut_vm, path=path, confirmed=True)
     finally:
-        gw.force_off_domain(libvirt_uri, shut_vm.name)
+        gw.domain_force_off(libvirt_uri, shut_vm.name)
     # a disk that already is LUKS
     cs.luks_format(path, os.urandom(64), services.luks_params())
     with pytest.raises(Conflict, match="already a LUKS"):

@@ -12,12 +12,11 @@ from django.urls import reverse
 
 from apps.audit.models import AuditEvent
 from apps.core.errors import Conflict, InvalidInput
-from apps.core.gateways import libvirt_gw as gw
+from apps.core.gateways import libvirt as gw
 from apps.core.gateways import qemu_img
 from apps.core.models import Job
 from apps.encryption import services
 from apps.encryption.gateways import cryptsetup as cs
-from apps.encryption.gateways import libvirt_luks as lv
 from apps.encryption.models import EncryptedDisk
 from apps.encryption.services.common import pool_by_name, stored_key
 from apps.encryption.services.disks import RESUME_HINT
@@ -65,10 +64,10 @@ def qcow2_disk(host, shut_vm, libvirt_uri, test_pool):
             _qemu("qemu-img", "create", "-q", "-f", "qcow2", "-b", data, "-F", "qcow2", path)
         if kind == "internal-snapshot":
             _qemu("qemu-img", "snapshot", "-c", "before-encryption", path)
-        lv.refresh_pool(libvirt_uri, test_pool)
-        target = lv.next_free_target(libvirt_uri, shut_vm.name)
-        lv.attach_encrypted_disk(
-            libvirt_uri, shut_vm.name, lv.encrypted_disk_xml(source=path, target=target, fmt="qcow2")
+        gw.pool_refresh(libvirt_uri, test_pool)
+        target = gw.domain_disk_next_target(libvirt_uri, shut_vm.name)
+        gw.domain_disk_attach_xml(
+            libvirt_uri, shut_vm.name, gw.disk_encrypted_xml(source=path, target=target, fmt="qcow2")
         )
         return path
 
@@ -77,7 +76,7 @@ def qcow2_disk(host, shut_vm, libvirt_uri, test_pool):
         for leftover in (path, *(os.path.join(pool_dir, n) for n in os.listdir(pool_dir) if n.startswith(path))):
             if os.path.exists(leftover):
                 os.unlink(leftover)
-    lv.refresh_pool(libvirt_uri, test_pool)
+    gw.pool_refresh(libvirt_uri, test_pool)
 
 
 def _format_in_definition(uri: str, vm, path: str) -> str:
@@ -85,7 +84,7 @@ def _format_in_definition(uri: str, vm, path: str) -> str:
     encrypted disk, by its unlocked path (a definition never names the LUKS container)."""
     unlocked = {container: mapped for mapped, container in services.container_paths(vm.host).items()}
     wanted = {path, unlocked.get(path, path)}
-    return next(d["format"] for d in lv.domain_disks(uri, vm.name) if d["path"] in wanted)
+    return next(d["format"] for d in gw.domain_disks_defined(uri, vm.name) if d["path"] in wanted)
 
 
 def _outcomes():
@@ -177,7 +176,7 @@ def test_backing_chains_and_snapshots_are_refused_and_nothing_changes(shut_vm, q
     with pytest.raises(InvalidInput, match=r"holds 1 internal snapshot\(s\) \(before-encryption\)"):
         services.disk_encrypt_existing(actor=operator, vm=shut_vm, path=internal, confirmed=True)
     assert {p: _file_sha256(p) for p in (overlay, internal)} == sums
-    gw.create_snapshot(libvirt_uri, shut_vm.name, "vm-snap")  # a libvirt snapshot of the VM (written into its disks)
+    gw.snapshot_create(libvirt_uri, shut_vm.name, "vm-snap")  # a libvirt snapshot of the VM (written into its disks)
     sums[plain] = _file_sha256(plain)  # (the snapshot wrote into every disk of the VM)
     with pytest.raises(Conflict, match=r"has 1 snapshot\(s\) \(vm-snap\).*Delete them first"):
         services.disk_encrypt_existing(actor=operator, vm=shut_vm, path=plain, confirmed=True)

@@ -16,10 +16,9 @@ from django.conf import settings
 
 from apps.audit.models import AuditEvent
 from apps.core.errors import Conflict
-from apps.core.gateways import libvirt_gw as gw
+from apps.core.gateways import libvirt as gw
 from apps.core.models import Job
 from apps.encryption import services
-from apps.encryption.gateways import libvirt_luks as lv
 from apps.encryption.models import EncryptedDisk
 from apps.encryption.services.hook import hook_registry_sync
 from tests.conftest import ROOT
@@ -43,7 +42,7 @@ def virsh(*args) -> subprocess.CompletedProcess:
 
 
 def _sources(disk) -> dict:
-    return {d["target"]: d["path"] for d in lv.domain_disks(disk.host.uri, disk.vm.name)}
+    return {d["target"]: d["path"] for d in gw.domain_disks_defined(disk.host.uri, disk.vm.name)}
 
 
 def _entry(disk) -> Path:
@@ -68,13 +67,13 @@ def make_encrypted(transactional_db, jobs_run_here, shut_vm, operator, test_pool
     yield make
     for disk in made:
         try:
-            gw.force_off_domain(disk.host.uri, disk.vm.name)
+            gw.domain_force_off(disk.host.uri, disk.vm.name)
         except Exception:
             pass
         services.device_mapper().close(disk.mapping_name)
         if disk.secret_uuid:
-            lv.secret_remove(disk.host.uri, disk.secret_uuid)
-        lv.volume_delete_if_exists(disk.host.uri, disk.pool, disk.volume)
+            gw.secret_remove(disk.host.uri, disk.secret_uuid)
+        gw.volume_delete_if_exists(disk.host.uri, disk.pool, disk.volume)
         services.get_store().delete(disk.key_id)
         _entry(disk).unlink(missing_ok=True)
 
@@ -131,7 +130,7 @@ def test_a_start_that_cannot_open_the_disk_fails_with_our_message(make_encrypted
 def test_a_definition_naming_the_container_is_refused_then_repaired_by_the_portal(make_encrypted, operator):
     disk = make_encrypted()
     # a definition from before the rule (the container itself as the guest's disk)
-    lv.set_disk_source(disk.host.uri, disk.vm.name, disk.target, disk.path, block=False)
+    gw.domain_disk_set_source(disk.host.uri, disk.vm.name, disk.target, disk.path, block=False)
     result = virsh("start", disk.vm.name)
     assert result.returncode != 0 and "points disk" in result.stderr and "LUKS container" in result.stderr
     assert gw.domain_state(disk.host.uri, disk.vm.name) == "shut off"
@@ -161,7 +160,7 @@ def test_a_qemu_luks_disk_starts_outside_the_portal_but_not_without_its_key(make
 
 def test_the_hook_leaves_domains_it_does_not_know_alone(make_domain, transactional_db, host):
     name = make_domain()
-    xml = f"<domain><name>{name}</name><uuid>{gw.get_domain(host.uri, name).uuid}</uuid></domain>"
+    xml = f"<domain><name>{name}</name><uuid>{gw.domain_get(host.uri, name).uuid}</uuid></domain>"
     for op in (["prepare", "begin"], ["release", "end"], ["started", "begin"]):
         result = subprocess.run([str(HOOK), name, *op, "-"], input=xml, capture_output=True, text=True, timeout=30)
         assert (result.returncode, result.stderr) == (0, "")
@@ -183,7 +182,8 @@ def test_the_beat_task_repairs_definitions_and_registers_vms(make_encrypted):
     from apps.encryption.services.hook import definitions_protect
 
     disk = make_encrypted()
-    lv.set_disk_source(disk.host.uri, disk.vm.name, disk.target, disk.path, block=False)  # e.g. an old definition
+    # e.g. an old definition
+    gw.domain_disk_set_source(disk.host.uri, disk.vm.name, disk.target, disk.path, block=False)
     _entry(disk).unlink()
     assert definitions_protect(actor=None) == [f"{disk.vm.name}:{disk.target}"]
     assert _sources(disk)[disk.target] == services.device_mapper().mapping_path(disk.mapping_name)
@@ -194,8 +194,8 @@ def test_the_beat_task_repairs_definitions_and_registers_vms(make_encrypted):
 
 def test_the_hook_path_never_calls_libvirt(make_encrypted, monkeypatch):
     """libvirtd waits for its hook: a libvirt call from it would deadlock. The hook's work
-    runs here with every libvirt call of both gateways made to fail."""
-    from apps.core.gateways import libvirt_gw
+    runs here with every libvirt call of the gateway made to fail."""
+    from apps.core.gateways.libvirt import connection
     from apps.encryption.services.hook import hook_prepare, hook_release
 
     disk = make_encrypted()
@@ -206,8 +206,7 @@ def test_the_hook_path_never_calls_libvirt(make_encrypted, monkeypatch):
 
     dm = services.device_mapper()
     with monkeypatch.context() as patched:
-        patched.setattr(libvirt_gw, "call", no_libvirt)
-        patched.setattr(lv, "call", no_libvirt)
+        patched.setattr(connection, "call", no_libvirt)
         assert hook_prepare(vm_id=disk.vm.pk, uuid=str(disk.vm.uuid), xml=xml) == [disk.target]
         assert dm.is_open(disk.mapping_name)
         assert hook_release(vm_id=disk.vm.pk, uuid=str(disk.vm.uuid)) == [disk.target]

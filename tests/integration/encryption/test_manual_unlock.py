@@ -18,11 +18,10 @@ from django.utils import timezone
 
 from apps.audit.models import AuditEvent
 from apps.core.errors import InvalidInput
-from apps.core.gateways import libvirt_gw as gw
+from apps.core.gateways import libvirt as gw
 from apps.core.models import Job
 from apps.encryption import services
 from apps.encryption.gateways import cryptsetup as cs
-from apps.encryption.gateways import libvirt_luks as lv
 from apps.encryption.models import EncryptedDisk, RetiredKey, UnlockPolicy
 from apps.encryption.services.common import stored_key
 from tests.conftest import PASSWORD
@@ -50,11 +49,11 @@ def disk(transactional_db, jobs_run_here, shut_vm, operator, test_pool):
     d = EncryptedDisk.objects.select_related("vm", "host").get(pk=job.params["disk_id"])
     yield d
     try:
-        gw.force_off_domain(d.host.uri, d.vm.name)
+        gw.domain_force_off(d.host.uri, d.vm.name)
     except Exception:
         pass
     services.device_mapper().close(d.mapping_name)
-    lv.volume_delete_if_exists(d.host.uri, d.pool, d.volume)
+    gw.volume_delete_if_exists(d.host.uri, d.pool, d.volume)
     (settings.ENCRYPTION_HOOK_REGISTRY_DIR / f"{d.vm.uuid}.json").unlink(missing_ok=True)
 
 

@@ -15,11 +15,10 @@ from django.core.management import CommandError, call_command
 from apps.audit.models import AuditEvent
 from apps.core import jobs
 from apps.core.errors import Conflict, InvalidInput
-from apps.core.gateways import libvirt_gw as gw
+from apps.core.gateways import libvirt as gw
 from apps.core.models import Job
 from apps.encryption import services
 from apps.encryption.gateways import cryptsetup as cs
-from apps.encryption.gateways import libvirt_luks as lv
 from apps.encryption.keystore import escrow_wrap
 from apps.encryption.models import EncryptedDisk
 from apps.encryption.services.common import stored_key
@@ -41,7 +40,7 @@ def encrypted(shut_vm, operator, test_pool):
     assert job.state == Job.State.SUCCEEDED, job.error
     disk = EncryptedDisk.objects.select_related("vm", "host").get(pk=job.params["disk_id"])
     yield disk
-    lv.volume_delete_if_exists(disk.host.uri, disk.pool, disk.volume)
+    gw.volume_delete_if_exists(disk.host.uri, disk.pool, disk.volume)
 
 
 # ------------------------------------------------------------ 1. change-key crash recovery
@@ -187,7 +186,7 @@ def test_a_job_whose_user_was_deleted_is_denied_not_run_as_the_system(encrypted,
     storage_job = run_job(storage_job)
     assert storage_job.state == Job.State.FAILED and "no longer exists" in storage_job.error
     assert _events("storage.volume.create") == ["denied"]
-    assert gw.find_volume(shut_vm.host.uri, test_pool, storage_job.params["volume"]) is None
+    assert gw.volume_find(shut_vm.host.uri, test_pool, storage_job.params["volume"]) is None
 
 
 # ------------------------------------------------------------ 5. crafted escrow

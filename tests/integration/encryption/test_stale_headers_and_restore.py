@@ -11,10 +11,10 @@ from django.urls import reverse
 
 from apps.audit.models import AuditEvent
 from apps.core.errors import InvalidInput
+from apps.core.gateways import libvirt as gw
 from apps.core.models import Job
 from apps.encryption import services
 from apps.encryption.gateways import cryptsetup as cs
-from apps.encryption.gateways import libvirt_luks as lv
 from apps.encryption.models import EncryptedDisk, HeaderBackup
 from apps.encryption.services.common import stored_key
 from tests.conftest import PASSWORD, reauthenticate
@@ -46,7 +46,7 @@ def make_disk(operator, test_pool, host):
     yield make
     store = services.get_store()
     for disk in made:
-        lv.volume_delete_if_exists(host.uri, disk.pool, disk.volume)
+        gw.volume_delete_if_exists(host.uri, disk.pool, disk.volume)
         # the run's key store is shared: leave no damaged key file for the next test (KEK rotation)
         store.delete(EncryptedDisk.objects.get(pk=disk.pk).key_id)
 
@@ -245,8 +245,8 @@ def test_a_qemu_luks_disk_key_is_tested_and_restored_with_its_libvirt_secret(shu
         services.disk_key_restore(actor=admin, disk=disk, escrow=document, recovery_passphrase=RECOVERY, confirmed=True)
         assert stored_key(store, disk) == key
     finally:
-        lv.volume_delete_if_exists(host.uri, disk.pool, disk.volume)
-        lv.secret_remove(host.uri, disk.secret_uuid)
+        gw.volume_delete_if_exists(host.uri, disk.pool, disk.volume)
+        gw.secret_remove(host.uri, disk.secret_uuid)
         store.delete(disk.key_id)
 
 

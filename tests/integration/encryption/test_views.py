@@ -8,9 +8,9 @@ from django.urls import reverse
 
 from apps.accounts.models import Role
 from apps.audit.models import AuditEvent
+from apps.core.gateways import libvirt as gw
 from apps.core.models import Host, Job
 from apps.encryption import services
-from apps.encryption.gateways import libvirt_luks as lv
 from apps.encryption.models import EncryptedDisk
 from tests.conftest import PASSWORD, unique
 
@@ -25,7 +25,7 @@ def disk(shut_vm, operator, test_pool):
     assert job.state == Job.State.SUCCEEDED, job.error
     d = EncryptedDisk.objects.select_related("vm", "host").get(pk=job.params["disk_id"])
     yield d
-    lv.volume_delete_if_exists(d.host.uri, d.pool, d.volume)
+    gw.volume_delete_if_exists(d.host.uri, d.pool, d.volume)
 
 
 def _reauth(client, next_url="/encryption/"):
@@ -67,7 +67,7 @@ def test_create_from_the_page_queues_a_job(client, operator, shut_vm, test_pool)
     job = run_job(job)
     assert job.state == Job.State.SUCCEEDED, job.error
     d = EncryptedDisk.objects.get(pk=job.params["disk_id"])
-    lv.volume_delete_if_exists(d.host.uri, d.pool, d.volume)
+    gw.volume_delete_if_exists(d.host.uri, d.pool, d.volume)
     bad = client.post(reverse("encryption:create"), {"vm": f"{shut_vm.host.name}/{shut_vm.name}", "size_gib": "x"})
     assert bad.status_code == 400 and b"whole number" in bad.content
 

@@ -8,11 +8,10 @@ from pathlib import Path
 import pytest
 
 from apps.core.errors import GatewayError
-from apps.core.gateways import libvirt_gw as gw
+from apps.core.gateways import libvirt as gw
 from apps.core.models import Job
 from apps.encryption import services
 from apps.encryption.gateways import cryptsetup as cs
-from apps.encryption.gateways import libvirt_luks as lv
 from apps.encryption.models import EncryptedDisk
 from apps.encryption.services.common import stored_key
 from tests.conftest import wait_for_job
@@ -24,12 +23,12 @@ pytestmark = [pytest.mark.libvirt]
 
 def _cleanup(disk):
     try:
-        gw.force_off_domain(disk.host.uri, disk.vm.name)
+        gw.domain_force_off(disk.host.uri, disk.vm.name)
     except Exception:
         pass
     if disk.secret_uuid:
-        lv.secret_remove(disk.host.uri, disk.secret_uuid)
-    lv.volume_delete_if_exists(disk.host.uri, disk.pool, disk.volume)
+        gw.secret_remove(disk.host.uri, disk.secret_uuid)
+    gw.volume_delete_if_exists(disk.host.uri, disk.pool, disk.volume)
     services.get_store().delete(disk.key_id)
 
 
@@ -75,14 +74,14 @@ def test_a_vm_boots_on_a_libvirt_luks_disk(worker, shut_vm, operator, test_pool)
         assert info.version == 1 and info.slot_numbers  # QEMU's LUKS (version 1), listed by cryptsetup
         assert cs.test_key(disk.path, stored_key(services.get_store(), disk).hex().encode())
         # a wrong secret value: QEMU cannot open the disk and the VM does not start
-        lv.secret_set_value(disk.host.uri, disk.secret_uuid, os.urandom(64).hex().encode())
+        gw.secret_set_value(disk.host.uri, disk.secret_uuid, os.urandom(64).hex().encode())
         with pytest.raises(GatewayError):
-            gw.start_domain(disk.host.uri, shut_vm.name)
+            gw.domain_start(disk.host.uri, shut_vm.name)
         # the portal's start sets the secret from the store: the VM boots on the encrypted disk
         job = wait_for_job(services.vm_start_unlocked(actor=operator, vm=shut_vm).pk, timeout=120)
         assert job.state == Job.State.SUCCEEDED, job.error
         assert gw.domain_state(disk.host.uri, shut_vm.name) == "running"
-        assert disk.path in {d.path for d in gw.get_domain(disk.host.uri, shut_vm.name).disks}
+        assert disk.path in {d.path for d in gw.domain_get(disk.host.uri, shut_vm.name).disks}
         job = wait_for_job(services.vm_stop_locked(actor=operator, vm=shut_vm, force=True, confirmed=True).pk)
         assert job.state == Job.State.SUCCEEDED, job.error
         assert gw.domain_state(disk.host.uri, shut_vm.name) == "shut off"
@@ -102,7 +101,7 @@ def test_luks2_disks_are_opened_at_start_and_closed_at_stop(shut_vm, operator, t
         dm = services.device_mapper()
         assert isinstance(dm, cs.SimulatedDeviceMapper)  # this machine has no device-mapper
         assert disk.mapping and dm.is_open(disk.mapping)
-        sources = {d["target"]: d["path"] for d in lv.domain_disks(uri, shut_vm.name)}
+        sources = {d["target"]: d["path"] for d in gw.domain_disks_defined(uri, shut_vm.name)}
         assert sources[disk.target] == dm.mapping_path(disk.mapping)
         assert gw.domain_state(uri, shut_vm.name) == "running"
         job = run_job(services.vm_stop_locked(actor=operator, vm=shut_vm, force=True, confirmed=True))
@@ -110,7 +109,8 @@ def test_luks2_disks_are_opened_at_start_and_closed_at_stop(shut_vm, operator, t
         disk.refresh_from_db()
         assert disk.mapping == "" and not dm.is_open(disk.mapping_name)
         # closed, the definition still names the (now absent) unlocked path, never the container
-        assert {d["target"]: d["path"] for d in lv.domain_disks(uri, shut_vm.name)}[disk.target] == sources[disk.target]
+        defined = {d["target"]: d["path"] for d in gw.domain_disks_defined(uri, shut_vm.name)}
+        assert defined[disk.target] == sources[disk.target]
     finally:
         _cleanup(disk)
 

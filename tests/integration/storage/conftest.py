@@ -14,7 +14,7 @@ import threading
 import pytest
 
 from apps.core import runner
-from apps.core.gateways import libvirt_gw as gw
+from apps.core.gateways import libvirt as gw
 from apps.vms.collector import host_collect
 from apps.vms.models import VirtualMachine
 
@@ -42,13 +42,13 @@ def overfill(vm, mib: int = 160) -> int:
     `mib` MiB, keep them in an internal snapshot, write over them. Returns the allocation."""
     path = disk_path(vm)
     write_data(path, mib)
-    gw.create_snapshot(vm.host.uri, vm.name, "overfill")
+    gw.snapshot_create(vm.host.uri, vm.name, "overfill")
     write_data(path, mib)
-    return gw.domain_disks(vm.host.uri, vm.name).allocation
+    return gw.domain_disks_live(vm.host.uri, vm.name).allocation
 
 
 def disk_path(vm) -> str:
-    return gw.domain_disks(vm.host.uri, vm.name).disks[0].path
+    return gw.domain_disks_live(vm.host.uri, vm.name).disks[0].path
 
 
 def write_data(path: str, mib: int, offset_mib: int = 0) -> None:

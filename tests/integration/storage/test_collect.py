@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from django.db import connection
 
-from apps.core.gateways import libvirt_gw as gw
+from apps.core.gateways import libvirt as gw
 from apps.storage.models import PoolState, VmDiskState, VolumeState
 from apps.vms.collector import host_collect
 from tests.conftest import unique
@@ -24,14 +24,14 @@ def test_pools_volumes_and_disk_totals_follow_the_host(host, off_vm, test_pool, 
     assert pool.volume_count == VolumeState.objects.filter(host=host, pool=test_pool).count()
 
     name = f"{unique('loose')}.qcow2"
-    gw.create_volume(libvirt_uri, test_pool, name, GIB // 4)  # outside the portal
+    gw.volume_create(libvirt_uri, test_pool, name, GIB // 4)  # outside the portal
     try:
         host_collect(host)
         loose = VolumeState.objects.get(host=host, pool=test_pool, name=name)
         assert loose.vm is None and loose.capacity == GIB // 4
         assert PoolState.objects.get(pk=pool.pk).volume_count == pool.volume_count + 1
     finally:
-        gw.delete_volume(libvirt_uri, test_pool, name)
+        gw.volume_delete(libvirt_uri, test_pool, name)
     host_collect(host)
     assert not VolumeState.objects.filter(host=host, pool=test_pool, name=name).exists()
 

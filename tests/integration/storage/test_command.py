@@ -83,7 +83,7 @@ def _run_all(*args) -> tuple[str, str]:
 
 def test_a_users_check_reads_reports_and_acts_only_within_their_scope(make_user, host, make_domain):
     from apps.accounts.models import Role
-    from apps.core.gateways import libvirt_gw as gw
+    from apps.core.gateways import libvirt as gw
     from apps.storage.models import StorageAlert
     from apps.vms.models import VirtualMachine
     from apps.vms.services import inventory_sync
@@ -95,7 +95,7 @@ def test_a_users_check_reads_reports_and_acts_only_within_their_scope(make_user,
         overfill(vm)
         _run("set", name, "0.25", "--confirm")
         _run("breach-action", name, "suspend")
-        gw.start_domain(host.uri, name)
+        gw.domain_start(host.uri, name)
     user = make_user(role=Role.OPERATOR, scope="vm", vm=vms[mine])
 
     with pytest.raises(CommandError, match="1 VM\\(s\\) over their hard limit") as exc:

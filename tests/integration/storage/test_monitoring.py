@@ -5,7 +5,7 @@ import pytest
 from django.core import mail
 
 from apps.core.errors import Conflict
-from apps.core.gateways import libvirt_gw as gw
+from apps.core.gateways import libvirt as gw
 from apps.storage import selectors, services
 from apps.storage.models import GIB, StorageAlert, UsageSample
 
@@ -36,9 +36,9 @@ def test_usage_growth_raises_acts_and_clears(operator, small_vm, webhook, settin
     assert vm.name in mail.outbox[-1].subject
     assert events("storage.alert.raise", target_name=vm.name)[0].actor_name == "system"
 
-    gw.create_snapshot(uri, vm.name, "keep")  # the snapshot keeps the 160 MiB...
+    gw.snapshot_create(uri, vm.name, "keep")  # the snapshot keeps the 160 MiB...
     write_data(path, 140)  # ...while 140 MiB are written over them: 300 MiB, over the hard limit
-    gw.start_domain(uri, vm.name)
+    gw.domain_start(uri, vm.name)
     report = services.storage_check(actor=None)
     alert.refresh_from_db()
     assert (alert.level, alert.action_applied) == ("breach", "suspend")
@@ -122,10 +122,10 @@ def test_celery_beat_runs_the_check(settings, off_vm):
 def test_snapshots_count_in_a_vms_allocation(operator, off_vm):
     uri, path = off_vm.host.uri, disk_path(off_vm)
     write_data(path, 64)
-    before = gw.domain_disks(uri, off_vm.name).allocation
-    gw.create_snapshot(uri, off_vm.name, "before-rewrite")  # internal qcow2 snapshot keeps the old clusters
+    before = gw.domain_disks_live(uri, off_vm.name).allocation
+    gw.snapshot_create(uri, off_vm.name, "before-rewrite")  # internal qcow2 snapshot keeps the old clusters
     write_data(path, 64)  # the same 64 MiB again: new clusters, the old ones stay for the snapshot
-    after = gw.domain_disks(uri, off_vm.name).allocation
+    after = gw.domain_disks_live(uri, off_vm.name).allocation
     assert after - before >= 60 << 20
     view = services.quota_get(actor=operator, vm=off_vm)
     assert view.allocation == after
@@ -151,7 +151,7 @@ def test_a_breach_action_changed_during_a_breach_applies_at_the_next_check(opera
     uri = vm.host.uri
     overfill(vm)
     services.quota_set(actor=operator, vm=vm, limit_bytes=int(0.25 * GIB), confirmed=True)  # breach action: alert
-    gw.start_domain(uri, vm.name)
+    gw.domain_start(uri, vm.name)
     services.storage_check(actor=None)
     (alert,) = _alerts(vm)
     assert (alert.level, alert.action_applied) == ("breach", "")

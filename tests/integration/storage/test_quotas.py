@@ -8,7 +8,7 @@ from django.core.exceptions import PermissionDenied
 from django.db import connection
 
 from apps.core.errors import Conflict, InvalidInput, NotFound
-from apps.core.gateways import libvirt_gw as gw
+from apps.core.gateways import libvirt as gw
 from apps.storage import services
 from apps.storage.forms import QuotaForm, validated
 from apps.storage.models import GIB, VmQuota
@@ -106,10 +106,10 @@ def test_a_change_made_from_a_stale_page_is_refused(operator, admin, off_vm):
 
 
 def test_expanding_raises_the_limit_and_never_touches_a_disk(operator, off_vm):
-    before = gw.domain_disks(off_vm.host.uri, off_vm.name)
+    before = gw.domain_disks_live(off_vm.host.uri, off_vm.name)
     services.quota_set(actor=operator, vm=off_vm, limit_bytes=5 * GIB)
     assert services.quota_expand(actor=operator, vm=off_vm, by_bytes=int(2.5 * GIB)).limit_bytes == int(7.5 * GIB)
-    assert gw.domain_disks(off_vm.host.uri, off_vm.name).provisioned == before.provisioned
+    assert gw.domain_disks_live(off_vm.host.uri, off_vm.name).provisioned == before.provisioned
     (event,) = events("storage.quota.expand", outcome="success")
     assert event.params == {"by_gib": "2.5", "limit_gib": "7.5"}
 

@@ -7,7 +7,7 @@ import pytest
 
 from apps.core import jobs
 from apps.core.errors import Conflict, InvalidInput
-from apps.core.gateways import libvirt_gw as gw
+from apps.core.gateways import libvirt as gw
 from apps.core.models import Job
 from apps.storage import services
 from apps.storage.models import GIB
@@ -26,7 +26,7 @@ def _run(job) -> Job:
 
 
 def _disks(vm):
-    return {d.target: d for d in gw.domain_disks(vm.host.uri, vm.name).disks}
+    return {d.target: d for d in gw.domain_disks_live(vm.host.uri, vm.name).disks}
 
 
 def test_creating_a_volume_attaches_a_thin_qcow2(operator, off_vm, test_pool):
@@ -56,7 +56,7 @@ def test_growth_over_the_quota_is_refused_with_the_excess(operator, off_vm):
 
 def test_pool_overcommit_and_reserve_are_enforced(admin, operator, off_vm, host, test_pool):
     services.quota_set(actor=operator, vm=off_vm, limit_bytes=1000000 * GIB)
-    pool = gw.get_pool(host.uri, test_pool)
+    pool = gw.pool_get(host.uri, test_pool)
     too_much = pool.capacity * 2 // GIB
     services.pool_limit_set(actor=admin, host=host, pool=test_pool, max_overcommit=Decimal("1.5"), reserve_percent=None)
     with pytest.raises(InvalidInput, match=r"over its maximum overcommit of 1.50x"):
@@ -72,7 +72,7 @@ def test_resize_offline_then_live_and_never_shrink(operator, off_vm):
     job = _run(services.volume_resize(actor=operator, vm=off_vm, target="vda", size_bytes=int(1.5 * GIB)))
     assert (job.state, job.result["live"]) == ("succeeded", False), job.error
     assert _disks(off_vm)["vda"].capacity == int(1.5 * GIB)
-    gw.start_domain(uri, off_vm.name)
+    gw.domain_start(uri, off_vm.name)
     job = _run(services.volume_resize(actor=operator, vm=off_vm, target="vda", size_bytes=2 * GIB))
     assert (job.state, job.result["live"]) == ("succeeded", True), job.error
     assert _disks(off_vm)["vda"].capacity == 2 * GIB
@@ -87,14 +87,14 @@ def test_delete_needs_confirmation_and_a_stopped_vm(operator, off_vm, test_pool)
     path = _disks(off_vm)["vdb"].path
     with pytest.raises(InvalidInput, match="confirm"):
         services.volume_delete(actor=operator, vm=off_vm, target="vdb")
-    gw.start_domain(off_vm.host.uri, off_vm.name)
+    gw.domain_start(off_vm.host.uri, off_vm.name)
     with pytest.raises(Conflict, match="shut it down"):
         services.volume_delete(actor=operator, vm=off_vm, target="vdb", confirmed=True)
-    gw.force_off_domain(off_vm.host.uri, off_vm.name)
+    gw.domain_force_off(off_vm.host.uri, off_vm.name)
     job = _run(services.volume_delete(actor=operator, vm=off_vm, target="vdb", confirmed=True))
     assert job.state == "succeeded", job.error
     assert "vdb" not in _disks(off_vm)
-    assert gw.volume_by_path(off_vm.host.uri, path) is None
+    assert gw.volume_find_by_path(off_vm.host.uri, path) is None
     assert [e.outcome for e in events("storage.volume.delete")] == ["failed", "failed", "requested", "success"]
 
 

@@ -12,7 +12,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from apps.accounts.models import Role
-from apps.core.gateways import libvirt_gw
+from apps.core.gateways.libvirt import connection as libvirt_connection
 from apps.core.models import Host
 from apps.storage.models import PoolState, VmDiskState, VolumeState
 from apps.vms.models import VirtualMachine
@@ -24,7 +24,7 @@ GIB = 1 << 30
 @pytest.fixture
 def no_libvirt(monkeypatch):
     calls = []
-    monkeypatch.setattr(libvirt_gw, "call", lambda uri, what, fn: calls.append(what) or fn(None))
+    monkeypatch.setattr(libvirt_connection, "call", lambda uri, what, fn: calls.append(what) or fn(None))
     return calls
 
 

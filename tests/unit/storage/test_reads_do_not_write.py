@@ -12,7 +12,8 @@ import pytest
 
 from apps.accounts.models import Role
 from apps.core.errors import NotFound
-from apps.core.gateways import libvirt_gw
+from apps.core.gateways import libvirt as gw
+from apps.core.gateways.libvirt import connection
 from apps.core.models import Host
 from apps.storage.models import GIB, StorageDefaults
 from apps.vms.models import VirtualMachine
@@ -67,8 +68,8 @@ def test_a_vm_lookup_reads_the_database_only(monkeypatch, make_user):
     def no_libvirt(*args, **kwargs):
         raise AssertionError("a lookup called libvirt")
 
-    monkeypatch.setattr(libvirt_gw, "call", no_libvirt)
-    monkeypatch.setattr(libvirt_gw, "list_domains", no_libvirt)
+    monkeypatch.setattr(connection, "call", no_libvirt)
+    monkeypatch.setattr(gw, "domain_list", no_libvirt)
     assert vm_for(user, "far", "known") == vm
     before = VirtualMachine.objects.count()
     with pytest.raises(NotFound, match="No VM named 'defined-a-moment-ago'"):

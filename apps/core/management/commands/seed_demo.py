@@ -13,8 +13,8 @@ from apps.accounts.models import Role, RoleAssignment
 from apps.audit.services import record
 from apps.core.checks import qemu_blocked
 from apps.core.errors import Conflict
-from apps.core.gateways import libvirt_gw as gw
-from apps.core.gateways.libvirt_xml import domain_xml
+from apps.core.gateways import libvirt as gw
+from apps.core.gateways.libvirt import domain_xml
 from apps.core.services import host_default
 from apps.vms.models import VirtualMachine
 from apps.vms.services import inventory_sync
@@ -37,8 +37,8 @@ class Command(BaseCommand):
         host = host_default()
         pool_dir = self._demo_pool(host.uri)
         for net, bridge in NETWORKS.items():
-            gw.ensure_isolated_network(host.uri, net, bridge)
-        existing = {d.name: d for d in gw.list_domains(host.uri)}
+            gw.network_ensure_isolated(host.uri, net, bridge)
+        existing = {d.name: d for d in gw.domain_list(host.uri)}
         for name, _zone, network, running in VMS:
             uuid = None
             domain = existing.get(name)
@@ -47,19 +47,19 @@ class Command(BaseCommand):
                 if uuid is None:
                     continue
             if domain is None or uuid:
-                vol = gw.find_volume(host.uri, POOL, f"{name}.qcow2") or gw.create_volume(
+                vol = gw.volume_find(host.uri, POOL, f"{name}.qcow2") or gw.volume_create(
                     host.uri, POOL, f"{name}.qcow2", 1 << 30
                 )
                 xml = domain_xml(
                     name=name, memory_mib=64, vcpus=1, disk_paths=[vol.path], networks=[network], uuid=uuid
                 )
-                gw.define_domain(host.uri, xml)
+                gw.domain_define(host.uri, xml)
             state = gw.domain_state(host.uri, name)
             try:
                 if running and state == "shut off":
-                    gw.start_domain(host.uri, name)
+                    gw.domain_start(host.uri, name)
                 elif running and state == "paused":
-                    gw.resume_domain(host.uri, name)
+                    gw.domain_resume(host.uri, name)
             except Conflict:  # changed state under us: leave it as it is
                 pass
         inventory_sync(host)
@@ -99,7 +99,7 @@ class Command(BaseCommand):
         (by an earlier clone) is reused while it holds images QEMU can reach; else it is
         defined again here, deleting nothing. Either way, say so."""
         wanted = Path(settings.IMAGE_DIR) / "demo"
-        pool = next((p for p in gw.list_pools(uri) if p.name == POOL), None)
+        pool = next((p for p in gw.pool_list(uri) if p.name == POOL), None)
         if pool is not None and Path(pool.path) != wanted:
             old = Path(pool.path)
             stale = self._why_stale(old)
@@ -109,11 +109,11 @@ class Command(BaseCommand):
                     f"the demo VMs on it. To move it, run `virsh pool-destroy {POOL}; virsh pool-undefine {POOL}` "
                     "(its files stay) and seed_demo again."
                 )
-                gw.ensure_dir_pool(uri, POOL, str(old))
+                gw.pool_ensure_dir(uri, POOL, str(old))
                 return old
-            gw.remove_pool(uri, POOL, delete_volumes=False)
+            gw.pool_remove(uri, POOL, delete_volumes=False)
             self._say(f"Demo pool {POOL} was at {old} ({stale}): defined again at {wanted}; nothing was deleted.")
-        gw.ensure_dir_pool(uri, POOL, str(wanted))
+        gw.pool_ensure_dir(uri, POOL, str(wanted))
         return wanted
 
     @staticmethod
@@ -142,7 +142,7 @@ class Command(BaseCommand):
                 "shut it down and run seed_demo again to move it."
             )
             return None
-        gw.undefine_domain(uri, domain.name)
+        gw.domain_undefine(uri, domain.name)
         self._say(f"{domain.name} had its disk at {old}, outside the demo pool: defined again on a disk in {pool_dir}.")
         return domain.uuid
 

@@ -1,4 +1,8 @@
-"""Builds libvirt XML with ElementTree, so no name or path can inject markup."""
+"""libvirt XML, built with ElementTree so no name or path can inject markup, and read back.
+
+Builders are named `<kind>[_<variant>]_xml`; readers `<kind>_<what>_parse` (or work on an
+element of a domain's XML: `disk_element`, `disk_with_source`).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import os
 import xml.etree.ElementTree as ET
 
 
-def _xml(el: ET.Element) -> str:
+def to_string(el: ET.Element) -> str:
     return ET.tostring(el, encoding="unicode")
 
 
@@ -15,7 +19,7 @@ def pool_dir_xml(name: str, path: str) -> str:
     ET.SubElement(pool, "name").text = name
     target = ET.SubElement(pool, "target")
     ET.SubElement(target, "path").text = path
-    return _xml(pool)
+    return to_string(pool)
 
 
 def volume_xml(name: str, capacity_bytes: int, fmt: str = "qcow2") -> str:
@@ -25,15 +29,15 @@ def volume_xml(name: str, capacity_bytes: int, fmt: str = "qcow2") -> str:
     ET.SubElement(vol, "allocation", unit="bytes").text = "0"
     target = ET.SubElement(vol, "target")
     ET.SubElement(target, "format", type=fmt)
-    return _xml(vol)
+    return to_string(vol)
 
 
-def isolated_network_xml(name: str, bridge: str) -> str:
+def network_isolated_xml(name: str, bridge: str) -> str:
     """A network with no <forward>: isolated, nothing leaves the host."""
     net = ET.Element("network")
     ET.SubElement(net, "name").text = name
     ET.SubElement(net, "bridge", name=bridge, stp="on", delay="0")
-    return _xml(net)
+    return to_string(net)
 
 
 def domain_xml(
@@ -75,7 +79,7 @@ def domain_xml(
         ET.SubElement(iface, "model", type="virtio")
         ET.SubElement(iface, "rom", enabled="no")
     ET.SubElement(devices, "graphics", type="vnc", listen="127.0.0.1", autoport="yes")
-    return _xml(dom)
+    return to_string(dom)
 
 
 def snapshot_xml(name: str, description: str = "") -> str:
@@ -83,10 +87,10 @@ def snapshot_xml(name: str, description: str = "") -> str:
     ET.SubElement(snap, "name").text = name
     if description:
         ET.SubElement(snap, "description").text = description
-    return _xml(snap)
+    return to_string(snap)
 
 
-def parse_domain_devices(xml: str) -> tuple[list[dict], list[dict]]:
+def domain_devices_parse(xml: str) -> tuple[list[dict], list[dict]]:
     """Disks (target, path, format) and interfaces (mac, network, device) of a domain."""
     root = ET.fromstring(xml)
     disks, ifaces = [], []
@@ -124,4 +128,66 @@ def disk_xml(path: str, target: str, fmt: str = "qcow2") -> str:
     ET.SubElement(disk, "driver", name="qemu", type=fmt)
     ET.SubElement(disk, "source", file=path)
     ET.SubElement(disk, "target", dev=target, bus="virtio")
-    return _xml(disk)
+    return to_string(disk)
+
+
+def secret_xml(*, usage_volume: str, description: str) -> str:
+    """A private, persistent secret for a LUKS volume: its value is set through the API from
+    the portal's key store and never read back; libvirt keeps it (root-only, under
+    /etc/libvirt/secrets) so a start outside the portal (virsh, autostart) can open the disk.
+    The libvirt hook still refuses such a start while the portal's store is sealed."""
+    secret = ET.Element("secret", ephemeral="no", private="yes")
+    ET.SubElement(secret, "description").text = description
+    usage = ET.SubElement(secret, "usage", type="volume")
+    ET.SubElement(usage, "volume").text = usage_volume
+    return to_string(secret)
+
+
+def _encryption_el(parent: ET.Element, secret_uuid: str) -> None:
+    enc = ET.SubElement(parent, "encryption", format="luks")
+    ET.SubElement(enc, "secret", type="passphrase", uuid=secret_uuid)
+
+
+def volume_luks_xml(name: str, capacity_bytes: int, secret_uuid: str) -> str:
+    """A raw volume that libvirt formats as QEMU LUKS (LUKS1) with the secret's value."""
+    vol = ET.Element("volume")
+    ET.SubElement(vol, "name").text = name
+    ET.SubElement(vol, "capacity", unit="bytes").text = str(int(capacity_bytes))
+    ET.SubElement(vol, "allocation", unit="bytes").text = "0"
+    target = ET.SubElement(vol, "target")
+    ET.SubElement(target, "format", type="raw")
+    _encryption_el(target, secret_uuid)
+    return to_string(vol)
+
+
+def disk_encrypted_xml(
+    *, source: str, target: str, fmt: str = "raw", block: bool = False, secret_uuid: str = ""
+) -> str:
+    """A virtio disk; with secret_uuid QEMU opens it as LUKS with that libvirt secret."""
+    disk = ET.Element("disk", type="block" if block else "file", device="disk")
+    ET.SubElement(disk, "driver", name="qemu", type=fmt)
+    ET.SubElement(disk, "source", **({"dev": source} if block else {"file": source}))
+    ET.SubElement(disk, "target", dev=target, bus="virtio")
+    if secret_uuid:
+        _encryption_el(disk, secret_uuid)
+    return to_string(disk)
+
+
+def disk_element(xml: str, target: str) -> ET.Element | None:
+    """The <disk> element of `target` in a domain's XML, or None."""
+    for disk in ET.fromstring(xml).findall("./devices/disk"):
+        t = disk.find("target")
+        if t is not None and t.get("dev") == target:
+            return disk
+    return None
+
+
+def disk_with_source(disk: ET.Element, *, source: str, block: bool) -> str:
+    """The disk element pointed at another file or block device, as XML."""
+    disk.set("type", "block" if block else "file")
+    src = disk.find("source")
+    if src is None:
+        src = ET.SubElement(disk, "source")
+    src.attrib.clear()
+    src.set("dev" if block else "file", source)
+    return to_string(disk)

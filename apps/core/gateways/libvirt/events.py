@@ -1,9 +1,9 @@
-"""libvirt domain lifecycle events, for the state collector.
+"""Domain lifecycle events, for the state collector.
 
 libvirt delivers events only to a process that registered an event loop implementation
-*before* it opened the connection, and runs that loop itself. `watch_domains` does both: one
+*before* it opened the connection, and runs that loop itself. `domain_watch` does both: one
 daemon thread per process runs libvirt's default loop; each watch has a connection of its
-own (never the shared request connection of libvirt_gw) with keepalive, so a libvirtd that
+own (never the shared request connection of `connection.call`) with keepalive, so a libvirtd that
 goes away is noticed within seconds and the watch reports itself closed.
 
 Callbacks receive plain `DomainEvent` values on the event thread: keep them short (put the
@@ -110,6 +110,6 @@ class DomainWatch:
         self._conn = None
 
 
-def watch_domains(uri: str, on_event: Callable[[DomainEvent], None]) -> DomainWatch:
+def domain_watch(uri: str, on_event: Callable[[DomainEvent], None]) -> DomainWatch:
     """Subscribe to the host's domain lifecycle events (GatewayError if it cannot be reached)."""
     return DomainWatch(uri, on_event)

@@ -1,0 +1,154 @@
+"""The libvirt gateway: the only code that talks to libvirt (tests/unit/test_architecture.py
+checks that `import libvirt` appears nowhere else in apps/).
+
+Callers import the package and use what it exports::
+
+    from apps.core.gateways import libvirt as gw
+    gw.domain_start(uri, name)
+
+libvirt's errors and VIR_* constants never leave it: callers get plain frozen dataclasses
+and the project's own errors (NotFound, Conflict, GatewayError).
+
+Modules, one per libvirt object kind (as WebVirtCloud's vrtManager/):
+
+- ``connection``: one connection per process and URI, opened lazily and reopened when
+  libvirtd restarts; ``call(uri, what, fn)`` runs every request and translates errors;
+  ``read_present`` is the one loop that skips objects removed while being listed.
+- ``host``: the host as a whole (version, QEMU's uid/gid, the bulk storage read).
+- ``domains``: VMs: reads, lifecycle, and their disks.
+- ``snapshots``: domain snapshots.
+- ``storage``: pools and volumes.
+- ``networks``: virtual networks.
+- ``secrets``: libvirt secrets (LUKS passphrases).
+- ``events``: domain lifecycle events (``DomainWatch``, own connection and event loop).
+- ``xml``: building and parsing libvirt XML (no libvirt calls).
+
+Naming: the object kind first, then the verb, then a qualifier:
+``<kind>_<verb>[_<qualifier>]`` with kind one of host, domain, domain_disk(s), snapshot,
+pool, volume, network, secret. E.g. ``domain_list``, ``domain_get``, ``domain_start``,
+``domain_disks_live`` (the disks a domain uses, with sizes) vs ``domain_disks_defined``
+(the disks of its persistent definition), ``domain_disk_attach``, ``snapshot_create``,
+``pool_get``, ``volume_create``, ``volume_delete_if_exists``, ``network_list``,
+``secret_ensure``. Verbs: ``list`` (all, as dataclasses), ``get`` (one, NotFound when
+missing), ``find`` (one, None when missing), ``ensure`` (create unless it exists; re-runnable),
+``create``/``define``/``delete``/``remove``/``set_*``. XML builders are ``<kind>[_<variant>]_xml``.
+Every call takes the host's URI first.
+"""
+
+from .domains import (
+    DiskInfo,
+    DomainDisks,
+    DomainInfo,
+    InterfaceInfo,
+    domain_define,
+    domain_disk_attach,
+    domain_disk_attach_xml,
+    domain_disk_detach,
+    domain_disk_detach_target,
+    domain_disk_next_target,
+    domain_disk_resize,
+    domain_disk_set_format,
+    domain_disk_set_source,
+    domain_disks_defined,
+    domain_disks_live,
+    domain_force_off,
+    domain_get,
+    domain_list,
+    domain_resume,
+    domain_shutdown,
+    domain_start,
+    domain_state,
+    domain_suspend,
+    domain_undefine,
+)
+from .events import DomainEvent, DomainWatch, domain_watch
+from .host import StorageSnapshot, host_qemu_identity, host_storage_snapshot, host_version
+from .networks import NetworkInfo, network_ensure_isolated, network_list
+from .secrets import secret_ensure, secret_remove, secret_set_value
+from .snapshots import SnapshotInfo, snapshot_create, snapshot_delete, snapshot_list
+from .storage import (
+    PoolInfo,
+    PoolTarget,
+    VolumeInfo,
+    pool_ensure_dir,
+    pool_get,
+    pool_list,
+    pool_names,
+    pool_refresh,
+    pool_remove,
+    pool_targets,
+    volume_create,
+    volume_create_luks,
+    volume_delete,
+    volume_delete_if_exists,
+    volume_ensure_raw,
+    volume_find,
+    volume_find_by_path,
+    volume_resize,
+)
+from .xml import disk_encrypted_xml, domain_devices_parse, domain_xml
+
+__all__ = [
+    "DiskInfo",
+    "DomainDisks",
+    "DomainEvent",
+    "DomainInfo",
+    "DomainWatch",
+    "InterfaceInfo",
+    "NetworkInfo",
+    "PoolInfo",
+    "PoolTarget",
+    "SnapshotInfo",
+    "StorageSnapshot",
+    "VolumeInfo",
+    "disk_encrypted_xml",
+    "domain_define",
+    "domain_devices_parse",
+    "domain_disk_attach",
+    "domain_disk_attach_xml",
+    "domain_disk_detach",
+    "domain_disk_detach_target",
+    "domain_disk_next_target",
+    "domain_disk_resize",
+    "domain_disk_set_format",
+    "domain_disk_set_source",
+    "domain_disks_defined",
+    "domain_disks_live",
+    "domain_force_off",
+    "domain_get",
+    "domain_list",
+    "domain_resume",
+    "domain_shutdown",
+    "domain_start",
+    "domain_state",
+    "domain_suspend",
+    "domain_undefine",
+    "domain_watch",
+    "domain_xml",
+    "host_qemu_identity",
+    "host_storage_snapshot",
+    "host_version",
+    "network_ensure_isolated",
+    "network_list",
+    "pool_ensure_dir",
+    "pool_get",
+    "pool_list",
+    "pool_names",
+    "pool_refresh",
+    "pool_remove",
+    "pool_targets",
+    "secret_ensure",
+    "secret_remove",
+    "secret_set_value",
+    "snapshot_create",
+    "snapshot_delete",
+    "snapshot_list",
+    "volume_create",
+    "volume_create_luks",
+    "volume_delete",
+    "volume_delete_if_exists",
+    "volume_ensure_raw",
+    "volume_find",
+    "volume_find_by_path",
+    "volume_resize",
+]

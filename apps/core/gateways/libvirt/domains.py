@@ -1,0 +1,411 @@
+"""Domains (VMs): bulk and single reads, lifecycle, and their disks.
+
+`domain_disks_live` is what a running domain uses (every file of every disk's chain, with
+capacity and allocation); `domain_disks_defined` the disks of its persistent definition.
+The `domain_disk_*` calls change one disk of a domain.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+
+import libvirt
+
+from apps.core.errors import NotFound
+
+from . import connection, storage
+from .storage import VolumeInfo
+from .xml import disk_element, disk_with_source, disk_xml, domain_devices_parse, to_string
+
+_STATES = {
+    libvirt.VIR_DOMAIN_NOSTATE: "unknown",
+    libvirt.VIR_DOMAIN_RUNNING: "running",
+    libvirt.VIR_DOMAIN_BLOCKED: "running",
+    libvirt.VIR_DOMAIN_PAUSED: "paused",
+    libvirt.VIR_DOMAIN_SHUTDOWN: "shutting down",
+    libvirt.VIR_DOMAIN_SHUTOFF: "shut off",
+    libvirt.VIR_DOMAIN_CRASHED: "crashed",
+    libvirt.VIR_DOMAIN_PMSUSPENDED: "pmsuspended",
+}
+
+_STATS = (
+    libvirt.VIR_DOMAIN_STATS_STATE
+    | libvirt.VIR_DOMAIN_STATS_VCPU
+    | libvirt.VIR_DOMAIN_STATS_BALLOON
+    | libvirt.VIR_DOMAIN_STATS_BLOCK
+    | libvirt.VIR_DOMAIN_STATS_INTERFACE
+)
+_STORAGE_STATS = libvirt.VIR_DOMAIN_STATS_STATE | libvirt.VIR_DOMAIN_STATS_BLOCK
+
+
+@dataclass(frozen=True)
+class DiskInfo:
+    target: str
+    path: str
+    capacity: int = 0
+    allocation: int = 0
+    physical: int = 0
+
+
+@dataclass(frozen=True)
+class InterfaceInfo:
+    mac: str
+    network: str
+    device: str = ""
+    link: str = "up"
+
+
+@dataclass(frozen=True)
+class DomainInfo:
+    uuid: str
+    name: str
+    state: str
+    vcpus: int
+    memory_kib: int
+    disks: tuple[DiskInfo, ...] = ()
+    interfaces: tuple[InterfaceInfo, ...] = ()
+    persistent: bool = True
+
+
+@dataclass(frozen=True)
+class DomainDisks:
+    """A domain's disks as storage sees them: every file of every disk's chain (external
+    snapshot overlays and their backing files included) with capacity and allocation."""
+
+    uuid: str
+    name: str
+    state: str
+    disks: tuple[DiskInfo, ...] = ()
+
+    @property
+    def provisioned(self) -> int:
+        """Virtual capacity of the disks the guest sees (top of each chain)."""
+        seen: set[str] = set()
+        total = 0
+        for d in self.disks:
+            if d.target not in seen:
+                seen.add(d.target)
+                total += d.capacity
+        return total
+
+    @property
+    def allocation(self) -> int:
+        """Physical bytes of every distinct file, snapshots included."""
+        by_path = {d.path: d.allocation for d in self.disks if d.path}
+        return sum(by_path.values())
+
+
+# ---------------------------------------------------------------- reads on an open connection (package-internal)
+
+
+def _state_name(stats: dict) -> str:
+    return _STATES.get(stats.get("state.state", 0), "unknown")
+
+
+def _domain_from_stats(dom, stats: dict, volumes_by_path: dict[str, VolumeInfo]) -> DomainInfo:
+    disks = []
+    for i in range(stats.get("block.count", 0)):
+        path = stats.get(f"block.{i}.path", "")
+        vol = volumes_by_path.get(path)
+        disks.append(
+            DiskInfo(
+                target=stats.get(f"block.{i}.name", ""),
+                path=path,
+                capacity=stats.get(f"block.{i}.capacity") or (vol.capacity if vol else 0),
+                allocation=stats.get(f"block.{i}.allocation") or (vol.allocation if vol else 0),
+                physical=stats.get(f"block.{i}.physical") or (vol.allocation if vol else 0),
+            )
+        )
+    ifaces = tuple(
+        InterfaceInfo(mac="", network="", device=stats.get(f"net.{i}.name", ""))
+        for i in range(stats.get("net.count", 0))
+    )
+    memory = stats.get("balloon.maximum") or stats.get("balloon.current") or 0
+    return DomainInfo(
+        uuid=dom.UUIDString(),
+        name=dom.name(),
+        state=_state_name(stats),
+        vcpus=stats.get("vcpu.maximum") or stats.get("vcpu.current") or 0,
+        memory_kib=memory,
+        disks=tuple(disks),
+        interfaces=ifaces,
+        persistent=True,
+    )
+
+
+def _disks_from_stats(stats: dict, volumes_by_path: dict[str, VolumeInfo]) -> tuple[DiskInfo, ...]:
+    disks = []
+    for i in range(stats.get("block.count", 0)):
+        path = stats.get(f"block.{i}.path", "")
+        vol = volumes_by_path.get(path)
+        capacity = vol.capacity if vol else stats.get(f"block.{i}.capacity", 0)
+        allocation = vol.allocation if vol else stats.get(f"block.{i}.physical", 0)
+        disks.append(DiskInfo(stats.get(f"block.{i}.name", ""), path, capacity, allocation, allocation))
+    return tuple(disks)
+
+
+def _defined_disks(dom) -> list[dict]:
+    return domain_devices_parse(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))[0]
+
+
+def _free_target(disks: list[dict]) -> str:
+    used = {d["target"] for d in disks}
+    return next(f"vd{chr(c)}" for c in range(ord("a"), ord("z") + 1) if f"vd{chr(c)}" not in used)
+
+
+# ---------------------------------------------------------------- reads
+
+
+def domain_list(uri: str) -> list[DomainInfo]:
+    """Every domain of the host with state, vCPUs, memory and disks: two bulk calls."""
+
+    def _list(conn):
+        volumes_by_path = {v.path: v for v in storage._all_volumes(conn)}
+        return [_domain_from_stats(dom, stats, volumes_by_path) for dom, stats in conn.getAllDomainStats(_STATS, 0)]
+
+    return connection.call(uri, "list VMs", _list)
+
+
+def domain_get(uri: str, name: str) -> DomainInfo:
+    """One domain in full, interfaces (networks, MACs) and disks included."""
+
+    def _get(conn):
+        dom = conn.lookupByName(name)
+        ((_, stats),) = conn.domainListGetStats([dom], _STATS, 0)
+        disks_xml, ifaces_xml = domain_devices_parse(dom.XMLDesc(0))
+        # only this domain's volumes: reading every volume of the host costs seconds on
+        # a host with thousands of them
+        paths = {d["path"] for d in disks_xml} | {
+            stats.get(f"block.{i}.path", "") for i in range(stats.get("block.count", 0))
+        }
+        volumes_by_path = storage._volumes_at(conn, paths)
+        info = _domain_from_stats(dom, stats, volumes_by_path)
+        by_target = {d.target: d for d in info.disks}
+        disks = []
+        for d in disks_xml:
+            known = by_target.get(d["target"])
+            vol = volumes_by_path.get(d["path"])
+            disks.append(
+                known
+                or DiskInfo(
+                    target=d["target"],
+                    path=d["path"],
+                    capacity=vol.capacity if vol else 0,
+                    allocation=vol.allocation if vol else 0,
+                )
+            )
+        ifaces = tuple(InterfaceInfo(**i) for i in ifaces_xml)
+        return DomainInfo(
+            uuid=info.uuid,
+            name=info.name,
+            state=info.state,
+            vcpus=info.vcpus,
+            memory_kib=info.memory_kib,
+            disks=tuple(disks),
+            interfaces=ifaces,
+            persistent=bool(dom.isPersistent()),
+        )
+
+    return connection.call(uri, name, _get)
+
+
+def domain_state(uri: str, name: str) -> str:
+    return connection.call(uri, name, lambda conn: _STATES.get(conn.lookupByName(name).state()[0], "unknown"))
+
+
+def domain_disks_live(uri: str, name: str) -> DomainDisks:
+    """One domain's disks in use, with capacity and allocation (for a single action; the
+    periodic check uses host_storage_snapshot)."""
+
+    def _read(conn):
+        dom = conn.lookupByName(name)
+        ((_, stats),) = conn.domainListGetStats(
+            [dom], _STORAGE_STATS, libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_BACKING
+        )
+        by_path = {}
+        for i in range(stats.get("block.count", 0)):
+            path = stats.get(f"block.{i}.path", "")
+            if not path or path in by_path:
+                continue
+            try:
+                vol = conn.storageVolLookupByPath(path)
+            except libvirt.libvirtError:
+                continue  # a disk outside any pool: its block stats are used
+            _t, cap, alloc = vol.info()
+            by_path[path] = VolumeInfo(vol.storagePoolLookupByVolume().name(), vol.name(), path, cap, alloc)
+        return DomainDisks(dom.UUIDString(), dom.name(), _state_name(stats), _disks_from_stats(stats, by_path))
+
+    return connection.call(uri, name, _read)
+
+
+def domain_disks_defined(uri: str, name: str) -> list[dict]:
+    """The disks (target, path, format) of the VM's persistent definition."""
+    return connection.call(uri, name, lambda conn: _defined_disks(conn.lookupByName(name)))
+
+
+# ---------------------------------------------------------------- lifecycle
+
+
+def domain_define(uri: str, xml: str) -> str:
+    return connection.call(uri, "define VM", lambda conn: conn.defineXML(xml).UUIDString())
+
+
+def domain_undefine(uri: str, name: str) -> None:
+    """Stop (if running) and remove a domain with its snapshot metadata."""
+
+    def _undefine(conn):
+        dom = conn.lookupByName(name)
+        if dom.isActive():
+            dom.destroy()
+        dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA | libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE)
+
+    connection.call(uri, name, _undefine)
+
+
+def _domain_action(uri: str, name: str, action: str) -> None:
+    def _act(conn):
+        dom = conn.lookupByName(name)
+        if action == "start":
+            dom.create()
+        elif action == "shutdown":
+            dom.shutdown()
+        elif action == "force_off":
+            dom.destroy()
+        elif action == "suspend":
+            dom.suspend()
+        elif action == "resume":
+            dom.resume()
+        else:
+            raise ValueError(f"unknown action {action}")
+
+    connection.call(uri, name, _act)
+
+
+def domain_start(uri: str, name: str) -> None:
+    _domain_action(uri, name, "start")
+
+
+def domain_shutdown(uri: str, name: str) -> None:
+    _domain_action(uri, name, "shutdown")
+
+
+def domain_force_off(uri: str, name: str) -> None:
+    _domain_action(uri, name, "force_off")
+
+
+def domain_suspend(uri: str, name: str) -> None:
+    _domain_action(uri, name, "suspend")
+
+
+def domain_resume(uri: str, name: str) -> None:
+    _domain_action(uri, name, "resume")
+
+
+# ---------------------------------------------------------------- one disk of a domain
+
+
+def domain_disk_next_target(uri: str, name: str) -> str:
+    """The first free vdX target of the VM's persistent definition."""
+    return _free_target(domain_disks_defined(uri, name))
+
+
+def domain_disk_attach(uri: str, domain: str, path: str, fmt: str = "qcow2") -> str:
+    """Attach a file as the domain's next virtio disk (persistently, and live when it runs).
+    Returns the target device name."""
+
+    def _attach(conn):
+        dom = conn.lookupByName(domain)
+        disks = _defined_disks(dom)
+        for d in disks:
+            if d["path"] == path:
+                return d["target"]
+        target = _free_target(disks)
+        flags = libvirt.VIR_DOMAIN_AFFECT_CONFIG
+        if dom.isActive():
+            flags |= libvirt.VIR_DOMAIN_AFFECT_LIVE
+        dom.attachDeviceFlags(disk_xml(path, target, fmt), flags)
+        return target
+
+    return connection.call(uri, f"{domain}:{path}", _attach)
+
+
+def domain_disk_attach_xml(uri: str, name: str, xml: str) -> None:
+    """Add the disk to the VM's persistent definition (it appears at the next start, once
+    the portal has opened it)."""
+    connection.call(
+        uri, name, lambda conn: conn.lookupByName(name).attachDeviceFlags(xml, libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+    )
+
+
+def domain_disk_detach(uri: str, domain: str, path: str) -> None:
+    """Remove the disk of file `path` from the domain's persistent definition (the domain must be off)."""
+
+    def _detach(conn):
+        dom = conn.lookupByName(domain)
+        for d in _defined_disks(dom):
+            if d["path"] == path:
+                xml = disk_xml(path, d["target"], d["format"] or "qcow2")
+                dom.detachDeviceFlags(xml, libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+                return
+
+    connection.call(uri, f"{domain}:{path}", _detach)
+
+
+def domain_disk_detach_target(uri: str, name: str, target: str) -> bool:
+    """Remove disk `target` from the VM's persistent definition (whatever its source names:
+    the image or the unlocked mapping). False when the VM has no such disk (already done)."""
+
+    def _detach(conn):
+        dom = conn.lookupByName(name)
+        disk = disk_element(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE), target)
+        if disk is None:
+            return False
+        dom.detachDeviceFlags(to_string(disk), libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+        return True
+
+    return connection.call(uri, name, _detach)
+
+
+def _defined_disk(dom, name: str, target: str):
+    disk = disk_element(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE), target)
+    if disk is None:
+        raise NotFound(f"{name} has no disk {target}.")
+    return disk
+
+
+def domain_disk_set_source(uri: str, name: str, target: str, source: str, *, block: bool) -> None:
+    """Point the VM's persistent disk `target` at another file or block device."""
+
+    def _set(conn):
+        dom = conn.lookupByName(name)
+        disk = _defined_disk(dom, name, target)
+        dom.updateDeviceFlags(disk_with_source(disk, source=source, block=block), libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+
+    connection.call(uri, name, _set)
+
+
+def domain_disk_set_format(uri: str, name: str, target: str, fmt: str) -> None:
+    """Set the driver type (image format) of the VM's persistent disk `target`."""
+
+    def _set(conn):
+        dom = conn.lookupByName(name)
+        disk = _defined_disk(dom, name, target)
+        driver = disk.find("driver")
+        if driver is None:
+            driver = ET.SubElement(disk, "driver", name="qemu")
+        driver.set("type", fmt)
+        dom.updateDeviceFlags(to_string(disk), libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+
+    connection.call(uri, name, _set)
+
+
+def domain_disk_resize(uri: str, domain: str, path: str, capacity_bytes: int) -> None:
+    """Grow a disk of a running guest (`blockresize`): QEMU resizes it live."""
+    connection.call(
+        uri,
+        f"{domain}:{path}",
+        lambda conn: conn.lookupByName(domain).blockResize(
+            path, int(capacity_bytes), libvirt.VIR_DOMAIN_BLOCK_RESIZE_BYTES
+        ),
+    )
