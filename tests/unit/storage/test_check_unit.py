@@ -132,7 +132,7 @@ def _fake_host(n_vms: int):
 def test_the_check_costs_a_constant_number_of_queries(monkeypatch, django_assert_num_queries):
     Host.objects.all().delete()
     small, small_snap = _fake_host(10)
-    monkeypatch.setattr(gw, "storage_snapshot", lambda uri, **kw: small_snap)
+    monkeypatch.setattr(gw, "host_storage_snapshot", lambda uri, **kw: small_snap)
     services.storage_check(actor=None)  # first run: nothing cached either way
     with CaptureQueriesContext(connection) as ten:
         report = services.storage_check(actor=None)
@@ -140,7 +140,7 @@ def test_the_check_costs_a_constant_number_of_queries(monkeypatch, django_assert
     VirtualMachine.objects.filter(host=small).delete()
     small.delete()
     _large, large_snap = _fake_host(50)
-    monkeypatch.setattr(gw, "storage_snapshot", lambda uri, **kw: large_snap)
+    monkeypatch.setattr(gw, "host_storage_snapshot", lambda uri, **kw: large_snap)
     services.storage_collect(_large)  # the collector has read it before, as the small host's first check did
     with django_assert_num_queries(len(ten.captured_queries)):
         report = services.storage_check(actor=None)
@@ -153,7 +153,7 @@ def test_a_vm_defined_outside_the_portal_is_registered_and_measured(monkeypatch)
     host, snap = _fake_host(2)
     stranger = gw.DomainDisks(str(uuid.uuid4()), "made-by-virsh", "shut off", (gw.DiskInfo("vda", "/x", GIB, 5, 5),))
     monkeypatch.setattr(
-        gw, "storage_snapshot", lambda uri, **kw: gw.StorageSnapshot(snap.pools, (*snap.domains, stranger))
+        gw, "host_storage_snapshot", lambda uri, **kw: gw.StorageSnapshot(snap.pools, (*snap.domains, stranger))
     )
     Host.objects.exclude(pk=host.pk).delete()
     report = services.storage_check(actor=None)
@@ -198,7 +198,7 @@ def test_cleared_is_said_only_when_usage_fell(monkeypatch):
     host, vm, snapshot = _one_vm_host()
     VmQuota.objects.create(vm=vm, limit_bytes=10 * GIB, alert_percent=50)
     usage = {"now": 6 * GIB}
-    monkeypatch.setattr(gw, "storage_snapshot", lambda uri, **kw: snapshot(usage["now"]))
+    monkeypatch.setattr(gw, "host_storage_snapshot", lambda uri, **kw: snapshot(usage["now"]))
 
     assert len(services.storage_check(actor=None).raised) == 1  # 60%
     usage["now"] = 2 * GIB
@@ -227,7 +227,7 @@ def test_a_users_check_measures_only_their_vms_and_registers_nothing(monkeypatch
     host, snap = _fake_host(3)
     stranger = gw.DomainDisks(str(uuid.uuid4()), "made-by-virsh", "shut off", (gw.DiskInfo("vda", "/x", GIB, 5, 5),))
     monkeypatch.setattr(
-        gw, "storage_snapshot", lambda uri, **kw: gw.StorageSnapshot(snap.pools, (*snap.domains, stranger))
+        gw, "host_storage_snapshot", lambda uri, **kw: gw.StorageSnapshot(snap.pools, (*snap.domains, stranger))
     )
     mine = VirtualMachine.objects.get(host=host, name="vm1")
     user = make_user(role=Role.OPERATOR, scope="vm", vm=mine)
@@ -243,5 +243,5 @@ def test_a_users_check_measures_only_their_vms_and_registers_nothing(monkeypatch
         assert uri != host.uri, "a host outside the user's scope was read"
         return gw.StorageSnapshot((), ())
 
-    monkeypatch.setattr(gw, "storage_snapshot", read)
+    monkeypatch.setattr(gw, "host_storage_snapshot", read)
     assert services.storage_check(actor=outsider).vms == 0
