@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -829,3 +830,72 @@ def detach_disk(uri: str, domain: str, path: str) -> None:
                 return
 
     call(uri, f"{domain}:{path}", _detach)
+
+
+# ---------------------------------------------------------------- backups (apps.backups)
+
+
+def domain_definition(uri: str, name: str) -> str:
+    """The domain's persistent definition (what a restore defines again)."""
+    return call(uri, name, lambda conn: conn.lookupByName(name).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+
+
+def domain_live_xml(uri: str, name: str) -> str:
+    """The domain's current definition (a running guest's disks as QEMU uses them)."""
+    return call(uri, name, lambda conn: conn.lookupByName(name).XMLDesc(0))
+
+
+def snapshot_disks_external(uri: str, name: str, snapshot_xml: str) -> None:
+    """Freeze a running guest's disks: a disk-only external snapshot without metadata (the
+    guest now writes into new overlay files; the old files stay still until committed)."""
+    flags = (
+        libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY
+        | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_NO_METADATA
+        | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_ATOMIC
+    )
+    call(uri, name, lambda conn: conn.lookupByName(name).snapshotCreateXML(snapshot_xml, flags))
+
+
+def block_commit_active(uri: str, name: str, target: str, *, timeout: float = 600) -> None:
+    """Merge the active overlay of disk `target` back into its backing file and pivot the
+    guest onto it (blockcommit --active --pivot); returns once the pivot is done."""
+
+    def _start(conn):
+        conn.lookupByName(name).blockCommit(target, None, None, 0, libvirt.VIR_DOMAIN_BLOCK_COMMIT_ACTIVE)
+
+    call(uri, f"{name}:{target}", _start)
+    deadline = time.monotonic() + timeout
+
+    def _pivot(conn) -> bool:
+        dom = conn.lookupByName(name)
+        if not dom.blockJobInfo(target, 0):
+            raise GatewayError(f"The block commit of {name}:{target} stopped before it was ready.")
+        try:
+            dom.blockJobAbort(target, libvirt.VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT)
+        except libvirt.libvirtError as exc:
+            if "not ready" in (exc.get_error_message() or ""):
+                return False  # QEMU is still copying: the job becomes ready when it catches up
+            raise
+        return True
+
+    while not call(uri, f"{name}:{target}", _pivot):
+        if time.monotonic() > deadline:
+            call(uri, name, lambda conn: conn.lookupByName(name).blockJobAbort(target, 0))
+            raise GatewayError(f"The block commit of {name}:{target} did not finish within {timeout:g} seconds.")
+        time.sleep(0.1)
+    while call(uri, f"{name}:{target}", lambda conn: conn.lookupByName(name).blockJobInfo(target, 0)):
+        if time.monotonic() > deadline:
+            raise GatewayError(f"The pivot of {name}:{target} did not finish within {timeout:g} seconds.")
+        time.sleep(0.05)
+
+
+def refresh_pool(uri: str, pool: str) -> None:
+    """Re-read a pool's directory (files restored into it appear as volumes)."""
+    call(uri, pool, lambda conn: conn.storagePoolLookupByName(pool).refresh(0))
+
+
+def pool_path(uri: str, pool: str) -> str:
+    """The target directory of a dir pool."""
+    xml = call(uri, pool, lambda conn: conn.storagePoolLookupByName(pool).XMLDesc(0))
+    node = ET.fromstring(xml).find("./target/path")
+    return node.text if node is not None and node.text else ""

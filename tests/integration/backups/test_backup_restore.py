@@ -1,0 +1,132 @@
+"""Backups for real: restic, libvirt, the key store. A shut-off VM is read directly, a
+running one through an external snapshot committed back; a restore defines a new VM whose
+disks match the checksums recorded at backup time; verification and retention."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+
+from apps.audit.models import AuditEvent
+from apps.backups import services
+from apps.backups.models import BackupRun, BackupVerification
+from apps.backups.services import common
+from apps.core.gateways import libvirt_gw as gw
+from apps.core.gateways import libvirt_xml, restic
+from apps.core.models import Job
+from apps.vms.models import VirtualMachine
+from tests.conftest import unique
+
+from .conftest import run_job
+
+
+def sha256(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def backup(actor, vm, destination) -> BackupRun:
+    run = services.backup_start(actor=actor, vm=vm, destination=destination)
+    job = run_job(run.job)
+    run.refresh_from_db()
+    assert job.state == Job.State.SUCCEEDED, job.error
+    return run
+
+
+def test_a_shut_off_vm_is_backed_up_restored_as_a_new_vm_verified_and_pruned(
+    operator, shut_vm_with_data, destination, libvirt_uri, test_pool
+):
+    vm, data_path = shut_vm_with_data
+    first = backup(operator, vm, destination)
+
+    assert first.state == "succeeded" and first.good and first.method == "offline"
+    assert first.snapshot_id and first.bytes_total >= 8 << 20
+    by_target = {d["target"]: d for d in first.disks}
+    assert by_target["vdb"]["sha256"] == sha256(data_path)
+    assert f"<uuid>{vm.uuid}</uuid>" in first.domain_xml
+    # the repository is restic's, encrypted: its password is not beside it, and no plaintext disk byte is there
+    assert restic.is_repository(destination)
+    assert not any("password" in p.name for p in Path(destination).rglob("*"))
+
+    # an unchanged second run stores (almost) nothing new: restic deduplicates
+    second = backup(operator, vm, destination)
+    assert second.data_added < (1 << 20), second.data_added
+
+    # restore the first backup as a new VM: new UUID and MACs, disks equal to what was recorded
+    new_name = unique("restored")
+    try:
+        job = run_job(services.backup_restore(actor=operator, run=first, new_name=new_name, pool=test_pool))
+        assert job.state == "succeeded", job.error
+        restored_xml = gw.domain_definition(libvirt_uri, new_name)
+        assert f"<uuid>{vm.uuid}</uuid>" not in restored_xml
+        old_macs = {i["mac"] for i in libvirt_xml.parse_domain_devices(first.domain_xml)[1]}
+        new_macs = {i["mac"] for i in libvirt_xml.parse_domain_devices(restored_xml)[1]}
+        assert new_macs and not new_macs & old_macs
+        disks = {d["target"]: d["path"] for d in libvirt_xml.domain_disk_files(restored_xml)}
+        assert sha256(disks["vdb"]) == by_target["vdb"]["sha256"]
+        assert sha256(disks["vda"]) == by_target["vda"]["sha256"]
+        assert VirtualMachine.objects.filter(name=new_name, present=True).exists()
+    finally:
+        try:
+            gw.undefine_domain(libvirt_uri, new_name)
+        finally:
+            for path in Path(gw.pool_path(libvirt_uri, test_pool)).glob(f"{new_name}-*"):
+                path.unlink()
+
+    # verification restores into scratch space, compares checksums, runs restic check
+    job = run_job(services.backup_verify(actor=operator, run=first))
+    assert job.state == "succeeded", job.error
+    verification = BackupVerification.objects.get(run=first)
+    assert verification.ok and verification.details["checksums"] == "match"
+    assert not list(Path(settings.BACKUP_STAGING_DIR).glob("verify-*")), "the scratch space is left behind"
+
+    # retention: keep the last one; the first run is marked forgotten, restic keeps one snapshot
+    job = run_job(services.backup_prune(actor=operator, repository=first.repository, keep_last=1))
+    assert job.state == "succeeded", job.error
+    first.refresh_from_db()
+    second.refresh_from_db()
+    assert first.forgotten_at is not None and not first.good
+    assert second.good
+    handle = common.open_repository(first.repository)
+    assert [s.short_id for s in restic.snapshots(handle)] == [second.snapshot_id[:8]]
+    actions = set(AuditEvent.objects.values_list("action", "outcome"))
+    assert {("backups.vm.backup", "success"), ("backups.vm.restore", "success"), ("backups.run.verify", "success"),
+            ("backups.repository.prune", "success")} <= actions  # fmt: skip
+
+
+def test_a_running_vm_is_frozen_by_an_external_snapshot_and_committed_back(operator, vm, destination, libvirt_uri):
+    before = libvirt_xml.domain_disk_files(gw.domain_live_xml(libvirt_uri, vm.name))
+    run = backup(operator, vm, destination)
+
+    assert run.method == "external-snapshot"
+    assert gw.domain_state(libvirt_uri, vm.name) == "running"
+    after = libvirt_xml.domain_disk_files(gw.domain_live_xml(libvirt_uri, vm.name))
+    assert [d["path"] for d in after] == [d["path"] for d in before], "the guest was not pivoted back"
+    assert not list(Path(before[0]["path"]).parent.glob("*.portal-backup-*")), "an overlay was left behind"
+    assert run.disks[0]["sha256"] and run.disks[0]["size"] > 0
+
+
+@pytest.mark.parametrize("destination", ["/tmp/elsewhere", "relative/path", "/"])
+def test_a_destination_outside_the_allowed_roots_is_refused_and_audited(operator, shut_vm_with_data, destination):
+    vm, _ = shut_vm_with_data
+    with pytest.raises(services.common.InvalidInput, match="absolute|outside the allowed"):
+        services.backup_start(actor=operator, vm=vm, destination=destination)
+    assert not BackupRun.objects.exists()
+    event = AuditEvent.objects.filter(action="backups.vm.backup.request").latest("id")
+    assert event.outcome == "failed"
+    assert "outside the allowed backup roots" in event.error or "absolute path" in event.error
+
+
+def test_a_symlink_out_of_the_allowed_root_is_refused(operator, shut_vm_with_data, tmp_path):
+    vm, _ = shut_vm_with_data
+    root = settings.BACKUP_ALLOWED_ROOTS[0]
+    root.mkdir(parents=True, exist_ok=True)
+    link = root / unique("link")
+    link.symlink_to(tmp_path)
+    try:
+        with pytest.raises(services.common.InvalidInput, match="outside the allowed"):
+            services.backup_start(actor=operator, vm=vm, destination=str(link / "repo"))
+    finally:
+        link.unlink()
