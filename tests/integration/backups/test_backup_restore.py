@@ -14,6 +14,7 @@ from apps.audit.models import AuditEvent
 from apps.backups import services
 from apps.backups.models import BackupRun, BackupVerification
 from apps.backups.services import common
+from apps.core import runner
 from apps.core.gateways import libvirt_gw as gw
 from apps.core.gateways import libvirt_xml, restic
 from apps.core.models import Job
@@ -27,6 +28,24 @@ def sha256(path: str) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def spy_on_commands(monkeypatch) -> list[str]:
+    """Every argv word and environment value of the commands run from now on."""
+    seen: list[str] = []
+    real_run, real_stream = runner.run, runner.stream
+
+    def spy_run(argv, **kw):
+        seen.extend([*argv, *(kw.get("env") or {}).values()])
+        return real_run(argv, **kw)
+
+    def spy_stream(argv, **kw):
+        seen.extend([*argv, *(kw.get("env") or {}).values()])
+        return real_stream(argv, **kw)
+
+    monkeypatch.setattr(runner, "run", spy_run)
+    monkeypatch.setattr(runner, "stream", spy_stream)
+    return seen
+
+
 def backup(actor, vm, destination) -> BackupRun:
     run = services.backup_start(actor=actor, vm=vm, destination=destination)
     job = run_job(run.job)
@@ -36,10 +55,16 @@ def backup(actor, vm, destination) -> BackupRun:
 
 
 def test_a_shut_off_vm_is_backed_up_restored_as_a_new_vm_verified_and_pruned(
-    operator, shut_vm_with_data, destination, libvirt_uri, test_pool
+    monkeypatch, operator, shut_vm_with_data, destination, libvirt_uri, test_pool
 ):
     vm, data_path = shut_vm_with_data
+    seen = spy_on_commands(monkeypatch)
     first = backup(operator, vm, destination)
+    # the repository password reached restic through a descriptor, never argv or the environment
+    password = common.repository_password(first.repository).decode()
+    assert any(a.startswith("/dev/fd/") for a in seen), "restic was not given the password through a descriptor"
+    assert not any(password in a or password[:32] in a for a in seen)
+    assert "RESTIC_PASSWORD" not in " ".join(seen)
 
     assert first.state == "succeeded" and first.good and first.method == "offline"
     assert first.snapshot_id and first.bytes_total >= 8 << 20
