@@ -21,6 +21,9 @@ class BackupRepository(models.Model):
     def __str__(self):
         return self.path
 
+    def scope_path(self):
+        return (None, None, None)  # holds every VM's backups: only a global role covers it
+
 
 class BackupPolicy(models.Model):
     class Selector(models.TextChoices):
