@@ -281,3 +281,7 @@ CELERY_BEAT_SCHEDULE["backups-due"] = {
     "task": "apps.backups.tasks.backups_due",
     "schedule": float(BACKUP_DUE_CHECK_INTERVAL),
 }
+CELERY_BEAT_SCHEDULE["backups-verify-due"] = {  # restore the latest backup of each VM into scratch, compare
+    "task": "apps.backups.tasks.backups_verify_due",
+    "schedule": 3600.0,
+}

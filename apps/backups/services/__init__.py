@@ -8,7 +8,7 @@ from .backup import (
     backups_due,
 )
 from .common import repository_for, validate_destination
-from .restore import backup_prune, backup_restore, backup_verify, policy_retention
+from .restore import backup_prune, backup_restore, backup_verify, backups_verify_due, policy_retention
 
 __all__ = [
     "backup_policy_create",
@@ -19,6 +19,7 @@ __all__ = [
     "backup_start",
     "backup_verify",
     "backups_due",
+    "backups_verify_due",
     "policy_retention",
     "repository_for",
     "validate_destination",

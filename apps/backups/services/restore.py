@@ -191,3 +191,28 @@ def _run_prune(job: Job, progress: jobs.Progress) -> dict:
             BackupRun.objects.filter(pk=run.pk).update(forgotten_at=timezone.now())
             forgotten += 1
     return {"removed_snapshots": len(removed), "forgotten_runs": forgotten}
+
+
+def backups_verify_due(now=None) -> list[Job]:
+    """Beat: verify the last good backup of every VM whose last successful verification is
+    older than BACKUP_VERIFY_MAX_AGE_DAYS (or missing), as the system."""
+    from datetime import timedelta
+
+    from django.db.models import Max
+
+    now = now or timezone.now()
+    cutoff = now - timedelta(days=settings.BACKUP_VERIFY_MAX_AGE_DAYS)
+    latest = (BackupRun.objects.filter(state=BackupRun.State.SUCCEEDED, forgotten_at__isnull=True, vm__isnull=False)
+              .exclude(snapshot_id="").values("vm_id").annotate(last=Max("pk")))  # fmt: skip
+    started = []
+    for row in latest:
+        run = BackupRun.objects.select_related("vm", "host", "repository").get(pk=row["last"])
+        verified = BackupVerification.objects.filter(run__vm_id=row["vm_id"], ok=True, checked_at__gte=cutoff)
+        busy = Job.objects.filter(kind=VERIFY, params__run=run.pk, state__in=[Job.State.QUEUED, Job.State.RUNNING])
+        if verified.exists() or busy.exists():
+            continue
+        try:
+            started.append(backup_verify(actor=None, run=run))
+        except (Conflict, NotFound, InvalidInput):
+            continue  # audited as a failed request
+    return started
