@@ -123,3 +123,65 @@ def test_a_run_whose_worker_was_lost_is_failed_never_listed_as_good(operator, sh
     run_job(run.job)  # delivered again: the finished job is left alone
     run.refresh_from_db()
     assert run.state == "failed"
+
+
+@pytest.fixture
+def small_destination():
+    """A destination on a 12 MiB tmpfs of its own (unmounted afterwards)."""
+    from django.conf import settings
+
+    from tests.conftest import unique
+
+    mountpoint = settings.BACKUP_ALLOWED_ROOTS[0] / unique("full")
+    mountpoint.mkdir(parents=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m,mode=0700", "tmpfs", str(mountpoint)],
+                             capture_output=True, timeout=30)  # fmt: skip
+    if mounted.returncode != 0:
+        mountpoint.rmdir()
+        pytest.skip(f"this machine cannot mount a small tmpfs: {mounted.stderr.decode().strip()}")
+    yield str(mountpoint / "repo")
+    subprocess.run(["umount", str(mountpoint)], capture_output=True, timeout=30)
+    mountpoint.rmdir()
+
+
+def test_a_full_destination_fails_the_run_cleanly_and_earlier_backups_stay_restorable(
+    operator, shut_vm_with_data, small_destination
+):
+    from .conftest import write_random
+
+    vm, data_path = shut_vm_with_data
+    good = start_and_run(operator, vm, small_destination)
+    assert good.state == "succeeded", good.error
+    write_random(data_path, 8)  # 8 new MiB do not fit in what is left
+
+    full = start_and_run(operator, vm, small_destination)
+
+    assert full.state == "failed" and not full.good
+    assert "is full" in full.error, full.error
+    job = run_job(services.backup_verify(actor=operator, run=good))  # restore + checksums + restic check
+    assert job.state == "succeeded", job.error
+
+
+def test_encrypted_disks_are_backed_up_as_their_containers_and_refused_while_running(
+    operator, shut_vm_with_data, destination, libvirt_uri
+):
+    """A host-opened LUKS2 disk: the definition names the unlocked mapping, the backup
+    reads the LUKS container (ciphertext stays ciphertext). While the VM runs it cannot be
+    copied consistently: refused, nothing copied."""
+    from apps.backups.services.backup import _disks_to_copy
+    from apps.core.errors import Conflict
+    from apps.core.gateways import libvirt_gw as gw
+    from apps.encryption.models import EncryptedDisk
+    from apps.encryption.services.common import device_mapper
+
+    vm, container = shut_vm_with_data  # its random-data disk stands in for a LUKS2 container
+    disk = EncryptedDisk.objects.create(host=vm.host, vm=vm, vm_uuid=vm.uuid, path=container, target="vdb",
+                                        kind=EncryptedDisk.Kind.LUKS2, state="ready", key_id="k1")  # fmt: skip
+    mapping = device_mapper().mapping_path(disk.mapping_name)
+    xml = gw.domain_definition(libvirt_uri, vm.name).replace(container, mapping)
+    assert mapping in xml
+
+    copied = {d["target"]: d for d in _disks_to_copy(vm, xml, running=False)}
+    assert copied["vdb"]["path"] == container and copied["vdb"]["encrypted"] and copied["vdb"]["format"] == "raw"
+    with pytest.raises(Conflict, match="cannot be copied consistently while running"):
+        _disks_to_copy(vm, xml, running=True)

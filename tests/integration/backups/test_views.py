@@ -84,7 +84,7 @@ def test_roles_and_scopes(client, auditor, make_user, shut_vm_with_data, make_do
     assert not BackupRun.objects.exists()
 
 
-def test_prune_needs_reauthentication_and_confirmation(client, admin, shut_vm_with_data, destination):
+def test_prune_needs_reauthentication_and_confirmation(client, admin, destination):
     from apps.backups.services import repository_for
 
     repository = repository_for(destination)
