@@ -84,3 +84,13 @@ def repositories() -> list[BackupRepository]:
 
 def policies() -> list[BackupPolicy]:
     return list(BackupPolicy.objects.all())
+
+
+def vm_status(vm: VirtualMachine) -> VmBackupStatus:
+    """One VM's backup status (the VM page's panel)."""
+    verified = BackupVerification.objects.filter(ok=True, run__vm=vm).order_by("-checked_at", "-pk").first()
+    active = None
+    for run in BackupRun.objects.filter(state__in=BackupRun.ACTIVE, vm=vm).select_related("job"):
+        if not interrupted(run):
+            active = run
+    return VmBackupStatus(vm, last_good(vm), verified, active)

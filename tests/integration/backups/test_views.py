@@ -46,6 +46,8 @@ def test_an_operator_backs_up_from_the_page_and_sees_progress_then_the_last_good
     assert f"#{run.pk} " in row(partial, vm.name) and 'data-testid="no-backup"' not in row(partial, vm.name)
     assert 'data-testid="verify-overdue"' in row(partial, vm.name)  # good, but never verified
     assert 'hx-trigger="every 2s"' not in partial
+    vm_page = client.get(reverse("vms:detail", args=[vm.host.name, vm.name])).content.decode()
+    assert 'data-testid="vm-backup-panel"' in vm_page and f"#{run.pk} " in vm_page
 
 
 def test_bad_input_is_refused_audited_and_changes_nothing(client, operator, shut_vm_with_data, destination):
@@ -62,7 +64,7 @@ def test_bad_input_is_refused_audited_and_changes_nothing(client, operator, shut
     assert outcomes == ["failed", "failed"]
 
 
-def test_roles_and_scopes(client, auditor, make_user, shut_vm_with_data, make_domain, host, destination):
+def test_roles_and_scopes(client, auditor, viewer, make_user, shut_vm_with_data, make_domain, host, destination):
     from apps.vms.models import VirtualMachine
     from apps.vms.services import inventory_sync
 
@@ -71,6 +73,10 @@ def test_roles_and_scopes(client, auditor, make_user, shut_vm_with_data, make_do
     page = client.get(reverse("backups:index")).content.decode()
     assert vm.name in page and 'data-testid="backup-now"' not in page
     assert client.post(reverse("backups:backup_now"), {"vm": vm.pk, "destination": destination}).status_code == 403
+    client.force_login(viewer)  # viewers do not see backups: no page, no panel on the VM page
+    assert client.get(reverse("backups:index")).status_code == 403
+    vm_page = client.get(reverse("vms:detail", args=[vm.host.name, vm.name]))
+    assert vm_page.status_code == 200 and 'data-testid="vm-backup-panel"' not in vm_page.content.decode()
 
     other = make_domain(running=False, disk_gib=16 / 1024)
     inventory_sync(host)
