@@ -70,6 +70,7 @@ REAUTH_POLICY: dict[str, str | When] = {
     # backups: a run and a restore to a new VM add; verification reads; pruning deletes backups
     "backups:backup_now": NEVER,
     "backups:restore": NEVER,
+    "backups:restore_in_place": ALWAYS,  # replaces the VM's disks (their previous files are kept)
     "backups:verify": NEVER,
     "backups:prune": ALWAYS,
     # encryption: keys, passphrases and the key store

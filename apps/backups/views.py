@@ -81,6 +81,14 @@ def restore(request, pk: int):
 
 @require_POST
 @permission_required("backups.run")
+def restore_in_place(request, pk: int):
+    run = selectors.run_for(request.user, pk)
+    job = services.backup_restore_in_place(actor=request.user, run=run, confirmed=request.POST.get("confirm") == "yes")
+    return _answer(request, f"Restore of {run.vm_name} in place from backup {run.pk} queued (job {job.pk}).")
+
+
+@require_POST
+@permission_required("backups.run")
 def verify(request, pk: int):
     run = selectors.run_for(request.user, pk)
     job = services.backup_verify(actor=request.user, run=run)

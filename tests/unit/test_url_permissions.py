@@ -36,6 +36,7 @@ EXPECTED = {
     "backups:index": ("backups.view", "GET"),
     "backups:backup_now": ("backups.run", "POST"),
     "backups:restore": ("backups.run", "POST"),
+    "backups:restore_in_place": ("backups.run", "POST"),
     "backups:verify": ("backups.run", "POST"),
     "backups:prune": ("backups.run", "POST"),
     "audit:events": ("audit.view", "GET"),

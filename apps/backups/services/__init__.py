@@ -8,13 +8,21 @@ from .backup import (
     backups_due,
 )
 from .common import repository_for, validate_destination
-from .restore import backup_prune, backup_restore, backup_verify, backups_verify_due, policy_retention
+from .restore import (
+    backup_prune,
+    backup_restore,
+    backup_restore_in_place,
+    backup_verify,
+    backups_verify_due,
+    policy_retention,
+)
 
 __all__ = [
     "backup_policy_create",
     "backup_policy_vms",
     "backup_prune",
     "backup_restore",
+    "backup_restore_in_place",
     "backup_runs_reconcile",
     "backup_start",
     "backup_verify",

@@ -23,6 +23,7 @@ from ..models import BackupPolicy, BackupRepository, BackupRun, BackupVerificati
 from . import common
 
 RESTORE = "backups.vm.restore"
+RESTORE_IN_PLACE = "backups.vm.restore_in_place"
 VERIFY = "backups.run.verify"
 PRUNE = "backups.repository.prune"
 
@@ -114,6 +115,57 @@ def _restore_and_check(run: BackupRun, scratch: Path, progress: jobs.Progress) -
         progress(40 + 40 * (index + 1) // len(run.disks), f"disk {disk['target']}: checksum matches")
         out[disk["target"]] = str(restored)
     return out
+
+
+# ---------------------------------------------------------------- restore in place
+
+
+def backup_restore_in_place(*, actor, run: BackupRun, confirmed: bool = False) -> Job:
+    """Ask for the VM's disks to be put back as they were in `run` (the VM shut off). The
+    current disk files are kept beside them (`<disk>.pre-restore-<job>`) until removed."""
+    with audited(actor=actor, action=f"{RESTORE_IN_PLACE}.request", target=run.vm or run.host, perm="backups.run",
+                 params={"run": run.pk}, atomic=True):  # fmt: skip
+        _require_good(run)
+        if run.vm is None or not run.vm.present:
+            raise Conflict(f"{run.vm_name} no longer exists; restore this backup as a new VM instead.")
+        if not confirmed:
+            raise InvalidInput(f"Restoring {run.vm_name} in place replaces its disks: it needs confirmation.")
+        _require_shut_off(run)
+        return jobs.job_enqueue(actor=actor, kind=RESTORE_IN_PLACE, target=run.vm, host=run.host,
+                                params={"run": run.pk})  # fmt: skip
+
+
+def _require_shut_off(run: BackupRun) -> None:
+    state = gw.domain_state(run.host.uri, run.vm.name)
+    if state != "shut off":
+        raise Conflict(f"{run.vm.name} is {state}; shut it down before restoring it in place.")
+
+
+@jobs.handler(RESTORE_IN_PLACE, lost_hint="Disks already swapped keep their previous version as *.pre-restore-<job>.")
+def _run_restore_in_place(job: Job, progress: jobs.Progress) -> dict:
+    import shutil
+
+    run = BackupRun.objects.select_related("vm__host", "host", "repository").get(pk=job.params["run"])
+    authorize(jobs.job_actor(job), "backups.run", run.vm, action=job.kind)
+    _require_good(run)
+    _require_shut_off(run)
+    first_dir = Path(run.disks[0]["path"]).parent
+    scratch = common.private_dir(first_dir / f".portal-restore-{job.pk}")
+    kept = []
+    try:
+        restored = _restore_and_check(run, scratch, progress)
+        for disk in run.disks:
+            current = Path(disk["path"])
+            if current.exists():
+                previous = current.with_name(f"{current.name}.pre-restore-{job.pk}")
+                if not previous.exists():  # delivered again: the first attempt kept it already
+                    os.rename(current, previous)
+                kept.append(str(previous))
+            shutil.move(restored[disk["target"]], current)
+        progress(95, f"disks of {run.vm.name} restored; previous versions kept: {', '.join(kept) or 'none'}")
+    finally:
+        common.remove_tree(scratch)
+    return {"vm": run.vm.name, "snapshot": run.snapshot_id, "previous": kept}
 
 
 # ---------------------------------------------------------------- verification

@@ -157,3 +157,22 @@ def test_a_symlink_out_of_the_allowed_root_is_refused(operator, shut_vm_with_dat
             services.backup_start(actor=operator, vm=vm, destination=str(link / "repo"))
     finally:
         link.unlink()
+
+
+def test_restore_in_place_needs_confirmation_and_keeps_the_previous_disk(operator, shut_vm_with_data, destination):
+    from .conftest import write_random
+
+    vm, data_path = shut_vm_with_data
+    run = backup(operator, vm, destination)
+    changed = write_random(data_path, 8)  # the guest's data changed since the backup
+
+    with pytest.raises(services.common.InvalidInput, match="needs confirmation"):
+        services.backup_restore_in_place(actor=operator, run=run)
+    job = run_job(services.backup_restore_in_place(actor=operator, run=run, confirmed=True))
+
+    assert job.state == "succeeded", job.error
+    assert sha256(data_path) == {d["target"]: d["sha256"] for d in run.disks}["vdb"]
+    previous = Path(f"{data_path}.pre-restore-{job.pk}")
+    assert sha256(str(previous)) == changed  # the version it replaced is kept, not lost
+    previous.unlink()
+    assert not list(Path(data_path).parent.glob(".portal-restore-*"))

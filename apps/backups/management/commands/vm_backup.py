@@ -5,6 +5,7 @@ permissions and audit as the Backups page. The actor is the system user unless -
   vm_backup run --policy NAME                  the VMs and destination of a policy
   vm_backup list [--vm VM]                     last good / last verified per VM, recent runs
   vm_backup restore RUN --name NEW --pool POOL restore backup RUN as a new VM
+  vm_backup restore RUN --in-place --yes       put the (shut-off) VM's disks back as they were
   vm_backup verify RUN                         restore into scratch, compare checksums, restic check
   vm_backup prune --destination DIR --keep-last N [--keep-daily N ...]   (or --policy NAME)
   vm_backup policy-add NAME --destination DIR [--zone Z | --vms A,B] [--every HOURS] [--keep-* N]
@@ -48,10 +49,12 @@ class Command(BaseCommand):
         p.add_argument("--policy", help="the VMs and destination of this policy")
         p = sub.add_parser("list", help="last good and last verified backup per VM, and recent runs")
         p.add_argument("--vm")
-        p = sub.add_parser("restore", help="restore backup RUN as a new VM")
+        p = sub.add_parser("restore", help="restore backup RUN as a new VM (or --in-place, the VM shut off)")
         p.add_argument("run", type=int)
-        p.add_argument("--name", required=True, help="name of the new VM")
-        p.add_argument("--pool", required=True, help="storage pool for its disks")
+        p.add_argument("--name", help="name of the new VM")
+        p.add_argument("--pool", help="storage pool for its disks")
+        p.add_argument("--in-place", action="store_true", help="replace the VM's disks (previous files kept)")
+        p.add_argument("--yes", action="store_true", help="confirm a restore in place")
         p = sub.add_parser("verify", help="restore backup RUN into scratch space and check it")
         p.add_argument("run", type=int)
         p = sub.add_parser("prune", help="apply retention to a repository")
@@ -135,7 +138,12 @@ class Command(BaseCommand):
 
     def _restore(self, actor, o):
         run = self._run_row(actor, o["run"])
-        job = services.backup_restore(actor=actor, run=run, new_name=o["name"], pool=o["pool"])
+        if o["in_place"]:
+            job = services.backup_restore_in_place(actor=actor, run=run, confirmed=o["yes"])
+        elif not (o["name"] and o["pool"]):
+            raise CommandError("Give --name NEW and --pool POOL, or --in-place --yes.")
+        else:
+            job = services.backup_restore(actor=actor, run=run, new_name=o["name"], pool=o["pool"])
         if not self._follow(job, o):
             raise CommandError("The restore failed.")
 
