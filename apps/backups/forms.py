@@ -38,3 +38,8 @@ class PruneForm(forms.Form):
 
 def error_text(form) -> str:
     return "; ".join(f"{field}: {' '.join(errors)}" for field, errors in form.errors.items())[:500]
+
+
+def submitted(form: forms.Form) -> dict:
+    """What the person sent for the form's fields (cut short), for the audit of a refusal."""
+    return {name: str(form.data.get(name, ""))[:80] for name in form.fields if form.data.get(name, "") != ""}

@@ -15,7 +15,7 @@ from apps.core.views_util import permission_required, render_page
 from apps.vms.models import VirtualMachine
 
 from . import selectors, services
-from .forms import BackupNowForm, PruneForm, RestoreForm, error_text
+from .forms import BackupNowForm, PruneForm, RestoreForm, error_text, submitted
 from .models import BackupRepository
 
 
@@ -42,7 +42,7 @@ def _answer(request, message: str, **extra):
 
 def _invalid(request, form, *, action: str, target, obj=None):
     refused(actor=request.user, action=action, target=target, perm="backups.run", obj=obj,
-            params=dict(form.data.items()) if form.data else {}, error=error_text(form))  # fmt: skip
+            params=submitted(form), error=error_text(form))  # fmt: skip
     context = _context(request, form=form, form_action=action)
     return render_page(request, "backups/index.html", context, partial="status", status=400)
 

@@ -166,7 +166,6 @@ def _backup(run: BackupRun, progress: jobs.Progress) -> dict:
                 Path(overlay).unlink(missing_ok=True)
     for disk in disks:
         disk["sha256"], disk["size"] = sums[disk["path"]]
-        disk.pop("luks2", None)
     BackupRun.objects.filter(pk=run.pk).update(
         state=BackupRun.State.SUCCEEDED, snapshot_id=summary.snapshot_id, data_added=summary.data_added,
         disks=disks, bytes_done=summary.bytes_processed, bytes_total=summary.bytes_processed,

@@ -46,7 +46,7 @@ def backup_restore(*, actor, run: BackupRun, new_name: str, pool: str) -> Job:
         validate_name(pool, "pool name")
         if run.host is None:
             raise Conflict("The host of this backup is gone.")
-        if any(d.get("luks2") or d.get("format") == "raw" and d.get("encrypted") for d in run.disks):
+        if any(d.get("luks2") for d in run.disks):
             raise Conflict("Restoring host-opened LUKS2 disks to a new VM is not supported yet; verify works.")
         _require_free_name(run.host.uri, new_name)
         gw.pool_path(run.host.uri, pool)  # NotFound for an unknown pool

@@ -4,13 +4,12 @@ the progress bar of a running backup, and the last good backup once it finished.
 from __future__ import annotations
 
 from django.urls import reverse
+from django.utils import timezone
 
 from apps.accounts.models import Role
 from apps.audit.models import AuditEvent
 from apps.backups.models import BackupRun
 from tests.conftest import reauthenticate
-
-from .conftest import run_job
 
 HX = {"HTTP_HX_REQUEST": "true"}
 
@@ -39,8 +38,9 @@ def test_an_operator_backs_up_from_the_page_and_sees_progress_then_the_last_good
     assert 'hx-trigger="every 2s"' in partial  # polled while a run is active
     assert '<progress value="25" max="100" data-testid="backup-progress"' in row(partial, vm.name)
     assert "9 s left" in row(partial, vm.name)
-    BackupRun.objects.filter(pk=run.pk).update(state="queued")
-    assert run_job(run.job).state == "succeeded"
+    # the run's end as the job writes it (the job itself is exercised in test_backup_restore)
+    BackupRun.objects.filter(pk=run.pk).update(state="succeeded", snapshot_id="0123abcd", finished_at=timezone.now(),
+                                               bytes_done=12 << 20)  # fmt: skip
 
     partial = client.get(reverse("backups:index"), **HX).content.decode()
     assert f"#{run.pk} " in row(partial, vm.name) and 'data-testid="no-backup"' not in row(partial, vm.name)
