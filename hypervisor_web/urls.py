@@ -14,6 +14,7 @@ urlpatterns = [
     path("storage/", include("apps.storage.urls")),
     path("network/", include("apps.network.urls")),
     path("encryption/", include("apps.encryption.urls")),
+    path("backups/", include("apps.backups.urls")),
     path("audit/", include("apps.audit.urls")),
     path("users/", include("apps.accounts.urls")),
 ]

@@ -17,10 +17,10 @@ from django.core.exceptions import PermissionDenied
 from .models import Role, RoleAssignment, Scope
 
 VIEW_PERMISSIONS = frozenset(
-    {"dashboard.view", "vms.view", "storage.view", "network.view", "encryption.view", "jobs.view"}
+    {"dashboard.view", "vms.view", "storage.view", "network.view", "encryption.view", "jobs.view", "backups.view"}
 )
 OPERATE_PERMISSIONS = frozenset(
-    {"vms.operate", "vms.snapshot", "storage.change", "encryption.change", "network.change"}
+    {"vms.operate", "vms.snapshot", "storage.change", "encryption.change", "network.change", "backups.run"}
 )
 AUDIT_PERMISSIONS = frozenset({"audit.view", "access_review.view"})
 ADMIN_PERMISSIONS = frozenset({"accounts.manage", "storage.settings"})

@@ -67,6 +67,12 @@ REAUTH_POLICY: dict[str, str | When] = {
     "storage:volume_create": NEVER,
     "storage:volume_resize": NEVER,
     "storage:volume_delete": ALWAYS,
+    # backups: a run and a restore to a new VM add; verification reads; pruning deletes backups
+    "backups:backup_now": NEVER,
+    "backups:restore": NEVER,
+    "backups:restore_in_place": ALWAYS,  # replaces the VM's disks (their previous files are kept)
+    "backups:verify": NEVER,
+    "backups:prune": ALWAYS,
     # encryption: keys, passphrases and the key store
     "encryption:create": NEVER,
     "encryption:encrypt_existing": NEVER,  # confirmed; keeps the data (header backed up first)

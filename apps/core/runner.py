@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import signal
 import subprocess
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .errors import GatewayError, GatewayTimeout
@@ -104,3 +106,63 @@ def _stop(proc: subprocess.Popen, grace: float) -> str:
         proc.communicate()
         how = f"killed after ignoring SIGTERM for {grace:g} seconds"
     return how
+
+
+def stream(
+    argv: list[str],
+    *,
+    on_line: Callable[[str], None],
+    timeout: float,
+    env: dict[str, str] | None = None,
+    pass_fds: tuple[int, ...] = (),
+    cwd: str | None = None,
+    kill_grace: float | None = None,
+) -> Result:
+    """Run argv, handing each line of its standard output to `on_line` as it comes (progress
+    of a long command, e.g. `restic backup --json`). Same rules as `run`: argv list, stdin
+    closed, SIGTERM then SIGKILL after `timeout`; returns the Result (stdout holds the last
+    line only), never raises for a non-zero exit (the caller reads the code and stderr)."""
+    if not argv or not all(isinstance(a, str) for a in argv):
+        raise ValueError("argv must be a non-empty list of strings")
+    log.debug("stream %s", argv[0])
+    try:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            pass_fds=pass_fds,
+            cwd=cwd,
+        )
+    except FileNotFoundError:
+        raise GatewayError(f"{argv[0]} is not installed on this host") from None
+    stderr_chunks: list[bytes] = []
+    reader = threading.Thread(target=lambda: stderr_chunks.append(proc.stderr.read()), daemon=True)
+    reader.start()
+    timed_out = threading.Event()
+
+    def expire() -> None:
+        timed_out.set()
+        proc.send_signal(signal.SIGTERM)
+
+    timer = threading.Timer(timeout, expire)
+    timer.daemon = True
+    timer.start()
+    last = ""
+    try:
+        for raw in proc.stdout:
+            last = raw.decode(errors="replace").rstrip("\n")
+            if last:
+                on_line(last)
+        proc.wait()
+    except BaseException:  # the caller was interrupted, or on_line failed: stop the command cleanly
+        timer.cancel()
+        _stop(proc, _grace(kill_grace))
+        raise
+    finally:
+        timer.cancel()
+    reader.join(timeout=10)
+    if timed_out.is_set():
+        raise GatewayTimeout(f"{argv[0]} did not finish within {timeout:g} seconds (stopped with SIGTERM)")
+    return Result(tuple(argv), proc.returncode, last, b"".join(stderr_chunks).decode(errors="replace"))

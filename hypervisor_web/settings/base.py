@@ -61,6 +61,7 @@ INSTALLED_APPS = [
     "apps.storage",
     "apps.network",
     "apps.encryption",
+    "apps.backups",
 ]
 
 MIDDLEWARE = [
@@ -264,4 +265,23 @@ CELERY_BEAT_SCHEDULE["encryption-definitions-protect"] = {
 CELERY_BEAT_SCHEDULE["storage-check"] = {
     "task": "apps.storage.tasks.storage_check",
     "schedule": float(STORAGE_CHECK_INTERVAL),
+}
+
+# Backups (apps.backups): restic repositories under allowed roots, their passwords in the key
+# store (never beside the repository).
+BACKUP_ALLOWED_ROOTS = [
+    Path(p) for p in (env("BACKUP_ALLOWED_ROOTS", "/var/backups/hypervisor-portal") or "").split(",") if p.strip()
+]
+BACKUP_STAGING_DIR = Path(env("BACKUP_STAGING_DIR", str(VAR_DIR / "backup-staging")))  # domain XML, manifests
+BACKUP_CACHE_DIR = Path(env("BACKUP_CACHE_DIR", str(VAR_DIR / "backup-cache")))  # restic's local cache
+BACKUP_COMMAND_TIMEOUT = env_int("BACKUP_COMMAND_TIMEOUT", 6 * 3600)  # one restic backup/restore/check
+BACKUP_DUE_CHECK_INTERVAL = env_int("BACKUP_DUE_CHECK_INTERVAL", 300)  # seconds between looks at the policies
+BACKUP_VERIFY_MAX_AGE_DAYS = env_int("BACKUP_VERIFY_MAX_AGE_DAYS", 7)  # older verifications are flagged
+CELERY_BEAT_SCHEDULE["backups-due"] = {
+    "task": "apps.backups.tasks.backups_due",
+    "schedule": float(BACKUP_DUE_CHECK_INTERVAL),
+}
+CELERY_BEAT_SCHEDULE["backups-verify-due"] = {  # restore the latest backup of each VM into scratch, compare
+    "task": "apps.backups.tasks.backups_verify_due",
+    "schedule": 3600.0,
 }

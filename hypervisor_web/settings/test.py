@@ -53,3 +53,8 @@ ENCRYPTION_KDF_ITERATIONS = 1
 ENCRYPTION_DEVICE_MAPPER = "simulated"  # this machine has no device-mapper
 # the libvirt hook runs `manage.py libvirt_hook` for this run's VMs: on this run's database
 ENCRYPTION_HOOK_EXTRA_ENV = {"PORTAL_USE_TEST_DB": "1", "PORTAL_TEST_RUN": TEST_RUN}
+
+# Backups: this run's repositories and staging (tests make their destinations under this root)
+BACKUP_ALLOWED_ROOTS = [IMAGE_DIR / "backups"]
+BACKUP_STAGING_DIR = VAR_DIR / "test-backups" / TEST_RUN / "staging"  # noqa: F405
+BACKUP_CACHE_DIR = VAR_DIR / "test-backups" / TEST_RUN / "cache"  # noqa: F405

@@ -43,6 +43,7 @@ from .domains import (
     domain_define,
     domain_disk_attach,
     domain_disk_attach_xml,
+    domain_disk_commit_active,
     domain_disk_detach,
     domain_disk_detach_target,
     domain_disk_next_target,
@@ -60,12 +61,14 @@ from .domains import (
     domain_state,
     domain_suspend,
     domain_undefine,
+    domain_xml_defined,
+    domain_xml_live,
 )
 from .events import DomainEvent, DomainWatch, domain_watch
 from .host import StorageSnapshot, host_qemu_identity, host_storage_snapshot, host_version
 from .networks import NetworkInfo, network_ensure_isolated, network_list
 from .secrets import secret_ensure, secret_remove, secret_set_value
-from .snapshots import SnapshotInfo, snapshot_create, snapshot_delete, snapshot_list
+from .snapshots import SnapshotInfo, snapshot_create, snapshot_create_disk_only, snapshot_delete, snapshot_list
 from .storage import (
     PoolInfo,
     PoolTarget,
@@ -74,6 +77,7 @@ from .storage import (
     pool_get,
     pool_list,
     pool_names,
+    pool_path,
     pool_refresh,
     pool_remove,
     pool_targets,
@@ -86,7 +90,14 @@ from .storage import (
     volume_find_by_path,
     volume_resize,
 )
-from .xml import disk_encrypted_xml, domain_devices_parse, domain_xml
+from .xml import (
+    disk_encrypted_xml,
+    domain_devices_parse,
+    domain_disks_parse,
+    domain_restored_xml,
+    domain_xml,
+    snapshot_disk_only_xml,
+)
 
 __all__ = [
     "DiskInfo",
@@ -106,6 +117,7 @@ __all__ = [
     "domain_devices_parse",
     "domain_disk_attach",
     "domain_disk_attach_xml",
+    "domain_disk_commit_active",
     "domain_disk_detach",
     "domain_disk_detach_target",
     "domain_disk_next_target",
@@ -114,9 +126,11 @@ __all__ = [
     "domain_disk_set_source",
     "domain_disks_defined",
     "domain_disks_live",
+    "domain_disks_parse",
     "domain_force_off",
     "domain_get",
     "domain_list",
+    "domain_restored_xml",
     "domain_resume",
     "domain_shutdown",
     "domain_start",
@@ -125,6 +139,8 @@ __all__ = [
     "domain_undefine",
     "domain_watch",
     "domain_xml",
+    "domain_xml_defined",
+    "domain_xml_live",
     "host_qemu_identity",
     "host_storage_snapshot",
     "host_version",
@@ -134,6 +150,7 @@ __all__ = [
     "pool_get",
     "pool_list",
     "pool_names",
+    "pool_path",
     "pool_refresh",
     "pool_remove",
     "pool_targets",
@@ -141,7 +158,9 @@ __all__ = [
     "secret_remove",
     "secret_set_value",
     "snapshot_create",
+    "snapshot_create_disk_only",
     "snapshot_delete",
+    "snapshot_disk_only_xml",
     "snapshot_list",
     "volume_create",
     "volume_create_luks",

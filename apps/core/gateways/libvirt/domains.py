@@ -7,12 +7,13 @@ The `domain_disk_*` calls change one disk of a domain.
 
 from __future__ import annotations
 
+import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
 import libvirt
 
-from apps.core.errors import NotFound
+from apps.core.errors import GatewayError, NotFound
 
 from . import connection, storage
 from .storage import VolumeInfo
@@ -409,3 +410,46 @@ def domain_disk_resize(uri: str, domain: str, path: str, capacity_bytes: int) ->
             path, int(capacity_bytes), libvirt.VIR_DOMAIN_BLOCK_RESIZE_BYTES
         ),
     )
+
+
+def domain_xml_defined(uri: str, name: str) -> str:
+    """The domain's persistent definition (what a restore defines again)."""
+    return connection.call(uri, name, lambda conn: conn.lookupByName(name).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+
+
+def domain_xml_live(uri: str, name: str) -> str:
+    """The domain's current definition (a running guest's disks as QEMU uses them)."""
+    return connection.call(uri, name, lambda conn: conn.lookupByName(name).XMLDesc(0))
+
+
+def domain_disk_commit_active(uri: str, name: str, target: str, *, timeout: float = 600) -> None:
+    """Merge the active overlay of disk `target` back into its backing file and pivot the
+    guest onto it (blockcommit --active --pivot); returns once the pivot is done."""
+
+    def _start(conn):
+        conn.lookupByName(name).blockCommit(target, None, None, 0, libvirt.VIR_DOMAIN_BLOCK_COMMIT_ACTIVE)
+
+    connection.call(uri, f"{name}:{target}", _start)
+    deadline = time.monotonic() + timeout
+
+    def _pivot(conn) -> bool:
+        dom = conn.lookupByName(name)
+        if not dom.blockJobInfo(target, 0):
+            raise GatewayError(f"The block commit of {name}:{target} stopped before it was ready.")
+        try:
+            dom.blockJobAbort(target, libvirt.VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT)
+        except libvirt.libvirtError as exc:
+            if "not ready" in (exc.get_error_message() or ""):
+                return False  # QEMU is still copying: the job becomes ready when it catches up
+            raise
+        return True
+
+    while not connection.call(uri, f"{name}:{target}", _pivot):
+        if time.monotonic() > deadline:
+            connection.call(uri, name, lambda conn: conn.lookupByName(name).blockJobAbort(target, 0))
+            raise GatewayError(f"The block commit of {name}:{target} did not finish within {timeout:g} seconds.")
+        time.sleep(0.1)
+    while connection.call(uri, f"{name}:{target}", lambda conn: conn.lookupByName(name).blockJobInfo(target, 0)):
+        if time.monotonic() > deadline:
+            raise GatewayError(f"The pivot of {name}:{target} did not finish within {timeout:g} seconds.")
+        time.sleep(0.05)

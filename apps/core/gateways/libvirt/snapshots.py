@@ -5,6 +5,8 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
+import libvirt
+
 from . import connection
 from .xml import snapshot_xml
 
@@ -47,3 +49,14 @@ def snapshot_delete(uri: str, name: str, snapshot: str) -> None:
     connection.call(
         uri, f"{name}/{snapshot}", lambda conn: conn.lookupByName(name).snapshotLookupByName(snapshot, 0).delete(0)
     )
+
+
+def snapshot_create_disk_only(uri: str, name: str, snapshot_xml: str) -> None:
+    """Freeze a running guest's disks: a disk-only external snapshot without metadata (the
+    guest now writes into new overlay files; the old files stay still until committed)."""
+    flags = (
+        libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY
+        | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_NO_METADATA
+        | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_ATOMIC
+    )
+    connection.call(uri, name, lambda conn: conn.lookupByName(name).snapshotCreateXML(snapshot_xml, flags))

@@ -279,3 +279,10 @@ def volume_delete(uri: str, pool: str, name: str) -> None:
 
 def volume_delete_if_exists(uri: str, pool: str, name: str) -> None:
     connection.call(uri, f"{pool}/{name}", lambda conn: _delete_if_exists(conn.storagePoolLookupByName(pool), name))
+
+
+def pool_path(uri: str, pool: str) -> str:
+    """The target directory of a dir pool."""
+    xml = connection.call(uri, pool, lambda conn: conn.storagePoolLookupByName(pool).XMLDesc(0))
+    node = ET.fromstring(xml).find("./target/path")
+    return node.text if node is not None and node.text else ""

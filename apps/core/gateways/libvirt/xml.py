@@ -191,3 +191,78 @@ def disk_with_source(disk: ET.Element, *, source: str, block: bool) -> str:
     src.attrib.clear()
     src.set("dev" if block else "file", source)
     return to_string(disk)
+
+
+def domain_disks_parse(xml: str) -> list[dict]:
+    """Every <disk device='disk'> of a domain: target, source type ("file", "block", ...),
+    path and driver format; what a backup must copy."""
+    root = ET.fromstring(xml)
+    out = []
+    for disk in root.findall("./devices/disk"):
+        if disk.get("device", "disk") != "disk":
+            continue
+        source, driver, target = disk.find("source"), disk.find("driver"), disk.find("target")
+        out.append(
+            {
+                "target": target.get("dev", "") if target is not None else "",
+                "type": disk.get("type", "file"),
+                "path": (source.get("file") or source.get("dev") or "") if source is not None else "",
+                "format": driver.get("type", "raw") if driver is not None else "raw",
+                "readonly": disk.find("readonly") is not None,
+                "shareable": disk.find("shareable") is not None,
+            }
+        )
+    return out
+
+
+def snapshot_disk_only_xml(name: str, overlays: dict[str, str], all_targets: list[str]) -> str:
+    """An external, disk-only snapshot: each target in `overlays` gets a new qcow2 overlay
+    file at the given path (the guest writes there), the others are left out."""
+    snap = ET.Element("domainsnapshot")
+    ET.SubElement(snap, "name").text = name
+    disks = ET.SubElement(snap, "disks")
+    for target in all_targets:
+        if target in overlays:
+            disk = ET.SubElement(disks, "disk", name=target, snapshot="external")
+            ET.SubElement(disk, "driver", type="qcow2")
+            ET.SubElement(disk, "source", file=overlays[target])
+        else:
+            ET.SubElement(disks, "disk", name=target, snapshot="no")
+    return to_string(snap)
+
+
+def domain_restored_xml(xml: str, *, name: str, disk_paths: dict[str, str]) -> str:
+    """The definition of a VM restored from a backup under a new name: no UUID and no MAC
+    addresses (libvirt makes new ones), disks at their restored paths (by target), no
+    runtime-only elements."""
+    root = ET.fromstring(xml)
+    name_el = root.find("name")
+    if name_el is None:
+        name_el = ET.SubElement(root, "name")
+    name_el.text = name
+    for tag in ("uuid", "title"):
+        el = root.find(tag)
+        if el is not None:
+            root.remove(el)
+    devices = root.find("devices")
+    if devices is not None:
+        for iface in devices.findall("interface"):
+            for tag in ("mac", "target", "alias"):
+                for el in iface.findall(tag):
+                    iface.remove(el)
+        for disk in devices.findall("disk"):
+            target = disk.find("target")
+            source = disk.find("source")
+            dev = target.get("dev", "") if target is not None else ""
+            if dev in disk_paths and source is not None:
+                for attr in ("dev", "file"):
+                    source.attrib.pop(attr, None)
+                disk.set("type", "file")
+                source.set("file", disk_paths[dev])
+                for child in list(source):
+                    source.remove(child)
+                for el in disk.findall("backingStore"):
+                    disk.remove(el)
+            elif dev not in disk_paths and disk.get("device", "disk") == "disk":
+                devices.remove(disk)  # a disk that was not backed up is not restored
+    return to_string(root)

@@ -1,0 +1,257 @@
+"""Back up one VM as a job: a consistent copy of its disks (shut-off VMs are read directly;
+running ones are frozen with an external disk-only snapshot, then committed back), its
+definition and a manifest of checksums, into a restic repository. Progress (bytes,
+throughput, time left) is written to the run row as restic reports it."""
+
+from __future__ import annotations
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from django.conf import settings
+from django.core.exceptions import PermissionDenied
+from django.utils import timezone
+
+from apps.accounts.permissions import authorize
+from apps.audit.services import audited
+from apps.core import jobs
+from apps.core.errors import Conflict, GatewayError, InvalidInput, PortalError
+from apps.core.gateways import libvirt as gw
+from apps.core.gateways import restic
+from apps.core.models import Job
+from apps.vms.models import VirtualMachine
+
+from ..models import BackupPolicy, BackupRun
+from . import common
+
+KIND = "backups.vm.backup"
+OVERLAY_MARK = ".portal-backup-"
+RUNNING_STATES = {"running", "paused", "pmsuspended"}
+
+
+def backup_start(*, actor, vm: VirtualMachine, destination: str, policy: BackupPolicy | None = None) -> BackupRun:
+    """Ask for a backup of `vm` into the repository at `destination`; it runs as a job."""
+    params = {"destination": destination, "policy": policy.name if policy else ""}
+    with audited(actor=actor, action=f"{KIND}.request", target=vm, perm="backups.run", params=params, atomic=True):
+        repo = common.repository_for(destination)
+        if BackupRun.objects.filter(vm=vm, state__in=BackupRun.ACTIVE).exists():
+            raise Conflict(f"A backup of {vm.name} is already queued or running.")
+        run = BackupRun.objects.create(
+            vm=vm, vm_name=vm.name, vm_uuid=str(vm.uuid), host=vm.host, policy=policy, repository=repo
+        )
+        run.job = jobs.job_enqueue(actor=actor, kind=KIND, target=vm, host=vm.host,
+                                   params={"run": run.pk, "destination": repo.path})  # fmt: skip
+        run.save(update_fields=["job"])
+        return run
+
+
+def _fail_run(run_id: int, error: str) -> None:
+    BackupRun.objects.filter(pk=run_id, state__in=BackupRun.ACTIVE).update(
+        state=BackupRun.State.FAILED, error=error[:1000], finished_at=timezone.now(), seconds_left=None
+    )
+
+
+def backup_runs_reconcile() -> int:
+    """Runs whose job ended (failed, or its worker was lost and the reaper failed it)
+    while the run still says queued/running are marked failed: an interrupted run is never
+    listed as good. Called by the worker at start, by beat, and before each backup."""
+    count = 0
+    for run in BackupRun.objects.filter(state__in=BackupRun.ACTIVE, job__state__in=Job.FINISHED).select_related("job"):
+        error = run.job.error or "The job of this backup ended before the backup finished."
+        _fail_run(run.pk, f"Interrupted: {error}")
+        count += 1
+    return count
+
+
+@jobs.handler(KIND, lost_hint="The backup was not completed; the repository keeps only finished snapshots.")
+def _run_backup(job: Job, progress: jobs.Progress) -> dict:
+    backup_runs_reconcile()
+    run = BackupRun.objects.select_related("vm__host", "repository").get(pk=job.params["run"])
+    if run.state == BackupRun.State.SUCCEEDED:
+        return {"snapshot": run.snapshot_id}  # delivered again after it finished
+    try:
+        if run.vm is None:
+            raise Conflict("The VM of this backup no longer exists.")
+        authorize(jobs.job_actor(job), "backups.run", run.vm, action=job.kind)
+        BackupRun.objects.filter(pk=run.pk).update(
+            state=BackupRun.State.RUNNING, started_at=timezone.now(), error="", finished_at=None
+        )
+        return _backup(run, progress)
+    except BaseException as exc:
+        if isinstance(exc, PortalError):
+            _fail_run(run.pk, exc.message)
+        elif isinstance(exc, PermissionDenied):
+            _fail_run(run.pk, str(exc))
+        else:
+            _fail_run(run.pk, f"Internal error ({type(exc).__name__}); see the worker log.")
+        raise
+
+
+def _disks_to_copy(vm: VirtualMachine, xml: str, running: bool) -> list[dict]:
+    """What to read for each disk, or Conflict naming why the VM cannot be copied
+    consistently. Encrypted disks are read as their containers (they stay encrypted)."""
+    from apps.encryption.models import EncryptedDisk
+    from apps.encryption.services.common import container_paths
+
+    containers = container_paths(vm.host)  # {unlocked mapping path: LUKS2 container}
+    encrypted = set(EncryptedDisk.objects.filter(vm=vm).values_list("path", flat=True))
+    out = []
+    for disk in gw.domain_disks_parse(xml):
+        path, source = disk["path"], disk["path"]
+        luks2 = path in containers
+        if luks2:
+            source = containers[path]
+            if running:
+                raise Conflict(f"{vm.name} runs on a host-opened LUKS2 disk ({disk['target']}); it cannot be copied "
+                               "consistently while running. Shut it down, then back it up.")  # fmt: skip
+        elif disk["type"] != "file":
+            raise Conflict(f"Disk {disk['target']} of {vm.name} is a {disk['type']} device; the portal backs up "
+                           "file disks only. Nothing was copied.")  # fmt: skip
+        if running and disk["shareable"]:
+            raise Conflict(f"Disk {disk['target']} of {vm.name} is shared with other VMs; it cannot be copied "
+                           "consistently while they run.")  # fmt: skip
+        if not source or not Path(source).is_file():
+            raise Conflict(f"Disk {disk['target']} of {vm.name} has no readable file ({source or 'no source'}).")
+        out.append({"target": disk["target"], "path": source, "format": "raw" if luks2 else disk["format"],
+                    "encrypted": luks2 or source in encrypted, "luks2": luks2})  # fmt: skip
+    if not out:
+        raise Conflict(f"{vm.name} has no disk to back up.")
+    return out
+
+
+def _commit_leftovers(uri: str, name: str) -> None:
+    """An earlier attempt killed mid-run may have left the guest on our overlays: merge
+    them back before anything else."""
+    for disk in gw.domain_disks_parse(gw.domain_xml_live(uri, name)):
+        if OVERLAY_MARK in Path(disk["path"]).name:
+            gw.domain_disk_commit_active(uri, name, disk["target"])
+            Path(disk["path"]).unlink(missing_ok=True)
+
+
+def _backup(run: BackupRun, progress: jobs.Progress) -> dict:
+    vm, uri = run.vm, run.vm.host.uri
+    handle = common.open_repository(run.repository, initialize=True)  # key store first: fail closed
+    state = gw.domain_state(uri, vm.name)
+    running = state in RUNNING_STATES
+    if running:
+        _commit_leftovers(uri, vm.name)
+    definition = gw.domain_xml_defined(uri, vm.name)
+    disks = _disks_to_copy(vm, gw.domain_xml_live(uri, vm.name) if running else definition, running)
+    staging = common.private_dir(Path(settings.BACKUP_STAGING_DIR) / str(vm.uuid))
+    (staging / "domain.xml").write_text(definition)
+    manifest = {"vm": vm.name, "uuid": str(vm.uuid), "host": vm.host.name, "run": run.pk,
+                "disks": [{k: d[k] for k in ("target", "path", "format", "encrypted")} for d in disks]}  # fmt: skip
+    (staging / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    BackupRun.objects.filter(pk=run.pk).update(method="external-snapshot" if running else "offline",
+                                               domain_xml=definition)  # fmt: skip
+    overlays: dict[str, str] = {}
+    if running:
+        overlays = {d["target"]: f"{d['path']}{OVERLAY_MARK}{run.pk}" for d in disks}
+        all_targets = [d["target"] for d in gw.domain_disks_parse(gw.domain_xml_live(uri, vm.name))]
+        progress(5, f"freezing the disks of {vm.name} (external snapshot)")
+        gw.snapshot_create_disk_only(uri, vm.name, gw.snapshot_disk_only_xml(
+            f"portal-backup-{run.pk}", overlays, all_targets))  # fmt: skip
+    try:
+        summary, sums = _copy(run, handle, disks, staging, progress)
+    finally:
+        if running:
+            progress(95, "merging the guest's writes back (block commit)")
+            for target, overlay in overlays.items():
+                try:
+                    gw.domain_disk_commit_active(uri, vm.name, target)
+                except PortalError as exc:
+                    raise GatewayError(f"{vm.name} still runs on the overlay {overlay}: {exc.message}") from None
+                Path(overlay).unlink(missing_ok=True)
+    for disk in disks:
+        disk["sha256"], disk["size"] = sums[disk["path"]]
+    BackupRun.objects.filter(pk=run.pk).update(
+        state=BackupRun.State.SUCCEEDED, snapshot_id=summary.snapshot_id, data_added=summary.data_added,
+        disks=disks, bytes_done=summary.bytes_processed, bytes_total=summary.bytes_processed,
+        finished_at=timezone.now(), seconds_left=0, error="",
+    )  # fmt: skip
+    return {"snapshot": summary.snapshot_id, "bytes": summary.bytes_processed, "added": summary.data_added}
+
+
+def _copy(run, handle, disks, staging: Path, progress: jobs.Progress):
+    """restic reads the frozen files while a thread computes their checksums (the page
+    cache serves the second reader)."""
+    last = [0.0]
+
+    def on_progress(p: restic.Progress) -> None:
+        now = time.monotonic()
+        if now - last[0] < 1 and p.bytes_done < p.bytes_total:
+            return
+        last[0] = now
+        rate = int(p.bytes_done / p.seconds_elapsed) if p.seconds_elapsed else 0
+        BackupRun.objects.filter(pk=run.pk).update(bytes_done=p.bytes_done, bytes_total=p.bytes_total,
+                                                   bytes_per_second=rate, seconds_left=p.seconds_remaining)  # fmt: skip
+        progress(10 + int(80 * p.percent), f"{p.bytes_done >> 20} of {p.bytes_total >> 20} MiB")
+
+    paths = [d["path"] for d in disks]
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        hashing = pool.map(common.sha256_file, paths)
+        progress(10, f"backing up {len(paths)} disk(s) to {run.repository.path}")
+        summary = common.with_stale_locks_removed(handle, lambda: restic.backup(
+            handle, [*paths, str(staging)], tags=[f"vm:{run.vm_uuid}"], host=run.vm.host.name,
+            timeout=settings.BACKUP_COMMAND_TIMEOUT, on_progress=on_progress))  # fmt: skip
+        sums = dict(zip(paths, hashing, strict=True))
+    return summary, sums
+
+
+def backup_policy_vms(policy: BackupPolicy):
+    qs = VirtualMachine.objects.filter(present=True).select_related("host")
+    if policy.selector == BackupPolicy.Selector.ZONE:
+        return qs.filter(zone=policy.zone)
+    if policy.selector == BackupPolicy.Selector.NAMES:
+        return qs.filter(name__in=policy.vm_names)
+    return qs
+
+
+def backups_due(now=None) -> list[BackupRun]:
+    """Beat: start the runs of every enabled policy whose interval has passed (as the system)."""
+    now = now or timezone.now()
+    started = []
+    for policy in BackupPolicy.objects.filter(enabled=True):
+        due = policy.last_scheduled_at is None or (now - policy.last_scheduled_at).total_seconds() >= (
+            policy.interval_hours * 3600
+        )
+        if not due:
+            continue
+        BackupPolicy.objects.filter(pk=policy.pk).update(last_scheduled_at=now)
+        for vm in backup_policy_vms(policy):
+            try:
+                started.append(backup_start(actor=None, vm=vm, destination=policy.destination, policy=policy))
+            except PortalError:
+                continue  # audited as a failed request; the next VM still runs
+    return started
+
+
+def backup_policy_create(*, actor, name: str, destination: str, selector: str = "all", zone: str = "",
+                         vm_names: list[str] | None = None, interval_hours: int = 24, keep_last: int = 7,
+                         keep_daily: int = 7, keep_weekly: int = 4, keep_monthly: int = 6) -> BackupPolicy:  # fmt: skip
+    from apps.core.validators import validate_name
+
+    params = {"name": name, "destination": destination, "selector": selector}
+    with audited(actor=actor, action="backups.policy.create", perm="backups.run", params=params, atomic=True) as ev:
+        validate_name(name, "policy name")
+        if selector not in BackupPolicy.Selector.values:
+            raise InvalidInput(f"Unknown VM selector {selector!r}.")
+        if selector == "zone":
+            validate_name(zone, "zone")
+        for vm_name in vm_names or []:
+            validate_name(vm_name, "VM name")
+        if not (keep_last or keep_daily or keep_weekly or keep_monthly):
+            raise InvalidInput("A retention policy must keep something.")
+        if BackupPolicy.objects.filter(name=name).exists():
+            raise Conflict(f"A backup policy named {name!r} exists.")
+        path = common.validate_destination(destination)
+        policy = BackupPolicy.objects.create(
+            name=name, destination=path, selector=selector, zone=zone, vm_names=list(vm_names or []),
+            interval_hours=interval_hours, keep_last=keep_last, keep_daily=keep_daily, keep_weekly=keep_weekly,
+            keep_monthly=keep_monthly,
+        )  # fmt: skip
+        ev.target = ("backuppolicy", str(policy.pk), policy.name)
+        return policy
+

@@ -1,0 +1,270 @@
+"""Restore a backup to a new VM, verify a backup by restoring it into scratch space, and
+apply retention. Each is a job; every request, refusal and outcome is audited."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from django.conf import settings
+from django.utils import timezone
+
+from apps.accounts.permissions import authorize
+from apps.audit.services import audited
+from apps.core import jobs
+from apps.core.errors import Conflict, GatewayError, InvalidInput, NotFound
+from apps.core.gateways import libvirt as gw
+from apps.core.gateways import restic
+from apps.core.models import Job
+from apps.core.validators import validate_name
+from apps.vms.services import inventory_sync
+
+from ..models import BackupPolicy, BackupRepository, BackupRun, BackupVerification
+from . import common
+
+RESTORE = "backups.vm.restore"
+RESTORE_IN_PLACE = "backups.vm.restore_in_place"
+VERIFY = "backups.run.verify"
+PRUNE = "backups.repository.prune"
+
+
+def _require_good(run: BackupRun) -> None:
+    if not run.good:
+        raise Conflict(f"Backup {run.pk} of {run.vm_name} is not a good backup ({run.state}); choose another.")
+
+
+# ---------------------------------------------------------------- restore to a new VM
+
+
+def backup_restore(*, actor, run: BackupRun, new_name: str, pool: str) -> Job:
+    """Ask for a restore of `run` as a new VM `new_name` with its disks in `pool`."""
+    params = {"run": run.pk, "new_name": new_name, "pool": pool}
+    with audited(actor=actor, action=f"{RESTORE}.request", target=run.vm or run.host, perm="backups.run",
+                 params=params, atomic=True):  # fmt: skip
+        _require_good(run)
+        validate_name(new_name, "VM name")
+        validate_name(pool, "pool name")
+        if run.host is None:
+            raise Conflict("The host of this backup is gone.")
+        if any(d.get("luks2") for d in run.disks):
+            raise Conflict("Restoring host-opened LUKS2 disks to a new VM is not supported yet; verify works.")
+        _require_free_name(run.host.uri, new_name)
+        gw.pool_path(run.host.uri, pool)  # NotFound for an unknown pool
+        return jobs.job_enqueue(actor=actor, kind=RESTORE, target=run.vm or run.host, host=run.host, params=params)
+
+
+def _require_free_name(uri: str, name: str) -> None:
+    try:
+        gw.domain_state(uri, name)
+    except NotFound:
+        return
+    raise Conflict(f"A VM named {name!r} exists; choose a new name.")
+
+
+@jobs.handler(RESTORE)
+def _run_restore(job: Job, progress: jobs.Progress) -> dict:
+    run = BackupRun.objects.select_related("vm", "host", "repository").get(pk=job.params["run"])
+    authorize(jobs.job_actor(job), "backups.run", run.vm or run.host, action=job.kind)
+    new_name, uri = job.params["new_name"], run.host.uri
+    try:
+        gw.domain_state(uri, new_name)
+        progress(95, f"{new_name} already exists")  # delivered again after it finished
+        return {"vm": new_name}
+    except NotFound:
+        pass
+    _require_good(run)
+    pool_dir = Path(gw.pool_path(uri, job.params["pool"]))
+    scratch = common.private_dir(pool_dir / f".portal-restore-{job.pk}")
+    try:
+        progress(10, f"restoring snapshot {run.snapshot_id} of {run.vm_name}")
+        restored = _restore_and_check(run, scratch, progress)
+        paths = {}
+        for disk in run.disks:
+            suffix = Path(disk["path"]).suffix or ".img"
+            final = pool_dir / f"{new_name}-{disk['target']}{suffix}"
+            if final.exists():
+                raise Conflict(f"{final} exists; the restore does not overwrite files.")
+            os.rename(restored[disk["target"]], final)
+            os.chmod(final, 0o600)
+            paths[disk["target"]] = str(final)
+        xml = gw.domain_restored_xml(run.domain_xml, name=new_name, disk_paths=paths)
+        progress(90, f"defining {new_name}")
+        gw.domain_define(uri, xml)
+        gw.pool_refresh(uri, job.params["pool"])
+    finally:
+        common.remove_tree(scratch)
+    inventory_sync(run.host)
+    return {"vm": new_name, "disks": paths}
+
+
+def _restore_and_check(run: BackupRun, scratch: Path, progress: jobs.Progress) -> dict[str, str]:
+    """Restore the run's snapshot under `scratch` and compare every disk's checksum with
+    the one recorded at backup time. Returns {target: restored path}."""
+    handle = common.open_repository(run.repository)
+    common.with_stale_locks_removed(handle, lambda: restic.restore(
+        handle, run.snapshot_id, str(scratch), timeout=settings.BACKUP_COMMAND_TIMEOUT))  # fmt: skip
+    out = {}
+    for index, disk in enumerate(run.disks):
+        restored = scratch / disk["path"].lstrip("/")
+        if not restored.is_file():
+            raise GatewayError(f"The backup has no copy of disk {disk['target']} ({disk['path']}).")
+        digest, size = common.sha256_file(str(restored))
+        if digest != disk["sha256"] or size != disk["size"]:
+            raise GatewayError(f"The restored disk {disk['target']} does not match its checksum recorded at backup "
+                               "time; the backup is damaged.")  # fmt: skip
+        progress(40 + 40 * (index + 1) // len(run.disks), f"disk {disk['target']}: checksum matches")
+        out[disk["target"]] = str(restored)
+    return out
+
+
+# ---------------------------------------------------------------- restore in place
+
+
+def backup_restore_in_place(*, actor, run: BackupRun, confirmed: bool = False) -> Job:
+    """Ask for the VM's disks to be put back as they were in `run` (the VM shut off). The
+    current disk files are kept beside them (`<disk>.pre-restore-<job>`) until removed."""
+    with audited(actor=actor, action=f"{RESTORE_IN_PLACE}.request", target=run.vm or run.host, perm="backups.run",
+                 params={"run": run.pk}, atomic=True):  # fmt: skip
+        _require_good(run)
+        if run.vm is None or not run.vm.present:
+            raise Conflict(f"{run.vm_name} no longer exists; restore this backup as a new VM instead.")
+        if not confirmed:
+            raise InvalidInput(f"Restoring {run.vm_name} in place replaces its disks: it needs confirmation.")
+        _require_shut_off(run)
+        return jobs.job_enqueue(actor=actor, kind=RESTORE_IN_PLACE, target=run.vm, host=run.host,
+                                params={"run": run.pk})  # fmt: skip
+
+
+def _require_shut_off(run: BackupRun) -> None:
+    state = gw.domain_state(run.host.uri, run.vm.name)
+    if state != "shut off":
+        raise Conflict(f"{run.vm.name} is {state}; shut it down before restoring it in place.")
+
+
+@jobs.handler(RESTORE_IN_PLACE, lost_hint="Disks already swapped keep their previous version as *.pre-restore-<job>.")
+def _run_restore_in_place(job: Job, progress: jobs.Progress) -> dict:
+    import shutil
+
+    run = BackupRun.objects.select_related("vm__host", "host", "repository").get(pk=job.params["run"])
+    authorize(jobs.job_actor(job), "backups.run", run.vm, action=job.kind)
+    _require_good(run)
+    _require_shut_off(run)
+    first_dir = Path(run.disks[0]["path"]).parent
+    scratch = common.private_dir(first_dir / f".portal-restore-{job.pk}")
+    kept = []
+    try:
+        restored = _restore_and_check(run, scratch, progress)
+        for disk in run.disks:
+            current = Path(disk["path"])
+            if current.exists():
+                previous = current.with_name(f"{current.name}.pre-restore-{job.pk}")
+                if not previous.exists():  # delivered again: the first attempt kept it already
+                    os.rename(current, previous)
+                kept.append(str(previous))
+            shutil.move(restored[disk["target"]], current)
+        progress(95, f"disks of {run.vm.name} restored; previous versions kept: {', '.join(kept) or 'none'}")
+    finally:
+        common.remove_tree(scratch)
+    return {"vm": run.vm.name, "snapshot": run.snapshot_id, "previous": kept}
+
+
+# ---------------------------------------------------------------- verification
+
+
+def backup_verify(*, actor, run: BackupRun) -> Job:
+    """Ask for a verification: restore into scratch space, compare checksums, restic check."""
+    with audited(actor=actor, action=f"{VERIFY}.request", target=run.vm or run.host, perm="backups.run",
+                 params={"run": run.pk}, atomic=True):  # fmt: skip
+        _require_good(run)
+        return jobs.job_enqueue(actor=actor, kind=VERIFY, target=run.vm or run.host, host=run.host,
+                                params={"run": run.pk})  # fmt: skip
+
+
+@jobs.handler(VERIFY)
+def _run_verify(job: Job, progress: jobs.Progress) -> dict:
+    run = BackupRun.objects.select_related("vm", "host", "repository").get(pk=job.params["run"])
+    authorize(jobs.job_actor(job), "backups.run", run.vm or run.host, action=job.kind)
+    _require_good(run)
+    scratch = common.private_dir(Path(settings.BACKUP_STAGING_DIR) / f"verify-{job.pk}")
+    details: dict = {"snapshot": run.snapshot_id}
+    try:
+        _restore_and_check(run, scratch, progress)
+        details["checksums"] = "match"
+        progress(85, "restic check")
+        handle = common.open_repository(run.repository)
+        common.with_stale_locks_removed(handle, lambda: restic.check(handle, timeout=settings.BACKUP_COMMAND_TIMEOUT))
+        details["repository_check"] = "no errors"
+    except (GatewayError, Conflict, NotFound) as exc:
+        BackupVerification.objects.create(run=run, job=job, ok=False, details=details, error=exc.message[:1000])
+        raise
+    finally:
+        common.remove_tree(scratch)
+    BackupVerification.objects.create(run=run, job=job, ok=True, details=details)
+    return details
+
+
+# ---------------------------------------------------------------- retention
+
+
+def backup_prune(*, actor, repository: BackupRepository, keep_last: int = 0, keep_daily: int = 0,
+                 keep_weekly: int = 0, keep_monthly: int = 0) -> Job:  # fmt: skip
+    """Ask for retention to be applied to every VM's snapshots in the repository (a
+    policy's values, or those given). Forgotten runs are marked; their data is pruned."""
+    keep = {"keep_last": keep_last, "keep_daily": keep_daily, "keep_weekly": keep_weekly,
+            "keep_monthly": keep_monthly}  # fmt: skip
+    with audited(actor=actor, action=f"{PRUNE}.request", target=repository, perm="backups.run",
+                 params={"repository": repository.path, **keep}, atomic=True):  # fmt: skip
+        if any(v < 0 for v in keep.values()) or not any(keep.values()):
+            raise InvalidInput("Retention must keep at least one backup (keep-last, -daily, -weekly or -monthly).")
+        return jobs.job_enqueue(actor=actor, kind=PRUNE, target=repository, params={"repository": repository.pk,
+                                                                                     **keep})  # fmt: skip
+
+
+def policy_retention(policy: BackupPolicy) -> dict[str, int]:
+    return {"keep_last": policy.keep_last, "keep_daily": policy.keep_daily, "keep_weekly": policy.keep_weekly,
+            "keep_monthly": policy.keep_monthly}  # fmt: skip
+
+
+@jobs.handler(PRUNE)
+def _run_prune(job: Job, progress: jobs.Progress) -> dict:
+    authorize(jobs.job_actor(job), "backups.run", action=job.kind)
+    repository = BackupRepository.objects.get(pk=job.params["repository"])
+    keep = {k: int(job.params[k]) for k in ("keep_last", "keep_daily", "keep_weekly", "keep_monthly")}
+    handle = common.open_repository(repository)
+    uuids = sorted(set(repository.runs.exclude(snapshot_id="").values_list("vm_uuid", flat=True)))
+    removed: list[str] = []
+    for index, vm_uuid in enumerate(uuids):
+        removed += common.with_stale_locks_removed(handle, lambda u=vm_uuid: restic.forget(
+            handle, tags=[f"vm:{u}"], timeout=settings.BACKUP_COMMAND_TIMEOUT, **keep))  # fmt: skip
+        progress(10 + 80 * (index + 1) // max(len(uuids), 1), f"retention applied to {index + 1} of {len(uuids)} VMs")
+    forgotten = 0
+    for run in repository.runs.filter(forgotten_at__isnull=True).exclude(snapshot_id=""):
+        if any(full.startswith(run.snapshot_id) for full in removed):
+            BackupRun.objects.filter(pk=run.pk).update(forgotten_at=timezone.now())
+            forgotten += 1
+    return {"removed_snapshots": len(removed), "forgotten_runs": forgotten}
+
+
+def backups_verify_due(now=None) -> list[Job]:
+    """Beat: verify the last good backup of every VM whose last successful verification is
+    older than BACKUP_VERIFY_MAX_AGE_DAYS (or missing), as the system."""
+    from datetime import timedelta
+
+    from django.db.models import Max
+
+    now = now or timezone.now()
+    cutoff = now - timedelta(days=settings.BACKUP_VERIFY_MAX_AGE_DAYS)
+    latest = (BackupRun.objects.filter(state=BackupRun.State.SUCCEEDED, forgotten_at__isnull=True, vm__isnull=False)
+              .exclude(snapshot_id="").values("vm_id").annotate(last=Max("pk")))  # fmt: skip
+    started = []
+    for row in latest:
+        run = BackupRun.objects.select_related("vm", "host", "repository").get(pk=row["last"])
+        verified = BackupVerification.objects.filter(run__vm_id=row["vm_id"], ok=True, checked_at__gte=cutoff)
+        busy = Job.objects.filter(kind=VERIFY, params__run=run.pk, state__in=[Job.State.QUEUED, Job.State.RUNNING])
+        if verified.exists() or busy.exists():
+            continue
+        try:
+            started.append(backup_verify(actor=None, run=run))
+        except (Conflict, NotFound, InvalidInput):
+            continue  # audited as a failed request
+    return started

@@ -1,0 +1,130 @@
+"""Benchmark: backing up a disk image of random data the way a backup run does (restic
+backup with the password through a pipe, sha256 computed alongside) against a raw
+sequential read of the same file (`dd bs=4M of=/dev/null`), in the same run. Then an
+unchanged rerun, and a rerun after 5% of the image's 1 MiB blocks were rewritten. Reports
+the three times, the data restic added and the repository's size. Not a test: nothing
+asserts. The image is dropped from the page cache (posix_fadvise DONTNEED, this file only)
+before the raw read and before each backup, so every reader starts from the disk.
+
+    python -m tests.bench.bench_backup [--mib 2048]
+    make bench            (tests/bench/run.py calls run(args) of every bench module)
+
+Targets (issue #13): first run at least 0.7x the raw read's throughput; unchanged rerun
+under 10% of the first run's time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import subprocess
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+NAME = "backup throughput / raw read"
+TARGET = ">= 0.7"
+
+
+def _random_image(path: Path, mib: int) -> None:
+    with open(path, "wb") as fh:
+        for _ in range(mib):
+            fh.write(os.urandom(1 << 20))
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _evict(path: Path) -> None:
+    """Drop this file's pages from the page cache (nothing else's)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def _du(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _backup(handle, image: Path) -> tuple[float, int]:
+    from apps.backups.services.common import sha256_file
+    from apps.core.gateways import restic
+
+    _evict(image)
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        digest = pool.submit(sha256_file, str(image))
+        summary = restic.backup(handle, [str(image)], tags=["vm:bench"], host="bench", timeout=7200)
+        digest.result()
+    return time.perf_counter() - started, summary.data_added
+
+
+def measure(mib: int, workdir: Path) -> dict:
+    from apps.core.gateways import restic
+
+    image = workdir / "disk.img"
+    _random_image(image, mib)
+    _evict(image)
+    started = time.perf_counter()
+    subprocess.run(["dd", f"if={image}", "of=/dev/null", "bs=4M", "status=none"], check=True, capture_output=True)
+    raw_seconds = time.perf_counter() - started
+
+    repo_dir = workdir / "repo"
+    handle = restic.Repository(str(repo_dir), os.urandom(32).hex().encode(), str(workdir / "cache"))
+    restic.init(handle)
+    first_seconds, first_added = _backup(handle, image)
+    rerun_seconds, rerun_added = _backup(handle, image)
+    blocks = random.Random(13).sample(range(mib), max(1, mib * 5 // 100))
+    with open(image, "r+b") as fh:
+        for block in blocks:
+            fh.seek(block << 20)
+            fh.write(os.urandom(1 << 20))
+    changed_seconds, changed_added = _backup(handle, image)
+    return {
+        "name": NAME,
+        "ratio": raw_seconds / first_seconds,  # backup throughput as a fraction of the raw read's
+        "target": TARGET,
+        "image_mib": mib,
+        "raw_read_mib_per_s": round(mib / raw_seconds, 1),
+        "first_backup_mib_per_s": round(mib / first_seconds, 1),
+        "first_backup_seconds": round(first_seconds, 2),
+        "unchanged_rerun_seconds": round(rerun_seconds, 2),
+        "unchanged_rerun_percent_of_first": round(100 * rerun_seconds / first_seconds, 1),
+        "changed_5_percent_seconds": round(changed_seconds, 2),
+        "added_first_mib": round(first_added / (1 << 20), 1),
+        "added_unchanged_mib": round(rerun_added / (1 << 20), 2),
+        "added_changed_mib": round(changed_added / (1 << 20), 1),
+        "repository_mib": round(_du(repo_dir) / (1 << 20), 1),
+    }
+
+
+def run(args) -> dict:
+    """Entry point of tests/bench/run.py (Django is set up there)."""
+    mib = max(64, int(2048 * getattr(args, "scale", 1.0)))
+    with tempfile.TemporaryDirectory(prefix="bench-backup-", dir=os.environ.get("PORTAL_VAR_DIR")) as tmp:
+        return measure(mib, Path(tmp))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--mib", type=int, default=2048, help="image size in MiB")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "hypervisor_web.settings.test")
+    import django
+
+    django.setup()
+    with tempfile.TemporaryDirectory(prefix="bench-backup-") as tmp:
+        result = measure(args.mib, Path(tmp))
+    print(f"{result['name']}: ratio {result['ratio']:.2f} (target {result['target']})")
+    for key, value in result.items():
+        if key not in ("name", "ratio", "target"):
+            print(f"    {key}: {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,53 @@
+"""`manage.py vm_backup`: the same services, scope and audit as the pages."""
+
+from __future__ import annotations
+
+from io import StringIO
+
+import pytest
+from django.core.management import CommandError, call_command
+from django.utils import timezone
+
+from apps.accounts.models import Role
+from apps.backups.models import BackupRun
+from apps.core.models import Job
+
+
+def command(*args) -> str:
+    out = StringIO()
+    call_command("vm_backup", *args, stdout=out, stderr=StringIO())
+    return out.getvalue()
+
+
+def test_run_all_as_a_user_backs_up_the_vms_in_their_scope_and_list_shows_the_last_good(
+    make_user, shut_vm_with_data, destination, make_domain, host
+):
+    from apps.vms.models import VirtualMachine
+    from apps.vms.services import inventory_sync
+
+    scoped_vm, _ = shut_vm_with_data
+    other = make_domain(running=False, disk_gib=16 / 1024)
+    inventory_sync(host)
+    vm = VirtualMachine.objects.get(host=host, name=other)
+    user = make_user("sam-scoped", Role.OPERATOR, scope="vm", vm=scoped_vm)
+
+    command("--as", user.username, "--no-wait", "run", "--all", "--destination", destination)
+
+    runs = list(BackupRun.objects.all())
+    assert [r.vm for r in runs] == [scoped_vm], "--all went beyond the user's scope"
+    assert runs[0].job.actor_name == user.username and runs[0].state == "queued"
+    # the run's end as the job writes it (the job itself is exercised in test_backup_restore)
+    BackupRun.objects.filter(pk=runs[0].pk).update(state="succeeded", snapshot_id="0123abcd",
+                                                   finished_at=timezone.now())  # fmt: skip
+    listing = command("--as", user.username, "list")
+    assert f"{scoped_vm.name}: last good #{runs[0].pk}" in listing
+    assert vm.name not in listing
+
+    with pytest.raises(CommandError, match="No VM named"):  # outside the scope: "not found", as on the pages
+        command("--as", user.username, "run", vm.name, "--destination", destination)
+    with pytest.raises(CommandError, match="outside the allowed backup roots"):
+        command("--no-wait", "run", scoped_vm.name, "--destination", "/etc/portal-backups")
+    with pytest.raises(CommandError, match="Retention must keep"):
+        command("--no-wait", "prune", "--destination", destination)
+    command("--no-wait", "prune", "--destination", destination, "--keep-last", "2")
+    assert Job.objects.filter(kind="backups.repository.prune").count() == 1
