@@ -61,6 +61,7 @@ INSTALLED_APPS = [
     "apps.storage",
     "apps.network",
     "apps.encryption",
+    "apps.monitoring",
 ]
 
 MIDDLEWARE = [
@@ -264,4 +265,32 @@ CELERY_BEAT_SCHEDULE["encryption-definitions-protect"] = {
 CELERY_BEAT_SCHEDULE["storage-check"] = {
     "task": "apps.storage.tasks.storage_check",
     "schedule": float(STORAGE_CHECK_INTERVAL),
+}
+
+# Monitoring (apps.monitoring): /metrics for Prometheus and the host security posture.
+# /metrics answers a bearer token (METRICS_TOKEN, use METRICS_TOKEN_FILE) or, when
+# METRICS_ALLOW_LOOPBACK is set, requests from loopback that no proxy forwarded; never anyone else.
+METRICS_TOKEN = env("METRICS_TOKEN", "")
+METRICS_ALLOW_LOOPBACK = env_bool("METRICS_ALLOW_LOOPBACK", False)
+# libvirt's bulk statistics are read once per host per this many seconds (the scrape interval)
+METRICS_LIBVIRT_CACHE_SECONDS = env_int("METRICS_LIBVIRT_CACHE_SECONDS", 15)
+POSTURE_CHECK_INTERVAL = env_int("POSTURE_CHECK_INTERVAL", 3600)  # seconds between posture runs (beat)
+POSTURE_COMMAND_TIMEOUT = env_int("POSTURE_COMMAND_TIMEOUT", 30)  # a check command past this is "unknown"
+POSTURE_IP_FORWARD = env("POSTURE_IP_FORWARD", "0")  # "0", "1" or "any": the host's forwarding policy
+POSTURE_SCRAPE_MAX_AGE = env_int("POSTURE_SCRAPE_MAX_AGE", 900)  # seconds: older means monitoring is off
+_WATCHED = "/etc/libvirt,/var/lib/libvirt,/etc/hypervisor-portal"  # auditd should watch these
+POSTURE_AUDIT_WATCH_PATHS = [p for p in (env("POSTURE_AUDIT_WATCH_PATHS", _WATCHED) or "").split(",") if p.strip()]
+HOST_CHECK_PATH = env("HOST_CHECK_PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+AUDIT_VERIFY_INTERVAL = env_int("AUDIT_VERIFY_INTERVAL", 3600)  # seconds between audit chain verifications
+CELERY_BEAT_SCHEDULE["monitoring-posture-check"] = {
+    "task": "apps.monitoring.tasks.posture_check",
+    "schedule": float(POSTURE_CHECK_INTERVAL),
+}
+CELERY_BEAT_SCHEDULE["monitoring-audit-verify"] = {
+    "task": "apps.monitoring.tasks.audit_chain_verify",
+    "schedule": float(AUDIT_VERIFY_INTERVAL),
+}
+CELERY_BEAT_SCHEDULE["monitoring-worker-heartbeat"] = {
+    "task": "apps.monitoring.tasks.worker_heartbeat",
+    "schedule": 60.0,
 }

@@ -1,0 +1,74 @@
+"""Host security posture results and the alerts monitoring raises itself."""
+
+from django.db import models
+from django.db.models import Q
+
+from apps.core.models import Host
+
+
+class Status(models.TextChoices):
+    PASS = "pass"  # noqa: S105 (a check status, not a password)
+    FAIL = "fail"
+    UNKNOWN = "unknown"
+
+
+class PostureResult(models.Model):
+    """The latest outcome of one posture check on one host (one row per host and check,
+    updated by each run). `unknown` says why the check could not decide, never a pass."""
+
+    host = models.ForeignKey(Host, on_delete=models.CASCADE, related_name="posture_results")
+    key = models.CharField(max_length=63, help_text="the check, e.g. sysctl.kernel.kptr_restrict")
+    title = models.CharField(max_length=200)
+    category = models.CharField(max_length=40, blank=True)
+    status = models.CharField(max_length=8, choices=Status.choices)
+    evidence = models.TextField(blank=True, help_text="what was read, for people")
+    fix = models.TextField(blank=True, help_text="how to make it pass")
+    checked_at = models.DateTimeField()
+    changed_at = models.DateTimeField(help_text="when the status last changed")
+    previous_status = models.CharField(max_length=8, choices=Status.choices, blank=True)
+
+    class Meta:
+        ordering = ["host__name", "category", "key"]
+        constraints = [models.UniqueConstraint(fields=["host", "key"], name="posture_result_unique_check")]
+
+    def __str__(self):
+        return f"{self.host.name}/{self.key}: {self.status}"
+
+    def scope_path(self):
+        return (self.host_id, None, None)
+
+
+class MonitoringAlert(models.Model):
+    """An alert raised by monitoring (a posture check that turned from pass to fail). One
+    open alert per host and subject; cleared when the check passes again."""
+
+    class Level(models.TextChoices):
+        WARNING = "warning"
+        CRITICAL = "critical"
+
+    class State(models.TextChoices):
+        OPEN = "open"
+        CLEARED = "cleared"
+
+    host = models.ForeignKey(Host, on_delete=models.CASCADE, related_name="monitoring_alerts")
+    source = models.CharField(max_length=20, default="posture")
+    subject = models.CharField(max_length=63, help_text="e.g. the posture check")
+    level = models.CharField(max_length=8, choices=Level.choices, default=Level.WARNING)
+    state = models.CharField(max_length=8, choices=State.choices, default=State.OPEN, db_index=True)
+    message = models.CharField(max_length=500)
+    raised_at = models.DateTimeField()
+    cleared_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-raised_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["host", "source", "subject"], condition=Q(state="open"), name="monitoring_alert_one_open"
+            )
+        ]
+
+    def __str__(self):
+        return f"{self.source} {self.subject} on {self.host.name} ({self.state})"
+
+    def scope_path(self):
+        return (self.host_id, None, None)

@@ -1,0 +1,224 @@
+"""Monitoring: who may scrape /metrics, the scrape itself, the host security posture (run,
+stored, alerts on a pass that turns to fail), the audit chain verification and the worker
+heartbeat that beat drives."""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import time
+from dataclasses import dataclass, field
+
+from django.conf import settings
+from django.core.cache import cache
+from django.db import transaction
+from django.utils import timezone
+
+from apps.accounts.permissions import authorize
+from apps.audit.services import record, verify_chain
+from apps.core import jobs
+from apps.core.errors import NotFound, PortalError
+from apps.core.models import Host, Job
+
+from . import metrics, posture
+from .models import MonitoringAlert, PostureResult, Status
+
+AUDIT_VERIFY_ACTION = metrics.AUDIT_VERIFY_ACTION
+SCRAPE_ACTION = "monitoring.metrics.scrape"
+POSTURE_JOB = "monitoring.posture.check"
+PROXY_HEADERS = ("HTTP_X_FORWARDED_FOR", "HTTP_FORWARDED", "HTTP_X_REAL_IP")
+
+
+class MetricsRefused(PortalError):
+    """A scrape without a valid token from an address that may not scrape without one."""
+
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.status = status
+
+
+# ------------------------------------------------------------------ /metrics
+
+
+def _is_loopback(address: str | None) -> bool:
+    try:
+        return address is not None and ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+def metrics_access(*, remote_addr: str | None, authorization: str, proxied: bool) -> str:
+    """Decide whether this request may read /metrics; returns how it was let in ("token"
+    or "loopback"). A bearer token (settings.METRICS_TOKEN, compared in constant time) or,
+    when METRICS_ALLOW_LOOPBACK is set, a request from loopback that no proxy forwarded.
+    A refusal is audited (reason and address, never the token) and raised: 401 without
+    credentials, 403 with wrong ones."""
+    expected = settings.METRICS_TOKEN or ""
+    scheme, _, presented = (authorization or "").partition(" ")
+    if scheme.lower() == "bearer" and presented.strip():
+        if expected and hmac.compare_digest(presented.strip().encode(), expected.encode()):
+            return "token"
+        _refuse("wrong metrics token" if expected else "a token was sent but METRICS_TOKEN is not set", 403)
+    if authorization:
+        _refuse("the Authorization header is not a bearer token", 401)
+    if settings.METRICS_ALLOW_LOOPBACK and _is_loopback(remote_addr):
+        if not proxied:
+            return "loopback"
+        _refuse("a request forwarded by a proxy needs the metrics token (loopback access is for local scrapers)", 401)
+    _refuse("no metrics token", 401)
+    raise AssertionError("unreachable")
+
+
+def _refuse(reason: str, status: int) -> None:
+    record(
+        actor=None,
+        actor_name="anonymous",
+        action=SCRAPE_ACTION,
+        target=("endpoint", "", "/metrics"),
+        outcome="denied",
+        error=reason,
+    )
+    raise MetricsRefused(f"Metrics refused: {reason}.", status)
+
+
+def metrics_scrape() -> bytes:
+    return metrics.scrape()
+
+
+# ------------------------------------------------------------------ posture
+
+
+def posture_host() -> Host | None:
+    """The host whose machine the checks read: the portal's own (DEFAULT_HOST_NAME)."""
+    return Host.objects.filter(name=settings.DEFAULT_HOST_NAME).first()
+
+
+@dataclass
+class PostureReport:
+    host: str
+    counts: dict[str, int] = field(default_factory=dict)
+    changed: list[tuple[str, str, str]] = field(default_factory=list)  # (check, before, after)
+    raised: list[str] = field(default_factory=list)
+    cleared: list[str] = field(default_factory=list)
+
+
+def posture_store(host: Host, findings: list[posture.Finding], now=None) -> PostureReport:
+    """Write each finding over the host's previous one. A status change is audited; a pass
+    that turns to fail raises an alert, a check that passes again clears it."""
+    now = now or timezone.now()
+    report = PostureReport(host=host.name)
+    with transaction.atomic():
+        previous = {r.key: r for r in PostureResult.objects.select_for_update().filter(host=host)}
+        for f in findings:
+            report.counts[f.status] = report.counts.get(f.status, 0) + 1
+            row = previous.get(f.key)
+            before = row.status if row is not None else ""
+            if row is None:
+                row = PostureResult(host=host, key=f.key, changed_at=now)
+            elif before != f.status:
+                row.previous_status = before
+                row.changed_at = now
+            row.title, row.category, row.status = f.title, f.category, f.status
+            row.evidence, row.fix, row.checked_at = f.evidence[:4000], f.fix, now
+            row.save()
+            if before and before != f.status:
+                report.changed.append((f.key, before, f.status))
+                record(
+                    actor=None,
+                    action="monitoring.posture.change",
+                    target=("posture_check", f.key, f"{host.name}: {f.title}"),
+                    outcome="success",
+                    params={"host": host.name, "check": f.key, "from": before, "to": f.status},
+                )
+            if before == Status.PASS and f.status == Status.FAIL:
+                _alert_raise(host, f, now, report)
+            elif f.status == Status.PASS:
+                _alert_clear(host, f.key, now, report)
+        PostureResult.objects.filter(host=host).exclude(key__in=[f.key for f in findings]).delete()
+    return report
+
+
+def _alert_raise(host: Host, f: posture.Finding, now, report: PostureReport) -> None:
+    if MonitoringAlert.objects.filter(host=host, source="posture", subject=f.key, state="open").exists():
+        return
+    alert = MonitoringAlert.objects.create(
+        host=host,
+        source="posture",
+        subject=f.key,
+        level=MonitoringAlert.Level.WARNING,
+        message=f"{f.title}: no longer passes on {host.name}. {f.evidence}"[:500],
+        raised_at=now,
+    )
+    report.raised.append(f.key)
+    record(
+        actor=None,
+        action="monitoring.alert.raise",
+        target=alert,
+        outcome="success",
+        params={"host": host.name, "check": f.key},
+    )
+
+
+def _alert_clear(host: Host, key: str, now, report: PostureReport) -> None:
+    for alert in MonitoringAlert.objects.filter(host=host, source="posture", subject=key, state="open"):
+        alert.state, alert.cleared_at = MonitoringAlert.State.CLEARED, now
+        alert.save(update_fields=["state", "cleared_at"])
+        report.cleared.append(key)
+        record(actor=None, action="monitoring.alert.clear", target=alert, outcome="success", params={"check": key})
+
+
+def posture_check(*, checks: list[posture.Check] | None = None) -> PostureReport:
+    """Run the checklist on this machine and store it (beat, as the system)."""
+    host = posture_host()
+    if host is None:
+        raise NotFound(f"No host named {settings.DEFAULT_HOST_NAME!r}: add it before checking its posture.")
+    return posture_store(host, posture.evaluate(checks))
+
+
+def posture_check_request(*, actor) -> Job:
+    """Run the checks now, as a job (the Security page's button)."""
+    host = posture_host()
+    action = POSTURE_JOB
+    if host is None:
+        authorize(actor, "security.manage", action=action)
+        raise NotFound(f"No host named {settings.DEFAULT_HOST_NAME!r}: add it before checking its posture.")
+    authorize(actor, "security.manage", host, action=action)
+    with transaction.atomic():
+        return jobs.job_enqueue(actor=actor, kind=POSTURE_JOB, target=host, host=host)
+
+
+@jobs.handler(POSTURE_JOB)
+def _run_posture_job(job: Job, progress: jobs.Progress) -> dict:
+    authorize(jobs.job_actor(job), "security.manage", job.host, action=POSTURE_JOB)
+    progress(10, "checking the host")
+    report = posture_store(job.host, posture.evaluate())
+    return {"counts": report.counts, "changed": len(report.changed), "raised": report.raised}
+
+
+# ------------------------------------------------------------------ audit chain, worker heartbeat
+
+
+def audit_chain_check() -> bool:
+    """Walk the audit hash chain and record the outcome (the metrics read the last one)."""
+    started = time.monotonic()
+    checked, bad, reason = verify_chain()
+    params = {"checked": checked, "seconds": round(time.monotonic() - started, 3)}
+    if reason:
+        where = f"event #{bad.pk}" if bad else "the end of the log"
+        record(
+            actor=None,
+            action=AUDIT_VERIFY_ACTION,
+            outcome="failed",
+            params=params,
+            error=f"chain broken at {where}: {reason}",
+        )
+        return False
+    record(actor=None, action=AUDIT_VERIFY_ACTION, outcome="success", params=params)
+    return True
+
+
+def worker_heartbeat() -> float:
+    """Beat sends this to a worker every minute: the metrics show when one last ran it."""
+    now = time.time()
+    cache.set(metrics.WORKER_HEARTBEAT_KEY, now, None)
+    return now
