@@ -6,7 +6,7 @@ from django.contrib.auth.decorators import login_not_required
 from django.http import HttpResponse
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
-from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from apps.core.views_util import job_started, permission_required, render_page
 
@@ -27,7 +27,8 @@ def metrics(request):
         if exc.status == 401:
             response["WWW-Authenticate"] = 'Bearer realm="metrics"'
         return response
-    return HttpResponse(services.metrics_scrape(), content_type=CONTENT_TYPE_LATEST)
+    # the 0.0.4 text format: every Prometheus 2.x reads it
+    return HttpResponse(services.metrics_scrape(), content_type=CONTENT_TYPE_PLAIN_0_0_4)
 
 
 # Not a session view: tests/unit/test_url_permissions.py checks it by this token setting.
