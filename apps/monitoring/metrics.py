@@ -10,16 +10,21 @@ conventions (`portal_` prefix, base units, `_total` counters, `_timestamp_second
 
 from __future__ import annotations
 
+import math
+import os
 import threading
 import time
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 
 from django.conf import settings
 from django.core.cache import cache
 from django.db.models import Count, DurationField, ExpressionWrapper, F, Min, Sum
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import Metric, SummaryMetricFamily
+from prometheus_client.samples import Sample
 
 from apps.core.errors import PortalError
 from apps.core.gateways import libvirt_gw as gw
@@ -34,8 +39,38 @@ def _ts(dt) -> float:
     return dt.timestamp()
 
 
-def _gauge(name: str, doc: str, labels: list[str]) -> GaugeMetricFamily:
-    return GaugeMetricFamily(name, doc, labels=labels)
+class Family(Metric):
+    """A gauge or counter family of prometheus-client that keeps its rows as (label values,
+    value) and builds `samples` only when asked (generate_latest, the tests): render()
+    writes the rows directly, each label set escaped once per scrape."""
+
+    def __init__(self, name: str, documentation: str, kind: str, labels: list[str] | tuple[str, ...] = ()):
+        super().__init__(name, documentation, kind)
+        self.labelnames = tuple(labels)
+        self.rows: list[tuple[tuple[str, ...], float]] = []
+
+    def add_metric(self, labels, value) -> None:
+        labels = tuple(labels)
+        if len(labels) != len(self.labelnames):
+            raise ValueError(f"{self.name} takes the labels {self.labelnames}, got {labels}")
+        self.rows.append((labels, value))
+
+    @property
+    def samples(self) -> list[Sample]:
+        name = f"{self.name}_total" if self.type == "counter" else self.name
+        return [Sample(name, dict(zip(self.labelnames, v, strict=True)), float(x), None, None) for v, x in self.rows]
+
+    @samples.setter
+    def samples(self, _value) -> None:  # Metric.__init__ sets an empty list
+        pass
+
+
+def _gauge(name: str, doc: str, labels: list[str]) -> Family:
+    return Family(name, doc, "gauge", labels)
+
+
+def _counter(name: str, doc: str, labels: list[str] | None = None) -> Family:
+    return Family(name, doc, "counter", labels or [])
 
 
 # ------------------------------------------------------------------ the database
@@ -253,7 +288,7 @@ class DatabaseCollector:
         from apps.audit.models import AuditChainHead, AuditEvent
 
         head = AuditChainHead.objects.filter(id=1).values_list("count", flat=True).first()
-        events = CounterMetricFamily("portal_audit_events", "Events written to the audit log")
+        events = _counter("portal_audit_events", "Events written to the audit log")
         events.add_metric([], head or 0)
         yield events
         verify = (
@@ -271,7 +306,7 @@ class DatabaseCollector:
             intact.add_metric([], 1 if verify[1] == AuditEvent.Outcome.SUCCESS else 0)
         yield verified
         yield intact
-        failures = CounterMetricFamily(
+        failures = _counter(
             "portal_auth_failures", "Failed sign-ins and re-authentications (audit log)", labels=["kind"]
         )
         failures.add_metric(["login"], AuditEvent.objects.filter(action="auth.login", outcome="failed").count())
@@ -320,15 +355,52 @@ class _Read:
     seconds: float
 
 
+# a scrape waits this long for a host's statistics, then reports that host down (Prometheus'
+# default scrape timeout is 10 s: a hung libvirtd must not fail the whole scrape)
+LIBVIRT_WAIT_SECONDS = 8.0
+_executor: ThreadPoolExecutor | None = None
+_executor_pid = 0
+
+
+def _readers() -> ThreadPoolExecutor:
+    """The threads that read libvirt while the database collectors run (made lazily, and
+    again in a forked child, which inherits no threads)."""
+    global _executor, _executor_pid
+    if _executor is None or _executor_pid != os.getpid():
+        _executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="metrics-libvirt")
+        _executor_pid = os.getpid()
+    return _executor
+
+
 class LibvirtStatsCollector:
     """Guest counters from one getAllDomainStats per host, cached for the scrape interval.
-    The per-host lock makes concurrent scrapes share one call."""
+    The per-host lock makes concurrent scrapes share one call. `start()` sends the calls off
+    in background threads when a scrape begins: libvirtd answers while the database
+    collectors run, and collect() takes the answers."""
 
     def __init__(self):
         self._cache: dict[str, _Read] = {}
         self._locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
         self._guard = threading.Lock()
+        self._scrape = threading.local()
         self.reads: defaultdict[str, int] = defaultdict(int)  # libvirt calls made, per host
+
+    def start(self) -> None:
+        from apps.core.models import Host
+
+        self._scrape.pending = {
+            uri: _readers().submit(self.read, name, uri) for name, uri in Host.objects.values_list("name", "uri")
+        }
+
+    def _result(self, host: str, uri: str) -> _Read:
+        pending = getattr(self._scrape, "pending", None) or {}
+        future = pending.pop(uri, None)
+        if future is None:
+            return self.read(host, uri)
+        try:
+            return future.result(timeout=LIBVIRT_WAIT_SECONDS)
+        except FutureTimeout:
+            return _Read(time.monotonic(), None, f"no answer within {LIBVIRT_WAIT_SECONDS:g} s", LIBVIRT_WAIT_SECONDS)
 
     def clear(self) -> None:
         self._cache.clear()
@@ -355,16 +427,16 @@ class LibvirtStatsCollector:
 
         up = _gauge("portal_libvirt_up", "1 when the host's libvirt answered the last statistics read", ["host"])
         took = _gauge("portal_libvirt_stats_duration_seconds", "How long the last bulk statistics read took", ["host"])
-        reads = CounterMetricFamily(
+        reads = _counter(
             "portal_libvirt_stats_reads", "Bulk statistics calls this process made to the host", labels=["host"]
         )
         lv = ["host", "vm"]
-        cpu = CounterMetricFamily("portal_vm_cpu_seconds", "CPU time the guest used since it started", labels=lv)
+        cpu = _counter("portal_vm_cpu_seconds", "CPU time the guest used since it started", labels=lv)
         mem = _gauge("portal_vm_memory_current_bytes", "Memory the guest has now (balloon)", lv)
         rss = _gauge("portal_vm_memory_rss_bytes", "Resident memory of the guest's QEMU process", lv)
         ld = [*lv, "device"]
         c = {
-            name: CounterMetricFamily(name, doc, labels=ld)
+            name: _counter(name, doc, ld)
             for name, doc in (
                 ("portal_vm_disk_read_bytes", "Bytes read from the guest disk"),
                 ("portal_vm_disk_written_bytes", "Bytes written to the guest disk"),
@@ -381,7 +453,7 @@ class LibvirtStatsCollector:
             )
         }
         for host, uri in Host.objects.values_list("name", "uri"):
-            r = self.read(host, uri)
+            r = self._result(host, uri)
             up.add_metric([host], 0 if r.stats is None else 1)
             took.add_metric([host], r.seconds)
             reads.add_metric([host], self.reads[host])
@@ -408,6 +480,7 @@ class LibvirtStatsCollector:
                     c["portal_vm_network_transmit_errors"].add_metric(nv, n.tx_errors)
                     c["portal_vm_network_receive_drops"].add_metric(nv, n.rx_drops)
                     c["portal_vm_network_transmit_drops"].add_metric(nv, n.tx_drops)
+        self._scrape.pending = {}
         yield from (up, took, reads, cpu, mem, rss)
         yield from c.values()
 
@@ -418,8 +491,62 @@ _registry.register(DatabaseCollector())
 _registry.register(libvirt_stats)
 
 
+def _escape_label_value(value: str) -> str:
+    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r'\"')
+
+
+def _float(value: float) -> str:
+    value = float(value)
+    if value != value:
+        return "NaN"
+    if value in (math.inf, -math.inf):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(value)
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    """The Prometheus text format (0.0.4) of the registry's families, as generate_latest
+    writes it (tests compare the two sample by sample), but each label set is escaped and
+    joined once per scrape instead of once per sample: a VM's labels repeat in every one
+    of its families, and with 1,000 VMs generate_latest spent more time on them than
+    libvirt's bulk call took."""
+    out: list[str] = []
+    label_text: dict[tuple, str] = {}
+    for family in registry.collect():
+        kind = family.type
+        if kind not in ("gauge", "counter", "summary"):
+            raise ValueError(f"render() writes gauges, counters and summaries, not {kind} ({family.name})")
+        name = f"{family.name}_total" if kind == "counter" else family.name
+        doc = family.documentation.replace("\\", r"\\").replace("\n", r"\n")
+        out.append(f"# HELP {name} {doc}\n# TYPE {name} {kind}\n")
+        if isinstance(family, Family):
+            names = family.labelnames
+            order = sorted(range(len(names)), key=names.__getitem__)
+            for values, value in family.rows:
+                key = (names, values)
+                text = label_text.get(key)
+                if text is None:
+                    pairs = ",".join(f'{names[i]}="{_escape_label_value(values[i])}"' for i in order)
+                    text = label_text[key] = "{" + pairs + "}" if pairs else ""
+                out.append(f"{name}{text} {_float(value)}\n")
+            continue
+        for sample in family.samples:
+            labels = sample.labels
+            if labels:
+                key = tuple(labels.items())
+                text = label_text.get(key)
+                if text is None:
+                    text = "{" + ",".join(f'{k}="{_escape_label_value(v)}"' for k, v in sorted(key)) + "}"
+                    label_text[key] = text
+            else:
+                text = ""
+            out.append(f"{sample.name}{text} {_float(sample.value)}\n")
+    return "".join(out).encode()
+
+
 def scrape() -> bytes:
     """One scrape in the Prometheus text format."""
-    body = generate_latest(_registry)
+    libvirt_stats.start()
+    body = render(_registry)
     cache.set(LAST_SCRAPE_KEY, time.time(), None)
     return body

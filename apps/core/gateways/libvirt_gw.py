@@ -916,11 +916,18 @@ def _runtime_from_stats(dom, s: dict) -> DomainRuntimeStats:
     )
 
 
+_LIVE_STATES = (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_BLOCKED, libvirt.VIR_DOMAIN_PAUSED)
+
+
 def domain_runtime_stats(uri: str) -> list[DomainRuntimeStats]:
-    """CPU time, memory, disk and network I/O of every domain of the host: ONE bulk call
-    (getAllDomainStats), never a round trip per domain."""
+    """CPU time, memory, disk and network I/O of the host's running and paused domains (the
+    others have no counters): ONE bulk call (getAllDomainStats), never a round trip per domain."""
 
     def _read(conn):
-        return [_runtime_from_stats(dom, stats) for dom, stats in conn.getAllDomainStats(_RUNTIME_STATS, 0)]
+        return [
+            _runtime_from_stats(dom, stats)
+            for dom, stats in conn.getAllDomainStats(_RUNTIME_STATS, 0)
+            if stats.get("state.state") in _LIVE_STATES
+        ]
 
     return call(uri, "read domain statistics", _read)
