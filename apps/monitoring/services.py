@@ -20,7 +20,7 @@ from apps.core import jobs
 from apps.core.errors import NotFound, PortalError
 from apps.core.models import Host, Job
 
-from . import metrics, posture
+from . import metrics, notifications, posture
 from .models import MonitoringAlert, PostureResult, Status
 
 AUDIT_VERIFY_ACTION = metrics.AUDIT_VERIFY_ACTION
@@ -100,6 +100,7 @@ class PostureReport:
     changed: list[tuple[str, str, str]] = field(default_factory=list)  # (check, before, after)
     raised: list[str] = field(default_factory=list)
     cleared: list[str] = field(default_factory=list)
+    notified: list[tuple[str, str, str]] = field(default_factory=list)  # (check, state, channel)
 
 
 def posture_store(host: Host, findings: list[posture.Finding], now=None) -> PostureReport:
@@ -150,6 +151,7 @@ def _alert_raise(host: Host, f: posture.Finding, now, report: PostureReport) -> 
         raised_at=now,
     )
     report.raised.append(f.key)
+    _notify(report, alert, "firing")
     record(
         actor=None,
         action="monitoring.alert.raise",
@@ -164,7 +166,21 @@ def _alert_clear(host: Host, key: str, now, report: PostureReport) -> None:
         alert.state, alert.cleared_at = MonitoringAlert.State.CLEARED, now
         alert.save(update_fields=["state", "cleared_at"])
         report.cleared.append(key)
+        _notify(report, alert, "resolved")
         record(actor=None, action="monitoring.alert.clear", target=alert, outcome="success", params={"check": key})
+
+
+def _notify(report: PostureReport, alert: MonitoringAlert, state: str) -> None:
+    notice = notifications.Notice(
+        source="posture",
+        name="PortalPostureCheckFailing",
+        subject=alert.subject,
+        host=alert.host.name,
+        level=alert.level,
+        state=state,
+        message=alert.message if state == "firing" else f"{alert.subject} passes again on {alert.host.name}.",
+    )
+    report.notified += [(alert.subject, state, c) for c in notifications.notify(notice)]
 
 
 def posture_check(*, checks: list[posture.Check] | None = None) -> PostureReport:

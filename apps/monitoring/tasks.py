@@ -20,3 +20,11 @@ def audit_chain_verify():
 def worker_heartbeat():
     """Celery beat, every minute: proves a worker takes work (portal_worker_heartbeat_timestamp_seconds)."""
     return services.worker_heartbeat()
+
+
+@shared_task(acks_late=True, soft_time_limit=300, time_limit=330)
+def notification_deliver(channel: str, payload: dict):
+    """One notice on one channel, with its retries (apps.monitoring.notifications)."""
+    from .notifications import deliver
+
+    return deliver(channel, payload)

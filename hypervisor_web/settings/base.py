@@ -294,3 +294,11 @@ CELERY_BEAT_SCHEDULE["monitoring-worker-heartbeat"] = {
     "task": "apps.monitoring.tasks.worker_heartbeat",
     "schedule": 60.0,
 }
+# Notifications (apps.monitoring.notifications): where alerts go, besides the pages.
+NOTIFY_EMAIL_TO = [a.strip() for a in (env("NOTIFY_EMAIL_TO", "") or "").split(",") if a.strip()]
+NOTIFY_WEBHOOK_URL = env("NOTIFY_WEBHOOK_URL", "")
+NOTIFY_WEBHOOK_SECRET = env("NOTIFY_WEBHOOK_SECRET", "")  # use NOTIFY_WEBHOOK_SECRET_FILE
+NOTIFY_ALERTMANAGER_URL = env("NOTIFY_ALERTMANAGER_URL", "")  # e.g. http://alertmanager:9093
+NOTIFY_TIMEOUT = env_int("NOTIFY_TIMEOUT", 5)  # seconds per attempt
+NOTIFY_ATTEMPTS = env_int("NOTIFY_ATTEMPTS", 3)
+NOTIFY_RETRY_PAUSE = env_int("NOTIFY_RETRY_PAUSE", 5)  # seconds before the 2nd attempt, doubled after
