@@ -331,6 +331,23 @@ class DatabaseCollector:
             checked.add_metric([host], at)
         yield fam
         yield checked
+        yield from self._lynis()
+
+    def _lynis(self):
+        from .models import LynisScan
+        from .selectors import latest_lynis
+
+        index = _gauge("portal_lynis_hardening_index", "Hardening index of the host's newest lynis scan", ["host"])
+        warnings = _gauge("portal_lynis_warnings", "Warnings of the host's newest lynis scan", ["host"])
+        when = _gauge("portal_lynis_scan_timestamp_seconds", "When the host was last scanned with lynis", ["host"])
+        hosts = LynisScan.objects.values("host_id").distinct()
+        for scan in latest_lynis(hosts).values():
+            name = scan.host.name
+            if scan.hardening_index is not None:
+                index.add_metric([name], scan.hardening_index)
+            warnings.add_metric([name], len(scan.warnings))
+            when.add_metric([name], _ts(scan.finished_at))
+        yield from (index, warnings, when)
 
     def _worker(self):
         beat = _gauge(

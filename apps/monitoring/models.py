@@ -72,3 +72,26 @@ class MonitoringAlert(models.Model):
 
     def scope_path(self):
         return (self.host_id, None, None)
+
+
+class LynisScan(models.Model):
+    """A deeper scan of a host with lynis (run as a job): its hardening index, warnings and
+    suggestions, as lynis reported them."""
+
+    host = models.ForeignKey(Host, on_delete=models.CASCADE, related_name="lynis_scans")
+    job_id = models.BigIntegerField(null=True, blank=True)
+    finished_at = models.DateTimeField()
+    lynis_version = models.CharField(max_length=20, blank=True)
+    hardening_index = models.PositiveSmallIntegerField(null=True, blank=True)
+    warnings = models.JSONField(default=list, blank=True, help_text="[{test, text, details, solution}]")
+    suggestions = models.JSONField(default=list, blank=True, help_text="[{test, text, details, solution}]")
+    tests_performed = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-finished_at", "-id"]
+
+    def __str__(self):
+        return f"lynis on {self.host.name} at {self.finished_at:%Y-%m-%d %H:%M}"
+
+    def scope_path(self):
+        return (self.host_id, None, None)

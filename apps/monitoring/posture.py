@@ -355,3 +355,48 @@ def evaluate(checks: list[Check] | None = None) -> list[Finding]:
             status, evidence = _unknown_from(exc)
         findings.append(Finding(check.key, check.title, check.category, status, evidence, check.fix))
     return findings
+
+
+# ------------------------------------------------------------------ lynis
+
+
+@dataclass(frozen=True)
+class LynisReport:
+    version: str
+    hardening_index: int | None
+    tests_performed: int
+    warnings: list[dict]
+    suggestions: list[dict]
+
+
+def parse_lynis_report(text: str) -> LynisReport:
+    """lynis' report file (key=value lines; `warning[]=` and `suggestion[]=` hold
+    TEST-ID|text|details|solution)."""
+    values: dict[str, str] = {}
+    found: dict[str, list[dict]] = {"warning[]": [], "suggestion[]": []}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if not sep or key.startswith("#"):
+            continue
+        if key in found:
+            parts = [*value.split("|"), "", "", "", ""][:4]
+            test, what, details, solution = (p.strip() for p in parts)
+            found[key].append(
+                {
+                    "test": test,
+                    "text": what,
+                    "details": "" if details == "-" else details,
+                    "solution": "" if solution == "-" else solution,
+                }
+            )
+        else:
+            values[key] = value.strip()
+    index = values.get("hardening_index", "")
+    performed = values.get("lynis_tests_done", "")
+    return LynisReport(
+        version=values.get("lynis_version", ""),
+        hardening_index=int(index) if index.isdigit() else None,
+        tests_performed=int(performed) if performed.isdigit() else 0,
+        warnings=found["warning[]"],
+        suggestions=found["suggestion[]"],
+    )

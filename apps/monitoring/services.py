@@ -18,14 +18,16 @@ from apps.accounts.permissions import authorize
 from apps.audit.services import record, verify_chain
 from apps.core import jobs
 from apps.core.errors import NotFound, PortalError
+from apps.core.gateways import host_checks
 from apps.core.models import Host, Job
 
 from . import metrics, notifications, posture
-from .models import MonitoringAlert, PostureResult, Status
+from .models import LynisScan, MonitoringAlert, PostureResult, Status
 
 AUDIT_VERIFY_ACTION = metrics.AUDIT_VERIFY_ACTION
 SCRAPE_ACTION = "monitoring.metrics.scrape"
 POSTURE_JOB = "monitoring.posture.check"
+LYNIS_JOB = "monitoring.lynis.scan"
 PROXY_HEADERS = ("HTTP_X_FORWARDED_FOR", "HTTP_FORWARDED", "HTTP_X_REAL_IP")
 
 
@@ -191,16 +193,49 @@ def posture_check(*, checks: list[posture.Check] | None = None) -> PostureReport
     return posture_store(host, posture.evaluate(checks))
 
 
+def _host_job(actor, kind: str) -> Job:
+    host = posture_host()
+    if host is None:
+        authorize(actor, "security.manage", action=kind)
+        raise NotFound(f"No host named {settings.DEFAULT_HOST_NAME!r}: add it before checking its posture.")
+    authorize(actor, "security.manage", host, action=kind)
+    with transaction.atomic():
+        return jobs.job_enqueue(actor=actor, kind=kind, target=host, host=host)
+
+
 def posture_check_request(*, actor) -> Job:
     """Run the checks now, as a job (the Security page's button)."""
-    host = posture_host()
-    action = POSTURE_JOB
-    if host is None:
-        authorize(actor, "security.manage", action=action)
-        raise NotFound(f"No host named {settings.DEFAULT_HOST_NAME!r}: add it before checking its posture.")
-    authorize(actor, "security.manage", host, action=action)
-    with transaction.atomic():
-        return jobs.job_enqueue(actor=actor, kind=POSTURE_JOB, target=host, host=host)
+    return _host_job(actor, POSTURE_JOB)
+
+
+def lynis_scan_request(*, actor) -> Job:
+    """A deeper scan with lynis, as a job (it takes minutes)."""
+    return _host_job(actor, LYNIS_JOB)
+
+
+@jobs.handler(LYNIS_JOB)
+def _run_lynis_job(job: Job, progress: jobs.Progress) -> dict:
+    authorize(jobs.job_actor(job), "security.manage", job.host, action=LYNIS_JOB)
+    progress(5, "running lynis audit system (this takes a few minutes)")
+    with jobs.heartbeat(job):
+        text, _tail = host_checks.lynis_audit(timeout=settings.LYNIS_TIMEOUT)
+    report = posture.parse_lynis_report(text)
+    scan = LynisScan.objects.create(
+        host=job.host,
+        job_id=job.pk,
+        finished_at=timezone.now(),
+        lynis_version=report.version,
+        hardening_index=report.hardening_index,
+        warnings=report.warnings,
+        suggestions=report.suggestions,
+        tests_performed=report.tests_performed,
+    )
+    return {
+        "scan": scan.pk,
+        "hardening_index": report.hardening_index,
+        "warnings": len(report.warnings),
+        "suggestions": len(report.suggestions),
+    }
 
 
 @jobs.handler(POSTURE_JOB)

@@ -47,6 +47,13 @@ def security(request):
 
 @require_POST
 @permission_required("security.manage")
+def lynis_run(request):
+    job = services.lynis_scan_request(actor=request.user)
+    return job_started(request, job, "Lynis scan started.", back=reverse("monitoring:security"))
+
+
+@require_POST
+@permission_required("security.manage")
 def security_run(request):
     job = services.posture_check_request(actor=request.user)
     return job_started(request, job, "Security checks started.", back=reverse("monitoring:security"))

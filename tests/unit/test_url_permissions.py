@@ -66,6 +66,7 @@ EXPECTED = {
     "encryption:rotate": ("encryption.keys", "POST"),
     "monitoring:security": ("monitoring.view", "GET"),
     "monitoring:security_run": ("security.manage", "POST"),
+    "monitoring:lynis_run": ("security.manage", "POST"),
 }
 
 # sample values for URL arguments; they name nothing that exists, so an allowed role

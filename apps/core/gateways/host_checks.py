@@ -104,3 +104,23 @@ def process_security_label(pid: int) -> str | None:
 
 def is_root() -> bool:
     return os.geteuid() == 0
+
+
+def lynis_audit(*, timeout: float) -> tuple[str, str]:
+    """Run `lynis audit system` (Debian's lynis; read-only) with its report and log in a
+    private temporary directory; returns (report .dat text, the command's last output
+    lines). GatewayTimeout past `timeout`, CommandMissing when lynis is not installed."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="portal-lynis-") as tmp:
+        report = Path(tmp) / "report.dat"
+        out = run(
+            ["lynis", "audit", "system", "--quick", "--no-colors", "--quiet",
+             "--report-file", str(report), "--logfile", str(Path(tmp) / "lynis.log")],
+            timeout=timeout,
+        )  # fmt: skip
+        text = read_text(report)
+    tail = "\n".join((out.stdout + out.stderr).strip().splitlines()[-5:])
+    if out.returncode != 0 or not text:
+        raise GatewayError(f"lynis failed (exit status {out.returncode}): {tail or 'no report written'}")
+    return text, tail
