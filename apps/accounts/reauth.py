@@ -79,6 +79,8 @@ REAUTH_POLICY: dict[str, str | When] = {
     # monitoring: running the read-only host checks now changes nothing on the host
     "monitoring:security_run": NEVER,
     "monitoring:lynis_run": NEVER,  # a read-only scan
+    "monitoring:incident_plan_save": NEVER,  # versioned, audited
+    "monitoring:incident_plan_review": NEVER,
     "encryption:vm_start": NEVER,
     "encryption:vm_start_manual": NEVER,  # the typed passphrase is the proof (throttled, audited)
     "encryption:vm_unlock_policy": ALWAYS,  # who can open a critical VM's disks

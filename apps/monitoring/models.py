@@ -95,3 +95,25 @@ class LynisScan(models.Model):
 
     def scope_path(self):
         return (self.host_id, None, None)
+
+
+class IncidentResponsePlan(models.Model):
+    """The one incident response plan an admin writes and reviews: the guide's four steps
+    (prefilled), whom to call, and when it was last reviewed."""
+
+    detect = models.TextField()
+    contain = models.TextField()
+    recover = models.TextField()
+    review = models.TextField()
+    contacts = models.TextField(blank=True)
+    version = models.PositiveIntegerField(default=1)
+    updated_at = models.DateTimeField()
+    updated_by_name = models.CharField(max_length=150)
+    reviewed_at = models.DateTimeField(null=True, blank=True)
+    reviewed_by_name = models.CharField(max_length=150, blank=True)
+
+    class Meta:
+        constraints = [models.CheckConstraint(condition=Q(id=1), name="incident_plan_singleton")]
+
+    def __str__(self):
+        return f"incident response plan v{self.version}"

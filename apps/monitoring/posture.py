@@ -236,6 +236,29 @@ def _monitoring_enabled() -> tuple[str, str]:
     return Status.PASS, f"/metrics was scraped {age:.0f} seconds ago"
 
 
+def _incident_plan() -> tuple[str, str]:
+    from django.utils import timezone
+
+    from .models import IncidentResponsePlan
+
+    plan = IncidentResponsePlan.objects.filter(id=1).first()
+    if plan is None:
+        return Status.FAIL, "no incident response plan is recorded"
+    if plan.reviewed_at is None:
+        return Status.FAIL, f"the plan (version {plan.version}, by {plan.updated_by_name}) was never reviewed"
+    age = (timezone.now() - plan.reviewed_at).days
+    if age > settings.POSTURE_PLAN_REVIEW_DAYS:
+        return Status.FAIL, f"the plan was last reviewed {age} days ago by {plan.reviewed_by_name}"
+    return Status.PASS, f"version {plan.version}, reviewed {age} days ago by {plan.reviewed_by_name}"
+
+
+def _not_yet(feature: str) -> Callable[[], tuple[str, str]]:
+    def run() -> tuple[str, str]:
+        return Status.UNKNOWN, f"the portal has no {feature} yet: this cannot be checked"
+
+    return run
+
+
 def _backups() -> tuple[str, str]:
     return Status.UNKNOWN, "the portal has no backup feature yet: backups cannot be checked"
 
@@ -318,6 +341,19 @@ CHECKS: list[Check] = [
         "detection",
         "set METRICS_TOKEN (METRICS_TOKEN_FILE) and point Prometheus at /metrics (deploy/prometheus/)",
         _monitoring_enabled,
+    ),
+    Check(
+        "incident.plan", "An incident response plan is recorded and reviewed", "response",
+        "write the plan on Security > Incident response plan and record its review (yearly)",
+        _incident_plan,
+    ),
+    Check(
+        "network.zones", "Network zones are configured", "isolation",
+        "comes with network security zones", _not_yet("network security zones"),
+    ),
+    Check(
+        "network.firewall_reviewed", "Firewall rules were reviewed recently", "isolation",
+        "comes with the firewall rules of the network zones", _not_yet("firewall rules"),
     ),
     Check(
         "backups.verified",

@@ -273,3 +273,75 @@ def worker_heartbeat() -> float:
     now = time.time()
     cache.set(metrics.WORKER_HEARTBEAT_KEY, now, None)
     return now
+
+
+# ------------------------------------------------------------------ incident response plan
+
+PLAN_TEMPLATE = {
+    "detect": (
+        "Watch the alerts from Prometheus/Alertmanager and the portal (Storage alerts, Security page), "
+        "the audit log (failed sign-ins, denials, audit chain verification) and the hosts' auditd logs. "
+        "Whoever sees a possible incident opens a ticket and calls the on-call administrator."
+    ),
+    "contain": (
+        "Isolate the affected VM (quarantine its network, or suspend it), keep its state for forensics "
+        "(snapshot, memory dump), revoke the sessions and roles of affected accounts, seal the key store "
+        "if keys may be exposed."
+    ),
+    "recover": (
+        "Restore from a verified backup, rotate the keys and passphrases involved (disk keys, KEK), "
+        "patch what was exploited, and bring services back one at a time while watching the metrics."
+    ),
+    "review": (
+        "Within a week: write down the timeline from the audit log, what worked and what did not, "
+        "and change the checklist, alert rules and this plan accordingly."
+    ),
+}
+
+
+def incident_plan():
+    from .models import IncidentResponsePlan
+
+    return IncidentResponsePlan.objects.filter(id=1).first()
+
+
+def incident_plan_save(*, actor, detect: str, contain: str, recover: str, review: str, contacts: str,
+                       expected_version: int):
+    """Write the plan (admins); `expected_version` refuses a lost update."""
+    from apps.audit.services import audited
+    from apps.core.errors import Conflict
+
+    from .models import IncidentResponsePlan
+
+    action, target = "monitoring.incident_plan.save", ("incident_plan", "1", "incident response plan")
+    authorize(actor, "security.manage", action=action, target=target)  # global: the plan covers every host
+    with audited(actor=actor, action=action, target=target, atomic=True) as ev:
+        current = IncidentResponsePlan.objects.select_for_update().filter(id=1).first()
+        have = current.version if current else 0
+        if have != expected_version:
+            raise Conflict(f"The plan changed meanwhile (now version {have}): reload it and make your change again.")
+        plan = current or IncidentResponsePlan(id=1, version=0)
+        plan.detect, plan.contain, plan.recover, plan.review, plan.contacts = detect, contain, recover, review, contacts
+        plan.version += 1
+        plan.updated_at = timezone.now()
+        plan.updated_by_name = getattr(actor, "username", "") or "system"
+        plan.save()
+        ev.params["version"] = plan.version
+    return plan
+
+
+def incident_plan_reviewed(*, actor):
+    """Record that an admin reviewed the plan as it stands."""
+    from apps.audit.services import audited
+
+    action, target = "monitoring.incident_plan.review", ("incident_plan", "1", "incident response plan")
+    authorize(actor, "security.manage", action=action, target=target)
+    with audited(actor=actor, action=action, target=target, atomic=True) as ev:
+        plan = incident_plan()
+        if plan is None:
+            raise NotFound("There is no incident response plan yet: write one first.")
+        plan.reviewed_at = timezone.now()
+        plan.reviewed_by_name = getattr(actor, "username", "") or "system"
+        plan.save(update_fields=["reviewed_at", "reviewed_by_name"])
+        ev.params["version"] = plan.version
+    return plan

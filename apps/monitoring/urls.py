@@ -7,4 +7,7 @@ urlpatterns = [
     path("", views.security, name="security"),
     path("run/", views.security_run, name="security_run"),
     path("lynis/", views.lynis_run, name="lynis_run"),
+    path("plan/", views.incident_plan, name="incident_plan"),
+    path("plan/save/", views.incident_plan_save, name="incident_plan_save"),
+    path("plan/review/", views.incident_plan_review, name="incident_plan_review"),
 ]

@@ -2,15 +2,18 @@
 page (the host security posture)."""
 
 from django.conf import settings
+from django.contrib import messages
 from django.contrib.auth.decorators import login_not_required
 from django.http import HttpResponse
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
-from apps.core.views_util import job_started, permission_required, render_page
+from apps.audit.services import refused
+from apps.core.views_util import job_started, permission_required, redirect_htmx, render_page
 
 from . import selectors, services
+from .forms import IncidentPlanForm, error_text
 
 
 @login_not_required
@@ -43,6 +46,48 @@ def security(request):
         "interval_minutes": settings.POSTURE_CHECK_INTERVAL // 60,
     }
     return render_page(request, "monitoring/security.html", context, partial="results")
+
+
+def _plan_page(request, form=None, status=200):
+    plan = services.incident_plan()
+    fields = ("detect", "contain", "recover", "review", "contacts")
+    if plan is not None:
+        initial = {f: getattr(plan, f) for f in fields} | {"version": plan.version}
+    else:
+        initial = {**services.PLAN_TEMPLATE, "version": 0}
+    context = {"plan": plan, "form": form or IncidentPlanForm(initial=initial)}
+    return render_page(request, "monitoring/plan.html", context, partial="plan", status=status)
+
+
+@permission_required("monitoring.view")
+def incident_plan(request):
+    return _plan_page(request)
+
+
+@require_POST
+@permission_required("security.manage")
+def incident_plan_save(request):
+    form = IncidentPlanForm(request.POST)
+    target = ("incident_plan", "1", "incident response plan")
+    if not form.is_valid():
+        refused(actor=request.user, action="monitoring.incident_plan.save", target=target,
+                error=error_text(form), perm="security.manage")
+        return _plan_page(request, form, status=400)
+    data = form.cleaned_data
+    services.incident_plan_save(
+        actor=request.user, detect=data["detect"], contain=data["contain"], recover=data["recover"],
+        review=data["review"], contacts=data["contacts"], expected_version=data["version"],
+    )  # fmt: skip
+    messages.success(request, "Incident response plan saved.")
+    return redirect_htmx(request, reverse("monitoring:incident_plan"))
+
+
+@require_POST
+@permission_required("security.manage")
+def incident_plan_review(request):
+    services.incident_plan_reviewed(actor=request.user)
+    messages.success(request, "Review of the incident response plan recorded.")
+    return redirect_htmx(request, reverse("monitoring:incident_plan"))
 
 
 @require_POST

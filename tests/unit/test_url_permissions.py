@@ -67,6 +67,9 @@ EXPECTED = {
     "monitoring:security": ("monitoring.view", "GET"),
     "monitoring:security_run": ("security.manage", "POST"),
     "monitoring:lynis_run": ("security.manage", "POST"),
+    "monitoring:incident_plan": ("monitoring.view", "GET"),
+    "monitoring:incident_plan_save": ("security.manage", "POST"),
+    "monitoring:incident_plan_review": ("security.manage", "POST"),
 }
 
 # sample values for URL arguments; they name nothing that exists, so an allowed role
