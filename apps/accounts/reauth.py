@@ -80,6 +80,7 @@ REAUTH_POLICY: dict[str, str | When] = {
     "monitoring:security_run": NEVER,
     "monitoring:lynis_run": NEVER,  # a read-only scan
     "monitoring:incident_plan_save": NEVER,  # versioned, audited
+    "monitoring:audit_rules_install": ALWAYS,  # writes the host's auditd configuration
     "monitoring:incident_plan_review": NEVER,
     "encryption:vm_start": NEVER,
     "encryption:vm_start_manual": NEVER,  # the typed passphrase is the proof (throttled, audited)

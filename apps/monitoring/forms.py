@@ -12,6 +12,11 @@ class IncidentPlanForm(forms.Form):
     version = forms.IntegerField(min_value=0, widget=forms.HiddenInput, help_text="the version edited (0: none yet)")
 
 
+class AuditRulesInstallForm(forms.Form):
+    sha256 = forms.RegexField(regex=r"^[0-9a-f]{64}$", error_messages={"invalid": "Not the digest of a diff."})
+    confirm = forms.BooleanField(required=True, error_messages={"required": "Confirm that you read the diff."})
+
+
 def error_text(form: forms.Form) -> str:
     """The form's errors in one line, for the audit log."""
     label = {n: f.label for n, f in form.fields.items()}

@@ -310,8 +310,8 @@ CHECKS: list[Check] = [
         "auditd.rules",
         "auditd runs with the watch rules",
         "detection",
-        "apt-get install auditd; add -w rules for each path of POSTURE_AUDIT_WATCH_PATHS to "
-        "/etc/audit/rules.d/portal.rules; augenrules --load",
+        "apt-get install auditd; then Security > auditd rules installs the watch rules of "
+        "POSTURE_AUDIT_WATCH_PATHS (after showing the diff)",
         _auditd_rules,
     ),
     Check(

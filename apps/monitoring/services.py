@@ -15,7 +15,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from apps.accounts.permissions import authorize
-from apps.audit.services import record, verify_chain
+from apps.audit.services import record, refused, verify_chain
 from apps.core import jobs
 from apps.core.errors import NotFound, PortalError
 from apps.core.gateways import host_checks
@@ -193,14 +193,14 @@ def posture_check(*, checks: list[posture.Check] | None = None) -> PostureReport
     return posture_store(host, posture.evaluate(checks))
 
 
-def _host_job(actor, kind: str) -> Job:
+def _host_job(actor, kind: str, params: dict | None = None) -> Job:
     host = posture_host()
     if host is None:
         authorize(actor, "security.manage", action=kind)
         raise NotFound(f"No host named {settings.DEFAULT_HOST_NAME!r}: add it before checking its posture.")
     authorize(actor, "security.manage", host, action=kind)
     with transaction.atomic():
-        return jobs.job_enqueue(actor=actor, kind=kind, target=host, host=host)
+        return jobs.job_enqueue(actor=actor, kind=kind, target=host, host=host, params=params)
 
 
 def posture_check_request(*, actor) -> Job:
@@ -345,3 +345,87 @@ def incident_plan_reviewed(*, actor):
         plan.save(update_fields=["reviewed_at", "reviewed_by_name"])
         ev.params["version"] = plan.version
     return plan
+
+
+# ------------------------------------------------------------------ auditd rules
+
+AUDIT_RULES_JOB = "monitoring.audit_rules.install"
+
+
+def audit_rules_wanted() -> str:
+    """The watch rules the guide asks for (every path of POSTURE_AUDIT_WATCH_PATHS, writes
+    and attribute changes), as an auditd rules file."""
+    lines = [
+        "## Installed by the hypervisor portal (Security > auditd rules). Changes here are",
+        "## overwritten by the next installation: change POSTURE_AUDIT_WATCH_PATHS instead.",
+    ]
+    lines += [f"-w {p} -p wa -k hypervisor-portal" for p in settings.POSTURE_AUDIT_WATCH_PATHS]
+    return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class RulesDiff:
+    path: str
+    installed: str | None
+    wanted: str
+    diff: str
+    wanted_sha256: str
+
+    @property
+    def up_to_date(self) -> bool:
+        return self.installed == self.wanted
+
+
+def audit_rules_diff() -> RulesDiff:
+    import difflib
+    import hashlib
+
+    path = str(settings.AUDIT_RULES_FILE)
+    try:
+        installed = host_checks.read_text(path)
+    except PortalError:
+        installed = None
+    installed = None if installed is None else installed + "\n"
+    wanted = audit_rules_wanted()
+    diff = "".join(
+        difflib.unified_diff(
+            (installed or "").splitlines(keepends=True), wanted.splitlines(keepends=True),
+            fromfile=f"{path} (installed)" if installed is not None else "(not installed)", tofile=f"{path} (wanted)",
+        )
+    )  # fmt: skip
+    return RulesDiff(path, installed, wanted, diff, hashlib.sha256(wanted.encode()).hexdigest())
+
+
+def audit_rules_install_request(*, actor, seen_sha256: str) -> Job:
+    """Install the rules the admin saw in the diff (their sha256): refused if they changed since."""
+    diff = audit_rules_diff()
+    if seen_sha256 != diff.wanted_sha256:
+        from apps.core.errors import Conflict
+
+        message = "The wanted rules changed since the diff was shown: look at the diff again."
+        refused(actor=actor, action=AUDIT_RULES_JOB, target=("file", "", diff.path), error=message,
+                perm="security.manage", obj=posture_host())
+        raise Conflict(message)
+    return _host_job(actor, AUDIT_RULES_JOB, {"sha256": seen_sha256, "path": diff.path})
+
+
+@jobs.handler(AUDIT_RULES_JOB)
+def _run_audit_rules_job(job: Job, progress: jobs.Progress) -> dict:
+    authorize(jobs.job_actor(job), "security.manage", job.host, action=AUDIT_RULES_JOB)
+    diff = audit_rules_diff()
+    if diff.wanted_sha256 != job.params.get("sha256"):
+        from apps.core.errors import Conflict
+
+        raise Conflict("The wanted rules changed after the diff was shown; nothing was installed.")
+    progress(30, f"writing {diff.path}")
+    host_checks.install_file(diff.path, diff.wanted)
+    if host_checks.which("augenrules") is None:
+        loaded = "augenrules is not installed on this host: the file is written; auditd loads it when it starts"
+    else:
+        progress(70, "loading the rules (augenrules --load)")
+        out = host_checks.run(["augenrules", "--load"])
+        tail = (out.stderr or out.stdout).strip().splitlines()[-1:] or [""]
+        if out.returncode != 0:
+            raise PortalError(f"{diff.path} is written but augenrules --load failed: {tail[0]}")
+        loaded = "loaded with augenrules --load"
+    return {"path": diff.path, "changed": not diff.up_to_date, "diff": diff.diff[:4000], "loaded": loaded}

@@ -13,7 +13,7 @@ from apps.audit.services import refused
 from apps.core.views_util import job_started, permission_required, redirect_htmx, render_page
 
 from . import selectors, services
-from .forms import IncidentPlanForm, error_text
+from .forms import AuditRulesInstallForm, IncidentPlanForm, error_text
 
 
 @login_not_required
@@ -88,6 +88,28 @@ def incident_plan_review(request):
     services.incident_plan_reviewed(actor=request.user)
     messages.success(request, "Review of the incident response plan recorded.")
     return redirect_htmx(request, reverse("monitoring:incident_plan"))
+
+
+def _rules_page(request, form=None, status=200):
+    context = {"rules": services.audit_rules_diff(), "form": form}
+    return render_page(request, "monitoring/audit_rules.html", context, partial="rules", status=status)
+
+
+@permission_required("monitoring.view")
+def audit_rules(request):
+    return _rules_page(request)
+
+
+@require_POST
+@permission_required("security.manage")
+def audit_rules_install(request):
+    form = AuditRulesInstallForm(request.POST)
+    if not form.is_valid():
+        refused(actor=request.user, action=services.AUDIT_RULES_JOB, target=("file", "", "auditd rules"),
+                error=error_text(form), perm="security.manage", obj=services.posture_host())
+        return _rules_page(request, form, status=400)
+    job = services.audit_rules_install_request(actor=request.user, seen_sha256=form.cleaned_data["sha256"])
+    return job_started(request, job, "Installing the auditd rules.", back=reverse("monitoring:audit_rules"))
 
 
 @require_POST

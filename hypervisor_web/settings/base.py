@@ -282,6 +282,7 @@ _WATCHED = "/etc/libvirt,/var/lib/libvirt,/etc/hypervisor-portal"  # auditd shou
 POSTURE_AUDIT_WATCH_PATHS = [p for p in (env("POSTURE_AUDIT_WATCH_PATHS", _WATCHED) or "").split(",") if p.strip()]
 HOST_CHECK_PATH = env("HOST_CHECK_PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
 POSTURE_PLAN_REVIEW_DAYS = env_int("POSTURE_PLAN_REVIEW_DAYS", 365)  # the incident plan is reviewed this often
+AUDIT_RULES_FILE = env("AUDIT_RULES_FILE", "/etc/audit/rules.d/hypervisor-portal.rules")  # the portal installs it
 LYNIS_TIMEOUT = env_int("LYNIS_TIMEOUT", 1200)  # seconds a lynis scan (a job) may take
 AUDIT_VERIFY_INTERVAL = env_int("AUDIT_VERIFY_INTERVAL", 3600)  # seconds between audit chain verifications
 CELERY_BEAT_SCHEDULE["monitoring-posture-check"] = {

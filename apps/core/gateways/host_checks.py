@@ -124,3 +124,24 @@ def lynis_audit(*, timeout: float) -> tuple[str, str]:
     if out.returncode != 0 or not text:
         raise GatewayError(f"lynis failed (exit status {out.returncode}): {tail or 'no report written'}")
     return text, tail
+
+
+def install_file(path: Path | str, text: str, *, mode: int = 0o640) -> None:
+    """Write a configuration file atomically (a temporary file beside it, then a rename):
+    the one write this module makes, for the audit rules the portal installs."""
+    import tempfile
+
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            os.chmod(tmp, mode)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as exc:
+        raise GatewayError(f"cannot write {path}: {exc.strerror or exc}") from None
