@@ -256,13 +256,17 @@ def audit_chain_check() -> bool:
     params = {"checked": checked, "seconds": round(time.monotonic() - started, 3)}
     if reason:
         where = f"event #{bad.pk}" if bad else "the end of the log"
-        record(
-            actor=None,
-            action=AUDIT_VERIFY_ACTION,
-            outcome="failed",
-            params=params,
-            error=f"chain broken at {where}: {reason}",
-        )
+        error = f"chain broken at {where}: {reason}"
+        with transaction.atomic():
+            record(actor=None, action=AUDIT_VERIFY_ACTION, outcome="failed", params=params, error=error)
+            host = posture_host()
+            notifications.notify(
+                notifications.Notice(
+                    source="audit", name="PortalAuditChainBroken", subject="audit log",
+                    host=host.name if host else settings.DEFAULT_HOST_NAME, level="critical", state="firing",
+                    message=f"The audit log's hash chain is broken: {error}. Run `manage.py audit_verify`.",
+                )
+            )  # fmt: skip
         return False
     record(actor=None, action=AUDIT_VERIFY_ACTION, outcome="success", params=params)
     return True

@@ -194,12 +194,16 @@ def test_an_unreachable_host_is_reported_not_a_500(client, token, estate):
 
 
 @pytest.mark.django_db
-def test_a_broken_audit_chain_shows_in_the_metrics(client, token, estate):
+def test_a_broken_audit_chain_shows_in_the_metrics_and_is_notified(client, token, estate, settings,
+                                                                  django_capture_on_commit_callbacks):
     from apps.audit.models import AuditChainHead
 
+    settings.NOTIFY_WEBHOOK_URL = "http://127.0.0.1:9/hook"
     services.audit_chain_check()
     AuditChainHead.objects.filter(id=1).update(last_hash="f" * 64)  # the newest event "removed"
-    assert services.audit_chain_check() is False
+    with django_capture_on_commit_callbacks(execute=False) as sent:
+        assert services.audit_chain_check() is False
+    assert len(sent) == 1  # one notification, on the one configured channel
     found = samples(scrape(client))
     assert value(found, "portal_audit_chain_intact") == 0
 
