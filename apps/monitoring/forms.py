@@ -17,6 +17,10 @@ class AuditRulesInstallForm(forms.Form):
     confirm = forms.BooleanField(required=True, error_messages={"required": "Confirm that you read the diff."})
 
 
+class TrainingAckForm(forms.Form):
+    item = forms.SlugField(max_length=40)
+
+
 def error_text(form: forms.Form) -> str:
     """The form's errors in one line, for the audit log."""
     label = {n: f.label for n, f in form.fields.items()}

@@ -1,5 +1,6 @@
 """Host security posture results and the alerts monitoring raises itself."""
 
+from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
@@ -117,3 +118,18 @@ class IncidentResponsePlan(models.Model):
 
     def __str__(self):
         return f"incident response plan v{self.version}"
+
+
+class TrainingAcknowledgement(models.Model):
+    """A user's acknowledgement of one training item of the security guide (shown in the
+    access review; the posture check wants every administrator to have acknowledged all)."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="training_acks")
+    item = models.CharField(max_length=40)
+    acknowledged_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["user", "item"], name="training_ack_once_per_item")]
+
+    def __str__(self):
+        return f"{self.user_id} acknowledged {self.item}"

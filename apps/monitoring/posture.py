@@ -252,6 +252,28 @@ def _incident_plan() -> tuple[str, str]:
     return Status.PASS, f"version {plan.version}, reviewed {age} days ago by {plan.reviewed_by_name}"
 
 
+def _training() -> tuple[str, str]:
+    from django.contrib.auth import get_user_model
+
+    from apps.accounts.models import Role, RoleAssignment
+
+    from .models import TrainingAcknowledgement
+    from .training import ITEMS
+
+    admin_ids = set(RoleAssignment.objects.filter(role=Role.ADMIN).values_list("user_id", flat=True))
+    admins = list(get_user_model().objects.filter(pk__in=admin_ids, is_active=True).order_by("username"))
+    if not admins:
+        return Status.UNKNOWN, "no active administrator"
+    done: dict[int, set[str]] = {}
+    for user_id, item in TrainingAcknowledgement.objects.filter(user__in=admins).values_list("user_id", "item"):
+        done.setdefault(user_id, set()).add(item)
+    missing = [f"{u.username} ({len(set(ITEMS) - done.get(u.pk, set()))} left)" for u in admins
+               if not set(ITEMS) <= done.get(u.pk, set())]  # fmt: skip
+    if missing:
+        return Status.FAIL, f"training not fully acknowledged by: {', '.join(missing[:10])}"
+    return Status.PASS, f"all {len(admins)} administrators acknowledged the {len(ITEMS)} training items"
+
+
 def _not_yet(feature: str) -> Callable[[], tuple[str, str]]:
     def run() -> tuple[str, str]:
         return Status.UNKNOWN, f"the portal has no {feature} yet: this cannot be checked"
@@ -346,6 +368,10 @@ CHECKS: list[Check] = [
         "incident.plan", "An incident response plan is recorded and reviewed", "response",
         "write the plan on Security > Incident response plan and record its review (yearly)",
         _incident_plan,
+    ),
+    Check(
+        "training.admins", "Administrators acknowledged the training items", "response",
+        "each administrator acknowledges the items on Security > Training", _training,
     ),
     Check(
         "network.zones", "Network zones are configured", "isolation",

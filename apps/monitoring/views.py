@@ -12,8 +12,8 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from apps.audit.services import refused
 from apps.core.views_util import job_started, permission_required, redirect_htmx, render_page
 
-from . import selectors, services
-from .forms import AuditRulesInstallForm, IncidentPlanForm, error_text
+from . import selectors, services, training
+from .forms import AuditRulesInstallForm, IncidentPlanForm, TrainingAckForm, error_text
 
 
 @login_not_required
@@ -110,6 +110,29 @@ def audit_rules_install(request):
         return _rules_page(request, form, status=400)
     job = services.audit_rules_install_request(actor=request.user, seen_sha256=form.cleaned_data["sha256"])
     return job_started(request, job, "Installing the auditd rules.", back=reverse("monitoring:audit_rules"))
+
+
+def _training_page(request, status=200):
+    done = training.acknowledged_by(request.user)
+    context = {"items": [(key, text, done.get(key)) for key, text in training.ITEMS.items()]}
+    return render_page(request, "monitoring/training.html", context, partial="items", status=status)
+
+
+@permission_required("security.manage")
+def training_page(request):
+    return _training_page(request)
+
+
+@require_POST
+@permission_required("security.manage")
+def training_acknowledge(request):
+    form = TrainingAckForm(request.POST)
+    if not form.is_valid():
+        refused(actor=request.user, action="monitoring.training.acknowledge", target=request.user,
+                error=error_text(form), perm="security.manage")
+        return _training_page(request, status=400)
+    training.training_acknowledge(actor=request.user, item=form.cleaned_data["item"])
+    return _training_page(request)
 
 
 @require_POST

@@ -68,6 +68,8 @@ EXPECTED = {
     "monitoring:security_run": ("security.manage", "POST"),
     "monitoring:lynis_run": ("security.manage", "POST"),
     "monitoring:incident_plan": ("monitoring.view", "GET"),
+    "monitoring:training": ("security.manage", "GET"),
+    "monitoring:training_acknowledge": ("security.manage", "POST"),
     "monitoring:audit_rules": ("monitoring.view", "GET"),
     "monitoring:audit_rules_install": ("security.manage", "POST"),
     "monitoring:incident_plan_save": ("security.manage", "POST"),
