@@ -3,6 +3,7 @@ from django.urls import include, path
 
 from apps.accounts.views import LoginView
 from apps.core import views as core_views
+from apps.monitoring import views as monitoring_views
 
 urlpatterns = [
     path("accounts/login/", LoginView.as_view(), name="login"),
@@ -17,6 +18,8 @@ urlpatterns = [
     path("backups/", include("apps.backups.urls")),
     path("audit/", include("apps.audit.urls")),
     path("users/", include("apps.accounts.urls")),
+    path("security/", include("apps.monitoring.urls")),
+    path("metrics", monitoring_views.metrics, name="metrics"),
 ]
 
 handler403 = "apps.core.views_errors.forbidden"

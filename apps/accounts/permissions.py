@@ -23,15 +23,20 @@ OPERATE_PERMISSIONS = frozenset(
     {"vms.operate", "vms.snapshot", "storage.change", "encryption.change", "network.change", "backups.run"}
 )
 AUDIT_PERMISSIONS = frozenset({"audit.view", "access_review.view"})
-ADMIN_PERMISSIONS = frozenset({"accounts.manage", "storage.settings"})
+ADMIN_PERMISSIONS = frozenset({"accounts.manage", "storage.settings", "security.manage"})
+# monitoring.view: the host security posture page (operators and auditors read it too)
+MONITORING_PERMISSIONS = frozenset({"monitoring.view"})
 # encryption.keys: unseal the key store, export key escrow, rotate the KEK (admins only)
 KEY_PERMISSIONS = frozenset({"encryption.keys"})
-ALL_PERMISSIONS = VIEW_PERMISSIONS | OPERATE_PERMISSIONS | AUDIT_PERMISSIONS | ADMIN_PERMISSIONS | KEY_PERMISSIONS
+ALL_PERMISSIONS = (
+    VIEW_PERMISSIONS | OPERATE_PERMISSIONS | AUDIT_PERMISSIONS | ADMIN_PERMISSIONS | KEY_PERMISSIONS
+    | MONITORING_PERMISSIONS
+)
 
 ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
     Role.ADMIN: ALL_PERMISSIONS,
-    Role.OPERATOR: VIEW_PERMISSIONS | OPERATE_PERMISSIONS,
-    Role.AUDITOR: VIEW_PERMISSIONS | AUDIT_PERMISSIONS,
+    Role.OPERATOR: VIEW_PERMISSIONS | OPERATE_PERMISSIONS | MONITORING_PERMISSIONS,
+    Role.AUDITOR: VIEW_PERMISSIONS | AUDIT_PERMISSIONS | MONITORING_PERMISSIONS,
     Role.VIEWER: frozenset({"dashboard.view", "vms.view", "storage.view", "network.view", "jobs.view"}),
 }
 

@@ -82,6 +82,13 @@ REAUTH_POLICY: dict[str, str | When] = {
     "encryption:recovery_test": ALWAYS,
     "encryption:key_restore": ALWAYS,  # writes a disk key from an escrow file
     "encryption:destroy_stale": ALWAYS,  # destroys header backups for good
+    # monitoring: running the read-only host checks now changes nothing on the host
+    "monitoring:security_run": NEVER,
+    "monitoring:lynis_run": NEVER,  # a read-only scan
+    "monitoring:incident_plan_save": NEVER,  # versioned, audited
+    "monitoring:audit_rules_install": ALWAYS,  # writes the host's auditd configuration
+    "monitoring:incident_plan_review": NEVER,
+    "monitoring:training_acknowledge": NEVER,  # the user's own acknowledgement
     "encryption:vm_start": NEVER,
     "encryption:vm_start_manual": NEVER,  # the typed passphrase is the proof (throttled, audited)
     "encryption:vm_unlock_policy": ALWAYS,  # who can open a critical VM's disks

@@ -48,6 +48,9 @@ def access_review(user):
             last=Max("created_at"),
         )
     }
+    from apps.monitoring.training import ITEMS, acknowledgements_by_user
+
+    training = acknowledgements_by_user()  # security training items acknowledged, per user
     rows = []
     for user in users:
         s = stats.get(user.pk, {})
@@ -70,6 +73,7 @@ def access_review(user):
                 "failed": s.get("failed", 0),
                 "last_action": s.get("last"),
                 "flags": flags,
+                "training": f"{training.get(user.pk, 0)}/{len(ITEMS)}",
             }
         )
     return rows

@@ -62,6 +62,7 @@ INSTALLED_APPS = [
     "apps.network",
     "apps.encryption",
     "apps.backups",
+    "apps.monitoring",
 ]
 
 MIDDLEWARE = [
@@ -285,3 +286,41 @@ CELERY_BEAT_SCHEDULE["backups-verify-due"] = {  # restore the latest backup of e
     "task": "apps.backups.tasks.backups_verify_due",
     "schedule": 3600.0,
 }
+# Monitoring (apps.monitoring): /metrics for Prometheus and the host security posture.
+# /metrics answers a bearer token (METRICS_TOKEN, use METRICS_TOKEN_FILE) or, when
+# METRICS_ALLOW_LOOPBACK is set, requests from loopback that no proxy forwarded; never anyone else.
+METRICS_TOKEN = env("METRICS_TOKEN", "")
+METRICS_ALLOW_LOOPBACK = env_bool("METRICS_ALLOW_LOOPBACK", False)
+# libvirt's bulk statistics are read once per host per this many seconds (the scrape interval)
+METRICS_LIBVIRT_CACHE_SECONDS = env_int("METRICS_LIBVIRT_CACHE_SECONDS", 15)
+POSTURE_CHECK_INTERVAL = env_int("POSTURE_CHECK_INTERVAL", 3600)  # seconds between posture runs (beat)
+POSTURE_COMMAND_TIMEOUT = env_int("POSTURE_COMMAND_TIMEOUT", 30)  # a check command past this is "unknown"
+POSTURE_IP_FORWARD = env("POSTURE_IP_FORWARD", "0")  # "0", "1" or "any": the host's forwarding policy
+POSTURE_SCRAPE_MAX_AGE = env_int("POSTURE_SCRAPE_MAX_AGE", 900)  # seconds: older means monitoring is off
+_WATCHED = "/etc/libvirt,/var/lib/libvirt,/etc/hypervisor-portal"  # auditd should watch these
+POSTURE_AUDIT_WATCH_PATHS = [p for p in (env("POSTURE_AUDIT_WATCH_PATHS", _WATCHED) or "").split(",") if p.strip()]
+HOST_CHECK_PATH = env("HOST_CHECK_PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+POSTURE_PLAN_REVIEW_DAYS = env_int("POSTURE_PLAN_REVIEW_DAYS", 365)  # the incident plan is reviewed this often
+AUDIT_RULES_FILE = env("AUDIT_RULES_FILE", "/etc/audit/rules.d/hypervisor-portal.rules")  # the portal installs it
+LYNIS_TIMEOUT = env_int("LYNIS_TIMEOUT", 1200)  # seconds a lynis scan (a job) may take
+AUDIT_VERIFY_INTERVAL = env_int("AUDIT_VERIFY_INTERVAL", 3600)  # seconds between audit chain verifications
+CELERY_BEAT_SCHEDULE["monitoring-posture-check"] = {
+    "task": "apps.monitoring.tasks.posture_check",
+    "schedule": float(POSTURE_CHECK_INTERVAL),
+}
+CELERY_BEAT_SCHEDULE["monitoring-audit-verify"] = {
+    "task": "apps.monitoring.tasks.audit_chain_verify",
+    "schedule": float(AUDIT_VERIFY_INTERVAL),
+}
+CELERY_BEAT_SCHEDULE["monitoring-worker-heartbeat"] = {
+    "task": "apps.monitoring.tasks.worker_heartbeat",
+    "schedule": 60.0,
+}
+# Notifications (apps.monitoring.notifications): where alerts go, besides the pages.
+NOTIFY_EMAIL_TO = [a.strip() for a in (env("NOTIFY_EMAIL_TO", "") or "").split(",") if a.strip()]
+NOTIFY_WEBHOOK_URL = env("NOTIFY_WEBHOOK_URL", "")
+NOTIFY_WEBHOOK_SECRET = env("NOTIFY_WEBHOOK_SECRET", "")  # use NOTIFY_WEBHOOK_SECRET_FILE
+NOTIFY_ALERTMANAGER_URL = env("NOTIFY_ALERTMANAGER_URL", "")  # e.g. http://alertmanager:9093
+NOTIFY_TIMEOUT = env_int("NOTIFY_TIMEOUT", 5)  # seconds per attempt
+NOTIFY_ATTEMPTS = env_int("NOTIFY_ATTEMPTS", 3)
+NOTIFY_RETRY_PAUSE = env_int("NOTIFY_RETRY_PAUSE", 5)  # seconds before the 2nd attempt, doubled after

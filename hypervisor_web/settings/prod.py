@@ -10,6 +10,9 @@ DEBUG = False
 SESSION_COOKIE_SECURE = True
 CSRF_COOKIE_SECURE = True
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", True)
+# Prometheus inside the compose network scrapes http://web:8000/metrics (token-protected):
+# only that path may then skip the HTTPS redirect.
+SECURE_REDIRECT_EXEMPT = [r"^metrics$"] if env_bool("METRICS_ALLOW_HTTP", False) else []
 SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31536000)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = True
 SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", True)

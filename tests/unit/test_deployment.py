@@ -18,7 +18,10 @@ def compose():
 
 def test_compose_has_the_six_services_with_health_checks():
     services = compose()["services"]
-    assert set(services) == {"web", "worker", "beat", "collector", "postgres", "redis"}
+    always = {name for name, s in services.items() if "profiles" not in s}
+    assert always == {"web", "worker", "beat", "collector", "postgres", "redis"}
+    optional = {name: s["profiles"] for name, s in services.items() if "profiles" in s}
+    assert optional == {name: ["monitoring"] for name in ("prometheus", "alertmanager", "grafana")}
     for name, service in services.items():
         assert "healthcheck" in service and service["healthcheck"]["test"], f"{name} has no health check"
 

@@ -8,6 +8,9 @@ from django.urls import URLPattern, URLResolver, get_resolver, reverse
 from apps.accounts.permissions import ROLE_PERMISSIONS
 
 PUBLIC = {"login", "logout"}
+# url name -> the setting holding the bearer token that alone opens it (no session, no role):
+# /metrics is read by Prometheus, not by people; test_token_guarded_urls checks each.
+TOKEN_GUARDED = {"metrics": "METRICS_TOKEN"}
 
 # url name -> (the permission its view requires, the method it answers): the policy, written out
 EXPECTED = {
@@ -67,6 +70,16 @@ EXPECTED = {
     "encryption:unseal": ("encryption.keys", "POST"),
     "encryption:seal": ("encryption.keys", "POST"),
     "encryption:rotate": ("encryption.keys", "POST"),
+    "monitoring:security": ("monitoring.view", "GET"),
+    "monitoring:security_run": ("security.manage", "POST"),
+    "monitoring:lynis_run": ("security.manage", "POST"),
+    "monitoring:incident_plan": ("monitoring.view", "GET"),
+    "monitoring:training": ("security.manage", "GET"),
+    "monitoring:training_acknowledge": ("security.manage", "POST"),
+    "monitoring:audit_rules": ("monitoring.view", "GET"),
+    "monitoring:audit_rules_install": ("security.manage", "POST"),
+    "monitoring:incident_plan_save": ("security.manage", "POST"),
+    "monitoring:incident_plan_review": ("security.manage", "POST"),
 }
 
 # sample values for URL arguments; they name nothing that exists, so an allowed role
@@ -83,8 +96,13 @@ def _walk(resolver, prefix=""):
             yield f"{prefix}{p.name}", p
 
 
-def all_patterns():
-    return [(name, p) for name, p in _walk(get_resolver()) if not name.startswith("djdt")]
+def all_patterns(*, token_guarded: bool = False):
+    """Every session URL (with token_guarded=True, also the token-guarded ones)."""
+    return [
+        (name, p)
+        for name, p in _walk(get_resolver())
+        if not name.startswith("djdt") and (token_guarded or name not in TOKEN_GUARDED)
+    ]
 
 
 def url_for(name, pattern):
@@ -101,11 +119,11 @@ def url_for(name, pattern):
 
 
 def test_every_url_is_in_the_policy_table():
-    names = {name for name, _ in all_patterns()}
-    missing = names - set(EXPECTED) - PUBLIC
+    names = {name for name, _ in all_patterns(token_guarded=True)}
+    missing = names - set(EXPECTED) - PUBLIC - set(TOKEN_GUARDED)
     assert not missing, f"URL names without an entry in EXPECTED (give the view a permission): {sorted(missing)}"
-    stale = set(EXPECTED) - names
-    assert not stale, f"EXPECTED names URLs that no longer exist: {sorted(stale)}"
+    stale = (set(EXPECTED) | set(TOKEN_GUARDED)) - names
+    assert not stale, f"EXPECTED or TOKEN_GUARDED name URLs that no longer exist: {sorted(stale)}"
 
 
 def test_every_view_declares_the_expected_permission():
@@ -158,3 +176,23 @@ def test_state_changing_views_refuse_get(admin, client, host):
         if name in PUBLIC or EXPECTED[name][1] != "POST":
             continue
         assert client.get(url_for(name, pattern)).status_code == 405, f"{name} changes state but answers GET"
+
+
+@pytest.mark.django_db
+def test_token_guarded_urls_answer_only_their_token(admin, client, settings):
+    """No session or role opens them, from the network or (loopback access off) from here:
+    only the bearer token in their setting. Missing token 401, wrong token 403."""
+    settings.METRICS_ALLOW_LOOPBACK = False
+    patterns = dict(all_patterns(token_guarded=True))
+    for name, setting in TOKEN_GUARDED.items():
+        view = patterns[name].callback
+        assert getattr(view, "portal_token_setting", None) == setting, f"{name} does not declare {setting}"
+        assert getattr(view, "login_required", True) is False, f"{name} would send Prometheus to the login page"
+        setattr(settings, setting, "the-right-token-0123456789")
+        url = url_for(name, patterns[name])
+        assert client.get(url).status_code == 401, f"anonymous reached {url}"
+        client.force_login(admin)
+        assert client.get(url).status_code == 401, f"an admin session without the token reached {url}"
+        client.logout()
+        assert client.get(url, HTTP_AUTHORIZATION="Bearer wrong").status_code == 403
+        assert client.get(url, HTTP_AUTHORIZATION="Bearer the-right-token-0123456789").status_code == 200

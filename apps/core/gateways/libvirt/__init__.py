@@ -36,10 +36,13 @@ Every call takes the host's URI first.
 """
 
 from .domains import (
+    BlockStats,
     DiskInfo,
     DomainDisks,
     DomainInfo,
+    DomainRuntimeStats,
     InterfaceInfo,
+    NetStats,
     domain_define,
     domain_disk_attach,
     domain_disk_attach_xml,
@@ -56,6 +59,7 @@ from .domains import (
     domain_get,
     domain_list,
     domain_resume,
+    domain_runtime_stats,
     domain_shutdown,
     domain_start,
     domain_state,
@@ -100,12 +104,15 @@ from .xml import (
 )
 
 __all__ = [
+    "BlockStats",
     "DiskInfo",
     "DomainDisks",
     "DomainEvent",
     "DomainInfo",
+    "DomainRuntimeStats",
     "DomainWatch",
     "InterfaceInfo",
+    "NetStats",
     "NetworkInfo",
     "PoolInfo",
     "PoolTarget",
@@ -132,6 +139,7 @@ __all__ = [
     "domain_list",
     "domain_restored_xml",
     "domain_resume",
+    "domain_runtime_stats",
     "domain_shutdown",
     "domain_start",
     "domain_state",

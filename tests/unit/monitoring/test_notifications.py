@@ -1,0 +1,145 @@
+"""The notifications service: a signed webhook, Alertmanager's API and mail, each delivery
+retried and audited once; a channel that is down fails in bounded time, audited, and
+raises nothing. Servers are real ones on loopback."""
+
+import hashlib
+import hmac
+import json
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from django.core import mail
+
+from apps.audit.models import AuditEvent
+from apps.monitoring import notifications, services
+from apps.monitoring.models import Status
+from apps.monitoring.posture import Finding
+
+SECRET = "webhook-signing-secret-0123456789"
+
+
+def notice(state="firing"):
+    return notifications.Notice(
+        source="posture", name="PortalPostureCheckFailing", subject="ssh.key_only", host="local",
+        level="warning", state=state, message="SSH accepts keys only: no longer passes",
+    )  # fmt: skip
+
+
+@pytest.fixture
+def receiver():
+    """An HTTP server on loopback that records requests and answers the given codes in turn."""
+    seen, codes = [], []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            seen.append((self.path, dict(self.headers), body))
+            self.send_response(codes.pop(0) if codes else 200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    server.seen, server.codes = seen, codes
+    server.url = f"http://127.0.0.1:{server.server_port}"
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def deliveries():
+    return list(AuditEvent.objects.filter(action=notifications.DELIVER_ACTION).order_by("id"))
+
+
+@pytest.mark.django_db
+def test_the_webhook_is_signed_with_hmac_sha256_and_audited(receiver, settings):
+    settings.NOTIFY_WEBHOOK_URL = f"{receiver.url}/hook"
+    settings.NOTIFY_WEBHOOK_SECRET = SECRET
+    assert notifications.deliver("webhook", notifications.asdict(notice()), pause=0) is True
+    ((path, headers, body),) = receiver.seen
+    assert path == "/hook"
+    expected = hmac.new(SECRET.encode(), headers["X-Portal-Timestamp"].encode() + b"." + body, hashlib.sha256)
+    assert headers["X-Portal-Signature"] == f"sha256={expected.hexdigest()}"
+    assert abs(int(headers["X-Portal-Timestamp"]) - time.time()) < 60
+    assert json.loads(body)["subject"] == "ssh.key_only" and json.loads(body)["state"] == "firing"
+    (event,) = deliveries()
+    assert (event.outcome, event.params["channel"], event.params["attempts"]) == ("success", "webhook", 1)
+    assert SECRET not in json.dumps(event.params) + event.error
+
+
+@pytest.mark.django_db
+def test_a_failing_webhook_is_retried_and_audited_once(receiver, settings):
+    settings.NOTIFY_WEBHOOK_URL = f"{receiver.url}/hook"
+    receiver.codes.extend([500, 503])
+    assert notifications.deliver("webhook", notifications.asdict(notice()), attempts=3, pause=0) is True
+    assert len(receiver.seen) == 3
+    (event,) = deliveries()
+    assert (event.outcome, event.params["attempts"]) == ("success", 3)
+
+
+@pytest.mark.django_db
+def test_an_unreachable_webhook_fails_in_bounded_time_audited_without_raising(settings):
+    settings.NOTIFY_WEBHOOK_URL = f"http://127.0.0.1:{closed_port()}/hook?token=never-logged"
+    settings.NOTIFY_TIMEOUT = 2
+    started = time.monotonic()
+    assert notifications.deliver("webhook", notifications.asdict(notice()), attempts=2, pause=0.1) is False
+    assert time.monotonic() - started < 6
+    (event,) = deliveries()
+    assert (event.outcome, event.params["attempts"]) == ("failed", 2)
+    assert "could not be reached" in event.error and "never-logged" not in event.error
+
+
+@pytest.mark.django_db
+def test_alertmanager_gets_the_alert_and_its_resolution(receiver, settings):
+    settings.NOTIFY_ALERTMANAGER_URL = receiver.url + "/"
+    notifications.deliver("alertmanager", notifications.asdict(notice("firing")), pause=0)
+    notifications.deliver("alertmanager", notifications.asdict(notice("resolved")), pause=0)
+    (path1, _, fired), (path2, _, resolved) = receiver.seen
+    assert path1 == path2 == "/api/v2/alerts"
+    (alert,) = json.loads(fired)
+    assert alert["labels"] == {
+        "alertname": "PortalPostureCheckFailing", "severity": "warning", "host": "local",
+        "source": "posture", "subject": "ssh.key_only",
+    }  # fmt: skip
+    assert "endsAt" not in alert and "endsAt" in json.loads(resolved)[0]
+
+
+@pytest.mark.django_db
+def test_mail_goes_out_and_an_unreachable_mail_server_is_a_failed_delivery(settings):
+    settings.NOTIFY_EMAIL_TO = ["ops@example.invalid"]
+    assert notifications.deliver("email", notifications.asdict(notice()), pause=0) is True
+    assert mail.outbox[-1].to == ["ops@example.invalid"] and "ssh.key_only" in mail.outbox[-1].subject
+    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    settings.EMAIL_HOST, settings.EMAIL_PORT, settings.EMAIL_TIMEOUT = "127.0.0.1", closed_port(), 2
+    assert notifications.deliver("email", notifications.asdict(notice()), attempts=2, pause=0) is False
+    assert [(e.outcome, e.params["attempts"]) for e in deliveries()] == [("success", 1), ("failed", 2)]
+    assert "mail server" in deliveries()[-1].error
+
+
+@pytest.mark.django_db
+def test_a_posture_alert_is_sent_on_every_configured_channel_after_commit(host, settings,
+                                                                           django_capture_on_commit_callbacks):
+    settings.NOTIFY_WEBHOOK_URL = "http://127.0.0.1:9/hook"
+    settings.NOTIFY_ALERTMANAGER_URL = "http://127.0.0.1:9"
+    settings.NOTIFY_EMAIL_TO = []
+
+    def finding(status):
+        return Finding("ssh.key_only", "SSH accepts keys only", "access", status, "seen", "fix")
+
+    services.posture_store(host, [finding(Status.PASS)])
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        report = services.posture_store(host, [finding(Status.FAIL)])
+    assert report.notified == [("ssh.key_only", "firing", "webhook"), ("ssh.key_only", "firing", "alertmanager")]
+    assert len(callbacks) == 2  # sent to the workers only once the alert is committed

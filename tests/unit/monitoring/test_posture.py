@@ -1,0 +1,190 @@
+"""The host security checklist: read live on this machine (what it cannot answer is
+unknown with the reason, never a pass), a hanging command is cut short, results are
+stored, and a pass that turns to fail raises an alert."""
+
+import stat
+import time
+from pathlib import Path
+
+import pytest
+from django.urls import reverse
+
+from apps.audit.models import AuditEvent
+from apps.core import jobs
+from apps.core.gateways import host_checks
+from apps.monitoring import posture, services
+from apps.monitoring.models import MonitoringAlert, PostureResult, Status
+from tests.conftest import reauthenticate
+
+
+def by_key(findings):
+    return {f.key: f for f in findings}
+
+
+# ------------------------------------------------------------------ stand-in commands
+# Real executables in a directory put first on HOST_CHECK_PATH: they stand in for sshd and
+# auditctl, which this machine does not have, so the parsing runs through the real gateway.
+
+
+@pytest.fixture
+def bin_dir(tmp_path, settings):
+    settings.HOST_CHECK_PATH = f"{tmp_path}:{settings.HOST_CHECK_PATH}"
+
+    def command(name: str, script: str) -> None:
+        path = tmp_path / name
+        path.write_text("#!/bin/sh\n" + script)
+        path.chmod(path.stat().st_mode | stat.S_IXUSR)
+
+    return command
+
+
+def _check(key):
+    return next(c for c in posture.CHECKS if c.key == key)
+
+
+def test_a_hanging_command_is_unknown_timed_out_and_stalls_nothing(bin_dir, settings):
+    settings.POSTURE_COMMAND_TIMEOUT = 0.5
+    bin_dir("sshd", "exec sleep 30\n")
+    started = time.monotonic()
+    found = by_key(posture.evaluate([_check("ssh.key_only"), _check("sysctl.kernel.dmesg_restrict")]))
+    assert time.monotonic() - started < 5
+    assert found["ssh.key_only"].status == Status.UNKNOWN
+    assert found["ssh.key_only"].evidence.startswith("timed out")
+    assert found["sysctl.kernel.dmesg_restrict"].status != Status.UNKNOWN  # the next check still ran
+
+
+def test_sshd_with_passwords_fails_and_key_only_passes(bin_dir):
+    bin_dir("sshd", "echo 'passwordauthentication yes'; echo 'kbdinteractiveauthentication no'; "
+                    "echo 'permitrootlogin yes'\n")  # fmt: skip
+    (f,) = posture.evaluate([_check("ssh.key_only")])
+    assert f.status == Status.FAIL
+    assert "passwordauthentication yes" in f.evidence and "permitrootlogin yes" in f.evidence
+    bin_dir("sshd", "echo 'passwordauthentication no'; echo 'kbdinteractiveauthentication no'; "
+                    "echo 'permitrootlogin prohibit-password'\n")  # fmt: skip
+    (f,) = posture.evaluate([_check("ssh.key_only")])
+    assert f.status == Status.PASS
+
+
+def test_auditd_needs_its_watch_rules(bin_dir, settings):
+    settings.POSTURE_AUDIT_WATCH_PATHS = ["/etc/libvirt", "/etc/hypervisor-portal"]
+    status = 'if [ "$1" = "-s" ]; then echo "enabled 1"; echo "pid 4242"; exit 0; fi\n'
+    bin_dir("auditctl", status + "echo '-w /etc/libvirt -p wa -k libvirt'\n")
+    (f,) = posture.evaluate([_check("auditd.rules")])
+    assert f.status == Status.FAIL and "/etc/hypervisor-portal" in f.evidence
+    bin_dir("auditctl", status + "echo '-w /etc/libvirt -p wa -k libvirt'; echo '-w /etc/hypervisor-portal -p wa'\n")
+    (f,) = posture.evaluate([_check("auditd.rules")])
+    assert f.status == Status.PASS
+    bin_dir("auditctl", "echo 'You must be root to run this program.' >&2; exit 1\n")
+    (f,) = posture.evaluate([_check("auditd.rules")])
+    assert f.status == Status.UNKNOWN and "You must be root" in f.evidence
+
+
+# ------------------------------------------------------------------ stored results and alerts
+
+
+def finding(key, status, evidence="seen"):
+    return posture.Finding(key, key.title(), "kernel", status, evidence, "fix it")
+
+
+@pytest.mark.django_db
+def test_a_pass_that_turns_to_fail_raises_an_alert_and_a_pass_clears_it(host):
+    services.posture_store(host, [finding("a", Status.PASS), finding("b", Status.UNKNOWN)])
+    assert not MonitoringAlert.objects.exists()
+    report = services.posture_store(host, [finding("a", Status.FAIL, "now 0"), finding("b", Status.FAIL)])
+    assert report.raised == ["a"]  # b was unknown, never a pass: no alert, its change audited
+    alert = MonitoringAlert.objects.get()
+    assert (alert.subject, alert.state) == ("a", "open") and "now 0" in alert.message
+    row = PostureResult.objects.get(host=host, key="a")
+    assert (row.status, row.previous_status) == (Status.FAIL, Status.PASS)
+    services.posture_store(host, [finding("a", Status.FAIL), finding("b", Status.FAIL)])
+    assert MonitoringAlert.objects.count() == 1  # still failing: one alert, not one per run
+    services.posture_store(host, [finding("a", Status.PASS), finding("b", Status.FAIL)])
+    alert.refresh_from_db()
+    assert alert.state == "cleared"
+    actions = list(AuditEvent.objects.order_by("id").values_list("action", "params__check"))
+    assert actions == [
+        ("monitoring.posture.change", "a"), ("monitoring.alert.raise", "a"), ("monitoring.posture.change", "b"),
+        ("monitoring.posture.change", "a"), ("monitoring.alert.clear", "a"),
+    ]  # fmt: skip
+
+
+@pytest.mark.django_db
+def test_checks_about_the_portal_read_its_database_and_cache(host, settings, vm_rows):
+    from django.core.cache import cache
+
+    from apps.monitoring.metrics import LAST_SCRAPE_KEY
+
+    settings.METRICS_TOKEN = ""
+    settings.METRICS_ALLOW_LOOPBACK = False
+    found = by_key(posture.evaluate([_check("vms.resource_limits"), _check("monitoring.enabled")]))
+    assert found["vms.resource_limits"].status == Status.UNKNOWN and "idle" in found["vms.resource_limits"].evidence
+    assert found["monitoring.enabled"].status == Status.FAIL
+    settings.METRICS_TOKEN = "t"
+    cache.set(LAST_SCRAPE_KEY, time.time() - 30)
+    assert posture.evaluate([_check("monitoring.enabled")])[0].status == Status.PASS
+
+
+@pytest.fixture
+def vm_rows(host):
+    import uuid
+
+    from apps.vms.models import VirtualMachine
+
+    VirtualMachine.objects.create(host=host, uuid=uuid.uuid4(), name="busy", vcpus=2, memory_kib=65536)
+    VirtualMachine.objects.create(host=host, uuid=uuid.uuid4(), name="idle", vcpus=0, memory_kib=0)
+
+
+# ------------------------------------------------------------------ the Security page
+
+
+@pytest.mark.django_db
+def test_the_security_page_shows_results_and_only_admins_may_run_the_checks(client, host, admin, operator):
+    services.posture_store(host, [finding("sysctl.kernel.kptr_restrict", Status.FAIL, "kernel.kptr_restrict = 0")])
+    client.force_login(operator)
+    page = client.get(reverse("monitoring:security")).content.decode()
+    assert 'data-check="sysctl.kernel.kptr_restrict" data-status="fail"' in page
+    assert "kernel.kptr_restrict = 0" in page and "fix it" in page
+    assert 'data-testid="posture-run"' not in page
+    assert client.post(reverse("monitoring:security_run")).status_code == 403
+    client.force_login(admin)
+    assert 'data-testid="posture-run"' in client.get(reverse("monitoring:security")).content.decode()
+
+
+@pytest.mark.django_db
+def test_check_now_runs_the_checklist_on_this_machine_as_a_job(client, host, admin, settings):
+    """One live run of the whole checklist (apt-get -s takes seconds): the job stores a
+    result per check, each with evidence; this machine's answers are what /proc and /sys say."""
+    settings.POSTURE_COMMAND_TIMEOUT = 20
+    client.force_login(admin)
+    reauthenticate(client)
+    response = client.post(reverse("monitoring:security_run"), HTTP_HX_REQUEST="true")
+    assert response.status_code == 200
+    job = jobs.Job.objects.get(kind=services.POSTURE_JOB)
+    jobs.job_run(job.pk)
+    job.refresh_from_db()
+    assert job.state == "succeeded", job.error
+    assert AuditEvent.objects.filter(action=services.POSTURE_JOB, outcome="success", actor_name=admin.username).exists()
+    live = {r.key: r for r in PostureResult.objects.filter(host=host)}
+    assert set(live) == {c.key for c in posture.CHECKS}
+    for r in live.values():
+        assert r.status in Status.values
+        assert r.evidence.strip() and r.fix.strip(), f"{r.key} gives no evidence or no fix"
+    for name, (wanted, _) in posture.SYSCTLS.items():  # what /proc/sys says, read here too
+        path = Path("/proc/sys") / name.replace(".", "/")
+        r = live[f"sysctl.{name}"]
+        if not path.exists():
+            assert r.status == Status.UNKNOWN
+            continue
+        actual = path.read_text().strip()
+        assert r.status == (Status.PASS if actual in wanted else Status.FAIL), r.evidence
+        assert f"{name} = {actual}" in r.evidence
+    # what this machine lacks is unknown with the reason, never a pass
+    if host_checks.which("sshd") is None:
+        assert live["ssh.key_only"].status == Status.UNKNOWN
+        assert "sshd is not installed" in live["ssh.key_only"].evidence
+    if not Path("/sys/kernel/security/lsm").exists() and not Path("/sys/module/apparmor").exists():
+        assert live["lsm.active"].status == Status.UNKNOWN and "no LSM" in live["lsm.active"].evidence
+        assert live["lsm.qemu_confined"].status == Status.UNKNOWN
+    if host_checks.which("auditctl") is None:
+        assert live["auditd.rules"].status == Status.UNKNOWN
+    assert live["backups.verified"].status == Status.UNKNOWN  # no backup feature yet
