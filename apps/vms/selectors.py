@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from django.core.paginator import Page, Paginator
-from django.db.models import Count, Max, Q, QuerySet
+from django.core.paginator import Page
+from django.db.models import Count, F, Max, Q, QuerySet
 
 from apps.accounts.permissions import scope_filter
 from apps.core.models import Host
+from apps.core.paging import values_page
+from apps.core.urlmaker import url_maker
 
 from .models import VirtualMachine
 
@@ -68,8 +70,19 @@ class VmFilters:
         return {k: v for k, v in values.items() if v}
 
 
+# what a row of the VM list shows: plain values, no model objects (one query for the page
+# and its total, apps/core/paging.py)
+ROW_FIELDS = ("pk", "name", "zone", "last_state", "vcpus", "memory_kib", "disk_capacity", "disk_allocation")
+ROW_EXPRESSIONS = {"host_name": F("host__name"), "unlock_mode": F("unlock_policy__mode")}
+
+
 def vm_page(user, filters: VmFilters, page_number) -> Page:
-    qs = vms_visible_to(user)
+    """One page of the VM list: dicts of ROW_FIELDS, the host's name, the VM's unlock mode
+    ("manual": its disks open only with a typed passphrase) and its page's "url"."""
+    allowed = scope_filter(user, "vms.view")
+    qs = VirtualMachine.objects.filter(present=True)
+    if allowed is not None:
+        qs = qs.filter(allowed)
     if filters.q:
         qs = qs.filter(name__icontains=filters.q)
     if filters.host:
@@ -88,7 +101,11 @@ def vm_page(user, filters: VmFilters, page_number) -> Page:
     order = SORTS[filters.sort]
     if filters.descending:
         order = tuple(f"-{f}" for f in order)
-    return Paginator(qs.order_by(*order), PAGE_SIZE).get_page(page_number)
+    page = values_page(qs.order_by(*order), page_number, PAGE_SIZE, *ROW_FIELDS, **ROW_EXPRESSIONS)
+    detail_url = url_maker("vms:detail", 2)
+    for row in page.object_list:
+        row["url"] = detail_url(row["host_name"], row["name"])
+    return page
 
 
 def vm_state_counts(user) -> list[tuple[str, int]]:
@@ -100,14 +117,20 @@ def vm_state_counts(user) -> list[tuple[str, int]]:
 def stale_hosts(user) -> list[Host]:
     """Hosts of the user's VMs whose picture may be out of date (unreachable or never read)."""
     host_ids = vms_visible_to(user).order_by().values("host_id").distinct()
-    return list(Host.objects.filter(Q(pk__in=host_ids), Q(unreachable_since__isnull=False) | Q(collected_at=None)))
+    stale = Q(unreachable_since__isnull=False) | Q(collected_at=None)
+    return list(Host.objects.filter(Q(pk__in=host_ids), stale).only("name", "unreachable_since", "collect_error"))
 
 
-def vms_version(user) -> str:
-    """A token that changes whenever a VM the user sees changes, appears or vanishes, or a
-    host's reachability changes: open pages poll with it and get "nothing new" cheaply."""
+def vms_version(user, stale: list[Host]) -> str:
+    """A token that changes whenever a VM the user sees changes, appears or vanishes, or the
+    reachability of one of their hosts changes (`stale`: stale_hosts(user)): open pages
+    poll with it and get "nothing new" cheaply."""
     vms = vms_visible_to(user).order_by().aggregate(n=Count("id"), seen=Max("last_seen"))
-    hosts = Host.objects.aggregate(down=Count("id", filter=Q(unreachable_since__isnull=False)),
-                                   since=Max("unreachable_since"))  # fmt: skip
-    parts = (vms["n"], vms["seen"], hosts["down"], hosts["since"])
-    return "-".join(str(int(p.timestamp() * 1000)) if hasattr(p, "timestamp") else str(p or 0) for p in parts)
+    parts = [vms["n"], vms["seen"], *((h.pk, h.unreachable_since) for h in stale)]
+    return "-".join(_token(p) for p in parts)
+
+
+def _token(value) -> str:
+    if isinstance(value, tuple):
+        return ".".join(_token(v) for v in value)
+    return str(int(value.timestamp() * 1000)) if hasattr(value, "timestamp") else str(value or 0)

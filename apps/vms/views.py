@@ -13,7 +13,8 @@ from . import selectors, services
 @permission_required("vms.view")
 def vm_list(request):
     filters = selectors.VmFilters.from_query(request.GET)
-    version = selectors.vms_version(request.user)
+    stale_hosts = selectors.stale_hosts(request.user)
+    version = selectors.vms_version(request.user, stale_hosts)
     if request.htmx and request.GET.get("since") == version:
         return HttpResponse(status=204)  # nothing changed since the open page was drawn: htmx keeps it
     page = selectors.vm_page(request.user, filters, request.GET.get("page"))
@@ -25,7 +26,7 @@ def vm_list(request):
         "columns": _sort_columns(filters, query),
         "states": selectors.STATES,
         "poll_query": urlencode({**query, "page": page.number, "since": version}),
-        "stale_hosts": selectors.stale_hosts(request.user),
+        "stale_hosts": stale_hosts,
     }
     return render_page(request, "vms/list.html", context, partial="table")
 
