@@ -8,12 +8,12 @@ from dataclasses import dataclass
 from django.core.paginator import Page
 from django.db.models import Count, F, Max, Q, QuerySet
 
-from apps.accounts.permissions import scope_filter
+from apps.accounts.permissions import restrict, scope_filter
 from apps.core.models import Host
 from apps.core.paging import values_page
 from apps.core.urlmaker import url_maker
 
-from .models import VirtualMachine
+from .models import VirtualMachine, VmInterface
 
 PAGE_SIZE = 50
 STATES = ["running", "paused", "shut off", "crashed", "pmsuspended", "shutting down"]
@@ -134,3 +134,8 @@ def _token(value) -> str:
     if isinstance(value, tuple):
         return ".".join(_token(v) for v in value)
     return str(int(value.timestamp() * 1000)) if hasattr(value, "timestamp") else str(value or 0)
+
+
+def vm_interfaces(user, vm: VirtualMachine) -> list[VmInterface]:
+    """The VM's network interfaces as the state collector last read them (no libvirt call)."""
+    return list(restrict(VmInterface.objects.filter(vm=vm), user, "vms.view").order_by("position"))

@@ -57,6 +57,7 @@ def vm_detail(request, host: str, name: str):
         "vm": vm,
         "live": live,
         "snapshots": snapshots,
+        "interfaces": selectors.vm_interfaces(request.user, vm),
         "actions": services.actions_for(live.state),
         "can_operate": has_perm(request.user, "vms.operate", vm),
         "can_snapshot": has_perm(request.user, "vms.snapshot", vm),

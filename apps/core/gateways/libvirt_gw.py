@@ -319,6 +319,58 @@ def get_domain(uri: str, name: str) -> DomainInfo:
     return call(uri, name, _get)
 
 
+@dataclass(frozen=True)
+class InterfaceState:
+    """One network interface of a domain as its (live) definition says: for the state
+    collector's VmInterface rows."""
+
+    mac: str
+    source_type: str  # the <interface type>: network, bridge, direct, user, ...
+    network: str = ""  # the libvirt network it is attached to (type network)
+    bridge: str = ""  # the host bridge its tap is plugged into (type bridge; type network while running)
+    target_dev: str = ""  # the tap device on the host (vnetN) while the domain runs
+    link_state: str = "up"  # up or down (virsh domif-setlink)
+    model: str = ""  # virtio, e1000, ...
+
+
+def _interface_states(xml: str) -> tuple[InterfaceState, ...]:
+    out = []
+    for iface in ET.fromstring(xml).iterfind("./devices/interface"):
+        source = iface.find("source")
+        src = source.attrib if source is not None else {}
+        out.append(
+            InterfaceState(
+                mac=iface.find("mac").get("address", "") if iface.find("mac") is not None else "",
+                source_type=iface.get("type", ""),
+                network=src.get("network", ""),
+                bridge=src.get("bridge", ""),
+                target_dev=iface.find("target").get("dev", "") if iface.find("target") is not None else "",
+                link_state=iface.find("link").get("state", "up") if iface.find("link") is not None else "up",
+                model=iface.find("model").get("type", "") if iface.find("model") is not None else "",
+            )
+        )
+    return tuple(out)
+
+
+def interface_states(uri: str, name: str | None = None) -> dict[str, tuple[InterfaceState, ...]]:
+    """Network interfaces of every domain of the host (or of the one named), by domain UUID,
+    from each domain's live definition: one XMLDesc per domain (getAllDomainStats has no
+    MAC, network, model or link state). Domains undefined meanwhile are left out."""
+
+    def _read(conn):
+        domains = [conn.lookupByName(name)] if name is not None else conn.listAllDomains(0)
+        out = {}
+        for dom in domains:
+            try:
+                out[dom.UUIDString()] = _interface_states(dom.XMLDesc(0))
+            except libvirt.libvirtError as exc:
+                if name is not None or exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                    raise
+        return out
+
+    return call(uri, name or "read interfaces", _read)
+
+
 def domain_state(uri: str, name: str) -> str:
     return call(uri, name, lambda conn: _STATES.get(conn.lookupByName(name).state()[0], "unknown"))
 
