@@ -105,6 +105,8 @@ def test_an_unreachable_host_is_shown_stale_with_since_when(client, viewer, lab)
     page = client.get(reverse("vms:list")).content.decode()
     assert 'data-testid="stale-host"' in page and since.strftime("%Y-%m-%d %H:%M") in page
     assert "Cannot connect" in page and 'data-vm="vm-0000"' in page  # last known state still shown
+    dashboard = client.get(reverse("dashboard")).content.decode()
+    assert 'data-testid="stale-host"' in dashboard and since.strftime("%Y-%m-%d %H:%M") in dashboard
 
 
 def test_the_list_filters_encrypted_and_over_quota_vms(client, viewer, lab):
