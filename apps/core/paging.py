@@ -18,9 +18,12 @@ def _number(page_number) -> int:
         return 1
 
 
-def values_page(queryset: QuerySet, page_number, per_page: int, *fields, **expressions) -> Page:
-    """Page `page_number` of `queryset` (already ordered): dicts of `fields` and `expressions`."""
-    total = queryset.order_by().count()
+def values_page(queryset: QuerySet, page_number, per_page: int, *fields, total: int | None = None,
+                **expressions) -> Page:  # fmt: skip
+    """Page `page_number` of `queryset` (already ordered): dicts of `fields` and `expressions`.
+    `total`: the queryset's count when the caller has it already."""
+    if total is None:
+        total = queryset.order_by().count()
     last = max(1, -(-total // per_page))
     number = min(_number(page_number), last)
     start = (number - 1) * per_page

@@ -1,6 +1,6 @@
 from dataclasses import dataclass
 
-from django.db.models import CharField
+from django.db.models import CharField, Q
 from django.db.models.functions import Cast
 
 from apps.accounts.permissions import has_perm, scope_filter
@@ -17,7 +17,7 @@ def jobs_visible_to(user):
         return qs
     # a subquery (the VM ids as text, as Job keeps them), never thousands of ids in Python
     vm_ids = VirtualMachine.objects.filter(allowed).order_by().values(sid=Cast("pk", CharField()))
-    return qs.filter(target_type="virtualmachine", target_id__in=vm_ids) | qs.filter(actor=user)
+    return qs.filter(Q(target_type="virtualmachine", target_id__in=vm_ids) | Q(actor=user))
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,10 @@ class Dashboard:
         return sum(n for _, n in self.states)
 
 
+# what a job's progress line shows (not its log, result or parameters)
+_JOB_SHOWN = ("kind", "state", "target_name", "actor_name", "created_at", "progress", "error")
+
+
 def dashboard_for(user) -> Dashboard:
     """What the dashboard shows, from the database: a constant number of queries."""
     from apps.audit.models import AuditEvent
@@ -40,6 +44,6 @@ def dashboard_for(user) -> Dashboard:
     return Dashboard(
         hosts=[h for h in Host.objects.all() if has_perm(user, "dashboard.view", h)],
         states=vm_state_counts(user),
-        jobs=list(jobs_visible_to(user)[:8]),
+        jobs=list(jobs_visible_to(user).select_related(None).only(*_JOB_SHOWN)[:8]),
         events=list(AuditEvent.objects.all()[:8]) if has_perm(user, "audit.view") else None,  # global only
     )

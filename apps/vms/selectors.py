@@ -70,15 +70,12 @@ class VmFilters:
         return {k: v for k, v in values.items() if v}
 
 
-# what a row of the VM list shows: plain values, no model objects (one query for the page
-# and its total, apps/core/paging.py)
+# what a row of the VM list shows: plain values, no model objects
 ROW_FIELDS = ("pk", "name", "zone", "last_state", "vcpus", "memory_kib", "disk_capacity", "disk_allocation")
 ROW_EXPRESSIONS = {"host_name": F("host__name"), "unlock_mode": F("unlock_policy__mode")}
 
 
-def vm_page(user, filters: VmFilters, page_number) -> Page:
-    """One page of the VM list: dicts of ROW_FIELDS, the host's name, the VM's unlock mode
-    ("manual": its disks open only with a typed passphrase) and its page's "url"."""
+def _filtered(user, filters: VmFilters) -> QuerySet[VirtualMachine]:
     allowed = scope_filter(user, "vms.view")
     qs = VirtualMachine.objects.filter(present=True)
     if allowed is not None:
@@ -98,14 +95,36 @@ def vm_page(user, filters: VmFilters, page_number) -> Page:
     if filters.over_quota:  # an open breach: allocation at or over the hard limit
         qs = qs.filter(pk__in=VirtualMachine.objects.filter(storagealert__state="open",
                                                             storagealert__level="breach").values("pk"))  # fmt: skip
+    return qs
+
+
+@dataclass(frozen=True)
+class VmListing:
+    version: str  # changes whenever what this listing shows may have changed
+    stale_hosts: list[Host]
+    page: Page | None  # None when the version is the one the open page already has
+
+
+def vm_listing(user, filters: VmFilters, page_number=None, since: str | None = None) -> VmListing:
+    """The VM list: the user's hosts that are stale, a version token, and one page of rows
+    (dicts of ROW_FIELDS, the host's name, the VM's unlock mode ("manual": its disks open
+    only with a typed passphrase) and its page's "url"). Three queries: the stale hosts, the
+    count and newest change of the matching VMs (the pager's total and the token at once),
+    the page. An open page polling with `since` gets no page when nothing changed."""
+    qs = _filtered(user, filters)
+    stale = stale_hosts(user)
+    seen = qs.order_by().aggregate(n=Count("pk"), seen=Max("last_seen"))
+    version = _version([seen["n"], seen["seen"], *((h.pk, h.unreachable_since) for h in stale)])
+    if since is not None and since == version:
+        return VmListing(version, stale, None)
     order = SORTS[filters.sort]
     if filters.descending:
         order = tuple(f"-{f}" for f in order)
-    page = values_page(qs.order_by(*order), page_number, PAGE_SIZE, *ROW_FIELDS, **ROW_EXPRESSIONS)
+    page = values_page(qs.order_by(*order), page_number, PAGE_SIZE, *ROW_FIELDS, total=seen["n"], **ROW_EXPRESSIONS)
     detail_url = url_maker("vms:detail", 2)
     for row in page.object_list:
         row["url"] = detail_url(row["host_name"], row["name"])
-    return page
+    return VmListing(version, stale, page)
 
 
 def vm_state_counts(user) -> list[tuple[str, int]]:
@@ -115,18 +134,17 @@ def vm_state_counts(user) -> list[tuple[str, int]]:
 
 
 def stale_hosts(user) -> list[Host]:
-    """Hosts of the user's VMs whose picture may be out of date (unreachable or never read)."""
-    host_ids = vms_visible_to(user).order_by().values("host_id").distinct()
-    stale = Q(unreachable_since__isnull=False) | Q(collected_at=None)
-    return list(Host.objects.filter(Q(pk__in=host_ids), stale).only("name", "unreachable_since", "collect_error"))
+    """Hosts of the user's VMs whose picture may be out of date (unreachable or never read).
+    Stale hosts are few: they are read first, then kept if the user sees a VM on them."""
+    stale = Host.objects.filter(Q(unreachable_since__isnull=False) | Q(collected_at=None))
+    hosts = list(stale.only("name", "unreachable_since", "collect_error", "collected_at"))
+    if not hosts or scope_filter(user, "vms.view") is None:  # none, or the user sees every VM
+        return hosts
+    seen = set(vms_visible_to(user).filter(host__in=hosts).order_by().values_list("host_id", flat=True).distinct())
+    return [h for h in hosts if h.pk in seen]
 
 
-def vms_version(user, stale: list[Host]) -> str:
-    """A token that changes whenever a VM the user sees changes, appears or vanishes, or the
-    reachability of one of their hosts changes (`stale`: stale_hosts(user)): open pages
-    poll with it and get "nothing new" cheaply."""
-    vms = vms_visible_to(user).order_by().aggregate(n=Count("id"), seen=Max("last_seen"))
-    parts = [vms["n"], vms["seen"], *((h.pk, h.unreachable_since) for h in stale)]
+def _version(parts: list) -> str:
     return "-".join(_token(p) for p in parts)
 
 

@@ -109,6 +109,17 @@ def test_an_unreachable_host_is_shown_stale_with_since_when(client, viewer, lab)
     assert 'data-testid="stale-host"' in dashboard and since.strftime("%Y-%m-%d %H:%M") in dashboard
 
 
+def test_a_stale_host_is_named_only_to_users_with_vms_on_it(client, make_user, lab):
+    other = Host.objects.create(name="other", uri="test:///default", collected_at=timezone.now())
+    make_vms(lab, 1)
+    make_vms(other, 1, start=1)
+    Host.objects.filter(pk=other.pk).update(unreachable_since=timezone.now(), collect_error="Cannot connect")
+    client.force_login(make_user(role=Role.VIEWER, scope="vm", vm=VirtualMachine.objects.get(name="vm-0000")))
+    assert 'data-testid="stale-host"' not in client.get(reverse("vms:list")).content.decode()
+    client.force_login(make_user(role=Role.VIEWER, scope="vm", vm=VirtualMachine.objects.get(name="vm-0001")))
+    assert "<strong>other</strong>" in client.get(reverse("vms:list")).content.decode()
+
+
 def test_the_list_filters_encrypted_and_over_quota_vms(client, viewer, lab):
     from apps.encryption.models import EncryptedDisk
     from apps.storage.models import StorageAlert
