@@ -1,27 +1,13 @@
 from django.core.paginator import Paginator
 from django.shortcuts import get_object_or_404
 
-from apps.accounts.permissions import has_perm
-from apps.audit.models import AuditEvent
-
-from .models import Host
-from .selectors import jobs_visible_to
+from .selectors import dashboard_for, jobs_visible_to
 from .views_util import permission_required, render_page
 
 
 @permission_required("dashboard.view")
 def dashboard(request):
-    from apps.vms.selectors import vm_state_counts
-
-    states = vm_state_counts(request.user)
-    context = {
-        "hosts": [h for h in Host.objects.all() if has_perm(request.user, "dashboard.view", h)],
-        "vm_count": sum(n for _, n in states),
-        "states": states,
-        "jobs": jobs_visible_to(request.user)[:8],
-        "events": AuditEvent.objects.all()[:8] if has_perm(request.user, "audit.view") else None,  # global only
-    }
-    return render_page(request, "core/dashboard.html", context)
+    return render_page(request, "core/dashboard.html", {"d": dashboard_for(request.user)})
 
 
 @permission_required("jobs.view")

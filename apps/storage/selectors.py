@@ -7,18 +7,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from django.core.paginator import Page, Paginator
+from django.core.paginator import Page
+from django.db.models import F, FilteredRelation, Q
 from django.utils import timezone
 
 from apps.accounts.permissions import authorize, has_perm, restrict
 from apps.core.errors import NotFound
 from apps.core.gateways import libvirt as gw
 from apps.core.models import Host
+from apps.core.paging import values_page
+from apps.core.urlmaker import url_maker
 from apps.core.validators import validate_name
 from apps.vms.models import VirtualMachine
 
 from .disks import vm_disks
-from .models import PoolLimit, PoolState, StorageAlert, VmDiskState, VmQuota, VolumeState
+from .models import PoolLimit, PoolState, StorageAlert, VmQuota, VolumeState
 from .quota_rules import (
     EffectivePoolLimit,
     EffectiveQuota,
@@ -72,24 +75,29 @@ class PoolRow:
         return int(self.info.capacity * self.limit.max_overcommit)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class VmUsageRow:
-    vm: VirtualMachine
-    disks: VmDiskState
+    """A VM's quota row of the storage overview, from plain values (no model objects)."""
+
+    name: str
+    url: str
+    state: str
+    provisioned: int
+    allocation: int
     quota: EffectiveQuota
-    alert: StorageAlert | None = None
+    alert_level: str | None = None
 
     @property
     def percent(self) -> int:
-        return _pct(self.disks.allocation, self.quota.limit_bytes)
+        return _pct(self.allocation, self.quota.limit_bytes)
 
     @property
     def provisioned_percent(self) -> int:
-        return _pct(self.disks.provisioned, self.quota.limit_bytes)
+        return _pct(self.provisioned, self.quota.limit_bytes)
 
     @property
     def over(self) -> bool:
-        return self.disks.allocation > self.quota.limit_bytes
+        return self.allocation > self.quota.limit_bytes
 
 
 @dataclass
@@ -110,56 +118,86 @@ def _stale_note(host: Host) -> str:
 
 
 OVERVIEW_VMS_PER_PAGE = 50
+# a VM's quota row: its disks (the collector's VmDiskState), own quota and open alert, as values
+_USAGE_FIELDS = ("name", "host_id")
+_USAGE_EXPRESSIONS = {
+    "host_name": F("host__name"),
+    "disks_state": F("disk_state__state"),
+    "provisioned": F("disk_state__provisioned"),
+    "allocation": F("disk_state__allocation"),
+    "quota_limit": F("storage_quota__limit_bytes"),
+    "quota_alert": F("storage_quota__alert_percent"),
+    "quota_action": F("storage_quota__breach_action"),
+    "quota_version": F("storage_quota__version"),
+    "alert_level": F("open_alert__level"),
+}
 
 
-def _overview(user, vms: list[VirtualMachine]) -> list[HostStorage]:
-    """Pools of every host the user may see, and these VMs' quota rows grouped by host."""
+def _usage_row(row: dict, defaults, vm_url) -> VmUsageRow:
+    if row["quota_version"] is None:  # no quota of its own: the defaults
+        quota = effective_quota(None, defaults)
+    else:
+        own = VmQuota(limit_bytes=row["quota_limit"], alert_percent=row["quota_alert"],
+                      breach_action=row["quota_action"], version=row["quota_version"])  # fmt: skip
+        quota = effective_quota(own, defaults)
+    return VmUsageRow(row["name"], vm_url(row["host_name"], row["name"]), row["disks_state"],
+                      row["provisioned"], row["allocation"], quota, row["alert_level"])  # fmt: skip
+
+
+def _overview(user, vm_rows: list[dict]) -> list[HostStorage]:
+    """Pools of every host the user may see, and these VMs' quota rows grouped by host: a
+    constant number of queries whatever the number of hosts, pools and VMs."""
     defaults = defaults_read()
-    by_host: dict[int, list[VirtualMachine]] = {}
-    for vm in vms:
-        by_host.setdefault(vm.host_id, []).append(vm)
-    result = []
+    by_host: dict[int, list[VmUsageRow]] = {}
+    vm_url = url_maker("storage:vm", 2)
+    for row in vm_rows:
+        rows = by_host.setdefault(row["host_id"], [])
+        if row["disks_state"] is not None:  # the collector has read its disks
+            rows.append(_usage_row(row, defaults, vm_url))
+    pool_hosts, hosts = [], []
     for host in Host.objects.all():
-        host_vms = by_host.get(host.pk, [])
-        show_pools = user is None or has_perm(user, "storage.view", host)
-        if not host_vms and not show_pools:
+        if user is None or has_perm(user, "storage.view", host):
+            pool_hosts.append(host.pk)
+        elif host.pk not in by_host:
             continue
-        entry = HostStorage(host, error=_stale_note(host))
-        if show_pools:
-            limits = {pl.pool: pl for pl in PoolLimit.objects.filter(host=host)}
-            entry.pools = [PoolRow(host, p, effective_pool_limit(limits.get(p.name), defaults))
-                           for p in PoolState.objects.filter(host=host).order_by("name")]  # fmt: skip
-        alerts = {}
-        if host_vms:
-            open_alerts = StorageAlert.objects.filter(host=host, state="open", vm__in=[vm.pk for vm in host_vms])
-            alerts = {a.vm_id: a for a in open_alerts}
-        for vm in host_vms:
-            disks = getattr(vm, "disk_state", None)
-            if disks is not None:
-                quota = effective_quota(getattr(vm, "storage_quota", None), defaults)
-                entry.vms.append(VmUsageRow(vm, disks, quota, alerts.get(vm.pk)))
+        hosts.append(host)
+    pools: dict[int, list[PoolState]] = {}
+    limits = {(pl.host_id, pl.pool): pl for pl in PoolLimit.objects.filter(host_id__in=pool_hosts)}
+    for p in PoolState.objects.filter(host_id__in=pool_hosts).order_by("name"):
+        pools.setdefault(p.host_id, []).append(p)
+    result = []
+    for host in hosts:
+        entry = HostStorage(host, vms=by_host.get(host.pk, []), error=_stale_note(host))
+        entry.pools = [PoolRow(host, p, effective_pool_limit(limits.get((host.pk, p.name)), defaults))
+                       for p in pools.get(host.pk, ())]  # fmt: skip
         result.append(entry)
     return result
 
 
 def _visible_vms_everywhere(user):
-    qs = VirtualMachine.objects.filter(present=True).select_related("storage_quota", "host", "disk_state")
+    qs = VirtualMachine.objects.filter(present=True)
     return restrict(qs, user, "storage.view").order_by("host__name", "name")
+
+
+def _with_open_alert(qs):
+    return qs.annotate(open_alert=FilteredRelation("storagealert", condition=Q(storagealert__state="open")))
 
 
 def overview_for(user) -> list[HostStorage]:
     """Pools and every VM's quota row of every host the user may see (user None: the
     system, all), from the database, no libvirt call (the `storage_quota list` command)."""
     authorize(user, "storage.view", anywhere=True, action="storage.pools.view")
-    return _overview(user, list(_visible_vms_everywhere(user)))
+    rows = _with_open_alert(_visible_vms_everywhere(user)).values(*_USAGE_FIELDS, **_USAGE_EXPRESSIONS)
+    return _overview(user, list(rows))
 
 
 def overview_page(user, page_number=None) -> tuple[list[HostStorage], Page]:
     """The storage page: pools of every host, and one page of VM quota rows (host, name
     order), so a host of thousands of VMs draws fifty."""
     authorize(user, "storage.view", anywhere=True, action="storage.pools.view")
-    page = Paginator(_visible_vms_everywhere(user), OVERVIEW_VMS_PER_PAGE).get_page(page_number)
-    return _overview(user, list(page.object_list)), page
+    qs = _with_open_alert(_visible_vms_everywhere(user))
+    page = values_page(qs, page_number, OVERVIEW_VMS_PER_PAGE, *_USAGE_FIELDS, **_USAGE_EXPRESSIONS)
+    return _overview(user, page.object_list), page
 
 
 @dataclass(frozen=True)
@@ -221,7 +259,7 @@ VOLUMES_PER_PAGE = 100
 @dataclass(frozen=True)
 class PoolDetail:
     row: PoolRow
-    volumes: Page  # VolumeState rows, each with its VM (if any)
+    volumes: Page  # dicts of a VolumeState's name, capacity and allocation, and its VM's name (vm_name)
     limit_row: PoolLimit | None
     trend: object
     alerts: list
@@ -239,11 +277,12 @@ def pool_detail(user, host_name: str, pool: str, page_number=None) -> PoolDetail
     if info is None:
         raise NotFound(f"Host {host_name} has no storage pool named {pool!r}.")
     limit_row = PoolLimit.objects.filter(host=host, pool=pool).first()
-    volumes = VolumeState.objects.filter(host=host, pool=pool).select_related("vm").order_by("name")
+    volumes = VolumeState.objects.filter(host=host, pool=pool).order_by("name")
     now = timezone.now()
     return PoolDetail(
         row=PoolRow(host, info, effective_pool_limit(limit_row, defaults_read())),
-        volumes=Paginator(volumes, VOLUMES_PER_PAGE).get_page(page_number),
+        volumes=values_page(volumes, page_number, VOLUMES_PER_PAGE, "name", "capacity", "allocation",
+                            vm_name=F("vm__name")),
         limit_row=limit_row,
         trend=trend(pool_samples(host, pool, now=now), now=now),
         alerts=list(StorageAlert.objects.filter(host=host, pool=pool, vm__isnull=True)[:10]),

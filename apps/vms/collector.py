@@ -30,7 +30,7 @@ from apps.core.errors import GatewayError, NotFound, PortalError
 from apps.core.gateways import libvirt as gw
 from apps.core.models import Host
 
-from .models import VirtualMachine
+from .models import VirtualMachine, VmInterface
 from .services import _SYNCED, _live_fields, inventory_sync
 
 log = logging.getLogger(__name__)
@@ -61,11 +61,57 @@ def host_mark_unreachable(host: Host, error: str) -> None:
         Host.objects.filter(pk=host.pk).update(collect_error=error[:500])
 
 
+_INTERFACE_FIELDS = ["position", "source_type", "network", "bridge", "target_dev", "link_state", "model"]
+
+
+def interfaces_store(host: Host, states: dict[str, tuple], vm: VirtualMachine | None = None) -> None:
+    """Bring the VmInterface rows to `states` (domain UUID -> gw.InterfaceState tuple): every
+    VM of the host after a bulk read, or only `vm` after its event. A VM missing from
+    `states` (gone) loses its rows. Writes only what changed."""
+    vms = VirtualMachine.objects.filter(host=host) if vm is None else VirtualMachine.objects.filter(pk=vm.pk)
+    vm_ids = {str(u): pk for u, pk in vms.filter(present=True).values_list("uuid", "pk")}
+    rows = VmInterface.objects.filter(vm__host=host) if vm is None else VmInterface.objects.filter(vm=vm)
+    existing = {(row.vm_id, row.mac): row for row in rows}
+    wanted: dict[tuple[int, str], dict] = {}
+    for uuid, ifaces in states.items():
+        vm_id = vm_ids.get(uuid)
+        if vm_id is None:  # defined after the VM rows were read: the next read has it
+            continue
+        for position, i in enumerate(ifaces):
+            key = (vm_id, i.mac.lower())
+            if i.mac and key not in wanted:
+                wanted[key] = {"position": position, "source_type": i.source_type, "network": i.network,
+                               "bridge": i.bridge, "target_dev": i.target_dev, "link_state": i.link_state,
+                               "model": i.model}  # fmt: skip
+    now = timezone.now()
+    create, update = [], []
+    for (vm_id, mac), values in wanted.items():
+        row = existing.get((vm_id, mac))
+        if row is None:
+            create.append(VmInterface(vm_id=vm_id, mac=mac, collected_at=now, **values))
+        elif any(getattr(row, f) != v for f, v in values.items()):
+            for f, v in values.items():
+                setattr(row, f, v)
+            row.collected_at = now
+            update.append(row)
+    gone = [row.pk for key, row in existing.items() if key not in wanted]
+    if not (gone or update or create):
+        return
+    with transaction.atomic():
+        if gone:
+            VmInterface.objects.filter(pk__in=gone).delete()
+        if update:
+            VmInterface.objects.bulk_update(update, [*_INTERFACE_FIELDS, "collected_at"], batch_size=1000)
+        if create:
+            VmInterface.objects.bulk_create(create, batch_size=1000)
+
+
 def host_collect(host: Host) -> bool:
     """One bulk read of the host into the database. False (and the host marked unreachable)
     when it cannot be read."""
     try:
         result = inventory_sync(host)
+        interfaces_store(host, gw.domain_interfaces_live(host.uri))
         for hook in AFTER_COLLECT:
             hook(host)
     except PortalError as exc:
@@ -89,6 +135,7 @@ def domain_refresh(host: Host, name: str, uuid: str, kind: str) -> VirtualMachin
     if info is None or not info.persistent and info.state == "shut off":
         if vm is not None and vm.present:
             VirtualMachine.objects.filter(pk=vm.pk).update(present=False, last_state="")
+            VmInterface.objects.filter(vm=vm).delete()
             vm.present = False
             _audit_found_and_gone(host, [], [vm])
         return vm
@@ -104,6 +151,10 @@ def domain_refresh(host: Host, name: str, uuid: str, kind: str) -> VirtualMachin
             vm.save()
         else:
             vm.save(update_fields=_SYNCED)
+    try:
+        interfaces_store(host, gw.domain_interfaces_live(host.uri, name), vm=vm)
+    except NotFound:  # undefined meanwhile: its own event follows
+        pass
     if found:
         _audit_found_and_gone(host, [vm], [])
     return vm

@@ -35,3 +35,33 @@ class VirtualMachine(models.Model):
 
     def scope_path(self):
         return (self.host_id, self.zone, self.pk)
+
+
+class VmInterface(models.Model):
+    """A VM's network interface as the state collector last read it (the domain's live
+    definition, in every bulk read and after each lifecycle event). Pages show these rows;
+    network features (zones, firewall rules that follow a VM) key on `mac`."""
+
+    vm = models.ForeignKey(VirtualMachine, on_delete=models.CASCADE, related_name="interfaces")
+    mac = models.CharField(max_length=17, help_text="the MAC address, lower case")
+    position = models.PositiveSmallIntegerField(default=0, help_text="order in the domain's definition")
+    source_type = models.CharField(max_length=16, blank=True, help_text="network, bridge, direct, user, ...")
+    network = models.CharField(max_length=255, blank=True, help_text="the libvirt network it is attached to")
+    bridge = models.CharField(max_length=255, blank=True, help_text="the host bridge its tap is plugged into")
+    target_dev = models.CharField(max_length=64, blank=True, help_text="the tap device (vnetN) while the VM runs")
+    link_state = models.CharField(max_length=8, default="up", help_text="up or down")
+    model = models.CharField(max_length=32, blank=True, help_text="the emulated NIC: virtio, e1000, ...")
+    collected_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["vm", "position"]
+        constraints = [models.UniqueConstraint(fields=["vm", "mac"], name="vm_interface_unique_mac")]
+
+    def __str__(self):
+        return f"{self.vm.name} {self.mac}"
+
+    scope_vm_path = "vm"  # permissions.restrict reaches the VM through this field
+
+    @property
+    def link_up(self) -> bool:
+        return self.link_state != "down"

@@ -5,13 +5,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from django.core.paginator import Page, Paginator
-from django.db.models import Count, Max, Q, QuerySet
+from django.core.paginator import Page
+from django.db.models import Count, F, Max, Q, QuerySet
+from django.utils.text import slugify
 
-from apps.accounts.permissions import restrict
+from apps.accounts.permissions import restrict, scope_filter
 from apps.core.models import Host
+from apps.core.paging import values_page
+from apps.core.units import format_bytes
+from apps.core.urlmaker import url_maker
 
-from .models import VirtualMachine
+from .models import VirtualMachine, VmInterface
 
 PAGE_SIZE = 50
 STATES = ["running", "paused", "shut off", "crashed", "pmsuspended", "shutting down"]
@@ -66,8 +70,16 @@ class VmFilters:
         return {k: v for k, v in values.items() if v}
 
 
-def vm_page(user, filters: VmFilters, page_number) -> Page:
-    qs = vms_visible_to(user)
+# what a row of the VM list shows: plain values, no model objects
+ROW_FIELDS = ("pk", "name", "zone", "last_state", "vcpus", "memory_kib", "disk_capacity", "disk_allocation")
+ROW_EXPRESSIONS = {"host_name": F("host__name"), "unlock_mode": F("unlock_policy__mode")}
+
+
+def _filtered(user, filters: VmFilters) -> QuerySet[VirtualMachine]:
+    allowed = scope_filter(user, "vms.view")
+    qs = VirtualMachine.objects.filter(present=True)
+    if allowed is not None:
+        qs = qs.filter(allowed)
     if filters.q:
         qs = qs.filter(name__icontains=filters.q)
     if filters.host:
@@ -83,10 +95,42 @@ def vm_page(user, filters: VmFilters, page_number) -> Page:
     if filters.over_quota:  # an open breach: allocation at or over the hard limit
         qs = qs.filter(pk__in=VirtualMachine.objects.filter(storagealert__state="open",
                                                             storagealert__level="breach").values("pk"))  # fmt: skip
+    return qs
+
+
+@dataclass(frozen=True)
+class VmListing:
+    version: str  # changes whenever what this listing shows may have changed
+    stale_hosts: list[Host]
+    page: Page | None  # None when the version is the one the open page already has
+
+
+def vm_listing(user, filters: VmFilters, page_number=None, since: str | None = None) -> VmListing:
+    """The VM list: the user's hosts that are stale, a version token, and one page of rows
+    (dicts of ROW_FIELDS, the host's name, the VM's unlock mode ("manual": its disks open
+    only with a typed passphrase) and its page's "url"). Three queries: the stale hosts, the
+    count and newest change of the matching VMs (the pager's total and the token at once),
+    the page. An open page polling with `since` gets no page when nothing changed."""
+    qs = _filtered(user, filters)
+    stale = stale_hosts(user)
+    seen = qs.order_by().aggregate(n=Count("pk"), seen=Max("last_seen"))
+    version = _version([seen["n"], seen["seen"], *((h.pk, h.unreachable_since) for h in stale)])
+    if since is not None and since == version:
+        return VmListing(version, stale, None)
     order = SORTS[filters.sort]
     if filters.descending:
         order = tuple(f"-{f}" for f in order)
-    return Paginator(qs.order_by(*order), PAGE_SIZE).get_page(page_number)
+    page = values_page(qs.order_by(*order), page_number, PAGE_SIZE, *ROW_FIELDS, total=seen["n"], **ROW_EXPRESSIONS)
+    detail_url = url_maker("vms:detail", 2)
+    for row in page.object_list:  # what the template would otherwise work out per row, with filters
+        row["url"] = detail_url(row["host_name"], row["name"])
+        row["state_class"] = _STATE_CLASS.get(row["last_state"]) or f"state-{slugify(row['last_state'])}"
+        row["memory"] = format_bytes(row["memory_kib"] * 1024)
+        row["disks"] = f"{format_bytes(row['disk_allocation'])} / {format_bytes(row['disk_capacity'])}"
+    return VmListing(version, stale, page)
+
+
+_STATE_CLASS = {state: f"state-{slugify(state)}" for state in STATES}
 
 
 def vm_state_counts(user) -> list[tuple[str, int]]:
@@ -96,16 +140,26 @@ def vm_state_counts(user) -> list[tuple[str, int]]:
 
 
 def stale_hosts(user) -> list[Host]:
-    """Hosts of the user's VMs whose picture may be out of date (unreachable or never read)."""
-    host_ids = vms_visible_to(user).order_by().values("host_id").distinct()
-    return list(Host.objects.filter(Q(pk__in=host_ids), Q(unreachable_since__isnull=False) | Q(collected_at=None)))
+    """Hosts of the user's VMs whose picture may be out of date (unreachable or never read).
+    Stale hosts are few: they are read first, then kept if the user sees a VM on them."""
+    stale = Host.objects.filter(Q(unreachable_since__isnull=False) | Q(collected_at=None))
+    hosts = list(stale.only("name", "unreachable_since", "collect_error", "collected_at"))
+    if not hosts or scope_filter(user, "vms.view") is None:  # none, or the user sees every VM
+        return hosts
+    seen = set(vms_visible_to(user).filter(host__in=hosts).order_by().values_list("host_id", flat=True).distinct())
+    return [h for h in hosts if h.pk in seen]
 
 
-def vms_version(user) -> str:
-    """A token that changes whenever a VM the user sees changes, appears or vanishes, or a
-    host's reachability changes: open pages poll with it and get "nothing new" cheaply."""
-    vms = vms_visible_to(user).order_by().aggregate(n=Count("id"), seen=Max("last_seen"))
-    hosts = Host.objects.aggregate(down=Count("id", filter=Q(unreachable_since__isnull=False)),
-                                   since=Max("unreachable_since"))  # fmt: skip
-    parts = (vms["n"], vms["seen"], hosts["down"], hosts["since"])
-    return "-".join(str(int(p.timestamp() * 1000)) if hasattr(p, "timestamp") else str(p or 0) for p in parts)
+def _version(parts: list) -> str:
+    return "-".join(_token(p) for p in parts)
+
+
+def _token(value) -> str:
+    if isinstance(value, tuple):
+        return ".".join(_token(v) for v in value)
+    return str(int(value.timestamp() * 1000)) if hasattr(value, "timestamp") else str(value or 0)
+
+
+def vm_interfaces(user, vm: VirtualMachine) -> list[VmInterface]:
+    """The VM's network interfaces as the state collector last read them (no libvirt call)."""
+    return list(restrict(VmInterface.objects.filter(vm=vm), user, "vms.view").order_by("position"))

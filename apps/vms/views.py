@@ -12,10 +12,11 @@ from . import selectors, services
 @permission_required("vms.view")
 def vm_list(request):
     filters = selectors.VmFilters.from_query(request.GET)
-    version = selectors.vms_version(request.user)
-    if request.htmx and request.GET.get("since") == version:
+    since = request.GET.get("since") if request.htmx else None
+    listing = selectors.vm_listing(request.user, filters, request.GET.get("page"), since=since)
+    if listing.page is None:
         return HttpResponse(status=204)  # nothing changed since the open page was drawn: htmx keeps it
-    page = selectors.vm_page(request.user, filters, request.GET.get("page"))
+    page = listing.page
     query = filters.as_query()
     context = {
         "page": page,
@@ -23,8 +24,8 @@ def vm_list(request):
         "current": filters,
         "columns": _sort_columns(filters, query),
         "states": selectors.STATES,
-        "poll_query": urlencode({**query, "page": page.number, "since": version}),
-        "stale_hosts": selectors.stale_hosts(request.user),
+        "poll_query": urlencode({**query, "page": page.number, "since": listing.version}),
+        "stale_hosts": listing.stale_hosts,
     }
     return render_page(request, "vms/list.html", context, partial="table")
 
@@ -55,6 +56,7 @@ def vm_detail(request, host: str, name: str):
         "vm": vm,
         "live": live,
         "snapshots": snapshots,
+        "interfaces": selectors.vm_interfaces(request.user, vm),
         "actions": services.actions_for(live.state),
     }
     return render_page(request, "vms/detail.html", context, partial="summary")

@@ -105,6 +105,19 @@ def test_an_unreachable_host_is_shown_stale_with_since_when(client, viewer, lab)
     page = client.get(reverse("vms:list")).content.decode()
     assert 'data-testid="stale-host"' in page and since.strftime("%Y-%m-%d %H:%M") in page
     assert "Cannot connect" in page and 'data-vm="vm-0000"' in page  # last known state still shown
+    dashboard = client.get(reverse("dashboard")).content.decode()
+    assert 'data-testid="stale-host"' in dashboard and since.strftime("%Y-%m-%d %H:%M") in dashboard
+
+
+def test_a_stale_host_is_named_only_to_users_with_vms_on_it(client, make_user, lab):
+    other = Host.objects.create(name="other", uri="test:///default", collected_at=timezone.now())
+    make_vms(lab, 1)
+    make_vms(other, 1, start=1)
+    Host.objects.filter(pk=other.pk).update(unreachable_since=timezone.now(), collect_error="Cannot connect")
+    client.force_login(make_user(role=Role.VIEWER, scope="vm", vm=VirtualMachine.objects.get(name="vm-0000")))
+    assert 'data-testid="stale-host"' not in client.get(reverse("vms:list")).content.decode()
+    client.force_login(make_user(role=Role.VIEWER, scope="vm", vm=VirtualMachine.objects.get(name="vm-0001")))
+    assert "<strong>other</strong>" in client.get(reverse("vms:list")).content.decode()
 
 
 def test_the_list_filters_encrypted_and_over_quota_vms(client, viewer, lab):

@@ -555,3 +555,53 @@ def domain_runtime_stats(uri: str) -> list[DomainRuntimeStats]:
         ]
 
     return connection.call(uri, "read domain statistics", _read)
+
+
+@dataclass(frozen=True)
+class InterfaceState:
+    """One network interface of a domain as its (live) definition says: for the state
+    collector's VmInterface rows."""
+
+    mac: str
+    source_type: str  # the <interface type>: network, bridge, direct, user, ...
+    network: str = ""  # the libvirt network it is attached to (type network)
+    bridge: str = ""  # the host bridge its tap is plugged into (type bridge; type network while running)
+    target_dev: str = ""  # the tap device on the host (vnetN) while the domain runs
+    link_state: str = "up"  # up or down (virsh domif-setlink)
+    model: str = ""  # virtio, e1000, ...
+
+
+def _interface_states(xml: str) -> tuple[InterfaceState, ...]:
+    out = []
+    for iface in ET.fromstring(xml).iterfind("./devices/interface"):
+        source, mac, target = iface.find("source"), iface.find("mac"), iface.find("target")
+        link, model = iface.find("link"), iface.find("model")
+        src = source.attrib if source is not None else {}
+        out.append(
+            InterfaceState(
+                mac=mac.get("address", "") if mac is not None else "",
+                source_type=iface.get("type", ""),
+                network=src.get("network", ""),
+                bridge=src.get("bridge", ""),
+                target_dev=target.get("dev", "") if target is not None else "",
+                link_state=link.get("state", "up") if link is not None else "up",
+                model=model.get("type", "") if model is not None else "",
+            )
+        )
+    return tuple(out)
+
+
+def domain_interfaces_live(uri: str, name: str | None = None) -> dict[str, tuple[InterfaceState, ...]]:
+    """Network interfaces of every domain of the host (or of the one named), by domain UUID,
+    from each domain's live definition: one XMLDesc per domain (getAllDomainStats has no
+    MAC, network, model or link state). Domains undefined meanwhile are left out."""
+
+    def _read(conn):
+        if name is not None:
+            dom = conn.lookupByName(name)
+            return {dom.UUIDString(): _interface_states(dom.XMLDesc(0))}
+        return dict(
+            connection.read_present(conn.listAllDomains(0), lambda d: (d.UUIDString(), _interface_states(d.XMLDesc(0))))
+        )
+
+    return connection.call(uri, name or "read interfaces", _read)

@@ -161,9 +161,9 @@ class Command(BaseCommand):
             for r in h.vms:
                 quota = fmt_bytes(r.quota.limit_bytes) + ("" if r.quota.own_limit else " (default)")
                 self.stdout.write(
-                    f"{h.host.name:12} {r.vm.name:24} {quota:>20} {r.quota.alert_percent:>4}% "
-                    f"{r.quota.breach_action:9} {fmt_bytes(r.disks.provisioned):>12} "
-                    f"{fmt_bytes(r.disks.allocation):>12} {r.percent:>4}%"
+                    f"{h.host.name:12} {r.name:24} {quota:>20} {r.quota.alert_percent:>4}% "
+                    f"{r.quota.breach_action:9} {fmt_bytes(r.provisioned):>12} "
+                    f"{fmt_bytes(r.allocation):>12} {r.percent:>4}%"
                 )
 
     def _check(self, actor):
