@@ -73,8 +73,8 @@ def _check_gib(gib: int) -> int:
 def _space_check(vm: VirtualMachine, pool: gw.PoolTarget, grow: int, allocation: int) -> None:
     """The VM's quota and the pool's limits (the storage app's rule), then the pool's free
     space: refuse before anything is written."""
+    from apps.storage.disks import vm_disks
     from apps.storage.services import growth_check  # storage imports encryption: imported here
-    from apps.storage.services.disks import vm_disks
 
     growth_check(vm, vm_disks(vm), gw.pool_get(vm.host.uri, pool.name), grow, allocation)
     if pool.available < allocation:

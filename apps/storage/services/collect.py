@@ -14,8 +14,8 @@ from apps.core.gateways import libvirt as gw
 from apps.core.models import Host
 from apps.vms.models import VirtualMachine
 
+from ..disks import host_snapshot
 from ..models import PoolState, VmDiskState, VolumeState
-from .disks import host_snapshot
 
 _POOL_FIELDS = ["uuid", "active", "path", "capacity", "allocation", "available", "provisioned", "volume_allocation",
                 "volume_count", "collected_at"]  # fmt: skip

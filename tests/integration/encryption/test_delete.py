@@ -102,7 +102,7 @@ def test_an_unconfirmed_or_live_delete_is_refused_and_audited(operator, encrypte
 
 def test_storage_counts_an_encrypted_disk_as_its_container_volume(operator, encrypted, host):
     """The definition names the unlocked path; quotas and pool pages count the container."""
-    from apps.storage.services.disks import host_snapshot, vm_disks
+    from apps.storage.disks import host_snapshot, vm_disks
 
     disk = encrypted
     counted = {d.target: d for d in vm_disks(disk.vm).disks}[disk.target]
