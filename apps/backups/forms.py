@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from django import forms
 
+from apps.core.forms import error_text, submitted  # noqa: F401  (the backup views' names)
 from apps.core.validators import NAME_RE
 
 
@@ -34,12 +35,3 @@ class PruneForm(forms.Form):
             raise forms.ValidationError("Retention must keep at least one backup.")
         data.update(keep)
         return data
-
-
-def error_text(form) -> str:
-    return "; ".join(f"{field}: {' '.join(errors)}" for field, errors in form.errors.items())[:500]
-
-
-def submitted(form: forms.Form) -> dict:
-    """What the person sent for the form's fields (cut short), for the audit of a refusal."""
-    return {name: str(form.data.get(name, ""))[:80] for name in form.fields if form.data.get(name, "") != ""}

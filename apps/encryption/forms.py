@@ -11,6 +11,8 @@ import json
 
 from django import forms
 
+from apps.core.forms import error_text, submitted
+
 from .keystore import ESCROW_FORMAT
 from .models import EncryptedDisk, UnlockPolicy
 from .services.common import MAX_SIZE_GIB
@@ -38,22 +40,11 @@ class _Form(forms.Form):
 
     def submitted(self) -> dict:
         """What the person sent (cut short), without secrets: for the audit of a refusal."""
-        out = {}
-        for name in self.fields:
-            if name in self.secret_fields:
-                continue
-            value = self.data.get(name, "")
-            if value not in ("", None):
-                out[name] = str(value)[:40]
-        return out
+        return submitted(self)
 
     def error_text(self) -> str:
         """The errors in one line, for the audit log."""
-        parts = []
-        for name, errors in self.errors.items():
-            label = self.fields[name].label if name in self.fields else ""
-            parts.append(f"{label}: {' '.join(errors)}" if label else " ".join(errors))
-        return "; ".join(parts)
+        return error_text(self)
 
 
 class DiskCreateForm(_Form):

@@ -1,5 +1,7 @@
 from django import forms
 
+from apps.core.forms import error_text  # noqa: F401  (the monitoring views' name)
+
 MAX_STEP = 10000
 
 
@@ -19,9 +21,3 @@ class AuditRulesInstallForm(forms.Form):
 
 class TrainingAckForm(forms.Form):
     item = forms.SlugField(max_length=40)
-
-
-def error_text(form: forms.Form) -> str:
-    """The form's errors in one line, for the audit log."""
-    label = {n: f.label for n, f in form.fields.items()}
-    return "; ".join(f"{label.get(n, n)}: {' '.join(e)}" for n, e in form.errors.items())

@@ -10,8 +10,8 @@ from decimal import Decimal
 
 from django import forms
 
-from apps.audit.services import refused
 from apps.core.errors import InvalidInput
+from apps.core.forms import error_text, refuse, submitted, validated  # noqa: F401  (the storage views' names)
 
 from .fields import gib_to_bytes, parse_action, parse_gib_decimal, parse_percent, parse_ratio, parse_reserve
 from .models import BreachAction
@@ -206,33 +206,3 @@ class VolumeResizeForm(forms.Form):
 
     def service_args(self) -> dict:
         return {"size_bytes": _bytes(self.cleaned_data["size_gib"])}
-
-
-def error_text(form: forms.Form) -> str:
-    """The form's errors in one line, for the audit log and toasts."""
-    parts = []
-    for name, errors in form.errors.items():
-        label = form.fields[name].label if name in form.fields else ""
-        parts.append(f"{label}: {' '.join(errors)}" if label else " ".join(errors))
-    return "; ".join(parts)
-
-
-def submitted(form: forms.Form) -> dict:
-    """What the person sent (trimmed and cut short), for the audit of a refusal."""
-    return {name: str(form.data.get(name, ""))[:40] for name in form.fields if form.data.get(name, "") != ""}
-
-
-def refuse(form: forms.Form, *, actor, action: str, target=None, perm: str | None = None, obj=None) -> None:
-    """Audit the form's refusal as its service would have (after its permission check: a
-    denial is audited and raised as such)."""
-    refused(actor=actor, action=action, target=target, obj=obj, perm=perm, params=submitted(form),
-            error=error_text(form))  # fmt: skip
-
-
-def validated(form: forms.Form, *, actor, action: str, target=None, perm: str | None = None, obj=None):
-    """The form, valid, for callers without a page to re-render (the command line): an
-    invalid one is refused (audited) and raised as InvalidInput with its messages."""
-    if not form.is_valid():
-        refuse(form, actor=actor, action=action, target=target, perm=perm, obj=obj)
-        raise InvalidInput(error_text(form))
-    return form

@@ -4,9 +4,11 @@ from django.http import HttpResponse
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
+from apps.core.forms import validated
 from apps.core.views_util import job_started, permission_required, render_page
 
 from . import selectors, services
+from .forms import LifecycleForm, SnapshotCreateForm, SnapshotDeleteForm
 
 
 @permission_required("vms.view")
@@ -70,10 +72,10 @@ def _job_response(request, vm, job, message):
 @permission_required("vms.operate")
 def vm_action(request, host: str, name: str):
     vm = services.vm_for(request.user, host, name)
-    action = request.POST.get("action", "")
-    job = services.vm_lifecycle(
-        actor=request.user, vm=vm, action=action, confirmed=request.POST.get("confirm") == "yes"
-    )
+    form = validated(LifecycleForm(request.POST), actor=request.user, action="vms.vm.action", target=vm,
+                     perm="vms.operate")  # fmt: skip
+    action = form.cleaned_data["action"]
+    job = services.vm_lifecycle(actor=request.user, vm=vm, action=action, confirmed=form.cleaned_data["confirm"])
     return _job_response(request, vm, job, f"{action.replace('_', ' ').capitalize()} of {vm.name} started.")
 
 
@@ -81,11 +83,10 @@ def vm_action(request, host: str, name: str):
 @permission_required("vms.snapshot")
 def snapshot_create(request, host: str, name: str):
     vm = services.vm_for(request.user, host, name)
+    form = validated(SnapshotCreateForm(request.POST), actor=request.user, action="vms.snapshot.create", target=vm,
+                     perm="vms.snapshot")  # fmt: skip
     job = services.snapshot_create(
-        actor=request.user,
-        vm=vm,
-        name=request.POST.get("snapshot", "").strip(),
-        description=request.POST.get("description", "").strip(),
+        actor=request.user, vm=vm, name=form.cleaned_data["snapshot"], description=form.cleaned_data["description"]
     )
     return _job_response(request, vm, job, "Snapshot started.")
 
@@ -94,7 +95,7 @@ def snapshot_create(request, host: str, name: str):
 @permission_required("vms.snapshot")
 def snapshot_delete(request, host: str, name: str, snapshot: str):
     vm = services.vm_for(request.user, host, name)
-    job = services.snapshot_delete(
-        actor=request.user, vm=vm, name=snapshot, confirmed=request.POST.get("confirm") == "yes"
-    )
+    form = validated(SnapshotDeleteForm(request.POST), actor=request.user, action="vms.snapshot.delete", target=vm,
+                     perm="vms.snapshot")  # fmt: skip
+    job = services.snapshot_delete(actor=request.user, vm=vm, name=snapshot, confirmed=form.cleaned_data["confirm"])
     return _job_response(request, vm, job, f"Deleting snapshot {snapshot}.")

@@ -158,3 +158,21 @@ def test_the_detail_page_offers_actions_only_where_the_user_may_act(client, make
     response = client.get(reverse("vms:detail", args=[host.name, theirs.name]))
     assert response.status_code == 200
     assert 'data-action="start"' not in response.content.decode() and "Take snapshot" not in response.content.decode()
+
+
+@pytest.mark.parametrize(
+    "url_name, data, action, message",
+    [
+        ("vms:snapshot_create", {"snapshot": "x'; drop", "description": ""}, "vms.snapshot.create", "Invalid snapshot"),
+        ("vms:snapshot_create", {"snapshot": "ok-name", "description": "d" * 501}, "vms.snapshot.create", "500"),
+        ("vms:action", {"action": "reboot-now"}, "vms.vm.action", "Unknown action"),
+    ],
+)
+def test_the_vm_forms_refuse_bad_input_before_any_service(client, operator, vm, url_name, data, action, message):
+    client.force_login(operator)
+    reauthenticate(client)
+    response = client.post(reverse(url_name, args=[vm.host.name, vm.name]), data, HTTP_HX_REQUEST="true")
+    assert response.status_code == 400 and message in response.content.decode()
+    event = AuditEvent.objects.get(action=action)
+    assert event.outcome == "failed" and message in event.error
+    assert not Job.objects.exists() and gw.snapshot_list(vm.host.uri, vm.name) == []
