@@ -31,7 +31,9 @@ def metrics(request):
             response["WWW-Authenticate"] = 'Bearer realm="metrics"'
         return response
     # the 0.0.4 text format: every Prometheus 2.x reads it
-    return HttpResponse(services.metrics_scrape(), content_type=CONTENT_TYPE_PLAIN_0_0_4)
+    response = HttpResponse(services.metrics_scrape(), content_type=CONTENT_TYPE_PLAIN_0_0_4)
+    response["Cache-Control"] = "no-store"
+    return response
 
 
 # Not a session view: tests/unit/test_url_permissions.py checks it by this token setting.

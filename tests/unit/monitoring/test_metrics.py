@@ -52,6 +52,7 @@ def scrape(client) -> bytes:
     response = client.get(URL, HTTP_AUTHORIZATION=f"Bearer {TOKEN}")
     assert response.status_code == 200, response.content
     assert response["Content-Type"].startswith("text/plain; version=0.0.4")
+    assert response["Cache-Control"] == "no-store"
     return response.content
 
 
