@@ -265,3 +265,12 @@ CELERY_BEAT_SCHEDULE["storage-check"] = {
     "task": "apps.storage.tasks.storage_check",
     "schedule": float(STORAGE_CHECK_INTERVAL),
 }
+
+# Network (apps.network): zones, the per-VM nftables firewall, quarantine
+NETWORK_NFT_TABLE = env("NETWORK_NFT_TABLE", "portal_fw")  # our tables: bridge and inet families
+FIREWALL_CONFIRM_SECONDS = env_int("FIREWALL_CONFIRM_SECONDS", 60)  # an unconfirmed apply rolls back after this
+FIREWALL_CHECK_INTERVAL = env_int("FIREWALL_CHECK_INTERVAL", 60)  # seconds between drift/rollback checks
+CELERY_BEAT_SCHEDULE["firewall-check"] = {
+    "task": "apps.network.tasks.firewall_check",
+    "schedule": float(FIREWALL_CHECK_INTERVAL),
+}
