@@ -18,9 +18,25 @@ class ZoneForm(forms.Form):
     bridge = forms.CharField(max_length=15, required=False, validators=[v.check_iface],
                              help_text="bridge device (default: derived from the name)")  # fmt: skip
     uplink = forms.CharField(max_length=15, required=False, validators=[v.check_iface])
+    ipv4_cidr = forms.CharField(max_length=43, required=False, help_text="IPv4 subnet, e.g. 192.0.2.0/24")
+    ipv6_cidr = forms.CharField(max_length=43, required=False, help_text="IPv6 subnet, e.g. 2001:db8::/64")
     policy_in = forms.ChoiceField(choices=Verdict.choices, required=False, help_text="custom zones")
     policy_out = forms.ChoiceField(choices=Verdict.choices, required=False, help_text="custom zones")
     host_access = forms.BooleanField(required=False, help_text="custom zones: VMs may reach the host")
+
+    def _subnet(self, field: str, version: int) -> str:
+        net = v.parse_cidr(self.cleaned_data.get(field, ""), "subnet")
+        if net is None:
+            return ""
+        if net.version != version or net.num_addresses < 4:
+            raise forms.ValidationError(f"{net} is not an IPv{version} subnet with room for the host and VMs.")
+        return str(net)
+
+    def clean_ipv4_cidr(self):
+        return self._subnet("ipv4_cidr", 4)
+
+    def clean_ipv6_cidr(self):
+        return self._subnet("ipv6_cidr", 6)
 
     def clean(self):
         data = super().clean()
@@ -72,6 +88,8 @@ class RuleForm(forms.Form):
         zone = Zone.objects.filter(host=self.host, name=name).first() if self.host is not None else None
         if zone is None:
             raise forms.ValidationError(f"No zone named {name!r} on this host (deleted?).")
+        if not zone.cidrs:
+            raise forms.ValidationError(f"The zone {name!r} has no subnet: a rule cannot name it.")
         return zone
 
     def clean(self):

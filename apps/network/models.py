@@ -42,6 +42,8 @@ class Zone(models.Model):
     bridge = models.CharField(max_length=15, validators=[v.check_iface])
     uplink = models.CharField(max_length=15, blank=True, validators=[v.check_iface],
                               help_text="vpn-only: the only interface its traffic may leave by")  # fmt: skip
+    ipv4_cidr = models.CharField(max_length=43, blank=True, help_text="the network's IPv4 subnet (host: first address)")
+    ipv6_cidr = models.CharField(max_length=43, blank=True, help_text="the network's IPv6 subnet")
     policy_in = models.CharField(max_length=6, choices=Verdict.choices, default=Verdict.DROP)
     policy_out = models.CharField(max_length=6, choices=Verdict.choices, default=Verdict.DROP)
     host_access = models.BooleanField(default=False, help_text="VMs of the zone may reach the host")
@@ -65,8 +67,16 @@ class Zone(models.Model):
     def clean(self):
         if self.kind == self.Kind.VPN_ONLY and not self.uplink:
             raise ValidationError({"uplink": "A vpn-only zone needs the uplink its traffic leaves by."})
+        for f in ("ipv4_cidr", "ipv6_cidr"):
+            net = v.parse_cidr(getattr(self, f), "subnet")
+            if net is not None and net.version != (4 if f == "ipv4_cidr" else 6):
+                raise ValidationError({f: f"{net} is not an IPv{4 if f == 'ipv4_cidr' else 6} subnet."})
         if self.uplink and self.uplink == self.bridge:
             raise ValidationError({"uplink": "The uplink must be another interface than the zone's bridge."})
+
+    @property
+    def cidrs(self) -> tuple[str, ...]:
+        return tuple(c for c in (self.ipv4_cidr, self.ipv6_cidr) if c)
 
     def apply_kind_defaults(self) -> None:
         if self.kind in self.KIND_DEFAULTS:
