@@ -11,6 +11,10 @@ content, so the first apply and every later one are the same document):
   The bridge family has no connection tracking here (no nf_conntrack_bridge), so an accept
   rule also lets the replies of what it accepts back (sport for dport, echo-reply for icmp,
   TCP replies never a bare SYN): a stateless firewall's usual mirror.
+  A frame from a MAC that no VM of ours has, entering a zone bridge, is dropped (default
+  deny also for VMs defined outside the portal until their NICs are known), where the kernel
+  can match a frame's bridge; elsewhere such a VM is unfiltered at layer 2 until the next
+  apply or check reads its NICs (routed traffic is still denied by the inet table).
   Quarantined MACs are dropped before anything else; ARP and IPv6 neighbour discovery of
   unquarantined VMs pass, or no allowed packet could find its way.
 - `inet <table>`: routed traffic. Default deny between zones (whatever leaves a zone bridge
@@ -68,6 +72,9 @@ class Ruleset:
     zones: list[ZoneSpec] = field(default_factory=list)
     vms: list[VmSpec] = field(default_factory=list)
     quarantined_macs: list[str] = field(default_factory=list)
+    # the kernel can match a frame's bridge (`meta ibrname`, nft_meta_bridge): then frames
+    # from unknown MACs on zone bridges are dropped too (nft.bridge_name_match_supported)
+    match_bridge_name: bool = False
 
 
 def _payload(proto: str, fld: str) -> dict:
@@ -165,6 +172,7 @@ def _bridge_table(rs: Ruleset) -> list[dict]:
         {"add": {"set": {"family": B, "table": t, "name": "quarantined", "type": "ether_addr"}}},
         {"add": {"map": {"family": B, "table": t, "name": "vm_out", "type": "ether_addr", "map": "verdict"}}},
         {"add": {"map": {"family": B, "table": t, "name": "vm_in", "type": "ether_addr", "map": "verdict"}}},
+        {"add": {"set": {"family": B, "table": t, "name": "zone_bridges", "type": "ifname"}}},
     ]
     # base chains: from VMs (forward and to the host), to VMs (forward and from the host)
     bases = [("fwd_out", "forward", BRIDGE_OUT_PRIO, "saddr", "vm_out"),
@@ -179,6 +187,9 @@ def _bridge_table(rs: Ruleset) -> list[dict]:
         cmds.append(_rule(B, t, name, [_match(_payload("ether", "type"), "arp"), {"accept": None}]))
         cmds.append(_rule(B, t, name, [_match(_payload("icmpv6", "type"), {"set": ND_TYPES}), {"accept": None}]))
         cmds.append(_rule(B, t, name, [{"vmap": {"key": _payload("ether", end), "data": f"@{vmap}"}}]))
+        if end == "saddr" and rs.match_bridge_name:  # a MAC no VM of ours has, sending on a zone bridge: default deny
+            cmds.append(_rule(B, t, name, [_match({"meta": {"key": "ibrname"}}, "@zone_bridges"), {"counter": None},
+                                           {"drop": None}], "unknown MAC"))  # fmt: skip
     # zone-wide rules and policies, then one chain pair per VM
     for z in rs.zones:
         for direction in ("in", "out"):
@@ -200,12 +211,16 @@ def _bridge_table(rs: Ruleset) -> list[dict]:
                 cmds.append(_rule(B, t, chain, [_match({"meta": {"key": "oifname"}}, zone.uplink, "!="),
                                                 {"counter": None}, {"drop": None}], "vpn-only"))  # fmt: skip
             policy = zone.policy_in if direction == "in" else zone.policy_out
-            if policy == "drop":
-                cmds.append(_rule(B, t, chain, [{"counter": None}, {"drop": None}], f"policy {zone.name}"))
+            # the policy ends the chain either way: an out chain that only returned would meet
+            # the unknown-MAC drop; an accept ends only this base chain (the in stage follows)
+            cmds.append(_rule(B, t, chain, [{"counter": None}, {policy: None}], f"policy {zone.name}"))
             elems[f"vm_{direction}"] += [[mac, {"jump": {"target": chain}}] for mac in vm.macs]
     for name, elem in elems.items():
         if elem:
             cmds.append({"add": {"element": {"family": B, "table": t, "name": name, "elem": elem}}})
+    if rs.zones:
+        cmds.append({"add": {"element": {"family": B, "table": t, "name": "zone_bridges",
+                                         "elem": sorted({z.bridge for z in rs.zones})}}})  # fmt: skip
     if rs.quarantined_macs:
         cmds.append({"add": {"element": {"family": B, "table": t, "name": "quarantined",
                                          "elem": sorted(set(rs.quarantined_macs))}}})  # fmt: skip

@@ -119,6 +119,31 @@ def render(document: dict, name: str) -> list[dict]:
         runner.run([IP, "netns", "del", ns], timeout=TIMEOUT, check=False)
 
 
+_bridge_name_match: bool | None = None
+
+
+def bridge_name_match_supported() -> bool:
+    """Can this kernel match a bridged frame's bridge (`meta ibrname`)? Asked once per
+    process with `nft -c` on a table that is never created."""
+    global _bridge_name_match
+    if _bridge_name_match is None:
+        t = f"portal_probe_{uuid.uuid4().hex[:8]}"
+        doc = {"nftables": [
+            {"add": {"table": {"family": "bridge", "name": t}}},
+            {"add": {"chain": {"family": "bridge", "table": t, "name": "c", "type": "filter", "hook": "forward",
+                               "prio": 0, "policy": "accept"}}},
+            {"add": {"rule": {"family": "bridge", "table": t, "chain": "c",
+                              "expr": [{"match": {"op": "==", "left": {"meta": {"key": "ibrname"}}, "right": "x"}},
+                                       {"drop": None}]}}},
+        ]}  # fmt: skip
+        try:
+            check(doc)
+            _bridge_name_match = True
+        except InvalidInput:
+            _bridge_name_match = False
+    return _bridge_name_match
+
+
 def counters(name: str) -> dict[str, tuple[int, int]]:
     """Packet and byte counters of our rules, keyed by the first word of the rule's comment
     (the compiler writes the rule id there, e.g. "r12"); rules with one key add up."""

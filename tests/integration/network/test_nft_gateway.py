@@ -48,6 +48,16 @@ def test_quarantined_mac_is_cut_off(lab, nft_table):
     assert not lab.a.probe("ping", lab.b.ipv4) and not lab.a.probe("tcp", lab.b.ipv6, 8080)
 
 
+def test_an_unknown_mac_on_a_zone_bridge_is_dropped(lab, nft_table):
+    if not nft.bridge_name_match_supported():
+        pytest.skip("this kernel cannot match a frame's bridge (meta ibrname: no nft_meta_bridge)")
+    rs = lab_ruleset(nft_table, lab, b_rules=[RuleSpec(id=1, direction="in", protocol="any", action="accept")])
+    rs.match_bridge_name = True
+    rs.vms = [vm for vm in rs.vms if vm.name != "a"]  # a: defined outside the portal, NICs unknown
+    nft.load(compile_ruleset(rs))
+    assert not lab.a.probe("ping", lab.b.ipv4)
+
+
 def test_a_refused_document_changes_nothing(nft_table):
     ok = compile_ruleset(Ruleset(table=nft_table, zones=[ZoneSpec(id=1, name="z", kind="untrusted", bridge="nobr0")]))
     nft.load(ok)
