@@ -23,7 +23,7 @@ OPERATE_PERMISSIONS = frozenset(
     {"vms.operate", "vms.snapshot", "storage.change", "encryption.change", "network.change"}
 )
 AUDIT_PERMISSIONS = frozenset({"audit.view", "access_review.view"})
-ADMIN_PERMISSIONS = frozenset({"accounts.manage", "storage.settings"})
+ADMIN_PERMISSIONS = frozenset({"accounts.manage", "storage.settings", "network.zones"})
 # encryption.keys: unseal the key store, export key escrow, rotate the KEK (admins only)
 KEY_PERMISSIONS = frozenset({"encryption.keys"})
 ALL_PERMISSIONS = VIEW_PERMISSIONS | OPERATE_PERMISSIONS | AUDIT_PERMISSIONS | ADMIN_PERMISSIONS | KEY_PERMISSIONS

@@ -143,8 +143,8 @@ class FirewallApply(models.Model):
     class State(models.TextChoices):
         PENDING = "pending"
         CONFIRMED = "confirmed"
-        ROLLED_BACK = "rolled_back"
-        FAILED = "failed"
+        ROLLED_BACK = "rolled_back", "rolled back"
+        SUPERSEDED = "superseded"
 
     host = models.ForeignKey(Host, on_delete=models.CASCADE, related_name="firewall_applies")
     document = models.JSONField(help_text="the nftables JSON applied")
@@ -155,6 +155,7 @@ class FirewallApply(models.Model):
     actor_name = models.CharField(max_length=150)
     created_at = models.DateTimeField(auto_now_add=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    drift_seen_at = models.DateTimeField(null=True, blank=True, help_text="our tables were last found changed")
 
     class Meta:
         ordering = ["-created_at", "-id"]

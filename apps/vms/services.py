@@ -284,3 +284,34 @@ def _run_snapshot_delete(job: Job, progress: jobs.Progress) -> dict:
     else:
         progress(90, f"snapshot {name} is already gone")
     return {"snapshot": name}
+
+
+def vm_lifecycle_now(*, actor, vm: VirtualMachine, action: str, why: str = "") -> str:
+    """A lifecycle action done at once, not as a job: for another service's step that must
+    happen before its next one (a quarantine suspends before its forensic snapshot).
+    Authorised and audited like the job (`vms.vm.<action>`); returns the state reached."""
+    from apps.audit.services import audited
+
+    if action not in LIFECYCLE:
+        raise InvalidInput(f"Unknown action {action!r}. Choose one of: {', '.join(LIFECYCLE)}.")
+    allowed_from, perm, _confirm = LIFECYCLE[action]
+    with audited(actor=actor, action=f"vms.vm.{action}", target=vm, perm=perm, params={"why": why} if why else {}):
+        state = gw.domain_state(vm.host.uri, vm.name)
+        if state != _RESULT_STATE[action]:
+            if state not in allowed_from:
+                raise Conflict(f"Cannot {action.replace('_', ' ')} {vm.name}: it is {state}.")
+            _GATEWAY[action](vm.host.uri, vm.name)
+            state = gw.domain_state(vm.host.uri, vm.name)
+        VirtualMachine.objects.filter(pk=vm.pk).update(last_state=state, last_seen=timezone.now())
+    return state
+
+
+def snapshot_create_now(*, actor, vm: VirtualMachine, name: str, description: str = "") -> str:
+    """A snapshot taken at once (a quarantine's forensic snapshot), with memory state when
+    the VM runs or is paused; audited as `vms.snapshot.create`."""
+    from apps.audit.services import audited
+
+    validate_name(name, "snapshot name")
+    with audited(actor=actor, action="vms.snapshot.create", target=vm, perm="vms.snapshot", params={"snapshot": name}):
+        gw.create_snapshot(vm.host.uri, vm.name, name, description)
+    return name

@@ -829,3 +829,100 @@ def detach_disk(uri: str, domain: str, path: str) -> None:
                 return
 
     call(uri, f"{domain}:{path}", _detach)
+
+
+# ---------------------------------------------------------------- zones (apps.network)
+
+
+def zone_network_xml(name: str, bridge: str, ipv4_cidr: str = "", ipv6_cidr: str = "") -> str:
+    """An isolated network (no <forward>: nothing is routed or NATed out by libvirt), with
+    the host at the first address of each subnet and no DHCP."""
+    import ipaddress
+
+    net = ET.Element("network")
+    ET.SubElement(net, "name").text = name
+    ET.SubElement(net, "bridge", name=bridge, stp="off", delay="0")
+    for cidr in (ipv4_cidr, ipv6_cidr):
+        if cidr:
+            n = ipaddress.ip_network(cidr)
+            attrs = {"address": str(n.network_address + 1), "prefix": str(n.prefixlen)}
+            if n.version == 6:
+                attrs["family"] = "ipv6"
+            ET.SubElement(net, "ip", **attrs)
+    return ET.tostring(net, encoding="unicode")
+
+
+def define_zone_network(uri: str, name: str, bridge: str, ipv4_cidr: str = "", ipv6_cidr: str = "") -> None:
+    """Define (if absent), start and autostart a zone's isolated network. Idempotent."""
+
+    def _define(conn):
+        try:
+            net = conn.networkLookupByName(name)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() != libvirt.VIR_ERR_NO_NETWORK:
+                raise
+            net = conn.networkDefineXML(zone_network_xml(name, bridge, ipv4_cidr, ipv6_cidr))
+        if not net.isActive():
+            net.create()
+        net.setAutostart(1)
+
+    call(uri, name, _define)
+
+
+def network_exists(uri: str, name: str) -> bool:
+    def _exists(conn):
+        try:
+            conn.networkLookupByName(name)
+            return True
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_NETWORK:
+                return False
+            raise
+
+    return call(uri, name, _exists)
+
+
+def domain_interfaces(uri: str) -> dict[str, tuple[InterfaceInfo, ...]]:
+    """Every domain's interfaces (MAC, network, tap device, link state), by domain UUID: one
+    listing and one XML read per domain."""
+
+    def _read(conn):
+        out = {}
+        for dom in conn.listAllDomains(0):
+            try:
+                _, ifaces = libvirt_xml.parse_domain_devices(dom.XMLDesc(0))
+            except libvirt.libvirtError as exc:
+                if _vanished(exc):
+                    continue
+                raise
+            out[dom.UUIDString()] = tuple(InterfaceInfo(**i) for i in ifaces)
+        return out
+
+    return call(uri, "list interfaces", _read)
+
+
+def set_interface_link(uri: str, domain: str, mac: str, state: str) -> None:
+    """Set one interface's link up or down (`<link state='down'/>`: the guest sees its cable
+    pulled; nothing needed from the guest), live when the domain runs and in its definition."""
+    if state not in ("up", "down"):
+        raise ValueError(f"link state {state!r}")
+
+    def _set(conn):
+        dom = conn.lookupByName(domain)
+        root = ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE if not dom.isActive() else 0))
+        for iface in root.findall("./devices/interface"):
+            m = iface.find("mac")
+            if m is not None and m.get("address", "").lower() == mac.lower():
+                break
+        else:
+            raise NotFound(f"{domain} has no interface with MAC {mac}.")
+        link = iface.find("link")
+        if link is None:
+            link = ET.SubElement(iface, "link")
+        link.set("state", state)
+        flags = libvirt.VIR_DOMAIN_AFFECT_LIVE if dom.isActive() else 0
+        if dom.isPersistent():
+            flags |= libvirt.VIR_DOMAIN_AFFECT_CONFIG
+        dom.updateDeviceFlags(ET.tostring(iface, encoding="unicode"), flags or libvirt.VIR_DOMAIN_AFFECT_CURRENT)
+
+    call(uri, f"{domain} {mac}", _set)

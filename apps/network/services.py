@@ -1,8 +1,0 @@
-from apps.accounts.permissions import has_perm, require
-from apps.core.gateways import libvirt_gw as gw
-from apps.core.models import Host
-
-
-def networks_for(user) -> list[tuple[Host, list[gw.NetworkInfo]]]:
-    require(user, "network.view", anywhere=True, action="network.networks.view")
-    return [(host, gw.list_networks(host.uri)) for host in Host.objects.all() if has_perm(user, "network.view", host)]
