@@ -108,7 +108,7 @@ def firewall_preview(*, actor, host: Host) -> ApplyPreview:
     """The diff between the running ruleset (our tables) and the one an apply would load
     (rendered in a scratch network namespace: the host's ruleset is not touched)."""
     authorize(actor, "network.view", host, action="network.firewall.preview")
-    doc = _document(host)
+    doc = _document(host, sync=False)  # a page reads: the NICs as the state collector last stored them
     running = nft.describe(nft.list_tables(_table()))
     new = nft.describe(nft.render(doc, _table()))
     diff = list(difflib.unified_diff(running, new, "running", "new", lineterm="", n=1))
