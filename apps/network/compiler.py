@@ -204,6 +204,14 @@ def _bridge_table(rs: Ruleset) -> list[dict]:
             chain = f"vm{vm.id}-{direction}"
             cmds.append(_chain(B, t, chain))
             cmds += _chain_rules(t, chain, vm.rules, direction)
+            if zone.kind == "vpn-only" and direction == "in" and zone.uplink:
+                # what comes back through the uplink: replies (stateless: TCP never a bare SYN)
+                from_uplink = _match({"meta": {"key": "iifname"}}, zone.uplink)
+                not_syn = _match({"&": [_payload("tcp", "flags"), ["syn", "ack"]]}, "syn", "!=")
+                cmds.append(_rule(B, t, chain, [from_uplink, not_syn, {"accept": None}], "vpn replies"))
+                cmds.append(_rule(B, t, chain, [from_uplink, _match({"meta": {"key": "l4proto"}},
+                                                                    {"set": ["udp", "icmp", "ipv6-icmp"]}),
+                                                {"accept": None}], "vpn replies"))  # fmt: skip
             cmds.append(_rule(B, t, chain, [{"jump": {"target": f"zone{zone.id}-{direction}"}}]))
             if zone.kind == "vpn-only" and direction == "out" and zone.uplink:
                 # a vpn-only VM's frames leave the bridge only by the uplink (to the host they

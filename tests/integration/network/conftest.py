@@ -40,6 +40,8 @@ class Lab:
     bridge: str
     a: Guest
     b: Guest
+    c: Guest  # the VPN endpoint of vpn-only tests
+    ports: dict  # guest side -> its veth on the bridge
 
 
 @pytest.fixture
@@ -57,7 +59,7 @@ def lab():
     tag = uuid.uuid4().hex[:6]
     bridge, made_ns, made_links = f"tbr{tag}", [], []
     six = f"2001:db8:{tag[:4]}"
-    server = None
+    servers = []
     try:
         sh("ip", "link", "add", bridge, "type", "bridge")
         made_links.append(bridge)
@@ -66,12 +68,14 @@ def lab():
         Path(f"/proc/sys/net/ipv6/conf/{bridge}/disable_ipv6").write_text("1")
         sh("ip", "link", "set", bridge, "up")
         guests = []
-        for i, side in enumerate("ab", start=1):
+        ports = {}
+        for i, side in enumerate("abc", start=1):
             ns, host_end = f"pns-{tag}-{side}", f"tv{tag}{side}"
             sh("ip", "netns", "add", ns)
             made_ns.append(ns)
             sh("ip", "link", "add", host_end, "type", "veth", "peer", "name", "eth0", "netns", ns)
             made_links.append(host_end)
+            ports[side] = host_end
             sh("ip", "link", "set", host_end, "master", bridge, "up")
             run = ["ip", "netns", "exec", ns]
             sh(*run, "ip", "link", "set", "lo", "up")
@@ -80,13 +84,13 @@ def lab():
             sh(*run, "ip", "link", "set", "eth0", "up")
             mac = sh(*run, "cat", "/sys/class/net/eth0/address").stdout.strip()
             guests.append(Guest(ns=ns, mac=mac, ipv4=f"198.51.100.{i}", ipv6=f"{six}::{i}"))
-        a, b = guests
-        server = subprocess.Popen(["ip", "netns", "exec", b.ns, sys.executable, PROBE, "serve", "8080", "9090"],
-                                  stdout=subprocess.PIPE, text=True)  # fmt: skip
-        assert server.stdout.readline().strip() == "ready"
-        yield Lab(bridge=bridge, a=a, b=b)
+        a, b, c = guests
+        servers = [subprocess.Popen(["ip", "netns", "exec", g.ns, sys.executable, PROBE, "serve", "8080", "9090"],
+                                    stdout=subprocess.PIPE, text=True) for g in (b, c)]  # fmt: skip
+        assert all(s.stdout.readline().strip() == "ready" for s in servers)
+        yield Lab(bridge=bridge, a=a, b=b, c=c, ports=ports)
     finally:
-        if server is not None:
+        for server in servers:
             server.kill()
             server.wait(timeout=10)
         for ns in made_ns:

@@ -58,6 +58,19 @@ def test_an_unknown_mac_on_a_zone_bridge_is_dropped(lab, nft_table):
     assert not lab.a.probe("ping", lab.b.ipv4)
 
 
+def test_a_vpn_only_vm_reaches_only_its_uplink(lab, nft_table):
+    zone = ZoneSpec(id=1, name="vpn", kind="vpn-only", bridge=lab.bridge, policy_out="accept",
+                    uplink=lab.ports["c"])  # c stands in for the VPN endpoint behind the uplink
+    everything = (RuleSpec(id=1, direction="in", protocol="any", action="accept"),)
+    rs = Ruleset(table=nft_table, zones=[zone], vms=[
+        VmSpec(id=1, name="a", zone_id=1, macs=(lab.a.mac,)),
+        VmSpec(id=2, name="b", zone_id=1, macs=(lab.b.mac,), rules=everything),
+    ])  # fmt: skip
+    nft.load(compile_ruleset(rs))
+    assert lab.a.probe("tcp", lab.c.ipv4, 8080) and lab.a.probe("udp", lab.c.ipv6, 9090)
+    assert not lab.a.probe("tcp", lab.b.ipv4, 8080) and not lab.a.probe("tcp", lab.b.ipv6, 8080)
+
+
 def test_a_refused_document_changes_nothing(nft_table):
     ok = compile_ruleset(Ruleset(table=nft_table, zones=[ZoneSpec(id=1, name="z", kind="untrusted", bridge="nobr0")]))
     nft.load(ok)
