@@ -9,7 +9,7 @@ from apps.core.errors import Conflict, InvalidInput
 from apps.core.gateways import libvirt_gw as gw
 from apps.core.gateways import nft
 from apps.network import services
-from apps.network.models import Quarantine
+from apps.network.models import Quarantine, Zone
 
 
 def quarantined_macs(table):
@@ -20,7 +20,19 @@ def quarantined_macs(table):
     return set()
 
 
-def test_quarantine_and_release(vm, operator, nft_table):
+def mapped_macs(table):
+    for obj in nft.list_tables(table):
+        m = obj.get("map")
+        if m and m["name"] == "vm_out":
+            return {e[0] for e in m.get("elem", [])}
+    return set()
+
+
+def test_quarantine_and_release(vm, operator, nft_table, test_network):
+    bridge = next(n.bridge for n in gw.list_networks(vm.host.uri) if n.name == test_network)
+    Zone.objects.create(host=vm.host, name="qzone", kind="secure", bridge=bridge, network_name=test_network,
+                        policy_out="accept", host_access=True)  # fmt: skip
+    services.firewall_apply(actor=operator, host=vm.host, confirm_seconds=0)
     q = services.vm_quarantine(actor=operator, vm=vm, reason="beaconing")
     assert [s["step"] for s in q.steps if s["ok"]] == ["links", "firewall", "suspend", "snapshot", "alert"], q.steps
     info = gw.get_domain(vm.host.uri, vm.name)
@@ -44,6 +56,14 @@ def test_quarantine_and_release(vm, operator, nft_table):
     assert info.state == "running" and {i.link for i in info.interfaces} == {"up"}
     assert not (macs & quarantined_macs(nft_table))
     assert not Quarantine.objects.filter(vm=vm, released_at__isnull=True).exists()
+
+    # the rules follow the VM by MAC: a restart (a new tap device) changes nothing of ours
+    assert macs <= mapped_macs(nft_table)
+    gw.force_off_domain(vm.host.uri, vm.name)
+    gw.start_domain(vm.host.uri, vm.name)
+    services.nics_sync(vm.host)
+    assert not services.firewall_check(vm.host).drift
+    assert macs <= mapped_macs(nft_table)
 
 
 def test_a_viewer_cannot_quarantine(vm, viewer, nft_table):
