@@ -19,3 +19,11 @@ def get_item(mapping, key):
 @register.filter
 def make_list_words(value: str) -> list[str]:
     return value.split()
+
+
+@register.simple_tag
+def quarantines_for(user):
+    """Active quarantines of the VMs `user` may see on the network pages."""
+    from apps.network.selectors import quarantined
+
+    return quarantined(user)

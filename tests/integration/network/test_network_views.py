@@ -56,6 +56,7 @@ def test_zone_page_and_quarantine_marks(client, operator, viewer, host):
     assert vm.name in page and 'data-testid="rule-form"' not in page  # a viewer gets no add form
     assert 'data-testid="quarantined"' in client.get(reverse("vms:list")).content.decode()
     assert 'data-testid="quarantined"' in client.get(reverse("network:networks")).content.decode()
+    assert 'data-testid="quarantined"' in client.get(reverse("dashboard")).content.decode()
     client.force_login(operator)
     page = client.get(reverse("network:vm", args=[host.name, vm.name])).content.decode()
     assert 'data-testid="rule-form"' in page and 'data-testid="release-form"' in page
