@@ -24,6 +24,7 @@ content, so the first apply and every later one are the same document):
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass, field
 
@@ -91,12 +92,16 @@ def _l4(protocol: str) -> list[dict]:
     return [_match({"meta": {"key": "l4proto"}}, "ipv6-icmp" if protocol == "icmpv6" else protocol)]
 
 
-def _addr(cidr: str, end: str) -> dict:
+@functools.lru_cache(maxsize=4096)  # thousands of rules name the same few networks
+def _addr_parts(cidr: str) -> tuple[str, str, int, bool]:
     net = ipaddress.ip_network(cidr)
-    proto = "ip" if net.version == 4 else "ip6"
-    right = str(net.network_address) if net.prefixlen == net.max_prefixlen else {
-        "prefix": {"addr": str(net.network_address), "len": net.prefixlen}}  # fmt: skip
-    return _match(_payload(proto, end), right)
+    return ("ip" if net.version == 4 else "ip6", str(net.network_address), net.prefixlen,
+            net.prefixlen == net.max_prefixlen)  # fmt: skip
+
+
+def _addr(cidr: str, end: str) -> dict:
+    proto, addr, plen, host = _addr_parts(cidr)
+    return _match(_payload(proto, end), addr if host else {"prefix": {"addr": addr, "len": plen}})
 
 
 def _rule_exprs(rule: RuleSpec, direction: str, *, reply: bool) -> list[list[dict]]:
