@@ -94,6 +94,7 @@ REAUTH_POLICY: dict[str, str | When] = {
     "network:rule_delete": NEVER,
     "network:apply": NEVER,  # rolls itself back unless confirmed
     "network:confirm": ALWAYS,  # makes the change stick
+    "network:vm_move": ALWAYS,  # another zone's policy applies, and role scopes follow the label
     "network:quarantine": ALWAYS,
     "network:release": ALWAYS,
 }

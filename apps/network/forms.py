@@ -101,6 +101,10 @@ class RuleForm(forms.Form):
         return data
 
 
+class ZoneMoveForm(forms.Form):
+    zone = forms.CharField(max_length=63, validators=[v.check_name])
+
+
 class QuarantineForm(forms.Form):
     reason = forms.CharField(max_length=200, required=False, validators=[v.check_text])
 

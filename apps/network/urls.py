@@ -12,6 +12,7 @@ urlpatterns = [
     path("zones/<str:host>/<str:zone>/rules/", views.zone_rule_add, name="zone_rule_add"),
     path("vms/<str:host>/<str:name>/", views.vm_firewall, name="vm"),
     path("vms/<str:host>/<str:name>/rules/", views.vm_rule_add, name="vm_rule_add"),
+    path("vms/<str:host>/<str:name>/move/", views.vm_move, name="vm_move"),
     path("vms/<str:host>/<str:name>/quarantine/", views.vm_quarantine, name="quarantine"),
     path("vms/<str:host>/<str:name>/release/", views.vm_release, name="release"),
     path("rules/<int:pk>/delete/", views.rule_delete, name="rule_delete"),

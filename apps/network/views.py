@@ -12,7 +12,7 @@ from apps.core.views_util import job_started, permission_required, render_page
 from apps.vms.services import vm_for
 
 from . import selectors, services
-from .forms import QuarantineForm, ReleaseForm, RuleForm, ZoneEditForm, ZoneForm, errors_text
+from .forms import QuarantineForm, ReleaseForm, RuleForm, ZoneEditForm, ZoneForm, ZoneMoveForm, errors_text
 from .models import FirewallRule
 
 
@@ -113,7 +113,8 @@ def _add(request, *, data, vm=None, zone=None):
 
 
 def _vm_page(request, vm, status=200, **forms):
-    context = {"vm": vm, "rules": selectors.vm_rules(vm), "net": selectors.vm_network(vm),
+    context = {"vm": vm, "rules": selectors.vm_rules(vm),
+               "host_zones": selectors.zones_visible_to(request.user, vm.host), "net": selectors.vm_network(vm),
                "counters": _counters(request, vm.host), "rule_form": forms.get("rule_form") or RuleForm(),
                "release_form": forms.get("release_form") or ReleaseForm(),
                "quarantine_form": forms.get("quarantine_form") or QuarantineForm()}  # fmt: skip
@@ -136,6 +137,22 @@ def vm_rule_add(request, host: str, name: str):
         return _vm_page(request, vm, status=400, rule_form=form)
     _add(request, vm=vm, data=form.cleaned_data)
     return _vm_page(request, vm) if request.htmx else redirect("network:vm", host, name)
+
+
+@require_POST
+@permission_required("network.change")
+def vm_move(request, host: str, name: str):
+    vm = vm_for(request.user, host, name)
+    form = ZoneMoveForm(request.POST)
+    if not form.is_valid():
+        refused(actor=request.user, action="network.vm.move", target=vm, perm="network.change",
+                params=_params(form), error=errors_text(form))  # fmt: skip
+        raise InvalidInput(errors_text(form))
+    zone = selectors.zone_for(request.user, host, form.cleaned_data["zone"])
+    now = services.vm_zone_move(actor=request.user, vm=vm, zone=zone)
+    messages.success(request, f"{vm.name} moved to zone {zone.name}" + (" now." if now else
+                     "; its running interfaces move at its next start."))  # fmt: skip
+    return redirect("network:vm", host, name)
 
 
 @require_POST

@@ -40,6 +40,7 @@ EXPECTED = {
     "network:zone_rule_add": ("network.change", "POST"),
     "network:vm": ("network.view", "GET"),
     "network:vm_rule_add": ("network.change", "POST"),
+    "network:vm_move": ("network.change", "POST"),
     "network:quarantine": ("network.change", "POST"),
     "network:release": ("network.change", "POST"),
     "network:rule_delete": ("network.change", "POST"),

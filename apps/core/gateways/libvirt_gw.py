@@ -926,3 +926,47 @@ def set_interface_link(uri: str, domain: str, mac: str, state: str) -> None:
         dom.updateDeviceFlags(ET.tostring(iface, encoding="unicode"), flags or libvirt.VIR_DOMAIN_AFFECT_CURRENT)
 
     call(uri, f"{domain} {mac}", _set)
+
+
+_LIVE_MOVE_REFUSED = {libvirt.VIR_ERR_OPERATION_UNSUPPORTED, libvirt.VIR_ERR_CONFIG_UNSUPPORTED,
+                      libvirt.VIR_ERR_OPERATION_FAILED, libvirt.VIR_ERR_OPERATION_INVALID}  # fmt: skip
+
+
+def set_interface_network(uri: str, domain: str, mac: str, network: str) -> bool:
+    """Attach one interface to another libvirt network, in the definition and, where libvirt
+    allows it, live. Returns True when the running VM was moved now, False when the change
+    waits for the next start (or the VM is off)."""
+
+    def _move(conn):
+        dom = conn.lookupByName(domain)
+
+        def iface_xml(flags: int) -> str:
+            root = ET.fromstring(dom.XMLDesc(flags))
+            for iface in root.findall("./devices/interface"):
+                m = iface.find("mac")
+                if m is not None and m.get("address", "").lower() == mac.lower():
+                    iface.set("type", "network")
+                    source = iface.find("source")
+                    if source is None:
+                        source = ET.SubElement(iface, "source")
+                    source.attrib.clear()
+                    source.set("network", network)
+                    target = iface.find("target")
+                    if target is not None:
+                        iface.remove(target)
+                    return ET.tostring(iface, encoding="unicode")
+            raise NotFound(f"{domain} has no interface with MAC {mac}.")
+
+        if dom.isPersistent():
+            dom.updateDeviceFlags(iface_xml(libvirt.VIR_DOMAIN_XML_INACTIVE), libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+        if not dom.isActive():
+            return False
+        try:
+            dom.updateDeviceFlags(iface_xml(0), libvirt.VIR_DOMAIN_AFFECT_LIVE)
+            return True
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() in _LIVE_MOVE_REFUSED:
+                return False
+            raise
+
+    return call(uri, f"{domain} {mac}", _move)

@@ -121,3 +121,36 @@ def _run_zone_delete(job: Job, progress: jobs.Progress) -> dict:
         progress(30, f"removing the libvirt network {name}")
         gw.remove_network(host.uri, name)
     return {"network": name}
+
+
+def vm_zone_move(*, actor, vm, zone: Zone) -> bool:
+    """Move a VM to another zone: its interfaces are attached to the zone's network (live
+    where libvirt allows, else at its next start) and its zone label, which role scopes
+    use, changes in the same audited change; its rules move with it. True when the move holds
+now (moved live, or the VM is off), False when a running VM moves at its next start."""
+    from apps.accounts.permissions import authorize
+    from apps.vms.models import VirtualMachine
+
+    from .nics import nics_sync
+
+    with audited(actor=actor, action="network.vm.move", target=vm, perm="network.change",
+                 params={"from": vm.zone, "to": zone.name}) as ev:  # fmt: skip
+        authorize(actor, "network.change", zone, action="network.vm.move", target=vm)
+        if zone.host_id != vm.host_id:
+            raise InvalidInput(f"Zone {zone.name} is on another host than {vm.name}.")
+        nics_sync(vm.host)
+        nics = list(VmNic.objects.filter(vm=vm))
+        if not nics:
+            raise Conflict(f"{vm.name} has no network interface to move.")
+        zone_networks = set(Zone.objects.filter(host_id=vm.host_id).values_list("network_name", flat=True))
+        moving = [n for n in nics if n.network in zone_networks] or nics
+        live = [gw.set_interface_network(vm.host.uri, vm.name, n.mac, zone.network_name) for n in moving]
+        moved_live = all(live)
+        running = gw.domain_state(vm.host.uri, vm.name) != "shut off"
+        VirtualMachine.objects.filter(pk=vm.pk).update(zone=zone.name)
+        vm.zone = zone.name
+        if moved_live or not running:  # what libvirt now shows (a running VM not moved live: next start)
+            VmNic.objects.filter(pk__in=[n.pk for n in moving]).update(network=zone.network_name)
+        FirewallRule.objects.filter(vm=vm).update(zone=zone)
+        ev.params.update(live=moved_live, interfaces=[n.mac for n in moving])
+    return moved_live or not running

@@ -60,3 +60,7 @@ def test_zone_page_and_quarantine_marks(client, operator, viewer, host):
     client.force_login(operator)
     page = client.get(reverse("network:vm", args=[host.name, vm.name])).content.decode()
     assert 'data-testid="rule-form"' in page and 'data-testid="release-form"' in page
+    assert 'data-testid="zone-problem"' not in page
+    VirtualMachine.objects.filter(pk=vm.pk).update(zone="somewhere-else")  # defined outside the portal
+    page = client.get(reverse("network:vm", args=[host.name, vm.name])).content.decode()
+    assert 'data-testid="zone-problem"' in page and "somewhere-else" in page

@@ -2,7 +2,10 @@
 forensic snapshot with memory, every step audited under one incident id; release restores
 links, rules and run state, and needs a reason."""
 
+import uuid
+
 import pytest
+from django.core.exceptions import PermissionDenied
 
 from apps.audit.models import AuditEvent
 from apps.core.errors import Conflict, InvalidInput
@@ -28,7 +31,12 @@ def mapped_macs(table):
     return set()
 
 
-def test_quarantine_and_release(vm, operator, nft_table, test_network):
+def test_quarantine_release_and_move(vm, operator, viewer, nft_table, test_network):
+    with pytest.raises(PermissionDenied):
+        services.vm_quarantine(actor=viewer, vm=vm)
+    assert AuditEvent.objects.filter(action="network.vm.quarantine", outcome="denied").exists()
+    assert gw.domain_state(vm.host.uri, vm.name) == "running"
+
     bridge = next(n.bridge for n in gw.list_networks(vm.host.uri) if n.name == test_network)
     Zone.objects.create(host=vm.host, name="qzone", kind="secure", bridge=bridge, network_name=test_network,
                         policy_out="accept", host_access=True)  # fmt: skip
@@ -66,10 +74,18 @@ def test_quarantine_and_release(vm, operator, nft_table, test_network):
     assert macs <= mapped_macs(nft_table)
 
 
-def test_a_viewer_cannot_quarantine(vm, viewer, nft_table):
-    from django.core.exceptions import PermissionDenied
-
-    with pytest.raises(PermissionDenied):
-        services.vm_quarantine(actor=viewer, vm=vm)
-    assert AuditEvent.objects.filter(action="network.vm.quarantine", outcome="denied").exists()
-    assert gw.domain_state(vm.host.uri, vm.name) == "running"
+    # moving the VM to another zone re-attaches its interface live and changes its label
+    other = Zone.objects.create(host=vm.host, name=f"moved-{uuid.uuid4().hex[:6]}", kind="untrusted",
+                                bridge=f"pzm{uuid.uuid4().hex[:8]}", network_name=f"tmove-{uuid.uuid4().hex[:6]}")
+    gw.define_zone_network(vm.host.uri, other.network_name, other.bridge)
+    try:
+        assert services.vm_zone_move(actor=operator, vm=vm, zone=other) is True
+        vm.refresh_from_db()
+        assert vm.zone == other.name
+        assert {i.network for i in gw.get_domain(vm.host.uri, vm.name).interfaces} == {other.network_name}
+        assert [z.name for z in services.vm_zones(vm)] == [other.name]
+        ev = AuditEvent.objects.get(action="network.vm.move", outcome="success")
+        assert ev.params["live"] is True and ev.params["to"] == other.name
+        services.vm_zone_move(actor=operator, vm=vm, zone=Zone.objects.get(name="qzone"))
+    finally:
+        gw.remove_network(vm.host.uri, other.network_name)

@@ -46,6 +46,9 @@ class Command(BaseCommand):
         p = sub.add_parser("confirm", help="confirm apply APPLY_ID")
         p.add_argument("apply_id", type=int)
         sub.add_parser("check", help="roll back overdue applies, detect and repair drift (what beat runs)")
+        p = sub.add_parser("move", help="move VM to ZONE (interfaces re-attached, zone label changed)")
+        p.add_argument("vm")
+        p.add_argument("zone")
         p = sub.add_parser("quarantine", help="isolate VM: links down, traffic dropped, suspended, snapshot")
         p.add_argument("vm")
         p.add_argument("--reason", default="")
@@ -94,6 +97,13 @@ class Command(BaseCommand):
                 return self.stdout.write(f"rolled back: {r.rolled_back or 'none'}; drift: "
                                          f"{'found and repaired' if r.drift else 'none'}")  # fmt: skip
             vm = vm_for_actor(actor, host.name, o["vm"])
+            if verb == "move":
+                zone = Zone.objects.filter(host=host, name=o["zone"]).first()
+                if zone is None:
+                    raise NotFound(f"No zone named {o['zone']!r} on {host}.")
+                now = services.vm_zone_move(actor=actor, vm=vm, zone=zone)
+                return self.stdout.write(f"{vm.name} moved to zone {zone.name}" + (
+                    "" if now else "; its running interfaces move at its next start"))  # fmt: skip
             if verb == "quarantine":
                 q = services.vm_quarantine(actor=actor, vm=vm, reason=o["reason"])
                 return self._steps(q)
