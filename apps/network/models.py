@@ -148,6 +148,7 @@ class FirewallApply(models.Model):
 
     host = models.ForeignKey(Host, on_delete=models.CASCADE, related_name="firewall_applies")
     document = models.JSONField(help_text="the nftables JSON applied")
+    spec = models.JSONField(default=dict, help_text="the policy applied: zones and rules (firewall.policy_spec)")
     fingerprint = models.CharField(max_length=64, help_text="sha256 of our tables as the kernel listed them")
     state = models.CharField(max_length=12, choices=State.choices, default=State.PENDING, db_index=True)
     previous = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")

@@ -5,6 +5,7 @@ and repaired by re-applying."""
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from dataclasses import dataclass
 from datetime import timedelta
@@ -44,15 +45,35 @@ def _rule_spec(rule: FirewallRule) -> compiler.RuleSpec:
     )
 
 
-def build_ruleset(host: Host) -> compiler.Ruleset:
-    """The ruleset the database describes for this host (a constant number of queries)."""
-    zones = list(Zone.objects.filter(host=host))
-    rules = list(FirewallRule.objects.filter(zone__host=host).select_related("remote_zone"))
+def policy_spec(host: Host) -> dict:
+    """What the database says the policy is: zones and their rules, each VM's rules (by VM
+    id). Stored with every apply, so a later refresh (a new VM, a NIC that moved, a
+    quarantine, a rollback) recompiles exactly what was applied, never unconfirmed edits."""
     zone_rules: dict[int, list] = {}
-    vm_rules: dict[int, list] = {}
+    vm_rules: dict[str, list] = {}
+    rules = FirewallRule.objects.filter(zone__host=host).select_related("remote_zone")
     for r in sorted(rules, key=lambda r: (r.position, r.pk)):
-        (vm_rules.setdefault(r.vm_id, []) if r.vm_id else zone_rules.setdefault(r.zone_id, [])).append(_rule_spec(r))
-    by_network = {z.network_name: z for z in zones}
+        spec = dataclasses.asdict(_rule_spec(r))
+        (vm_rules.setdefault(str(r.vm_id), []) if r.vm_id else zone_rules.setdefault(r.zone_id, [])).append(spec)
+    zones = [
+        {"id": z.pk, "name": z.name, "kind": z.kind, "bridge": z.bridge, "network": z.network_name,
+         "policy_in": z.policy_in, "policy_out": z.policy_out, "host_access": z.host_access, "uplink": z.uplink,
+         "rules": zone_rules.get(z.pk, [])}  # fmt: skip
+        for z in Zone.objects.filter(host=host)
+    ]
+    return {"zones": zones, "vm_rules": vm_rules}
+
+
+def _rule(d: dict) -> compiler.RuleSpec:
+    return compiler.RuleSpec(**{**d, "ports": tuple(d["ports"]) if d.get("ports") else None,
+                                "remote_cidrs": tuple(d.get("remote_cidrs") or ())})  # fmt: skip
+
+
+def build_ruleset(host: Host, spec: dict | None = None) -> compiler.Ruleset:
+    """The ruleset of `spec` (default: the database's policy) for the VMs' interfaces as
+    last read and today's quarantines (a constant number of queries)."""
+    spec = spec if spec is not None else policy_spec(host)
+    by_network = {z["network"]: z for z in spec["zones"]}
     nics: dict[int, list[VmNic]] = {}
     for nic in VmNic.objects.filter(vm__host=host, vm__present=True):
         nics.setdefault(nic.vm_id, []).append(nic)
@@ -60,30 +81,32 @@ def build_ruleset(host: Host) -> compiler.Ruleset:
     quarantined = set(active.values_list("vm_id", flat=True))
     vms, q_macs = [], []
     names = dict(VirtualMachine.objects.filter(pk__in=nics).values_list("pk", "name"))
-    for vm_id, vm_nics in nics.items():
+    for vm_id, vm_nics in sorted(nics.items()):
         if vm_id in quarantined:
             q_macs += [n.mac for n in vm_nics]
-        in_zones = {by_network[n.network].pk for n in vm_nics if n.network in by_network}
+        in_zones = {by_network[n.network]["id"] for n in vm_nics if n.network in by_network}
         if len(in_zones) != 1:
             continue  # outside every zone, or flagged (two zones): not trusted with a zone's rules
         (zone_id,) = in_zones
-        macs = tuple(n.mac for n in vm_nics if n.network in by_network)
+        macs = tuple(sorted(n.mac for n in vm_nics if n.network in by_network))
         vms.append(compiler.VmSpec(id=vm_id, name=names.get(vm_id, ""), zone_id=zone_id, macs=macs,
-                                   rules=tuple(vm_rules.get(vm_id, ()))))  # fmt: skip
+                                   rules=tuple(_rule(r) for r in spec["vm_rules"].get(str(vm_id), ()))))  # fmt: skip
     zone_specs = [
-        compiler.ZoneSpec(id=z.pk, name=z.name, kind=z.kind, bridge=z.bridge, policy_in=z.policy_in,
-                          policy_out=z.policy_out, host_access=z.host_access, uplink=z.uplink,
-                          rules=tuple(zone_rules.get(z.pk, ())))  # fmt: skip
-        for z in zones
+        compiler.ZoneSpec(id=z["id"], name=z["name"], kind=z["kind"], bridge=z["bridge"], policy_in=z["policy_in"],
+                          policy_out=z["policy_out"], host_access=z["host_access"], uplink=z["uplink"],
+                          rules=tuple(_rule(r) for r in z["rules"]))  # fmt: skip
+        for z in spec["zones"]
     ]
-    return compiler.Ruleset(table=_table(), zones=zone_specs, vms=vms, quarantined_macs=q_macs,
+    return compiler.Ruleset(table=_table(), zones=zone_specs, vms=vms, quarantined_macs=sorted(set(q_macs)),
                             match_bridge_name=nft.bridge_name_match_supported())  # fmt: skip
 
 
-def _document(host: Host, *, sync: bool = True) -> dict:
-    if sync:
-        nics_sync(host)
-    return compiler.compile_ruleset(build_ruleset(host))
+def _document(host: Host, spec: dict | None = None) -> dict:
+    return compiler.compile_ruleset(build_ruleset(host, spec))
+
+
+def _confirmed(host: Host) -> FirewallApply | None:
+    return FirewallApply.objects.filter(host=host, state=FirewallApply.State.CONFIRMED).first()
 
 
 def _current(host: Host) -> FirewallApply | None:
@@ -108,7 +131,7 @@ def firewall_preview(*, actor, host: Host) -> ApplyPreview:
     """The diff between the running ruleset (our tables) and the one an apply would load
     (rendered in a scratch network namespace: the host's ruleset is not touched)."""
     authorize(actor, "network.view", host, action="network.firewall.preview")
-    doc = _document(host, sync=False)  # a page reads: the NICs as the state collector last stored them
+    doc = _document(host)  # a page reads: the NICs as the state collector last stored them
     running = nft.describe(nft.list_tables(_table()))
     new = nft.describe(nft.render(doc, _table()))
     diff = list(difflib.unified_diff(running, new, "running", "new", lineterm="", n=1))
@@ -125,7 +148,8 @@ def firewall_apply(*, actor, host: Host, confirm_seconds: int | None = None) -> 
         pending = FirewallApply.objects.filter(host=host, state=FirewallApply.State.PENDING).first()
         if pending is not None and seconds:
             raise Conflict(f"Apply #{pending.pk} still waits for confirmation: confirm it or let it roll back first.")
-        apply = _load(host, actor, seconds)
+        nics_sync(host)
+        apply = _load(host, actor, seconds, policy_spec(host))
         ev.params["apply"] = apply.pk
     if seconds:
         from ..tasks import firewall_rollback_due as task
@@ -134,23 +158,33 @@ def firewall_apply(*, actor, host: Host, confirm_seconds: int | None = None) -> 
     return apply
 
 
-def _load(host: Host, actor, seconds: int, document: dict | None = None) -> FirewallApply:
-    doc = document if document is not None else _document(host)
+def _load(host: Host, actor, seconds: int, spec: dict) -> FirewallApply:
+    doc = _document(host, spec)
     nft.load(doc)
     fingerprint = nft.fingerprint(nft.list_tables(_table()))
     with transaction.atomic():
-        previous = FirewallApply.objects.filter(host=host, state=FirewallApply.State.CONFIRMED).first()
+        previous = _confirmed(host)
         now = timezone.now()
         if not seconds:  # a confirmed apply: the one it replaces is history
             FirewallApply.objects.filter(host=host, state=FirewallApply.State.CONFIRMED).update(
                 state=FirewallApply.State.SUPERSEDED, finished_at=now)  # fmt: skip
         return FirewallApply.objects.create(
-            host=host, document=doc, fingerprint=fingerprint, previous=previous,
+            host=host, document=doc, spec=spec, fingerprint=fingerprint, previous=previous,
             state=FirewallApply.State.PENDING if seconds else FirewallApply.State.CONFIRMED,
             deadline=now + timedelta(seconds=seconds) if seconds else None,
             finished_at=None if seconds else now,
             actor_name=getattr(actor, "username", "") or "system",
         )  # fmt: skip
+
+
+def firewall_enforce(*, actor, host: Host, why: str) -> FirewallApply:
+    """Load the last confirmed policy again with today's interfaces and quarantines, confirmed
+    at once (a quarantine or release). An unconfirmed apply running then is rolled back
+    first: what runs afterwards is the confirmed policy, never half-confirmed edits."""
+    for pending in FirewallApply.objects.filter(host=host, state=FirewallApply.State.PENDING):
+        firewall_rollback_due(pending.pk, force=True, reason=why)
+    current = _confirmed(host)
+    return _load(host, actor, 0, current.spec if current is not None else policy_spec(host))
 
 
 def firewall_confirm(*, actor, host: Host, apply_id: int) -> FirewallApply:
@@ -171,39 +205,33 @@ def firewall_confirm(*, actor, host: Host, apply_id: int) -> FirewallApply:
     return apply
 
 
-def _with_current_quarantine(host: Host, document: dict) -> dict:
-    """A stored document with today's quarantined MACs: a rollback never releases a VM."""
-    t = _table()
-    macs = sorted({m for q in Quarantine.objects.filter(vm__host=host, released_at__isnull=True) for m in q.macs})
-    cmds = [c for c in document["nftables"]
-            if not ("element" in c.get("add", {}) and c["add"]["element"].get("name") == "quarantined")]  # fmt: skip
-    if macs:
-        cmds.append({"add": {"element": {"family": "bridge", "table": t, "name": "quarantined", "elem": macs}}})
-    return {"nftables": cmds}
-
-
-def firewall_rollback_due(apply_id: int, *, now=None) -> bool:
+def firewall_rollback_due(apply_id: int, *, now=None, force: bool = False, reason: str = "") -> bool:
     """Roll an unconfirmed apply back once its deadline passed (the Celery countdown task,
-    and the periodic check in case the worker was down then). True when it rolled back."""
+    and the periodic check in case the worker was down then), or at once with force. The
+    confirmed policy is loaded again with today's interfaces and quarantines (a rollback
+    never releases a quarantined VM). True when it rolled back."""
     now = now or timezone.now()
-    apply = FirewallApply.objects.select_related("host", "previous").filter(pk=apply_id).first()
-    if apply is None or apply.state != FirewallApply.State.PENDING or (apply.deadline and apply.deadline > now):
+    apply = FirewallApply.objects.select_related("host").filter(pk=apply_id).first()
+    if apply is None or apply.state != FirewallApply.State.PENDING:
+        return False
+    if not force and apply.deadline and apply.deadline > now:
         return False
     host = apply.host
-    # back to the confirmed ruleset (the one before this apply, or a system apply made since,
-    # e.g. a quarantine, which never waits for confirmation)
-    target = FirewallApply.objects.filter(host=host, state=FirewallApply.State.CONFIRMED).first()
+    target = _confirmed(host)
     with audited(actor=None, action="network.firewall.rollback", target=host,
-                 params={"apply": apply.pk, "to": target.pk if target else None}) as ev:  # fmt: skip
-        base = target.document if target is not None else compiler.compile_ruleset(compiler.Ruleset(table=_table()))
-        if target is None and not Quarantine.objects.filter(vm__host=host, released_at__isnull=True).exists():
+                 params={"apply": apply.pk, "to": target.pk if target else None,
+                         "reason": reason or "not confirmed in time"}):  # fmt: skip
+        has_quarantine = Quarantine.objects.filter(vm__host=host, released_at__isnull=True).exists()
+        if target is None and not has_quarantine:
             nft.delete_tables(_table())  # nothing of ours ran before
         else:
-            nft.load(_with_current_quarantine(host, base))
+            spec = target.spec if target is not None else {"zones": [], "vm_rules": {}}
+            doc = _document(host, spec)
+            nft.load(doc)
+            if target is not None:
+                FirewallApply.objects.filter(pk=target.pk).update(
+                    document=doc, fingerprint=nft.fingerprint(nft.list_tables(_table())))  # fmt: skip
         FirewallApply.objects.filter(pk=apply.pk).update(state=FirewallApply.State.ROLLED_BACK, finished_at=now)
-        if target is not None:
-            FirewallApply.objects.filter(pk=target.pk).update(fingerprint=nft.fingerprint(nft.list_tables(_table())))
-        ev.params["reason"] = "not confirmed in time"
     return True
 
 
@@ -216,8 +244,10 @@ class CheckResult:
 
 
 def firewall_check(host: Host, *, now=None) -> CheckResult:
-    """The periodic check (beat, as the system): roll back applies past their deadline,
-    then compare our running tables with the last apply; drift is audited and repaired."""
+    """The periodic check (beat, as the system): roll back applies past their deadline;
+    compare our running tables with the last apply (drift is audited and repaired); bring
+    in VMs whose interfaces changed since (a VM defined or started outside the portal gets
+    its zone's policy), audited as a refresh."""
     now = now or timezone.now()
     overdue = FirewallApply.objects.filter(host=host, state=FirewallApply.State.PENDING, deadline__lt=now)
     rolled = [a.pk for a in overdue if firewall_rollback_due(a.pk, now=now)]
@@ -225,16 +255,20 @@ def firewall_check(host: Host, *, now=None) -> CheckResult:
     if current is None:
         return CheckResult(host=host.name, rolled_back=rolled, drift=False, repaired=False)
     live = nft.fingerprint(nft.list_tables(_table()))
-    if live == current.fingerprint:
-        return CheckResult(host=host.name, rolled_back=rolled, drift=False, repaired=False)
-    record(actor=None, action="network.firewall.drift", target=host, outcome="failed",
-           params={"apply": current.pk},
-           error="our nftables tables differ from the last apply (changed by hand?)")  # fmt: skip
-    with audited(actor=None, action="network.firewall.repair", target=host, params={"apply": current.pk}):
-        nft.load(_with_current_quarantine(host, current.document))
-        FirewallApply.objects.filter(pk=current.pk).update(
-            fingerprint=nft.fingerprint(nft.list_tables(_table())), drift_seen_at=now)  # fmt: skip
-    return CheckResult(host=host.name, rolled_back=rolled, drift=True, repaired=True)
+    drift = live != current.fingerprint
+    if drift:
+        record(actor=None, action="network.firewall.drift", target=host, outcome="failed",
+               params={"apply": current.pk},
+               error="our nftables tables differ from the last apply (changed by hand?)")  # fmt: skip
+    doc = _document(host, current.spec)
+    if drift or doc != current.document:
+        action = "network.firewall.repair" if drift else "network.firewall.refresh"
+        with audited(actor=None, action=action, target=host, params={"apply": current.pk}):
+            nft.load(doc)
+            FirewallApply.objects.filter(pk=current.pk).update(
+                document=doc, fingerprint=nft.fingerprint(nft.list_tables(_table())),
+                **({"drift_seen_at": now} if drift else {}))  # fmt: skip
+    return CheckResult(host=host.name, rolled_back=rolled, drift=drift, repaired=drift)
 
 
 def firewall_restore(host: Host) -> bool:
@@ -246,8 +280,10 @@ def firewall_restore(host: Host) -> bool:
     if nft.fingerprint(nft.list_tables(_table())) == current.fingerprint:
         return False
     with audited(actor=None, action="network.firewall.restore", target=host, params={"apply": current.pk}):
-        nft.load(_with_current_quarantine(host, current.document))
-        FirewallApply.objects.filter(pk=current.pk).update(fingerprint=nft.fingerprint(nft.list_tables(_table())))
+        doc = _document(host, current.spec)
+        nft.load(doc)
+        FirewallApply.objects.filter(pk=current.pk).update(
+            document=doc, fingerprint=nft.fingerprint(nft.list_tables(_table())))  # fmt: skip
     return True
 
 

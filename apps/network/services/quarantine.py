@@ -19,7 +19,7 @@ from apps.vms import services as vm_services
 
 from ..models import Quarantine, VmNic
 from ..validation import check_text
-from .firewall import _load
+from .firewall import firewall_enforce
 from .nics import nics_sync
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ def vm_quarantine(*, actor, vm, reason: str = "") -> Quarantine:
             return f"{len(nics)} interface(s) down"
 
         def drop_traffic():
-            _load(vm.host, actor, 0)
+            firewall_enforce(actor=actor, host=vm.host, why=f"quarantine {q.incident_id}")
             return f"{len(q.macs)} MAC(s) dropped"
 
         def suspend():
@@ -120,7 +120,7 @@ def vm_release(*, actor, vm, reason: str) -> Quarantine:
                                                   released_by=getattr(actor, "username", "") or "system")  # fmt: skip
 
         def firewall():
-            _load(vm.host, actor, 0)
+            firewall_enforce(actor=actor, host=vm.host, why=f"release {q.incident_id}")
             return "MACs no longer dropped"
 
         def links():

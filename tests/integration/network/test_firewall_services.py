@@ -94,3 +94,24 @@ def test_refused_rules_change_nothing(zone_lab, admin, nft_table):
         allow(admin, b, direction="in", protocol="sctp", action="accept")
     assert AuditEvent.objects.filter(action="network.rule.add", outcome="failed").count() == 2
     assert nft.normalize(nft.list_ruleset()) == before
+
+
+def test_a_new_vm_gets_its_zone_policy_at_the_next_check_but_unapplied_edits_wait(zone_lab, lab, admin,
+                                                                                     nft_table):  # fmt: skip
+    zone, a, b = zone_lab
+    allow(admin, a, direction="out", protocol="any", action="accept")
+    services.firewall_apply(actor=admin, host=zone.host, confirm_seconds=0)
+    allow(admin, b, direction="in", protocol="tcp", action="accept", ports=(9090, 9090))  # not applied yet
+    c = VirtualMachine.objects.create(host=zone.host, uuid=uuid.uuid4(), name=f"ns-c-{uuid.uuid4().hex[:6]}")
+    VmNic.objects.create(vm=c, mac=lab.c.mac, network=zone.network_name)  # appeared outside the portal
+
+    def mapped():
+        return {e[0] for o in nft.list_tables(nft_table) if o.get("map", {}).get("name") == "vm_out"
+                for e in o["map"].get("elem", [])}  # fmt: skip
+
+    assert lab.c.mac not in mapped()
+    result = services.firewall_check(zone.host)
+    assert not result.drift and lab.c.mac in mapped()
+    assert AuditEvent.objects.filter(action="network.firewall.refresh", outcome="success").exists()
+    assert not lab.a.probe("tcp", lab.b.ipv4, 9090), "the rule added since the apply waits for an apply"
+    assert not services.firewall_check(zone.host).drift
