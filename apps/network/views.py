@@ -48,14 +48,19 @@ def zone_create(request, host: str):
                        f"/network/zones/{host_obj.name}/{zone.name}/")  # fmt: skip
 
 
-def _zone_page(request, zone, status=200, **forms):
+def _rules_changed(response):
+    response["HX-Trigger"] = "rules-changed"  # the rule table (and its counters) reloads
+    return response
+
+
+def _zone_page(request, zone, status=200, partial="rules", **forms):
     counters = _counters(request, zone.host)
     context = {"zone": zone, "rules": selectors.zone_rules(zone), "vms": selectors.zone_vm_names(zone),
                "counters": counters, "rule_form": forms.get("rule_form") or RuleForm(),
                "edit_form": forms.get("edit_form") or ZoneEditForm(initial={
                    "description": zone.description, "policy_in": zone.policy_in, "policy_out": zone.policy_out,
                    "host_access": zone.host_access, "uplink": zone.uplink})}  # fmt: skip
-    return render_page(request, "network/zone.html", context, partial="rules", status=status)
+    return render_page(request, "network/zone.html", context, partial=partial, status=status)
 
 
 def _counters(request, host) -> dict:
@@ -100,9 +105,10 @@ def zone_rule_add(request, host: str, zone: str):
     if not form.is_valid():
         refused(actor=request.user, action="network.rule.add", target=z, perm="network.change", params=_params(form),
                 error=errors_text(form))  # fmt: skip
-        return _zone_page(request, z, status=400, rule_form=form)
+        return _zone_page(request, z, status=400, partial="ruleform", rule_form=form)
     _add(request, zone=z, data=form.cleaned_data)
-    return _zone_page(request, z) if request.htmx else redirect("network:zone", host, zone)
+    return _rules_changed(_zone_page(request, z, partial="ruleform")) if request.htmx else redirect(
+        "network:zone", host, zone)  # fmt: skip
 
 
 def _add(request, *, data, vm=None, zone=None):
@@ -112,13 +118,13 @@ def _add(request, *, data, vm=None, zone=None):
                              position=data["position"])  # fmt: skip
 
 
-def _vm_page(request, vm, status=200, **forms):
+def _vm_page(request, vm, status=200, partial="rules", **forms):
     context = {"vm": vm, "rules": selectors.vm_rules(vm),
                "host_zones": selectors.zones_visible_to(request.user, vm.host), "net": selectors.vm_network(vm),
                "counters": _counters(request, vm.host), "rule_form": forms.get("rule_form") or RuleForm(),
                "release_form": forms.get("release_form") or ReleaseForm(),
                "quarantine_form": forms.get("quarantine_form") or QuarantineForm()}  # fmt: skip
-    return render_page(request, "network/vm.html", context, partial="rules", status=status)
+    return render_page(request, "network/vm.html", context, partial=partial, status=status)
 
 
 @permission_required("network.view")
@@ -134,9 +140,10 @@ def vm_rule_add(request, host: str, name: str):
     if not form.is_valid():
         refused(actor=request.user, action="network.rule.add", target=vm, perm="network.change",
                 params=_params(form), error=errors_text(form))  # fmt: skip
-        return _vm_page(request, vm, status=400, rule_form=form)
+        return _vm_page(request, vm, status=400, partial="ruleform", rule_form=form)
     _add(request, vm=vm, data=form.cleaned_data)
-    return _vm_page(request, vm) if request.htmx else redirect("network:vm", host, name)
+    return _rules_changed(_vm_page(request, vm, partial="ruleform")) if request.htmx else redirect(
+        "network:vm", host, name)  # fmt: skip
 
 
 @require_POST

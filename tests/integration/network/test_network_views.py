@@ -29,8 +29,10 @@ def test_rules_diff_apply_confirm(client, admin, host, nft_table):
     assert bad.status_code == 400 and "out of range" in bad.content.decode()
     assert AuditEvent.objects.filter(action="network.rule.add", outcome="failed").exists()
     good = {"direction": "in", "protocol": "tcp", "ports": "443", "action": "accept", "comment": "https"}
-    ok = client.post(url, good)
-    assert ok.status_code == 302 and FirewallRule.objects.filter(vm=vm, port_from=443).exists()
+    ok = client.post(url, good, HTTP_HX_REQUEST="true")
+    assert ok.status_code == 200 and ok["HX-Trigger"] == "rules-changed"
+    assert 'data-testid="rule-form"' in ok.content.decode()
+    assert FirewallRule.objects.filter(vm=vm, port_from=443).exists()
     page = client.get(reverse("network:vm", args=[host.name, vm.name]))
     assert page.status_code == 200 and "https" in page.content.decode()
 
