@@ -15,6 +15,8 @@ from apps.network import services
 from apps.network.models import FirewallApply, VmNic, Zone
 from apps.vms.models import VirtualMachine
 
+pytestmark = pytest.mark.libvirt
+
 
 @pytest.fixture
 def zone_lab(host, lab, nft_table):

@@ -3,12 +3,15 @@ diff before an apply, apply and confirm (re-authenticated), quarantined VMs mark
 
 import uuid
 
+import pytest
 from django.urls import reverse
 
 from apps.audit.models import AuditEvent
 from apps.network.models import FirewallApply, FirewallRule, Quarantine, VmNic, Zone
 from apps.vms.models import VirtualMachine
 from tests.conftest import reauthenticate
+
+pytestmark = pytest.mark.libvirt
 
 
 def make_zone_vm(host):

@@ -14,6 +14,8 @@ from apps.core.gateways import nft
 from apps.network import services
 from apps.network.models import Quarantine, Zone
 
+pytestmark = pytest.mark.libvirt
+
 
 def quarantined_macs(table):
     for obj in nft.list_tables(table):

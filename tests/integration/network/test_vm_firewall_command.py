@@ -12,6 +12,8 @@ from apps.core import jobs
 from apps.core.gateways import libvirt_gw as gw
 from apps.network.models import FirewallRule, Zone
 
+pytestmark = pytest.mark.libvirt
+
 
 def run(*args):
     out = StringIO()
