@@ -14,7 +14,7 @@ django.setup()
 from django.conf import settings  # noqa: E402
 
 from apps.core.gateways import libvirt as gw  # noqa: E402
-from tests.libvirt_helpers import network_remove  # noqa: E402
+from apps.core.gateways.libvirt import network_remove  # noqa: E402
 
 PREFIXES = ("tvm-", "tpool-", "tnet-", "bench-")
 uri = settings.LIBVIRT_URI

@@ -17,9 +17,8 @@ from django.conf import settings
 from apps.accounts.models import Role, RoleAssignment
 from apps.core.checks import image_dir_problem
 from apps.core.gateways import libvirt as gw
-from apps.core.gateways.libvirt import domain_xml
+from apps.core.gateways.libvirt import domain_xml, network_remove
 from apps.core.models import Host, Job
-from tests.libvirt_helpers import network_remove
 
 ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "correct-horse-battery-staple"

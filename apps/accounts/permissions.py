@@ -23,7 +23,7 @@ OPERATE_PERMISSIONS = frozenset(
     {"vms.operate", "vms.snapshot", "storage.change", "encryption.change", "network.change", "backups.run"}
 )
 AUDIT_PERMISSIONS = frozenset({"audit.view", "access_review.view"})
-ADMIN_PERMISSIONS = frozenset({"accounts.manage", "storage.settings", "security.manage"})
+ADMIN_PERMISSIONS = frozenset({"accounts.manage", "storage.settings", "security.manage", "network.zones"})
 # monitoring.view: the host security posture page (operators and auditors read it too)
 MONITORING_PERMISSIONS = frozenset({"monitoring.view"})
 # encryption.keys: unseal the key store, export key escrow, rotate the KEK (admins only)

@@ -97,6 +97,19 @@ REAUTH_POLICY: dict[str, str | When] = {
     "encryption:unseal": ALWAYS,
     "encryption:seal": ALWAYS,  # stops every encrypted disk from opening
     "encryption:rotate": ALWAYS,
+    # network: zones and rules are enforced only by an apply, which rolls back unless confirmed;
+    # quarantine and release cut a VM off or put it back on the network
+    "network:zone_create": NEVER,
+    "network:zone_edit": NEVER,
+    "network:zone_delete": ALWAYS,
+    "network:zone_rule_add": NEVER,
+    "network:vm_rule_add": NEVER,
+    "network:rule_delete": NEVER,
+    "network:apply": NEVER,  # rolls itself back unless confirmed
+    "network:confirm": ALWAYS,  # makes the change stick
+    "network:vm_move": ALWAYS,  # another zone's policy applies, and role scopes follow the label
+    "network:quarantine": ALWAYS,
+    "network:release": ALWAYS,
 }
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from django.core.paginator import Page
-from django.db.models import Count, F, Max, Q, QuerySet
+from django.db.models import Count, F, FilteredRelation, Max, Q, QuerySet
 from django.utils.text import slugify
 
 from apps.accounts.permissions import restrict, scope_filter
@@ -42,6 +42,7 @@ class VmFilters:
     state: str = ""
     encrypted: str = ""  # "yes", "no" or "" (either)
     over_quota: bool = False
+    quarantined: bool = False
     sort: str = "host"
     descending: bool = False
 
@@ -57,6 +58,7 @@ class VmFilters:
             state=params.get("state", "")[:20],
             encrypted=params.get("encrypted", "") if params.get("encrypted", "") in ("yes", "no") else "",
             over_quota=params.get("over_quota", "") == "yes",
+            quarantined=params.get("quarantined", "") == "yes",
             sort=sort if sort in SORTS else "host",
             descending=descending,
         )
@@ -64,7 +66,8 @@ class VmFilters:
     def as_query(self) -> dict[str, str]:
         """The filters as URL parameters (empty ones left out): bookmarkable views."""
         values = {"q": self.q, "host": self.host, "zone": self.zone, "state": self.state,
-                  "encrypted": self.encrypted, "over_quota": "yes" if self.over_quota else ""}  # fmt: skip
+                  "encrypted": self.encrypted, "over_quota": "yes" if self.over_quota else "",
+                  "quarantined": "yes" if self.quarantined else ""}  # fmt: skip
         if self.sort != "host" or self.descending:
             values["sort"] = f"{'-' if self.descending else ''}{self.sort}"
         return {k: v for k, v in values.items() if v}
@@ -72,7 +75,8 @@ class VmFilters:
 
 # what a row of the VM list shows: plain values, no model objects
 ROW_FIELDS = ("pk", "name", "zone", "last_state", "vcpus", "memory_kib", "disk_capacity", "disk_allocation")
-ROW_EXPRESSIONS = {"host_name": F("host__name"), "unlock_mode": F("unlock_policy__mode")}
+ROW_EXPRESSIONS = {"host_name": F("host__name"), "unlock_mode": F("unlock_policy__mode"),
+                   "quarantined": F("active_quarantine__id")}  # fmt: skip
 
 
 def _filtered(user, filters: VmFilters) -> QuerySet[VirtualMachine]:
@@ -95,7 +99,12 @@ def _filtered(user, filters: VmFilters) -> QuerySet[VirtualMachine]:
     if filters.over_quota:  # an open breach: allocation at or over the hard limit
         qs = qs.filter(pk__in=VirtualMachine.objects.filter(storagealert__state="open",
                                                             storagealert__level="breach").values("pk"))  # fmt: skip
-    return qs
+    if filters.quarantined:  # the network app's active quarantines, asked by relation
+        active = VirtualMachine.objects.filter(quarantines__isnull=False, quarantines__released_at__isnull=True)
+        qs = qs.filter(pk__in=active.values("pk"))
+    # at most one active quarantine per VM (a constraint): the join adds no rows
+    active_only = Q(quarantines__released_at__isnull=True)
+    return qs.annotate(active_quarantine=FilteredRelation("quarantines", condition=active_only))
 
 
 @dataclass(frozen=True)

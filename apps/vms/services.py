@@ -281,3 +281,12 @@ def _run_snapshot_delete(job: Job, progress: jobs.Progress) -> dict:
     else:
         progress(90, f"snapshot {name} is already gone")
     return {"snapshot": name}
+
+
+def snapshot_create_now(*, actor, vm: VirtualMachine, name: str, description: str = "") -> str:
+    """A snapshot taken at once (a quarantine's forensic snapshot), with memory state when
+    the VM runs or is paused; audited as `vms.snapshot.create`."""
+    validate_name(name, "snapshot name")
+    with audited(actor=actor, action="vms.snapshot.create", target=vm, perm="vms.snapshot", params={"snapshot": name}):
+        gw.snapshot_create(vm.host.uri, vm.name, name, description)
+    return name

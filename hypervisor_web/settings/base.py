@@ -324,3 +324,11 @@ NOTIFY_ALERTMANAGER_URL = env("NOTIFY_ALERTMANAGER_URL", "")  # e.g. http://aler
 NOTIFY_TIMEOUT = env_int("NOTIFY_TIMEOUT", 5)  # seconds per attempt
 NOTIFY_ATTEMPTS = env_int("NOTIFY_ATTEMPTS", 3)
 NOTIFY_RETRY_PAUSE = env_int("NOTIFY_RETRY_PAUSE", 5)  # seconds before the 2nd attempt, doubled after
+# Network (apps.network): zones, the per-VM nftables firewall, quarantine
+NETWORK_NFT_TABLE = env("NETWORK_NFT_TABLE", "portal_fw")  # our tables: bridge and inet families
+FIREWALL_CONFIRM_SECONDS = env_int("FIREWALL_CONFIRM_SECONDS", 60)  # an unconfirmed apply rolls back after this
+FIREWALL_CHECK_INTERVAL = env_int("FIREWALL_CHECK_INTERVAL", 60)  # seconds between drift/rollback checks
+CELERY_BEAT_SCHEDULE["firewall-check"] = {
+    "task": "apps.network.tasks.firewall_check",
+    "schedule": float(FIREWALL_CHECK_INTERVAL),
+}

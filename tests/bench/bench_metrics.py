@@ -52,7 +52,7 @@ def run(args) -> dict:
         bare, scrape, queries, reads = [], [], [], []
         for _ in range(ROUNDS):
             t = time.perf_counter()
-            listed = len(conn.getAllDomainStats(gw._RUNTIME_STATS, 0))
+            listed = len(conn.getAllDomainStats(gw.domains._RUNTIME_STATS, 0))
             bare.append(time.perf_counter() - t)
             before = metrics.libvirt_stats.reads[host.name]
             with CaptureQueriesContext(connection) as ctx:

@@ -18,10 +18,9 @@ from django.test import override_settings
 from apps.accounts.models import Role
 from apps.audit.models import AuditEvent
 from apps.core.gateways import libvirt as gw
-from apps.core.gateways.libvirt import domain_xml
+from apps.core.gateways.libvirt import domain_xml, network_remove
 from apps.core.management.commands import seed_demo
 from apps.vms.models import VirtualMachine
-from tests.libvirt_helpers import network_remove
 
 pytestmark = [pytest.mark.django_db, pytest.mark.libvirt]
 

@@ -58,6 +58,8 @@ from .domains import (
     domain_disks_live,
     domain_force_off,
     domain_get,
+    domain_interface_set_link,
+    domain_interface_set_network,
     domain_interfaces_live,
     domain_list,
     domain_resume,
@@ -72,7 +74,14 @@ from .domains import (
 )
 from .events import DomainEvent, DomainWatch, domain_watch
 from .host import StorageSnapshot, host_qemu_identity, host_storage_snapshot, host_version
-from .networks import NetworkInfo, network_ensure_isolated, network_list
+from .networks import (
+    NetworkInfo,
+    network_ensure_isolated,
+    network_ensure_zone,
+    network_exists,
+    network_list,
+    network_remove,
+)
 from .secrets import secret_ensure, secret_remove, secret_set_value
 from .snapshots import SnapshotInfo, snapshot_create, snapshot_create_disk_only, snapshot_delete, snapshot_list
 from .storage import (
@@ -102,6 +111,7 @@ from .xml import (
     domain_disks_parse,
     domain_restored_xml,
     domain_xml,
+    network_zone_xml,
     snapshot_disk_only_xml,
 )
 
@@ -139,6 +149,8 @@ __all__ = [
     "domain_disks_parse",
     "domain_force_off",
     "domain_get",
+    "domain_interface_set_link",
+    "domain_interface_set_network",
     "domain_interfaces_live",
     "domain_list",
     "domain_restored_xml",
@@ -157,7 +169,11 @@ __all__ = [
     "host_storage_snapshot",
     "host_version",
     "network_ensure_isolated",
+    "network_ensure_zone",
+    "network_exists",
     "network_list",
+    "network_remove",
+    "network_zone_xml",
     "pool_ensure_dir",
     "pool_get",
     "pool_list",

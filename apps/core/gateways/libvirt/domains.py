@@ -605,3 +605,78 @@ def domain_interfaces_live(uri: str, name: str | None = None) -> dict[str, tuple
         )
 
     return connection.call(uri, name or "read interfaces", _read)
+
+
+def domain_interface_set_link(uri: str, domain: str, mac: str, state: str) -> None:
+    """Set one interface's link up or down (`<link state='down'/>`: the guest sees its cable
+    pulled; nothing needed from the guest), live when the domain runs and in its definition."""
+    if state not in ("up", "down"):
+        raise ValueError(f"link state {state!r}")
+
+    def _set(conn):
+        dom = conn.lookupByName(domain)
+        root = ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE if not dom.isActive() else 0))
+        for iface in root.findall("./devices/interface"):
+            m = iface.find("mac")
+            if m is not None and m.get("address", "").lower() == mac.lower():
+                break
+        else:
+            raise NotFound(f"{domain} has no interface with MAC {mac}.")
+        link = iface.find("link")
+        if link is None:
+            link = ET.SubElement(iface, "link")
+        link.set("state", state)
+        flags = libvirt.VIR_DOMAIN_AFFECT_LIVE if dom.isActive() else 0
+        if dom.isPersistent():
+            flags |= libvirt.VIR_DOMAIN_AFFECT_CONFIG
+        dom.updateDeviceFlags(ET.tostring(iface, encoding="unicode"), flags or libvirt.VIR_DOMAIN_AFFECT_CURRENT)
+
+    connection.call(uri, f"{domain} {mac}", _set)
+
+
+_LIVE_MOVE_REFUSED = {libvirt.VIR_ERR_OPERATION_UNSUPPORTED, libvirt.VIR_ERR_CONFIG_UNSUPPORTED,
+                      libvirt.VIR_ERR_OPERATION_FAILED, libvirt.VIR_ERR_OPERATION_INVALID}  # fmt: skip
+
+
+_LIVE_MOVE_REFUSED = {libvirt.VIR_ERR_OPERATION_UNSUPPORTED, libvirt.VIR_ERR_CONFIG_UNSUPPORTED,
+                      libvirt.VIR_ERR_OPERATION_FAILED, libvirt.VIR_ERR_OPERATION_INVALID}  # fmt: skip
+
+
+def domain_interface_set_network(uri: str, domain: str, mac: str, network: str) -> bool:
+    """Attach one interface to another libvirt network, in the definition and, where libvirt
+    allows it, live. Returns True when the running VM was moved now, False when the change
+    waits for the next start (or the VM is off)."""
+
+    def _move(conn):
+        dom = conn.lookupByName(domain)
+
+        def iface_xml(flags: int) -> str:
+            root = ET.fromstring(dom.XMLDesc(flags))
+            for iface in root.findall("./devices/interface"):
+                m = iface.find("mac")
+                if m is not None and m.get("address", "").lower() == mac.lower():
+                    iface.set("type", "network")
+                    source = iface.find("source")
+                    if source is None:
+                        source = ET.SubElement(iface, "source")
+                    source.attrib.clear()
+                    source.set("network", network)
+                    target = iface.find("target")
+                    if target is not None:
+                        iface.remove(target)
+                    return ET.tostring(iface, encoding="unicode")
+            raise NotFound(f"{domain} has no interface with MAC {mac}.")
+
+        if dom.isPersistent():
+            dom.updateDeviceFlags(iface_xml(libvirt.VIR_DOMAIN_XML_INACTIVE), libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+        if not dom.isActive():
+            return False
+        try:
+            dom.updateDeviceFlags(iface_xml(0), libvirt.VIR_DOMAIN_AFFECT_LIVE)
+            return True
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() in _LIVE_MOVE_REFUSED:
+                return False
+            raise
+
+    return connection.call(uri, f"{domain} {mac}", _move)

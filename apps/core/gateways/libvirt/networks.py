@@ -9,7 +9,7 @@ import libvirt
 
 from . import connection
 from .connection import read_present
-from .xml import network_isolated_xml
+from .xml import network_isolated_xml, network_zone_xml
 
 
 @dataclass(frozen=True)
@@ -58,3 +58,45 @@ def network_ensure_isolated(uri: str, name: str, bridge: str) -> None:
         net.setAutostart(1)
 
     connection.call(uri, name, _ensure)
+
+
+def network_ensure_zone(uri: str, name: str, bridge: str, ipv4_cidr: str = "", ipv6_cidr: str = "") -> None:
+    """Define (if absent), start and autostart a zone's isolated network. Idempotent."""
+
+    def _define(conn):
+        try:
+            net = conn.networkLookupByName(name)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() != libvirt.VIR_ERR_NO_NETWORK:
+                raise
+            net = conn.networkDefineXML(network_zone_xml(name, bridge, ipv4_cidr, ipv6_cidr))
+        if not net.isActive():
+            net.create()
+        net.setAutostart(1)
+
+    connection.call(uri, name, _define)
+
+
+def network_exists(uri: str, name: str) -> bool:
+    def _exists(conn):
+        try:
+            conn.networkLookupByName(name)
+            return True
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_NETWORK:
+                return False
+            raise
+
+    return connection.call(uri, name, _exists)
+
+
+def network_remove(uri: str, name: str) -> None:
+    """Stop (if active) and undefine a network (a zone deleted by an admin)."""
+
+    def _remove(conn):
+        net = conn.networkLookupByName(name)
+        if net.isActive():
+            net.destroy()
+        net.undefine()
+
+    connection.call(uri, name, _remove)

@@ -266,3 +266,21 @@ def domain_restored_xml(xml: str, *, name: str, disk_paths: dict[str, str]) -> s
             elif dev not in disk_paths and disk.get("device", "disk") == "disk":
                 devices.remove(disk)  # a disk that was not backed up is not restored
     return to_string(root)
+
+
+def network_zone_xml(name: str, bridge: str, ipv4_cidr: str = "", ipv6_cidr: str = "") -> str:
+    """An isolated network (no <forward>: nothing is routed or NATed out by libvirt), with
+    the host at the first address of each subnet and no DHCP."""
+    import ipaddress
+
+    net = ET.Element("network")
+    ET.SubElement(net, "name").text = name
+    ET.SubElement(net, "bridge", name=bridge, stp="off", delay="0")
+    for cidr in (ipv4_cidr, ipv6_cidr):
+        if cidr:
+            n = ipaddress.ip_network(cidr)
+            attrs = {"address": str(n.network_address + 1), "prefix": str(n.prefixlen)}
+            if n.version == 6:
+                attrs["family"] = "ipv6"
+            ET.SubElement(net, "ip", **attrs)
+    return to_string(net)
