@@ -6,7 +6,6 @@ nftables JSON by apps.network.compiler and loaded by apps.core.gateways.nft."""
 
 from __future__ import annotations
 
-from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
 
@@ -199,25 +198,3 @@ class Quarantine(models.Model):
 
     def scope_path(self):
         return self.vm.scope_path()
-
-
-class VmNic(models.Model):
-    """A VM's network interface as libvirt last showed it: what rules follow (its MAC)."""
-
-    vm = models.ForeignKey("vms.VirtualMachine", on_delete=models.CASCADE, related_name="nics")
-    mac = models.CharField(max_length=17)
-    network = models.CharField(max_length=63, blank=True)
-    link = models.CharField(max_length=8, default="up")
-
-    class Meta:
-        ordering = ["vm_id", "mac"]
-        constraints = [models.UniqueConstraint(fields=["vm", "mac"], name="vmnic_unique_mac_per_vm")]
-
-    scope_vm_path = "vm"
-
-    def __str__(self):
-        return f"{self.vm} {self.mac}"
-
-
-def default_confirm_seconds() -> int:
-    return int(getattr(settings, "FIREWALL_CONFIRM_SECONDS", 60))

@@ -5,8 +5,9 @@ from __future__ import annotations
 from apps.accounts.permissions import has_perm, restrict
 from apps.core.errors import NotFound
 from apps.core.models import Host
+from apps.vms.models import VmInterface
 
-from .models import FirewallApply, FirewallRule, Quarantine, VmNic, Zone
+from .models import FirewallApply, FirewallRule, Quarantine, Zone
 
 
 def host_named(name: str) -> Host:
@@ -35,7 +36,7 @@ def zone_rules(zone: Zone) -> list[FirewallRule]:
 
 
 def zone_vm_names(zone: Zone) -> list[str]:
-    return sorted(set(VmNic.objects.filter(vm__host=zone.host, vm__present=True, network=zone.network_name)
+    return sorted(set(VmInterface.objects.filter(vm__host=zone.host, vm__present=True, network=zone.network_name)
                       .values_list("vm__name", flat=True)))  # fmt: skip
 
 
@@ -45,7 +46,7 @@ def vm_rules(vm) -> list[FirewallRule]:
 
 def vm_network(vm) -> dict:
     """The VM's zones (as its NICs were last read), its NICs and its quarantine."""
-    nics = list(VmNic.objects.filter(vm=vm))
+    nics = list(VmInterface.objects.filter(vm=vm))
     zones = list(Zone.objects.filter(host_id=vm.host_id, network_name__in={n.network for n in nics}))
     problem = ""
     if len(zones) > 1:

@@ -106,6 +106,12 @@ def interfaces_store(host: Host, states: dict[str, tuple], vm: VirtualMachine | 
             VmInterface.objects.bulk_create(create, batch_size=1000)
 
 
+def interfaces_refresh(host: Host, vm: VirtualMachine | None = None) -> None:
+    """Read the interfaces of one VM (or of every VM of the host) now and store them: for a
+    service about to act on them (a quarantine, a zone move) that cannot wait for the next read."""
+    interfaces_store(host, gw.domain_interfaces_live(host.uri, vm.name if vm is not None else None), vm=vm)
+
+
 def host_collect(host: Host) -> bool:
     """One bulk read of the host into the database. False (and the host marked unreachable)
     when it cannot be read."""

@@ -102,20 +102,6 @@ class Migration(migrations.Migration):
                 'constraints': [models.UniqueConstraint(condition=models.Q(('released_at__isnull', True)), fields=('vm',), name='one_active_quarantine_per_vm')],
             },
         ),
-        migrations.CreateModel(
-            name='VmNic',
-            fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('mac', models.CharField(max_length=17)),
-                ('network', models.CharField(blank=True, max_length=63)),
-                ('link', models.CharField(default='up', max_length=8)),
-                ('vm', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='nics', to='vms.virtualmachine')),
-            ],
-            options={
-                'ordering': ['vm_id', 'mac'],
-                'constraints': [models.UniqueConstraint(fields=('vm', 'mac'), name='vmnic_unique_mac_per_vm')],
-            },
-        ),
         migrations.AddConstraint(
             model_name='zone',
             constraint=models.UniqueConstraint(fields=('host', 'name'), name='zone_unique_name_per_host'),

@@ -17,14 +17,14 @@ from .firewall import (
     firewall_restore,
     firewall_rollback_due,
 )
-from .nics import nics_sync, vm_zones
+from .nics import vm_zones
 from .quarantine import vm_quarantine, vm_release
 from .rules import rule_add, rule_delete
 from .zones import vm_zone_move, zone_create, zone_delete, zone_edit
 
 __all__ = [
     "ApplyPreview", "firewall_apply", "firewall_check", "firewall_confirm", "firewall_counters", "firewall_enforce",
-    "firewall_preview", "firewall_restore", "firewall_rollback_due", "networks_for", "nics_sync", "rule_add",
+    "firewall_preview", "firewall_restore", "firewall_rollback_due", "networks_for", "rule_add",
     "rule_delete", "vm_quarantine", "vm_release", "vm_zone_move", "vm_zones", "zone_create", "zone_delete", "zone_edit",
 ]  # fmt: skip
 

@@ -19,11 +19,10 @@ from apps.audit.services import audited, record
 from apps.core.errors import Conflict, NotFound
 from apps.core.gateways import nft
 from apps.core.models import Host
-from apps.vms.models import VirtualMachine
+from apps.vms.models import VirtualMachine, VmInterface
 
 from .. import compiler
-from ..models import FirewallApply, FirewallRule, Quarantine, VmNic, Zone
-from .nics import nics_sync
+from ..models import FirewallApply, FirewallRule, Quarantine, Zone
 
 
 def _table() -> str:
@@ -74,8 +73,8 @@ def build_ruleset(host: Host, spec: dict | None = None) -> compiler.Ruleset:
     last read and today's quarantines (a constant number of queries)."""
     spec = spec if spec is not None else policy_spec(host)
     by_network = {z["network"]: z for z in spec["zones"]}
-    nics: dict[int, list[VmNic]] = {}
-    for nic in VmNic.objects.filter(vm__host=host, vm__present=True):
+    nics: dict[int, list[VmInterface]] = {}
+    for nic in VmInterface.objects.filter(vm__host=host, vm__present=True):
         nics.setdefault(nic.vm_id, []).append(nic)
     active = Quarantine.objects.filter(vm__host=host, released_at__isnull=True)
     quarantined = set(active.values_list("vm_id", flat=True))
@@ -148,7 +147,6 @@ def firewall_apply(*, actor, host: Host, confirm_seconds: int | None = None) -> 
         pending = FirewallApply.objects.filter(host=host, state=FirewallApply.State.PENDING).first()
         if pending is not None and seconds:
             raise Conflict(f"Apply #{pending.pk} still waits for confirmation: confirm it or let it roll back first.")
-        nics_sync(host)
         apply = _load(host, actor, seconds, policy_spec(host))
         ev.params["apply"] = apply.pk
     if seconds:

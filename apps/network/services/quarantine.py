@@ -16,11 +16,12 @@ from apps.audit.services import audited, record
 from apps.core.errors import Conflict, InvalidInput, PortalError
 from apps.core.gateways import libvirt as gw
 from apps.vms import services as vm_services
+from apps.vms.collector import interfaces_refresh
+from apps.vms.models import VmInterface
 
-from ..models import Quarantine, VmNic
+from ..models import Quarantine
 from ..validation import check_text
 from .firewall import firewall_enforce
-from .nics import nics_sync
 
 log = logging.getLogger(__name__)
 
@@ -58,15 +59,15 @@ def vm_quarantine(*, actor, vm, reason: str = "") -> Quarantine:
         except PortalError:
             state = vm.last_state or "unknown"
         try:
-            nics_sync(vm.host)
+            interfaces_refresh(vm.host, vm)
         except PortalError:
             pass  # the NICs last read are used
-        nics = list(VmNic.objects.filter(vm=vm))
+        nics = list(VmInterface.objects.filter(vm=vm))
         try:
             with transaction.atomic():
                 q = Quarantine.objects.create(
                     vm=vm, incident_id=f"{incident}-{secrets.token_hex(2)}", reason=reason, previous_state=state,
-                    previous_links={n.mac: n.link for n in nics}, macs=[n.mac for n in nics],
+                    previous_links={n.mac: n.link_state for n in nics}, macs=[n.mac for n in nics],
                     snapshot=incident, actor_name=getattr(actor, "username", "") or "system",
                 )  # fmt: skip
         except IntegrityError:
@@ -76,7 +77,7 @@ def vm_quarantine(*, actor, vm, reason: str = "") -> Quarantine:
         def links_down():
             for n in nics:
                 gw.domain_interface_set_link(vm.host.uri, vm.name, n.mac, "down")
-            VmNic.objects.filter(vm=vm).update(link="down")
+            interfaces_refresh(vm.host, vm)  # the collector's rows show the links down
             return f"{len(nics)} interface(s) down"
 
         def drop_traffic():
@@ -128,7 +129,7 @@ def vm_release(*, actor, vm, reason: str) -> Quarantine:
         def links():
             for mac, state in q.previous_links.items():
                 gw.domain_interface_set_link(vm.host.uri, vm.name, mac, state)
-                VmNic.objects.filter(vm=vm, mac=mac).update(link=state)
+            interfaces_refresh(vm.host, vm)
             return "previous link states restored"
 
         def run_state():

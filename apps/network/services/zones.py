@@ -13,8 +13,10 @@ from apps.core import jobs
 from apps.core.errors import Conflict, InvalidInput
 from apps.core.gateways import libvirt as gw
 from apps.core.models import Host, Job
+from apps.vms.collector import interfaces_refresh
+from apps.vms.models import VmInterface
 
-from ..models import FirewallRule, VmNic, Zone
+from ..models import FirewallRule, Zone
 
 
 def _default_bridge(host: Host, name: str) -> str:
@@ -95,8 +97,8 @@ def zone_delete(*, actor, zone: Zone, confirmed: bool = False) -> Job:
                  atomic=True) as ev:  # fmt: skip
         if not confirmed:
             raise InvalidInput(f"Deleting zone {zone.name} needs confirmation.")
-        attached = sorted(set(VmNic.objects.filter(vm__host=zone.host, vm__present=True, network=zone.network_name)
-                              .values_list("vm__name", flat=True)))  # fmt: skip
+        on_zone = VmInterface.objects.filter(vm__host=zone.host, vm__present=True, network=zone.network_name)
+        attached = sorted(set(on_zone.values_list("vm__name", flat=True)))
         if attached:
             raise Conflict(f"Zone {zone.name} still has VMs attached: {', '.join(attached)}. Move them first.")
         naming = FirewallRule.objects.filter(remote_zone=zone).exclude(zone=zone).count()
@@ -131,15 +133,14 @@ now (moved live, or the VM is off), False when a running VM moves at its next st
     from apps.accounts.permissions import authorize
     from apps.vms.models import VirtualMachine
 
-    from .nics import nics_sync
 
     with audited(actor=actor, action="network.vm.move", target=vm, perm="network.change",
                  params={"from": vm.zone, "to": zone.name}) as ev:  # fmt: skip
         authorize(actor, "network.change", zone, action="network.vm.move", target=vm)
         if zone.host_id != vm.host_id:
             raise InvalidInput(f"Zone {zone.name} is on another host than {vm.name}.")
-        nics_sync(vm.host)
-        nics = list(VmNic.objects.filter(vm=vm))
+        interfaces_refresh(vm.host, vm)
+        nics = list(VmInterface.objects.filter(vm=vm))
         if not nics:
             raise Conflict(f"{vm.name} has no network interface to move.")
         zone_networks = set(Zone.objects.filter(host_id=vm.host_id).values_list("network_name", flat=True))
@@ -150,7 +151,7 @@ now (moved live, or the VM is off), False when a running VM moves at its next st
         VirtualMachine.objects.filter(pk=vm.pk).update(zone=zone.name)
         vm.zone = zone.name
         if moved_live or not running:  # what libvirt now shows (a running VM not moved live: next start)
-            VmNic.objects.filter(pk__in=[n.pk for n in moving]).update(network=zone.network_name)
+            interfaces_refresh(vm.host, vm)
         FirewallRule.objects.filter(vm=vm).update(zone=zone)
         ev.params.update(live=moved_live, interfaces=[n.mac for n in moving])
     return moved_live or not running

@@ -12,8 +12,8 @@ from apps.audit.models import AuditEvent
 from apps.core.errors import Conflict, InvalidInput
 from apps.core.gateways import nft
 from apps.network import services
-from apps.network.models import FirewallApply, VmNic, Zone
-from apps.vms.models import VirtualMachine
+from apps.network.models import FirewallApply, Zone
+from apps.vms.models import VirtualMachine, VmInterface
 
 pytestmark = pytest.mark.libvirt
 
@@ -26,7 +26,7 @@ def zone_lab(host, lab, nft_table):
     vms = {}
     for side, guest in (("a", lab.a), ("b", lab.b)):
         vm = VirtualMachine.objects.create(host=host, uuid=uuid.uuid4(), name=f"ns-{side}-{uuid.uuid4().hex[:6]}")
-        VmNic.objects.create(vm=vm, mac=guest.mac, network=zone.network_name)
+        VmInterface.objects.create(vm=vm, mac=guest.mac, network=zone.network_name, collected_at=timezone.now())
         vms[side] = vm
     return zone, vms["a"], vms["b"]
 
@@ -105,7 +105,8 @@ def test_a_new_vm_gets_its_zone_policy_at_the_next_check_but_unapplied_edits_wai
     services.firewall_apply(actor=admin, host=zone.host, confirm_seconds=0)
     allow(admin, b, direction="in", protocol="tcp", action="accept", ports=(9090, 9090))  # not applied yet
     c = VirtualMachine.objects.create(host=zone.host, uuid=uuid.uuid4(), name=f"ns-c-{uuid.uuid4().hex[:6]}")
-    VmNic.objects.create(vm=c, mac=lab.c.mac, network=zone.network_name)  # appeared outside the portal
+    VmInterface.objects.create(vm=c, mac=lab.c.mac, network=zone.network_name,
+                               collected_at=timezone.now())  # appeared outside the portal
 
     def mapped():
         return {e[0] for o in nft.list_tables(nft_table) if o.get("map", {}).get("name") == "vm_out"

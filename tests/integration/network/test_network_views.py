@@ -5,10 +5,11 @@ import uuid
 
 import pytest
 from django.urls import reverse
+from django.utils import timezone
 
 from apps.audit.models import AuditEvent
-from apps.network.models import FirewallApply, FirewallRule, Quarantine, VmNic, Zone
-from apps.vms.models import VirtualMachine
+from apps.network.models import FirewallApply, FirewallRule, Quarantine, Zone
+from apps.vms.models import VirtualMachine, VmInterface
 from tests.conftest import reauthenticate
 
 pytestmark = pytest.mark.libvirt
@@ -19,7 +20,7 @@ def make_zone_vm(host):
     zone = Zone.objects.create(host=host, name=f"web-{tag}", kind="untrusted", bridge=f"nob{tag}",
                                network_name=f"net-{tag}", policy_out="drop")  # fmt: skip
     vm = VirtualMachine.objects.create(host=host, uuid=uuid.uuid4(), name=f"vm-{tag}", zone=zone.name)
-    VmNic.objects.create(vm=vm, mac="52:54:00:12:34:56", network=zone.network_name)
+    VmInterface.objects.create(vm=vm, mac="52:54:00:12:34:56", network=zone.network_name, collected_at=timezone.now())
     return zone, vm
 
 

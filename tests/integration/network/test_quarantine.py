@@ -13,6 +13,7 @@ from apps.core.gateways import libvirt as gw
 from apps.core.gateways import nft
 from apps.network import services
 from apps.network.models import Quarantine, Zone
+from apps.vms.collector import interfaces_refresh
 
 pytestmark = pytest.mark.libvirt
 
@@ -71,7 +72,7 @@ def test_quarantine_release_and_move(vm, operator, viewer, nft_table, test_netwo
     assert macs <= mapped_macs(nft_table)
     gw.domain_force_off(vm.host.uri, vm.name)
     gw.domain_start(vm.host.uri, vm.name)
-    services.nics_sync(vm.host)
+    interfaces_refresh(vm.host)
     assert not services.firewall_check(vm.host).drift
     assert macs <= mapped_macs(nft_table)
 
