@@ -89,6 +89,8 @@ class DatabaseCollector:
         yield from self._audit()
         yield from self._posture()
         yield from self._worker()
+        yield from self._network()
+        yield from self._backups()
 
     def _hosts(self):
         from apps.core.models import Host
@@ -359,6 +361,40 @@ class DatabaseCollector:
         if at is not None:
             beat.add_metric([], float(at))
         yield beat
+
+    def _network(self):
+        from apps.network.models import Quarantine
+
+        quarantined = _gauge("portal_vm_quarantined", "1 while the VM is under quarantine", ["host", "vm", "incident"])
+        active = Quarantine.objects.filter(released_at__isnull=True).values_list("vm__host__name", "vm__name",
+                                                                                 "incident_id")  # fmt: skip
+        for host, vm, incident in active:
+            quarantined.add_metric([host, vm, incident], 1)
+        yield quarantined
+
+    def _backups(self):
+        from django.db.models import Max
+
+        from apps.backups.models import BackupRun, BackupVerification
+
+        last = _gauge("portal_backup_last_success_timestamp_seconds",
+                      "When the VM's latest good backup (succeeded, not pruned) finished", ["host", "vm"])  # fmt: skip
+        runs = BackupRun.objects.filter(state=BackupRun.State.SUCCEEDED, forgotten_at__isnull=True, vm__isnull=False)
+        good = runs.exclude(snapshot_id="").values("vm__host__name", "vm__name").annotate(at=Max("finished_at"))
+        for row in good:
+            if row["at"] is not None:
+                last.add_metric([row["vm__host__name"], row["vm__name"]], _ts(row["at"]))
+        ok = _gauge("portal_backup_verification_ok", "1 when the VM's latest backup verification passed, else 0",
+                    ["host", "vm"])  # fmt: skip
+        seen = set()
+        latest = (BackupVerification.objects.filter(run__vm__isnull=False).order_by("-checked_at", "-pk")
+                  .values_list("run__vm__host__name", "run__vm__name", "ok"))  # fmt: skip
+        for host, vm, passed in latest.iterator():
+            if (host, vm) not in seen:  # the newest verification of each VM
+                seen.add((host, vm))
+                ok.add_metric([host, vm], 1 if passed else 0)
+        yield last
+        yield ok
 
 
 # ------------------------------------------------------------------ libvirt's bulk statistics

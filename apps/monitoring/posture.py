@@ -274,15 +274,63 @@ def _training() -> tuple[str, str]:
     return Status.PASS, f"all {len(admins)} administrators acknowledged the {len(ITEMS)} training items"
 
 
-def _not_yet(feature: str) -> Callable[[], tuple[str, str]]:
-    def run() -> tuple[str, str]:
-        return Status.UNKNOWN, f"the portal has no {feature} yet: this cannot be checked"
-
-    return run
-
-
 def _backups() -> tuple[str, str]:
-    return Status.UNKNOWN, "the portal has no backup feature yet: backups cannot be checked"
+    """Every VM has a good backup (restic: always encrypted) whose latest verification
+    passed within BACKUP_VERIFY_MAX_AGE_DAYS."""
+    from datetime import timedelta
+
+    from django.conf import settings
+    from django.utils import timezone
+
+    from apps.backups.models import BackupVerification
+    from apps.vms.models import VirtualMachine
+
+    vms = dict(VirtualMachine.objects.filter(present=True).values_list("pk", "name"))
+    if not vms:
+        return Status.UNKNOWN, "no VM is known yet: nothing to back up"
+    since = timezone.now() - timedelta(days=settings.BACKUP_VERIFY_MAX_AGE_DAYS)
+    latest: dict[int, bool] = {}
+    for vm_id, ok in (BackupVerification.objects.filter(run__vm__in=vms, checked_at__gte=since)
+                      .order_by("-checked_at", "-pk").values_list("run__vm_id", "ok")):  # fmt: skip
+        latest.setdefault(vm_id, ok)
+    missing = sorted(name for pk, name in vms.items() if not latest.get(pk))
+    if missing:
+        return Status.FAIL, (f"{len(missing)} of {len(vms)} VMs have no backup verified in the last "
+                             f"{settings.BACKUP_VERIFY_MAX_AGE_DAYS} days: {', '.join(missing[:10])}")  # fmt: skip
+    return Status.PASS, f"all {len(vms)} VMs have an encrypted backup verified in the last " \
+        f"{settings.BACKUP_VERIFY_MAX_AGE_DAYS} days"
+
+
+def _zones() -> tuple[str, str]:
+    """Zones exist and every VM's interfaces sit in one (the state collector's rows)."""
+    from apps.network.models import Zone
+    from apps.vms.models import VmInterface
+
+    networks = set(Zone.objects.values_list("network_name", flat=True))
+    if not networks:
+        return Status.FAIL, "no network security zone is configured"
+    outside = sorted(set(VmInterface.objects.filter(vm__present=True).exclude(network__in=networks)
+                         .values_list("vm__name", flat=True)))  # fmt: skip
+    if outside:
+        return Status.FAIL, f"{len(outside)} VM(s) have interfaces outside every zone: {', '.join(outside[:10])}"
+    return Status.PASS, f"{len(networks)} zone(s); every VM interface the collector read is in one"
+
+
+def _firewall_reviewed() -> tuple[str, str]:
+    """A confirmed apply (someone saw the diff and confirmed it) within POSTURE_FIREWALL_REVIEW_DAYS."""
+    from django.conf import settings
+    from django.utils import timezone
+
+    from apps.network.models import FirewallApply
+
+    last = (FirewallApply.objects.filter(state=FirewallApply.State.CONFIRMED).order_by("-finished_at")
+            .values_list("finished_at", "actor_name").first())  # fmt: skip
+    if last is None or last[0] is None:
+        return Status.FAIL, "no firewall ruleset was ever applied and confirmed"
+    days = (timezone.now() - last[0]).days
+    if days > settings.POSTURE_FIREWALL_REVIEW_DAYS:
+        return Status.FAIL, f"the last confirmed apply is {days} days old (by {last[1]})"
+    return Status.PASS, f"the ruleset was last reviewed and confirmed {days} day(s) ago by {last[1]}"
 
 
 # ------------------------------------------------------------------ updates
@@ -375,17 +423,17 @@ CHECKS: list[Check] = [
     ),
     Check(
         "network.zones", "Network zones are configured", "isolation",
-        "comes with network security zones", _not_yet("network security zones"),
+        "create zones on the Network page and move every VM into one", _zones,
     ),
     Check(
         "network.firewall_reviewed", "Firewall rules were reviewed recently", "isolation",
-        "comes with the firewall rules of the network zones", _not_yet("firewall rules"),
+        "review the diff on Network > Firewall, apply and confirm it", _firewall_reviewed,
     ),
     Check(
         "backups.verified",
         "Backups are encrypted and verified",
         "recovery",
-        "comes with the backup feature",
+        "add a backup policy (Backups page or `vm_backup policy-add`); beat verifies the latest backups",
         _backups,
     ),
     Check(

@@ -300,6 +300,7 @@ POSTURE_SCRAPE_MAX_AGE = env_int("POSTURE_SCRAPE_MAX_AGE", 900)  # seconds: olde
 _WATCHED = "/etc/libvirt,/var/lib/libvirt,/etc/hypervisor-portal"  # auditd should watch these
 POSTURE_AUDIT_WATCH_PATHS = [p for p in (env("POSTURE_AUDIT_WATCH_PATHS", _WATCHED) or "").split(",") if p.strip()]
 HOST_CHECK_PATH = env("HOST_CHECK_PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+POSTURE_FIREWALL_REVIEW_DAYS = env_int("POSTURE_FIREWALL_REVIEW_DAYS", 90)  # a confirmed apply at least this often
 POSTURE_PLAN_REVIEW_DAYS = env_int("POSTURE_PLAN_REVIEW_DAYS", 365)  # the incident plan is reviewed this often
 AUDIT_RULES_FILE = env("AUDIT_RULES_FILE", "/etc/audit/rules.d/hypervisor-portal.rules")  # the portal installs it
 LYNIS_TIMEOUT = env_int("LYNIS_TIMEOUT", 1200)  # seconds a lynis scan (a job) may take

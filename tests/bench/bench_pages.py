@@ -199,7 +199,11 @@ def run(args) -> dict:
         Job(kind="vms.vm.start", host=host, target_type="virtualmachine", target_id=str(vm.pk), target_name=vm.name,
             actor_name="bench", state="succeeded", progress=100) for vm in vms[:20]
     )  # fmt: skip
-    storage_selectors.defaults_get()  # the defaults row exists once anybody opened a storage page
+    from apps.storage.models import StorageDefaults
+    from apps.storage.quota_rules import defaults_from_settings
+
+    # the defaults row exists once an admin saved the defaults (the page reads it either way)
+    StorageDefaults.objects.get_or_create(id=1, defaults=defaults_from_settings())
     if connection.vendor == "postgresql":
         with connection.cursor() as cur:
             cur.execute("ANALYZE")  # as autovacuum would have by now: plans for these table sizes

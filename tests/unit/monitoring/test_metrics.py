@@ -237,3 +237,35 @@ def test_render_writes_what_generate_latest_writes(token, estate, settings):
 
 def test_the_metrics_url_is_slash_metrics():
     assert reverse("metrics") == URL
+
+
+@pytest.mark.django_db
+def test_quarantine_and_backup_metrics_feed_the_shipped_alert_rules(client, token, estate):
+    from apps.backups.models import BackupRepository, BackupRun, BackupVerification
+    from apps.network.models import Quarantine
+
+    web, db = VirtualMachine.objects.get(name="web"), VirtualMachine.objects.get(name="db")
+    Quarantine.objects.create(vm=web, incident_id="incident-20261201-101010-ab12", actor_name="admin")
+    Quarantine.objects.create(vm=db, incident_id="incident-old", actor_name="admin", released_at=timezone.now())
+    repo = BackupRepository.objects.create(path="/var/backups/hypervisor-portal/m", key_id="k" * 16)
+    t0 = timezone.now() - timedelta(days=3)
+
+    def run(vm, state, days, **extra):
+        return BackupRun.objects.create(vm=vm, vm_name=vm.name, vm_uuid=str(vm.uuid), host=estate, repository=repo,
+                                        state=state, snapshot_id="s" * 8, finished_at=t0 + timedelta(days=days),
+                                        **extra)  # fmt: skip
+
+    older = run(web, "succeeded", 0)
+    run(web, "succeeded", 1, forgotten_at=timezone.now())  # pruned: no longer a good backup
+    run(web, "failed", 2)  # an interrupted or failed run never counts
+    BackupVerification.objects.create(run=older, ok=True)
+    BackupVerification.objects.create(run=older, ok=False, error="checksum differs")  # the newest one counts
+    found = samples(scrape(client))
+    assert value(found, "portal_vm_quarantined", host="mon-host", vm="web",
+                 incident="incident-20261201-101010-ab12") == 1  # fmt: skip
+    assert not any(name == "portal_vm_quarantined" and ("vm", "db") in labels for name, labels in found)
+    assert value(found, "portal_backup_last_success_timestamp_seconds", host="mon-host", vm="web") == pytest.approx(
+        t0.timestamp()
+    )
+    assert value(found, "portal_backup_verification_ok", host="mon-host", vm="web") == 0
+    assert not any(name.startswith("portal_backup") and ("vm", "db") in labels for name, labels in found)

@@ -124,6 +124,52 @@ def test_checks_about_the_portal_read_its_database_and_cache(host, settings, vm_
     assert posture.evaluate([_check("monitoring.enabled")])[0].status == Status.PASS
 
 
+@pytest.mark.django_db
+def test_zones_firewall_review_and_backups_are_checked_from_their_apps_rows(host, settings, vm_rows):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from apps.backups.models import BackupRepository, BackupRun, BackupVerification
+    from apps.network.models import FirewallApply, Zone
+    from apps.vms.models import VirtualMachine, VmInterface
+
+    keys = ("network.zones", "network.firewall_reviewed", "backups.verified")
+
+    def statuses():
+        found = by_key(posture.evaluate([_check(k) for k in keys]))
+        return {k: found[k].status for k in keys}, found
+
+    got, found = statuses()
+    assert got == dict.fromkeys(keys, Status.FAIL)  # no zone, no confirmed apply, no backup
+    assert "busy" in found["backups.verified"].evidence and "idle" in found["backups.verified"].evidence
+    zone = Zone.objects.create(host=host, name="dmz", network_name="pz-dmz", bridge="pzdmz0")
+    busy, idle = VirtualMachine.objects.get(name="busy"), VirtualMachine.objects.get(name="idle")
+    now = timezone.now()
+    VmInterface.objects.create(vm=busy, mac="52:54:00:00:00:01", network=zone.network_name, collected_at=now)
+    VmInterface.objects.create(vm=idle, mac="52:54:00:00:00:02", network="default", collected_at=now)
+    got, found = statuses()
+    assert got["network.zones"] == Status.FAIL and "idle" in found["network.zones"].evidence
+    VmInterface.objects.filter(vm=idle).update(network=zone.network_name)
+    too_old = now - timedelta(days=settings.POSTURE_FIREWALL_REVIEW_DAYS + 1)
+    FirewallApply.objects.create(host=host, document={}, fingerprint="f", state="confirmed", actor_name="ann",
+                                 finished_at=too_old)  # fmt: skip
+    got, found = statuses()
+    assert got["network.zones"] == Status.PASS
+    assert got["network.firewall_reviewed"] == Status.FAIL and "days old" in found["network.firewall_reviewed"].evidence
+    FirewallApply.objects.update(finished_at=now)
+    repo = BackupRepository.objects.create(path="/var/backups/hypervisor-portal/p", key_id="p" * 16)
+    for vm, ok in ((busy, True), (idle, False)):
+        run = BackupRun.objects.create(vm=vm, vm_name=vm.name, vm_uuid=str(vm.uuid), repository=repo,
+                                       state="succeeded", snapshot_id="s" * 8, finished_at=now)  # fmt: skip
+        BackupVerification.objects.create(run=run, ok=ok)
+    got, found = statuses()
+    assert got["network.firewall_reviewed"] == Status.PASS
+    assert got["backups.verified"] == Status.FAIL and found["backups.verified"].evidence.endswith("idle")
+    BackupVerification.objects.create(run=BackupRun.objects.get(vm=idle), ok=True)  # verified again, passed
+    assert statuses()[0]["backups.verified"] == Status.PASS
+
+
 @pytest.fixture
 def vm_rows(host):
     import uuid
@@ -187,4 +233,3 @@ def test_check_now_runs_the_checklist_on_this_machine_as_a_job(client, host, adm
         assert live["lsm.qemu_confined"].status == Status.UNKNOWN
     if host_checks.which("auditctl") is None:
         assert live["auditd.rules"].status == Status.UNKNOWN
-    assert live["backups.verified"].status == Status.UNKNOWN  # no backup feature yet
