@@ -12,6 +12,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.core.exceptions import PermissionDenied
+from django.db import transaction
 from django.utils import timezone
 
 from apps.accounts.permissions import authorize
@@ -48,9 +49,22 @@ def backup_start(*, actor, vm: VirtualMachine, destination: str, policy: BackupP
 
 
 def _fail_run(run_id: int, error: str) -> None:
-    BackupRun.objects.filter(pk=run_id, state__in=BackupRun.ACTIVE).update(
-        state=BackupRun.State.FAILED, error=error[:1000], finished_at=timezone.now(), seconds_left=None
-    )
+    """Mark the run failed (once) and say so on every notification channel."""
+    from apps.monitoring import notifications
+
+    with transaction.atomic():
+        changed = BackupRun.objects.filter(pk=run_id, state__in=BackupRun.ACTIVE).update(
+            state=BackupRun.State.FAILED, error=error[:1000], finished_at=timezone.now(), seconds_left=None
+        )
+        if changed:
+            run = BackupRun.objects.select_related("host").get(pk=run_id)
+            notifications.notify(
+                notifications.Notice(
+                    source="backup", name="PortalBackupFailed", subject=run.vm_name,
+                    host=run.host.name if run.host else "", level="warning", state="firing",
+                    message=f"Backup #{run.pk} of {run.vm_name} failed: {error[:300]}",
+                )
+            )  # fmt: skip
 
 
 def backup_runs_reconcile() -> int:

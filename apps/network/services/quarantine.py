@@ -97,7 +97,7 @@ def vm_quarantine(*, actor, vm, reason: str = "") -> Quarantine:
 
         def alert():
             log.warning("QUARANTINE %s: %s on %s isolated (%s)", q.incident_id, vm.name, vm.host.name, reason)
-            return "raised"
+            return _notify(q, vm, "firing", f"{vm.name} on {vm.host.name} was quarantined ({q.incident_id}): {reason}")
 
         held = {name: _step(q, actor, vm, name, fn) for name, fn in
                 (("links", links_down), ("firewall", drop_traffic), ("suspend", suspend), ("snapshot", snapshot),
@@ -141,6 +141,19 @@ def vm_release(*, actor, vm, reason: str) -> Quarantine:
             return f"left {now_state}"
 
         ev.params["held"] = {name: _step(q, actor, vm, f"release.{name}", fn) for name, fn in
-                             (("firewall", firewall), ("links", links), ("run_state", run_state))}  # fmt: skip
+                             (("firewall", firewall), ("links", links), ("run_state", run_state),
+                              ("alert", lambda: _notify(q, vm, "resolved", f"{vm.name} was released: {reason}"))
+                              )}  # fmt: skip
     q.refresh_from_db()
     return q
+
+
+def _notify(q, vm, state: str, message: str) -> str:
+    """The quarantine on every notification channel (the pages and /metrics show it too)."""
+    from apps.monitoring import notifications
+
+    channels = notifications.notify(
+        notifications.Notice(source="network", name="PortalVmQuarantined", subject=vm.name, host=vm.host.name,
+                             level="critical", state=state, message=message)  # fmt: skip
+    )
+    return f"sent to {', '.join(channels)}" if channels else "no notification channel configured: shown on the pages"

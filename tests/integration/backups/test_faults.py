@@ -107,7 +107,12 @@ def test_a_lock_left_by_a_killed_restic_is_removed_and_the_repository_stays_cons
     restic.check(handle, timeout=60)  # restic's own check passes after the killed run
 
 
-def test_a_run_whose_worker_was_lost_is_failed_never_listed_as_good(operator, shut_vm_with_data, destination):
+def test_a_run_whose_worker_was_lost_is_failed_never_listed_as_good(operator, shut_vm_with_data, destination,
+                                                                     monkeypatch):
+    from apps.monitoring import notifications
+
+    notices = []
+    monkeypatch.setattr(notifications, "notify", lambda notice: notices.append(notice) or [])
     vm, _ = shut_vm_with_data
     run = services.backup_start(actor=operator, vm=vm, destination=destination)
     Job.objects.filter(pk=run.job_id).update(state=Job.State.RUNNING, worker="doomed@host")
@@ -119,10 +124,11 @@ def test_a_run_whose_worker_was_lost_is_failed_never_listed_as_good(operator, sh
 
     run.refresh_from_db()
     assert run.state == "failed" and not run.good and "Interrupted" in run.error
+    assert [(n.name, n.subject, n.state) for n in notices] == [("PortalBackupFailed", vm.name, "firing")]
     assert selectors.last_good(vm) is None
     run_job(run.job)  # delivered again: the finished job is left alone
     run.refresh_from_db()
-    assert run.state == "failed"
+    assert run.state == "failed" and len(notices) == 1  # failed once, notified once
 
 
 @pytest.fixture

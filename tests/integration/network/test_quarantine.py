@@ -34,7 +34,11 @@ def mapped_macs(table):
     return set()
 
 
-def test_quarantine_release_and_move(vm, operator, viewer, nft_table, test_network):
+def test_quarantine_release_and_move(vm, operator, viewer, nft_table, test_network, monkeypatch):
+    from apps.monitoring import notifications
+
+    notices = []
+    monkeypatch.setattr(notifications, "notify", lambda notice: notices.append(notice) or ["webhook"])
     with pytest.raises(PermissionDenied):
         services.vm_quarantine(actor=viewer, vm=vm)
     assert AuditEvent.objects.filter(action="network.vm.quarantine", outcome="denied").exists()
@@ -55,6 +59,9 @@ def test_quarantine_release_and_move(vm, operator, viewer, nft_table, test_netwo
     assert snaps and q.snapshot.startswith("incident-") and snaps[0].state in ("paused", "running")
     steps = AuditEvent.objects.filter(action__startswith="network.quarantine.", params__incident=q.incident_id)
     assert steps.count() == 5
+    assert [(n.name, n.subject, n.state, n.level) for n in notices] == [
+        ("PortalVmQuarantined", vm.name, "firing", "critical")
+    ]
 
     with pytest.raises(Conflict, match="already quarantined"):
         services.vm_quarantine(actor=operator, vm=vm)
@@ -67,6 +74,7 @@ def test_quarantine_release_and_move(vm, operator, viewer, nft_table, test_netwo
     assert info.state == "running" and {i.link for i in info.interfaces} == {"up"}
     assert not (macs & quarantined_macs(nft_table))
     assert not Quarantine.objects.filter(vm=vm, released_at__isnull=True).exists()
+    assert [n.state for n in notices] == ["firing", "resolved"]
 
     # the rules follow the VM by MAC: a restart (a new tap device) changes nothing of ours
     assert macs <= mapped_macs(nft_table)
