@@ -3,12 +3,6 @@ alerts people see are read by apps/storage/selectors.py)."""
 
 from __future__ import annotations
 
-import json
-import logging
-import urllib.request
-
-from django.conf import settings
-from django.core.mail import send_mail
 from django.utils import timezone
 
 from apps.accounts.permissions import has_perm
@@ -16,8 +10,6 @@ from apps.audit.services import audited
 from apps.core.errors import Conflict, NotFound
 
 from ..models import StorageAlert
-
-log = logging.getLogger(__name__)
 
 
 def alert_acknowledge(*, actor, alert_id: int) -> StorageAlert:
@@ -44,39 +36,15 @@ def alert_acknowledge(*, actor, alert_id: int) -> StorageAlert:
 
 
 def notify(alert: StorageAlert, event: str) -> None:
-    """Send the change by email and webhook when configured. Never raises: a mail server
-    or webhook that is down must not stop the check (the failure is logged)."""
-    subject = f"[portal] storage {event}: {alert.subject} on {alert.host.name}"
-    if settings.STORAGE_ALERT_EMAIL_TO:
-        try:
-            send_mail(subject, alert.message, None, settings.STORAGE_ALERT_EMAIL_TO)
-        except Exception as exc:  # SMTP errors come in many types
-            log.warning("storage alert email failed: %s", exc)
-    url = settings.STORAGE_ALERT_WEBHOOK_URL
-    if url:
-        if not url.startswith(("http://", "https://")):
-            log.warning("STORAGE_ALERT_WEBHOOK_URL must be an http(s) URL")
-            return
-        body = json.dumps(
-            {
-                "event": event,
-                "alert": alert.pk,
-                "level": alert.level,
-                "state": alert.state,
-                "host": alert.host.name,
-                "vm": alert.vm.name if alert.vm_id else None,
-                "pool": alert.pool or None,
-                "usage": alert.usage,
-                "limit": alert.limit,
-                "percent": alert.percent,
-                "message": alert.message,
-            }
-        ).encode()
-        request = urllib.request.Request(  # noqa: S310 (scheme checked above)
-            url, data=body, headers={"Content-Type": "application/json"}, method="POST"
+    """The change on every notification channel (apps.monitoring.notifications: mail, the
+    signed webhook, Alertmanager; NOTIFY_*), sent by the workers once the check's
+    transaction commits, with retries and one audit row per delivery. Never raises."""
+    from apps.monitoring import notifications
+
+    notifications.notify(
+        notifications.Notice(
+            source="storage", name=f"PortalStorage{event.capitalize()}", subject=alert.subject,
+            host=alert.host.name, level="critical" if alert.level == "breach" else "warning",
+            state="resolved" if event == "clear" else "firing", message=f"{event}: {alert.message}",
         )
-        try:
-            with urllib.request.urlopen(request, timeout=settings.STORAGE_ALERT_WEBHOOK_TIMEOUT) as response:  # noqa: S310
-                response.read()
-        except OSError as exc:
-            log.warning("storage alert webhook failed: %s", exc)
+    )  # fmt: skip

@@ -57,8 +57,13 @@ def write_data(path: str, mib: int, offset_mib: int = 0) -> None:
 
 
 @pytest.fixture
-def webhook(settings):
-    """An HTTP server on 127.0.0.1 that records the JSON bodies POSTed to it."""
+def webhook(settings, monkeypatch):
+    """An HTTP server on 127.0.0.1 that records the JSON bodies POSTed to it. Notifications
+    are delivered here, in this process, by the workers' own code (notifications.deliver)."""
+    from apps.monitoring import notifications
+
+    monkeypatch.setattr(notifications, "_enqueue", lambda channel, payload: notifications.deliver(
+        channel, payload, attempts=1, pause=0))  # fmt: skip
     received: list[dict] = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -74,7 +79,7 @@ def webhook(settings):
     server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    settings.STORAGE_ALERT_WEBHOOK_URL = f"http://127.0.0.1:{server.server_port}/hook"
+    settings.NOTIFY_WEBHOOK_URL = f"http://127.0.0.1:{server.server_port}/hook"
     yield received
     server.shutdown()
     server.server_close()

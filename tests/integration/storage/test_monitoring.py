@@ -18,8 +18,8 @@ def _alerts(vm):
     return list(StorageAlert.objects.filter(vm=vm).order_by("id"))
 
 
-def test_usage_growth_raises_acts_and_clears(operator, small_vm, webhook, settings):
-    settings.STORAGE_ALERT_EMAIL_TO = ["ops@example.invalid"]
+def test_usage_growth_raises_acts_and_clears(operator, small_vm, webhook, settings, django_capture_on_commit_callbacks):
+    settings.NOTIFY_EMAIL_TO = ["ops@example.invalid"]
     vm = small_vm
     uri, path = vm.host.uri, disk_path(vm)
     services.quota_set(actor=operator, vm=vm, limit_bytes=int(0.25 * GIB), alert_percent=50, breach_action="suspend")
@@ -28,12 +28,15 @@ def test_usage_growth_raises_acts_and_clears(operator, small_vm, webhook, settin
     assert _alerts(vm) == []  # an empty thin disk: nothing to say
 
     write_data(path, 160)  # 160 MiB of 256 MiB: over the 50% threshold
-    report = services.storage_check(actor=None)
+    with django_capture_on_commit_callbacks(execute=True):  # notifications leave once the check commits
+        report = services.storage_check(actor=None)
     (alert,) = _alerts(vm)
     assert (alert.level, alert.state, alert.action_applied) == ("warning", "open", "")
     assert any(vm.name in line for line in report.raised)
-    assert webhook[-1]["event"] == "raise" and webhook[-1]["vm"] == vm.name
+    sent = webhook[-1]
+    assert (sent["name"], sent["state"], sent["subject"]) == ("PortalStorageRaise", "firing", vm.name)
     assert vm.name in mail.outbox[-1].subject
+    assert events("notification.deliver", outcome="success")  # one audit row per delivery
     assert events("storage.alert.raise", target_name=vm.name)[0].actor_name == "system"
 
     gw.snapshot_create(uri, vm.name, "keep")  # the snapshot keeps the 160 MiB...
@@ -51,12 +54,13 @@ def test_usage_growth_raises_acts_and_clears(operator, small_vm, webhook, settin
     assert len(events("storage.alert.escalate", target_name=vm.name)) == 1
 
     services.quota_expand(actor=operator, vm=vm, by_bytes=1 * GIB)  # 300 MiB of 1.25 GiB
-    report = services.storage_check(actor=None)
+    with django_capture_on_commit_callbacks(execute=True):
+        report = services.storage_check(actor=None)
     alert.refresh_from_db()
     assert (alert.state, alert.action_applied) == ("cleared", "")
     assert gw.domain_state(uri, vm.name) == "running"  # the check resumed what it suspended
     assert events("storage.quota.resume", outcome="success", target_name=vm.name)
-    assert webhook[-1]["event"] == "clear"
+    assert (webhook[-1]["name"], webhook[-1]["state"]) == ("PortalStorageClear", "resolved")
     assert UsageSample.objects.filter(vm=vm).count() == 5
     # usage did not fall: the quota was raised, and the report says so, not "cleared"
     assert report.cleared == []
@@ -138,7 +142,7 @@ def test_an_unreachable_host_or_webhook_does_not_stop_the_check(operator, small_
 
     off_vm = small_vm
     Host.objects.create(name="ghost", uri="qemu+unix:///system?socket=/nonexistent/libvirt-sock")
-    settings.STORAGE_ALERT_WEBHOOK_URL = "http://127.0.0.1:9/nothing-listens-here"
+    settings.NOTIFY_WEBHOOK_URL = "http://127.0.0.1:9/nothing-listens-here"
     overfill(off_vm)
     services.quota_set(actor=operator, vm=off_vm, limit_bytes=int(0.25 * GIB), confirmed=True)
     report = services.storage_check(actor=None)
