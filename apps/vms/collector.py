@@ -117,6 +117,7 @@ def host_collect(host: Host) -> bool:
     when it cannot be read."""
     try:
         result = inventory_sync(host)
+        _audit_found_and_gone(host, result.found, result.gone)  # at once: the rows are visible now
         interfaces_store(host, gw.domain_interfaces_live(host.uri))
         for hook in AFTER_COLLECT:
             hook(host)
@@ -127,7 +128,6 @@ def host_collect(host: Host) -> bool:
     Host.objects.filter(pk=host.pk).update(collected_at=timezone.now(), unreachable_since=None, collect_error="")
     if was_unreachable:
         record(actor=None, action="vms.host.reachable", target=host, outcome="success")
-    _audit_found_and_gone(host, result.found, result.gone)
     return True
 
 
@@ -157,12 +157,12 @@ def domain_refresh(host: Host, name: str, uuid: str, kind: str) -> VirtualMachin
             vm.save()
         else:
             vm.save(update_fields=_SYNCED)
+        if found:  # in the row's transaction: whoever sees the row sees why it is there
+            _audit_found_and_gone(host, [vm], [])
     try:
         interfaces_store(host, gw.domain_interfaces_live(host.uri, name), vm=vm)
     except NotFound:  # undefined meanwhile: its own event follows
         pass
-    if found:
-        _audit_found_and_gone(host, [vm], [])
     return vm
 
 
