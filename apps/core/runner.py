@@ -28,6 +28,18 @@ class Result:
     stderr: str
 
 
+def _start(argv, stdin, *, env, pass_fds, cwd) -> subprocess.Popen:
+    """The one way a command starts: an argv list of strings (never a shell), its output piped."""
+    if not argv or not all(isinstance(a, str) for a in argv):
+        raise ValueError("argv must be a non-empty list of strings")
+    log.debug("run %s", argv[0])
+    try:
+        return subprocess.Popen(argv, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                                pass_fds=pass_fds, cwd=cwd)  # fmt: skip
+    except FileNotFoundError:
+        raise GatewayError(f"{argv[0]} is not installed on this host") from None
+
+
 def run(
     argv: list[str],
     *,
@@ -49,21 +61,7 @@ def run(
     Raises GatewayError when `check` is set and the command exits non-zero, with the
     command's own (last) error line for people.
     """
-    if not argv or not all(isinstance(a, str) for a in argv):
-        raise ValueError("argv must be a non-empty list of strings")
-    log.debug("run %s", argv[0])
-    try:
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
-            pass_fds=pass_fds,
-            cwd=cwd,
-        )
-    except FileNotFoundError:
-        raise GatewayError(f"{argv[0]} is not installed on this host") from None
+    proc = _start(argv, subprocess.PIPE, env=env, pass_fds=pass_fds, cwd=cwd)
     try:
         stdout, stderr = proc.communicate(stdin if stdin is not None else b"", timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -122,21 +120,7 @@ def stream(
     of a long command, e.g. `restic backup --json`). Same rules as `run`: argv list, stdin
     closed, SIGTERM then SIGKILL after `timeout`; returns the Result (stdout holds the last
     line only), never raises for a non-zero exit (the caller reads the code and stderr)."""
-    if not argv or not all(isinstance(a, str) for a in argv):
-        raise ValueError("argv must be a non-empty list of strings")
-    log.debug("stream %s", argv[0])
-    try:
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
-            pass_fds=pass_fds,
-            cwd=cwd,
-        )
-    except FileNotFoundError:
-        raise GatewayError(f"{argv[0]} is not installed on this host") from None
+    proc = _start(argv, subprocess.DEVNULL, env=env, pass_fds=pass_fds, cwd=cwd)
     stderr_chunks: list[bytes] = []
     reader = threading.Thread(target=lambda: stderr_chunks.append(proc.stderr.read()), daemon=True)
     reader.start()

@@ -20,8 +20,7 @@ LATER: set[str] = set()  # metrics the rules use before the portal exports them 
 
 def promtool():
     path = shutil.which("promtool")
-    if path is None:
-        pytest.skip("promtool is not installed (Debian package prometheus; scripts/setup-system.sh installs it)")
+    assert path is not None, "promtool is missing: `make setup` installs it (Debian prometheus)"
     return path
 
 
