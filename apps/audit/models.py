@@ -52,7 +52,19 @@ class AuditEvent(models.Model):
 
     class Meta:
         ordering = ["-id"]
-        indexes = [models.Index(fields=["actor_name", "created_at"])]
+        # The log pages read newest first by (created_at, id) from a cursor (keyset), alone
+        # or under one of the common filters; each such read walks one of these indexes.
+        indexes = [
+            models.Index(fields=["created_at", "id"], name="audit_time_id_idx"),
+            models.Index(fields=["actor_name", "created_at", "id"], name="audit_actor_time_idx"),
+            models.Index(fields=["target_name", "created_at", "id"], name="audit_target_time_idx"),
+            models.Index(fields=["source_ip", "created_at", "id"], name="audit_ip_time_idx"),
+            models.Index(fields=["target_type", "target_id"], name="audit_target_ref_idx"),
+            models.Index(fields=["request_id"], name="audit_request_idx"),
+            # action prefix (LIKE 'encryption.%') whatever the database's collation; the
+            # operator class is PostgreSQL's, other databases build a plain index
+            models.Index(fields=["action"], name="audit_action_prefix_idx", opclasses=["varchar_pattern_ops"]),
+        ]
 
     def __str__(self):
         return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.actor_name} {self.action} {self.outcome}"

@@ -1,26 +1,185 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+
 from django.contrib.auth import get_user_model
-from django.db.models import Count, Max, Q
+from django.db.models import CharField, Count, Max, Q
+from django.db.models.functions import Cast
+from django.http import Http404
 
 from apps.accounts.models import RoleAssignment
 from apps.accounts.permissions import require
+from apps.core.models import Job
 
 from .models import AuditEvent
 
 
-def events_filtered(user, params):
-    """The audit log, filtered. It names every user, address and host: only a global audit
-    role reads it (an auditor scoped to one host or zone does not)."""
+@dataclass(frozen=True)
+class EventFilters:
+    """What the audit log page narrows to; every field optional."""
+
+    actor: str | None = None  # the actor's name, exact
+    action: str | None = None  # a prefix: "encryption." or a whole action
+    target: str | None = None  # the target's name, exact
+    q: str | None = None  # words in the target's name
+    host: str | None = None  # events about the host of that name or about its VMs
+    vm: str | None = None  # events about VMs of that name
+    outcome: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    ip: str | None = None  # the client's address
+
+    def apply(self, qs):
+        if self.actor:
+            qs = qs.filter(actor_name=self.actor)
+        if self.action:
+            qs = qs.filter(action__startswith=self.action)
+        if self.target:
+            qs = qs.filter(target_name=self.target)
+        if self.q:
+            qs = qs.filter(target_name__icontains=self.q)
+        if self.host:
+            from apps.vms.models import VirtualMachine
+
+            vm_ids = VirtualMachine.objects.filter(host__name=self.host).order_by()
+            vm_ids = vm_ids.annotate(text_id=Cast("id", CharField())).values("text_id")
+            qs = qs.filter(Q(target_type="host", target_name=self.host)
+                           | Q(target_type="virtualmachine", target_id__in=vm_ids))  # fmt: skip
+        if self.vm:
+            qs = qs.filter(target_type="virtualmachine", target_name=self.vm)
+        if self.outcome:
+            qs = qs.filter(outcome=self.outcome)
+        if self.since:
+            qs = qs.filter(created_at__gte=self.since)
+        if self.until:
+            qs = qs.filter(created_at__lte=self.until)
+        if self.ip:
+            qs = qs.filter(source_ip=self.ip)
+        return qs
+
+    def described(self) -> dict:
+        """The filters in use, for the audit of an export."""
+        return {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in asdict(self).items() if v}
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """A position in the log, newest first: the event at a page's edge and which way to go."""
+
+    created_at: datetime
+    id: int
+    direction: str  # "older" (the next page down) or "newer"
+
+
+@dataclass
+class EventPage:
+    events: list
+    older: Cursor | None  # where the next, older page starts (None at the oldest end)
+    newer: Cursor | None  # where the previous, newer page starts (None at the newest end)
+
+
+NEWEST_FIRST = ("-created_at", "-id")
+OLDEST_FIRST = ("created_at", "id")
+# the list shows everything but the chain's hashes
+LIST_FIELDS_DEFERRED = ("prev_hash", "hash")
+
+
+def _older_than(created_at, pk) -> Q:
+    # the redundant created_at__lte bounds the index range; the OR picks the exact position
+    return Q(created_at__lte=created_at) & (Q(created_at__lt=created_at) | Q(created_at=created_at, id__lt=pk))
+
+
+def _newer_than(created_at, pk) -> Q:
+    return Q(created_at__gte=created_at) & (Q(created_at__gt=created_at) | Q(created_at=created_at, id__gt=pk))
+
+
+def _readable_events(user):
+    """The audit log names every user, address and host: only a global audit role reads it
+    (an auditor scoped to one host or zone does not)."""
     require(user, "audit.view", None, action="audit.events.view")
-    qs = AuditEvent.objects.all()
-    if params.get("actor"):
-        qs = qs.filter(actor_name__iexact=params["actor"])
-    if params.get("action"):
-        qs = qs.filter(action__startswith=params["action"])
-    if params.get("outcome") in AuditEvent.Outcome.values:
-        qs = qs.filter(outcome=params["outcome"])
-    if params.get("target"):
-        qs = qs.filter(target_name__icontains=params["target"])
-    return qs
+    return AuditEvent.objects.order_by()
+
+
+def events_page(user, filters: EventFilters, *, cursor: Cursor | None = None, oldest: bool = False,
+                size: int = 50) -> EventPage:  # fmt: skip
+    """One page of the log, newest first, by keyset: a page one step from the cursor (or the
+    newest page, or with `oldest` the oldest one). One query, an index range of `size + 1`
+    rows wherever the page is: no COUNT, no OFFSET."""
+    qs = filters.apply(_readable_events(user)).defer(*LIST_FIELDS_DEFERRED)
+    if cursor is not None and cursor.direction == "newer":
+        qs, ascending = qs.filter(_newer_than(cursor.created_at, cursor.id)), True
+    elif cursor is not None:
+        qs, ascending = qs.filter(_older_than(cursor.created_at, cursor.id)), False
+    else:
+        ascending = oldest
+    rows = list(qs.order_by(*(OLDEST_FIRST if ascending else NEWEST_FIRST))[: size + 1])
+    more = len(rows) > size
+    rows = rows[:size]
+    if ascending:
+        rows.reverse()
+    if not rows:
+        return EventPage([], None, None)
+    first, last = rows[0], rows[-1]
+    # going down (newest page, or older): a newer page exists if we came from one; an older
+    # page if the read found one more row. Going up (newer, or the oldest page): the reverse.
+    has_newer = more if ascending else cursor is not None
+    has_older = (cursor is not None and not oldest) if ascending else more
+    return EventPage(
+        rows,
+        older=Cursor(last.created_at, last.id, "older") if has_older else None,
+        newer=Cursor(first.created_at, first.id, "newer") if has_newer else None,
+    )
+
+
+EXPORT_COLUMNS = ("id", "created_at", "actor_name", "source_ip", "request_id", "action", "target_type", "target_id",
+                  "target_name", "outcome", "error", "job_id", "params")  # fmt: skip
+
+
+def events_for_export(user, filters: EventFilters, chunk_size: int = 2000) -> Iterator[list[tuple]]:
+    """Every event the filters match, newest first, as chunks of tuples (EXPORT_COLUMNS):
+    read by keyset, `chunk_size` rows per query, so memory stays flat whatever the count."""
+    qs = filters.apply(_readable_events(user)).values_list(*EXPORT_COLUMNS)
+    position = None
+    while True:
+        chunk = qs
+        if position is not None:
+            chunk = chunk.filter(_older_than(*position))
+        rows = list(chunk.order_by(*NEWEST_FIRST)[:chunk_size])
+        if not rows:
+            return
+        yield rows
+        if len(rows) < chunk_size:
+            return
+        position = (rows[-1][1], rows[-1][0])
+
+
+@dataclass
+class EventDetail:
+    event: AuditEvent
+    job: Job | None
+    same_job: list = field(default_factory=list)
+    same_request: list = field(default_factory=list)
+
+
+RELATED_LIMIT = 50
+
+
+def event_detail(user, pk: int) -> EventDetail:
+    """One event with its job (and the job's log) and the other events of the same job and
+    of the same request, oldest first (what happened around it), at most RELATED_LIMIT each."""
+    event = _readable_events(user).filter(pk=pk).first()
+    if event is None:
+        raise Http404("No such audit event.")
+    detail = EventDetail(event, None)
+    related = AuditEvent.objects.exclude(pk=pk).defer(*LIST_FIELDS_DEFERRED).order_by(*OLDEST_FIRST)
+    if event.job_id is not None:
+        detail.job = Job.objects.filter(pk=event.job_id).select_related("host").first()
+        detail.same_job = list(related.filter(job_id=event.job_id)[:RELATED_LIMIT])
+    if event.request_id:
+        detail.same_request = list(related.filter(request_id=event.request_id)[:RELATED_LIMIT])
+    return detail
 
 
 def access_review(user):

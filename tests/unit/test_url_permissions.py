@@ -57,6 +57,8 @@ EXPECTED = {
     "network:apply": ("network.change", "POST"),
     "network:confirm": ("network.change", "POST"),
     "audit:events": ("audit.view", "GET"),
+    "audit:event": ("audit.view", "GET"),
+    "audit:export": ("audit.view", "GET"),
     "audit:access_review": ("access_review.view", "GET"),
     "accounts:list": ("accounts.manage", "GET"),
     "accounts:create": ("accounts.manage", "POST"),
