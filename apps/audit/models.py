@@ -61,10 +61,9 @@ class AuditEvent(models.Model):
             models.Index(fields=["source_ip", "created_at", "id"], name="audit_ip_time_idx"),
             models.Index(fields=["target_type", "target_id"], name="audit_target_ref_idx"),
             models.Index(fields=["request_id"], name="audit_request_idx"),
-            # action prefix (LIKE 'encryption.%') whatever the database's collation; the
-            # operator class is PostgreSQL's, other databases build a plain index
-            models.Index(fields=["action"], name="audit_action_prefix_idx", opclasses=["varchar_pattern_ops"]),
         ]
+        # action prefix (LIKE 'encryption.%'): `action` has db_index, for which Django also
+        # builds a varchar_pattern_ops index on PostgreSQL (any collation)
 
     def __str__(self):
         return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.actor_name} {self.action} {self.outcome}"

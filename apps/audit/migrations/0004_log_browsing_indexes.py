@@ -1,6 +1,7 @@
 """Indexes for the audit log pages: keyset reads by (created_at, id), alone or under the
-common filters (actor, target, address, action prefix), and the detail page's lookups by
-request id and target. Portable: the action index's operator class is PostgreSQL's only."""
+common filters (actor, target, address), and the detail page's lookups by request id and
+target. The action prefix uses the varchar_pattern_ops index Django builds for `action` on
+PostgreSQL. Only CREATE/DROP INDEX: on SQLite no table is rebuilt (its triggers stay)."""
 
 from django.conf import settings
 from django.db import migrations, models
@@ -41,9 +42,5 @@ class Migration(migrations.Migration):
         migrations.AddIndex(
             model_name='auditevent',
             index=models.Index(fields=['request_id'], name='audit_request_idx'),
-        ),
-        migrations.AddIndex(
-            model_name='auditevent',
-            index=models.Index(fields=['action'], name='audit_action_prefix_idx', opclasses=['varchar_pattern_ops']),
         ),
     ]
