@@ -85,8 +85,12 @@ NEWEST_FIRST = ("-created_at", "-id")
 OLDEST_FIRST = ("created_at", "id")
 # the list shows everything but the chain's hashes
 LIST_FIELDS_DEFERRED = ("prev_hash", "hash")
-ROW_FIELDS = ("id", "created_at", "actor_name", "source_ip", "action", "target_name", "outcome", "error", "params",
+# params as its stored JSON text: shown as is, so a page decodes no JSON
+ROW_FIELDS = ("id", "created_at", "actor_name", "source_ip", "action", "target_name", "outcome", "error", "params_text",
               "job_id")  # fmt: skip
+
+
+_PARAMS_TEXT = Cast("params", TextField())
 
 
 class EventRow(NamedTuple):
@@ -101,7 +105,7 @@ class EventRow(NamedTuple):
     target_name: str
     outcome: str
     error: str
-    params: dict
+    params: str  # JSON text ("{}" when empty)
     job_id: int | None
 
     @property
@@ -130,7 +134,7 @@ def events_page(user, filters: EventFilters, *, cursor: Cursor | None = None, ol
     """One page of the log, newest first, by keyset: a page one step from the cursor (or the
     newest page, or with `oldest` the oldest one). One query, an index range of `size + 1`
     rows wherever the page is: no COUNT, no OFFSET."""
-    qs = filters.apply(_readable_events(user)).values_list(*ROW_FIELDS)
+    qs = filters.apply(_readable_events(user)).annotate(params_text=_PARAMS_TEXT).values_list(*ROW_FIELDS)
     if cursor is not None and cursor.direction == "newer":
         qs, ascending = qs.filter(_newer_than(cursor.created_at, cursor.id)), True
     elif cursor is not None:
@@ -165,7 +169,7 @@ def events_for_export(user, filters: EventFilters, chunk_size: int = 5000) -> It
     params as its stored JSON text, redacted when it was written): read by keyset,
     `chunk_size` rows per query, so memory stays flat whatever the count."""
     columns = [*EXPORT_COLUMNS[:-1], "params_text"]
-    qs = filters.apply(_readable_events(user)).annotate(params_text=Cast("params", TextField())).values_list(*columns)
+    qs = filters.apply(_readable_events(user)).annotate(params_text=_PARAMS_TEXT).values_list(*columns)
     position = None
     while True:
         chunk = qs

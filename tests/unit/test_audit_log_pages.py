@@ -244,10 +244,11 @@ def test_event_detail_shows_redacted_params_the_job_and_its_neighbours(as_audito
     assert as_auditor.get(reverse("audit:event", args=[unrelated.pk + 1000])).status_code == 404
 
 
-def test_the_list_links_each_event_to_its_detail(as_auditor):
-    (event,) = page_events(1)
-    text = as_auditor.get(reverse("audit:events"), {"action": "t.page."}).content.decode()
+def test_the_list_links_each_event_to_its_detail_and_shows_its_params(as_auditor):
+    event = record(actor=None, action="t.page.params", outcome="success", params={"mode": "fast"})
+    text = html.unescape(as_auditor.get(reverse("audit:events"), {"action": "t.page."}).content.decode())
     assert reverse("audit:event", args=[event.pk]) in text
+    assert '"mode": "fast"' in text
 
 
 @pytest.mark.parametrize("role, status", [("admin", 200), ("auditor", 200), ("operator", 403), ("viewer", 403)])
