@@ -35,12 +35,13 @@ def event_list(request):
 def _page_links(form: EventFilterForm, page: selectors.EventPage) -> dict[str, str | None]:
     """Query strings of the newest, newer, older and oldest pages of this filtered view."""
     base = form.link_params()
+    away_from_newest = page.newer or form.cleaned_data["cursor"] or form.cleaned_data["end"]
 
     def link(**extra) -> str:
         return "?" + urlencode({**base, **extra})
 
     return {
-        "newest": link() if page.newer else None,
+        "newest": link() if away_from_newest else None,
         "newer": link(cursor=sign_cursor(page.newer)) if page.newer else None,
         "older": link(cursor=sign_cursor(page.older)) if page.older else None,
         "oldest": link(end="oldest") if page.older else None,

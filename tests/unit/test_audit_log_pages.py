@@ -94,6 +94,9 @@ def test_cursor_walks_older_and_newer_and_both_ends(as_auditor):
     assert shown(back) == newest_first[3:6]
     top = as_auditor.get(url + back.context["links"]["newer"])
     assert shown(top) == newest_first[0:3] and top.context["links"]["newer"] is None
+    # a page link past what the filters now match: no rows, and the way back to the newest
+    stale = as_auditor.get(url + second.context["links"]["older"].replace("t.page.", "t.nothing."))
+    assert shown(stale) == [] and stale.context["links"]["newest"] == "?action=t.nothing.&size=3"
     # the oldest end opens directly, and walks up
     oldest = as_auditor.get(url + first.context["links"]["oldest"])
     assert shown(oldest) == newest_first[4:] and oldest.context["links"]["older"] is None
