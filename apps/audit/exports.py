@@ -27,7 +27,6 @@ def _jsonl(chunks) -> Iterator[str]:
         lines = []
         for r in rows:
             item = dict(zip(names, r[:-1], strict=True))
-            item["created_at"] = item["created_at"].isoformat()
             lines.append(f'{encode(item)[:-1]},"params":{r[-1] or "{}"}}}')
         lines.append("")
         yield "\n".join(lines)

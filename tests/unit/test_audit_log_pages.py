@@ -7,7 +7,7 @@ import html
 import io
 import json
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from urllib.parse import parse_qs, urlencode
 
 import pytest
@@ -208,6 +208,7 @@ def test_jsonl_export_has_every_filtered_event(as_auditor):
     lines = [json.loads(line) for line in b"".join(response.streaming_content).decode().splitlines()]
     assert [item["id"] for item in lines] == [e.pk for e in events][::-1]
     assert lines[0]["action"] == "t.export.json" and lines[0]["target_name"] == "thing-4"
+    assert datetime.fromisoformat(lines[0]["created_at"]) == events[-1].created_at
 
 
 def test_export_reads_by_keyset_chunks_without_gaps_or_repeats(auditor):
@@ -273,3 +274,14 @@ def test_neutralise_only_touches_formula_starts():
     assert [neutralise(v) for v in ("=1", "+1", "-1", "@a", "\tx", "\rx", "a=1", "", None, -1, 3.5)] == [
         "'=1", "'+1", "'-1", "'@a", "'\tx", "'\rx", "a=1", "", "", -1, 3.5,
     ]  # fmt: skip
+
+
+def test_export_times_are_iso_8601_in_utc_whatever_the_database_prints():
+    from apps.audit.selectors import iso_utc
+
+    cases = {"2026-01-02 03:04:05.6+00": "2026-01-02T03:04:05.6+00:00",
+             "2026-01-02 03:04:05+02": "2026-01-02T03:04:05+02:00",
+             "2026-01-02 03:04:05.600000": "2026-01-02T03:04:05.600000+00:00",
+             "2026-01-02 03:04:05-05:30": "2026-01-02T03:04:05-05:30"}  # fmt: skip
+    for printed, iso in cases.items():
+        assert iso_utc(printed) == iso and datetime.fromisoformat(iso).tzinfo is not None
