@@ -84,8 +84,6 @@ class EventPage:
 
 NEWEST_FIRST = ("-created_at", "-id")
 OLDEST_FIRST = ("created_at", "id")
-# the list shows everything but the chain's hashes
-LIST_FIELDS_DEFERRED = ("prev_hash", "hash")
 # params as its stored JSON text: shown as is, so a page decodes no JSON
 ROW_FIELDS = ("id", "created_at", "actor_name", "source_ip", "action", "target_name", "outcome", "error", "params_text",
               "job_id")  # fmt: skip
@@ -219,12 +217,13 @@ def event_detail(user, pk: int) -> EventDetail:
     if event is None:
         raise Http404("No such audit event.")
     detail = EventDetail(event, None)
-    related = AuditEvent.objects.exclude(pk=pk).defer(*LIST_FIELDS_DEFERRED).order_by(*OLDEST_FIRST)
+    related = (AuditEvent.objects.exclude(pk=pk).annotate(params_text=_PARAMS_TEXT).values_list(*ROW_FIELDS)
+               .order_by(*OLDEST_FIRST))  # fmt: skip
     if event.job_id is not None:
         detail.job = Job.objects.filter(pk=event.job_id).select_related("host").first()
-        detail.same_job = list(related.filter(job_id=event.job_id)[:RELATED_LIMIT])
+        detail.same_job = [EventRow(*r) for r in related.filter(job_id=event.job_id)[:RELATED_LIMIT]]
     if event.request_id:
-        detail.same_request = list(related.filter(request_id=event.request_id)[:RELATED_LIMIT])
+        detail.same_request = [EventRow(*r) for r in related.filter(request_id=event.request_id)[:RELATED_LIMIT]]
     return detail
 
 
