@@ -7,7 +7,9 @@ from datetime import datetime
 from typing import NamedTuple
 
 from django.contrib.auth import get_user_model
-from django.db.models import CharField, Count, Max, Q, TextField
+from django.db import connection
+from django.db.models import BooleanField, CharField, Count, Max, Q, TextField
+from django.db.models.expressions import RawSQL
 from django.db.models.functions import Cast
 from django.http import Http404
 
@@ -112,13 +114,22 @@ class EventRow(NamedTuple):
         return self.id
 
 
-def _older_than(created_at, pk) -> Q:
-    # the redundant created_at__lte bounds the index range; the OR picks the exact position
-    return Q(created_at__lte=created_at) & (Q(created_at__lt=created_at) | Q(created_at=created_at, id__lt=pk))
+def _past(created_at, pk, op: str) -> RawSQL:
+    """(created_at, id) beyond a position, as a row comparison: PostgreSQL walks the
+    (created_at, id) index from exactly there (SQLite has row values too, since 3.15)."""
+    qn = connection.ops.quote_name
+    table = qn(AuditEvent._meta.db_table)
+    value = connection.ops.adapt_datetimefield_value(created_at)
+    sql = f"({table}.{qn('created_at')}, {table}.{qn('id')}) {op} (%s, %s)"  # names from the model, op "<" or ">"
+    return RawSQL(sql, (value, pk), output_field=BooleanField())  # noqa: S611  (values go as parameters)
 
 
-def _newer_than(created_at, pk) -> Q:
-    return Q(created_at__gte=created_at) & (Q(created_at__gt=created_at) | Q(created_at=created_at, id__gt=pk))
+def _older_than(created_at, pk) -> RawSQL:
+    return _past(created_at, pk, "<")
+
+
+def _newer_than(created_at, pk) -> RawSQL:
+    return _past(created_at, pk, ">")
 
 
 def _readable_events(user):

@@ -221,9 +221,7 @@ def run(args) -> dict:
              portal_page(selectors.EventFilters(action="encryption.")), {"action": "encryption."})  # fmt: skip
         middle = AuditEvent.objects.filter(id=first_event + n // 2).values_list("created_at", "id").get()
         cursor = selectors.Cursor(middle[0], middle[1], "older")
-        page("middle page (cursor)", "WHERE (created_at, id) < (%s, %s)" if vendor == "postgresql"
-             else "WHERE created_at <= %s AND (created_at < %s OR id < %s)",
-             [middle[0], middle[1]] if vendor == "postgresql" else [_param(middle[0]), _param(middle[0]), middle[1]],
+        page("middle page (cursor)", "WHERE (created_at, id) < (%s, %s)", [_param(middle[0]), middle[1]],
              portal_page(cursor=cursor), {"cursor": sign_cursor(cursor)})  # fmt: skip
         page("oldest page", "ASC", [], portal_page(oldest=True), {"end": "oldest"})
 
