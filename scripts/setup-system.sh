@@ -7,7 +7,7 @@ APT_PACKAGES=(
   libvirt-daemon libvirt-daemon-driver-qemu libvirt-daemon-system libvirt-clients libvirt-dev
   pkg-config qemu-utils qemu-system-x86 qemu-block-extra dnsmasq-base iptables nftables
   iproute2 cryptsetup-bin dmsetup restic softhsm2 tpm2-tools swtpm swtpm-tools redis-server chromium chromium-driver
-  prometheus lynis
+  prometheus lynis ovmf
 )
 
 as_root() {

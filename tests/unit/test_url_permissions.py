@@ -20,6 +20,8 @@ EXPECTED = {
     "vms:list": ("vms.view", "GET"),
     "vms:detail": ("vms.view", "GET"),
     "vms:action": ("vms.operate", "POST"),
+    "vms:console": ("vms.operate", "GET"),
+    "vms:console_token": ("vms.operate", "POST"),
     "vms:snapshot_create": ("vms.snapshot", "POST"),
     "vms:snapshot_delete": ("vms.snapshot", "POST"),
     "storage:pools": ("storage.view", "GET"),

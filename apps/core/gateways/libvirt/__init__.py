@@ -39,6 +39,7 @@ from .domains import (
     BlockStats,
     DiskInfo,
     DomainDisks,
+    DomainFacts,
     DomainInfo,
     DomainRuntimeStats,
     InterfaceInfo,
@@ -56,6 +57,7 @@ from .domains import (
     domain_disk_set_source,
     domain_disks_defined,
     domain_disks_live,
+    domain_facts_live,
     domain_force_off,
     domain_get,
     domain_interface_set_link,
@@ -73,7 +75,7 @@ from .domains import (
     domain_xml_live,
 )
 from .events import DomainEvent, DomainWatch, domain_watch
-from .host import StorageSnapshot, host_qemu_identity, host_storage_snapshot, host_version
+from .host import StorageSnapshot, host_qemu_identity, host_security_models, host_storage_snapshot, host_version
 from .networks import (
     NetworkInfo,
     network_ensure_isolated,
@@ -109,8 +111,11 @@ from .xml import (
     disk_encrypted_xml,
     domain_devices_parse,
     domain_disks_parse,
+    domain_graphics_parse,
     domain_restored_xml,
+    domain_security_parse,
     domain_xml,
+    host_secmodels_parse,
     network_zone_xml,
     snapshot_disk_only_xml,
 )
@@ -120,6 +125,7 @@ __all__ = [
     "DiskInfo",
     "DomainDisks",
     "DomainEvent",
+    "DomainFacts",
     "DomainInfo",
     "DomainRuntimeStats",
     "DomainWatch",
@@ -147,8 +153,10 @@ __all__ = [
     "domain_disks_defined",
     "domain_disks_live",
     "domain_disks_parse",
+    "domain_facts_live",
     "domain_force_off",
     "domain_get",
+    "domain_graphics_parse",
     "domain_interface_set_link",
     "domain_interface_set_network",
     "domain_interfaces_live",
@@ -156,6 +164,7 @@ __all__ = [
     "domain_restored_xml",
     "domain_resume",
     "domain_runtime_stats",
+    "domain_security_parse",
     "domain_shutdown",
     "domain_start",
     "domain_state",
@@ -166,6 +175,8 @@ __all__ = [
     "domain_xml_defined",
     "domain_xml_live",
     "host_qemu_identity",
+    "host_secmodels_parse",
+    "host_security_models",
     "host_storage_snapshot",
     "host_version",
     "network_ensure_isolated",

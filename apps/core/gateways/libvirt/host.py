@@ -13,6 +13,7 @@ from . import connection
 from .connection import read_present
 from .domains import _STORAGE_STATS, DomainDisks, _disks_from_stats, _state_name
 from .storage import _FILE_POOL_TYPES, PoolInfo, VolumeInfo, _volume_infos
+from .xml import host_secmodels_parse
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,13 @@ def host_qemu_identity(uri: str) -> tuple[int, int] | None:
         return None
 
     return connection.call(uri, "capabilities", _identity)
+
+
+def host_security_models(uri: str) -> list[dict]:
+    """The security drivers libvirt confines guests with on this host, from its capabilities'
+    `<secmodel>` elements (e.g. [{"model": "apparmor", ...}, {"model": "dac", ...}]; a host
+    without AppArmor or SELinux reports "none" and "dac")."""
+    return connection.call(uri, "capabilities", lambda conn: host_secmodels_parse(conn.getCapabilities()))
 
 
 def _pool_head(pool) -> tuple[tuple, list]:
