@@ -128,7 +128,8 @@ async def serve(*, host: str | None = None, port: int | None = None, unix: str |
     if unix:
         ctx = unix_serve(handle, unix, **kwargs)
     else:
-        ctx = ws_serve(handle, host or settings.CONSOLE_PROXY_BIND, port or settings.CONSOLE_PROXY_PORT, **kwargs)
+        port = settings.CONSOLE_PROXY_PORT if port is None else port  # 0: any free port (tests)
+        ctx = ws_serve(handle, host or settings.CONSOLE_PROXY_BIND, port, **kwargs)
     async with ctx as server:
         if ready is not None:
             ready(server)

@@ -3,12 +3,10 @@ the real libvirtd: one 64 MiB guest with VNC on a unix socket (SeaBIOS draws its
 OS needed) boots once for the module; the proxy runs in a thread of this process on an
 ephemeral loopback port, its database work on connections of its own (transactional tests)."""
 
-import asyncio
 import os
 import shutil
 import struct
 import subprocess
-import threading
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -24,7 +22,7 @@ from apps.accounts.models import Role
 from apps.audit.models import AuditEvent
 from apps.core.gateways import libvirt as gw
 from apps.core.gateways.libvirt.xml import domain_xml
-from apps.vms import console, console_proxy
+from apps.vms import console
 from apps.vms.collector import domain_refresh, host_security_store
 from apps.vms.models import ConsoleSession, VirtualMachine
 from tests.conftest import unique
@@ -48,26 +46,8 @@ def console_domain(libvirt_uri, test_pool):
 
 
 @pytest.fixture(scope="module")
-def proxy_url():
-    """The console proxy, serving in a thread on an ephemeral loopback port."""
-    loop = asyncio.new_event_loop()
-    started, box = threading.Event(), {}
-    stop = asyncio.Event()
-
-    def ready(server):
-        box["port"] = next(iter(server.sockets)).getsockname()[1]
-        started.set()
-
-    def run():
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(console_proxy.serve(host="127.0.0.1", port=0, ready=ready, stop=stop))
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    assert started.wait(15), "the console proxy did not start"
-    yield f"ws://127.0.0.1:{box['port']}/console"
-    loop.call_soon_threadsafe(stop.set)
-    thread.join(10)
+def proxy_url(console_proxy_url):
+    return console_proxy_url
 
 
 @pytest.fixture
@@ -153,6 +133,10 @@ def test_the_vm_page_shows_the_security_summary_and_the_console_only_to_operator
     if not host_has_lsm():
         assert 'data-security="confinement" data-status="bad"' in page
         assert "This host has no LSM" in page and 'data-testid="host-confinement"' in page
+        dashboard = client.get(reverse("dashboard")).content.decode()
+        assert 'data-testid="host-confinement"' in dashboard and "This host has no LSM" in dashboard
+        security = client.get(reverse("monitoring:security")).content.decode()
+        assert "Confinement: This host has no LSM" in security
     client.force_login(viewer)
     page = client.get(url).content.decode()
     assert 'data-testid="security-summary"' in page and 'data-testid="console-button"' not in page

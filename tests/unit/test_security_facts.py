@@ -46,7 +46,8 @@ DEFINED_BIOS = """<domain type='kvm'>
     <disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='/i/b.img'>
       <encryption format='luks'><secret type='passphrase' uuid='0b7c'/></encryption></source>
       <target dev='vdb' bus='virtio'/></disk>
-    <graphics type='vnc' port='5900' autoport='yes' listen='127.0.0.1'><listen type='address' address='127.0.0.1'/></graphics>
+    <graphics type='vnc' port='5900' autoport='yes' listen='127.0.0.1'>
+      <listen type='address' address='127.0.0.1'/></graphics>
   </devices>
 </domain>"""
 
@@ -82,8 +83,9 @@ def test_a_live_secure_boot_vm_reads_as_uefi_secure_boot_tpm_limits_and_a_vnc_so
                            "memory_hard_limit_kib": 262144, "blkiotune": False, "iotune_disks": ["vda"]}  # fmt: skip
     assert f["disks"] == ["vda"]  # the cdrom is not a disk
     assert f["running"] is True
-    assert f["graphics"] == [{"type": "vnc", "listen": "socket", "socket": "/var/lib/libvirt/qemu/domain-15-efi/vnc.sock",
-                              "address": "", "port": 0, "password": False}]  # fmt: skip
+    sock = "/var/lib/libvirt/qemu/domain-15-efi/vnc.sock"
+    assert f["graphics"] == [{"type": "vnc", "listen": "socket", "socket": sock, "address": "", "port": 0,
+                              "password": False}]  # fmt: skip
 
 
 def test_a_defined_bios_vm_has_no_secure_boot_tpm_or_limits_and_vnc_on_a_port():
