@@ -571,9 +571,10 @@ class InterfaceState:
     model: str = ""  # virtio, e1000, ...
 
 
-def _interface_states(xml: str) -> tuple[InterfaceState, ...]:
+def _interface_states(xml: str | ET.Element) -> tuple[InterfaceState, ...]:
     out = []
-    for iface in ET.fromstring(xml).iterfind("./devices/interface"):
+    root = ET.fromstring(xml) if isinstance(xml, str) else xml
+    for iface in root.iterfind("./devices/interface"):
         source, mac, target = iface.find("source"), iface.find("mac"), iface.find("target")
         link, model = iface.find("link"), iface.find("model")
         src = source.attrib if source is not None else {}
@@ -618,7 +619,8 @@ class DomainFacts:
 
 
 def _domain_facts(xml: str) -> DomainFacts:
-    return DomainFacts(_interface_states(xml), domain_security_parse(xml))
+    root = ET.fromstring(xml)  # parsed once for both
+    return DomainFacts(_interface_states(root), domain_security_parse(root))
 
 
 def domain_facts_live(uri: str, name: str | None = None) -> dict[str, DomainFacts]:

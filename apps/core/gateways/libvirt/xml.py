@@ -301,13 +301,14 @@ def _yes(value: str | None) -> bool:
     return (value or "").lower() in ("yes", "on", "true", "1")
 
 
-def domain_security_parse(xml: str) -> dict:
+def domain_security_parse(xml: str | ET.Element) -> dict:
     """The security facts of a domain's (live) XML, as plain JSON-able values: firmware
     (bios/uefi, secure boot, loader, NVRAM), TPM, memory encryption (`<launchSecurity>`),
     security labels (`<seclabel>`: AppArmor, SELinux, DAC, or none), resource limits
     (`<cputune>`, `<memtune>`, `<blkiotune>`, per-disk `<iotune>`), disks QEMU opens as
-    LUKS, and the graphics consoles (a VNC unix socket is what the console proxy uses)."""
-    root = ET.fromstring(xml)
+    LUKS, and the graphics consoles (a VNC unix socket is what the console proxy uses).
+    Takes the XML or its parsed root (the collector parses each definition once)."""
+    root = ET.fromstring(xml) if isinstance(xml, str) else xml
     os_el = root.find("os")
     loader = os_el.find("loader") if os_el is not None else None
     nvram = os_el.find("nvram") if os_el is not None else None
