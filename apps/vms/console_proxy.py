@@ -103,8 +103,10 @@ async def handle(ws) -> None:
     try:
         grant = await _db(console.console_redeem, token, source_ip=source_ip)
     except console.ConsoleRefused as exc:
+        log.info("console refused from %s: %s", source_ip, exc.message)
         await ws.close(1008, exc.message[:120])
         return
+    log.info("console session %s of %s opened from %s", grant.session_id, grant.vm_name, source_ip)
     to_guest = to_browser = 0
     reason = "error"
     try:
@@ -113,6 +115,7 @@ async def handle(ws) -> None:
         reason = f"cannot reach the VNC socket: {exc.strerror or exc}"
         log.warning("console %s: %s", grant.vm_name, reason)
     finally:
+        log.info("console session %s of %s ended: %s", grant.session_id, grant.vm_name, reason)
         await _db(console.console_end, grant, to_guest=to_guest, to_browser=to_browser, reason=reason)
         await ws.close()
 

@@ -9,6 +9,7 @@ from playwright.sync_api import expect
 
 from apps.audit.models import AuditEvent
 from apps.vms.collector import domain_refresh
+from apps.vms.models import ConsoleSession
 
 from .conftest import login, screenshot
 
@@ -24,7 +25,13 @@ def test_an_operator_sees_the_guest_screen_in_the_browser(live_server, operator,
     expect(page.get_by_test_id("security-summary")).to_be_visible()
     screenshot(page, "vm-security")
     page.get_by_test_id("console-button").click()
-    expect(page.get_by_test_id("console-status")).to_have_text("Connected.")
+    try:
+        expect(page.get_by_test_id("console-status")).to_have_text("Connected.")
+    except AssertionError as exc:  # say how far it got: token minted, redeemed by the proxy, audited
+        sessions = list(ConsoleSession.objects.values("pk", "created_at", "redeemed_at", "ended_at"))
+        events = list(AuditEvent.objects.filter(action__startswith="vms.console.").values_list("action", "outcome",
+                                                                                              "error"))  # fmt: skip
+        raise AssertionError(f"{exc}\nsessions: {sessions}\naudit: {events}") from None
     canvas = page.locator("#console-screen canvas")
     expect(canvas).to_be_visible()
     # SeaBIOS' text on black: more than one colour on the canvas once the first frame is drawn
