@@ -38,6 +38,8 @@ class ConsoleGrant:
     session_id: int
     vm_name: str
     socket: str
+    user_id: int = 0
+    vm_id: int = 0
 
 
 def console_socket(vm: VirtualMachine) -> str:
@@ -115,7 +117,22 @@ def console_redeem(token: str, *, source_ip: str | None = None) -> ConsoleGrant:
         raise _refuse(exc.message, user=user, vm=vm, session=session) from None
     record(actor=user, action="vms.console.start", target=vm, outcome="success",
            params={"session": session.pk, "source_ip": source_ip or ""})  # fmt: skip
-    return ConsoleGrant(session_id=session.pk, vm_name=vm.name, socket=socket)
+    return ConsoleGrant(session_id=session.pk, vm_name=vm.name, socket=socket, user_id=user.pk, vm_id=vm.pk)
+
+
+def console_still_allowed(grant: ConsoleGrant) -> str:
+    """"" while the session's user is active and may still operate its VM, else why not: the
+    proxy asks every few seconds and ends a session whose access was taken away (a disabled
+    user, a revoked role), as the portal ends the web sessions of a disabled user."""
+    user = get_user_model().objects.filter(pk=grant.user_id, is_active=True).first()
+    if user is None:
+        return "access revoked: user disabled"
+    vm = VirtualMachine.objects.filter(pk=grant.vm_id, present=True).first()
+    if vm is None:
+        return "the VM is gone"
+    if not has_perm(user, "vms.operate", vm):
+        return "access revoked: no vms.operate over the VM"
+    return ""
 
 
 def console_end(grant: ConsoleGrant, *, to_guest: int, to_browser: int, reason: str) -> None:

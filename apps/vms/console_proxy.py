@@ -4,7 +4,8 @@ browser's noVNC to a VM's VNC unix socket, one session per one-time token.
 `GET /console?token=...` (websocket upgrade): the token is redeemed through
 console.console_redeem (signature, expiry, single use, permission, audit); then bytes are
 relayed both ways unchanged (RFB: the VNC socket needs no password, the token was the
-authentication) until either side closes or CONSOLE_MAX_SECONDS pass; the end is audited.
+authentication) until either side closes, CONSOLE_MAX_SECONDS pass, or the user loses access
+(disabled, role revoked: checked every RECHECK_SECONDS); the end is audited with the reason.
 Run by `python manage.py console_proxy` (started by `make run`). Database work runs in
 threads (Django's ORM is synchronous); the relay itself is asyncio."""
 
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 
 CHUNK = 64 * 1024
 PATH = "/console"
+RECHECK_SECONDS = 10.0  # how often an open session's user and permission are checked again
 
 
 def _db(fn, *args, **kwargs):
@@ -71,7 +73,14 @@ async def _relay(ws, grant: console.ConsoleGrant) -> tuple[int, int, str]:
             counts["browser"] += len(data)
             await ws.send(data)
 
-    tasks = [asyncio.create_task(to_guest()), asyncio.create_task(to_browser())]
+    async def still_allowed():
+        while True:
+            await asyncio.sleep(RECHECK_SECONDS)
+            why = await _db(console.console_still_allowed, grant)
+            if why:
+                return why
+
+    tasks = [asyncio.create_task(to_guest()), asyncio.create_task(to_browser()), asyncio.create_task(still_allowed())]
     try:
         done, _pending = await asyncio.wait(tasks, timeout=settings.CONSOLE_MAX_SECONDS,
                                             return_when=asyncio.FIRST_COMPLETED)  # fmt: skip

@@ -183,6 +183,26 @@ def test_an_operator_reads_a_frame_through_the_proxy_and_the_session_is_audited(
                                      actor_name=operator.username).exists()  # fmt: skip
 
 
+@proxied
+def test_disabling_the_user_ends_an_open_console_session(client, operator, admin, con_vm, proxy_url, monkeypatch):
+    from apps.accounts.services import user_set_active
+    from apps.vms import console_proxy
+
+    monkeypatch.setattr(console_proxy, "RECHECK_SECONDS", 0.2)
+    client.force_login(operator)
+    token = _token(client, con_vm)
+    with connect(f"{proxy_url}?token={token}", open_timeout=10) as ws:
+        _Rfb(ws).handshake()
+        user_set_active(actor=admin, user=operator, active=False)
+        with pytest.raises(ConnectionClosed):
+            while True:
+                ws.recv(timeout=10)
+    deadline = time.monotonic() + 10
+    while not AuditEvent.objects.filter(action="vms.console.end").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert AuditEvent.objects.get(action="vms.console.end").params["reason"] == "access revoked: user disabled"
+
+
 def _refused(proxy_url, token) -> str:
     with connect(f"{proxy_url}?token={token}", open_timeout=10) as ws:
         with pytest.raises(ConnectionClosed) as closed:
