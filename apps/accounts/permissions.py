@@ -23,7 +23,10 @@ OPERATE_PERMISSIONS = frozenset(
     {"vms.operate", "vms.snapshot", "storage.change", "encryption.change", "network.change", "backups.run"}
 )
 AUDIT_PERMISSIONS = frozenset({"audit.view", "access_review.view"})
-ADMIN_PERMISSIONS = frozenset({"accounts.manage", "storage.settings", "security.manage", "network.zones"})
+# access_review.manage: run review campaigns (decide, close: revocations are applied)
+ADMIN_PERMISSIONS = frozenset(
+    {"accounts.manage", "storage.settings", "security.manage", "network.zones", "access_review.manage"}
+)
 # monitoring.view: the host security posture page (operators and auditors read it too)
 MONITORING_PERMISSIONS = frozenset({"monitoring.view"})
 # encryption.keys: unseal the key store, export key escrow, rotate the KEK (admins only)

@@ -110,6 +110,11 @@ REAUTH_POLICY: dict[str, str | When] = {
     "network:vm_move": ALWAYS,  # another zone's policy applies, and role scopes follow the label
     "network:quarantine": ALWAYS,
     "network:release": ALWAYS,
+    # access reviews: starting a campaign and a decision change nobody's access; closing
+    # applies the revocations
+    "reviews:campaign_start": NEVER,
+    "reviews:campaign_decide": NEVER,  # applied only when the campaign closes (re-authenticated)
+    "reviews:campaign_close": ALWAYS,
 }
 
 

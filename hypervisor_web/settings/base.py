@@ -63,6 +63,7 @@ INSTALLED_APPS = [
     "apps.encryption",
     "apps.backups",
     "apps.monitoring",
+    "apps.reviews",
 ]
 
 MIDDLEWARE = [
@@ -77,6 +78,7 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
     "apps.audit.middleware.RequestContextMiddleware",
+    "apps.accounts.sessions.SessionEpochMiddleware",  # after the request context: refusals audited with the address
     "apps.core.middleware.ContentSecurityPolicyMiddleware",
     "apps.core.middleware.PortalErrorMiddleware",
 ]
@@ -329,4 +331,13 @@ FIREWALL_CHECK_INTERVAL = env_int("FIREWALL_CHECK_INTERVAL", 60)  # seconds betw
 CELERY_BEAT_SCHEDULE["firewall-check"] = {
     "task": "apps.network.tasks.firewall_check",
     "schedule": float(FIREWALL_CHECK_INTERVAL),
+}
+
+# Access reviews (apps.reviews)
+ACCESS_REVIEW_DORMANT_DAYS = env_int("ACCESS_REVIEW_DORMANT_DAYS", 90)  # no sign-in this long: flagged dormant
+ACCESS_REVIEW_DENIAL_THRESHOLD = env_int("ACCESS_REVIEW_DENIAL_THRESHOLD", 5)  # denials before "many denials"
+ACCESS_DISABLE_DORMANT_DAYS = env_int("ACCESS_DISABLE_DORMANT_DAYS", 0)  # >0: beat disables accounts dormant this long
+CELERY_BEAT_SCHEDULE["reviews-disable-dormant"] = {
+    "task": "apps.reviews.tasks.dormant_accounts_disable",
+    "schedule": 3600.0,
 }
