@@ -16,7 +16,7 @@ from apps.accounts.mfa_status import mfa_enabled_user_ids
 from apps.accounts.models import Role, RoleAssignment, Scope
 from apps.accounts.permissions import ROLE_PERMISSIONS, require
 
-from .models import ReviewCampaign, UserActivitySummary
+from .models import ReviewCampaign
 
 # permissions that act on or read one VM; the others are portal-wide (users, audit, settings)
 VM_PERMISSIONS = (
@@ -33,7 +33,7 @@ def portal_permissions(role: str) -> list[str]:
     return sorted(p for p in ROLE_PERMISSIONS[role] if p not in VM_PERMISSIONS)
 
 
-def _covers(a: RoleAssignment, host_id, zone, vm_id) -> bool:
+def _covers(a, host_id, zone, vm_id) -> bool:
     if a.scope == Scope.GLOBAL:
         return True
     if a.scope == Scope.HOST:
@@ -43,35 +43,42 @@ def _covers(a: RoleAssignment, host_id, zone, vm_id) -> bool:
     return a.vm_id == vm_id
 
 
+@dataclass(slots=True)
+class UserLine:
+    """The user columns the report shows (read as plain values: no model per row)."""
+
+    pk: int
+    username: str
+    is_active: bool
+    last_login: datetime | None
+    date_joined: datetime
+
+
+@dataclass(slots=True)
+class Grant:
+    """One role assignment as the report shows it."""
+
+    role: str
+    scope: str
+    host_id: int | None
+    zone: str
+    vm_id: int | None
+    scope_label: str
+
+
 @dataclass
 class AccessRow:
-    user: object
+    user: UserLine
     assignments: list
-    summary: UserActivitySummary | None
     mfa: bool
     training: str
+    events: int = 0
+    denied: int = 0
+    failed: int = 0
+    last_action_at: datetime | None = None
+    last_action: str = ""
     effective: list[tuple[str, list[str]]] = field(default_factory=list)
     flags: list[str] = field(default_factory=list)
-
-    @property
-    def events(self) -> int:
-        return self.summary.events if self.summary else 0
-
-    @property
-    def denied(self) -> int:
-        return self.summary.denied if self.summary else 0
-
-    @property
-    def failed(self) -> int:
-        return self.summary.failed if self.summary else 0
-
-    @property
-    def last_action_at(self) -> datetime | None:
-        return self.summary.last_action_at if self.summary else None
-
-    @property
-    def last_action(self) -> str:
-        return self.summary.last_action if self.summary else ""
 
     @property
     def roles_text(self) -> str:
@@ -81,17 +88,54 @@ class AccessRow:
     def effective_text(self) -> str:
         return "; ".join(f"{scope}: {' '.join(perms)}" for scope, perms in self.effective)
 
+    @property
+    def roles_lines(self) -> str:
+        """One line per role (the page shows them with linebreaksbr: one filter, not a loop)."""
+        return "\n".join(f"{a.role} of {a.scope_label}" for a in self.assignments) or "-"
 
-def _sensitive_vms() -> tuple[list[tuple], list[tuple]]:
-    """(host_id, zone, vm_id) of the VMs in quarantine now, and of those with encrypted disks."""
+    @property
+    def effective_lines(self) -> str:
+        return "\n".join(f"{scope}: {', '.join(perms)}" for scope, perms in self.effective) or "-"
+
+
+@dataclass
+class Sensitive:
+    """Where the VMs of one kind (quarantined, encrypted) are: an assignment reaches one when
+    it is global, or its host, zone or VM is among these."""
+
+    hosts: set = field(default_factory=set)
+    zones: set = field(default_factory=set)
+    vms: set = field(default_factory=set)
+
+    def reached_by(self, a) -> bool:
+        if not self.vms:
+            return False
+        if a.scope == Scope.GLOBAL:
+            return True
+        if a.scope == Scope.HOST:
+            return a.host_id in self.hosts
+        if a.scope == Scope.ZONE:
+            return a.zone in self.zones
+        return a.vm_id in self.vms
+
+
+def _sensitive_vms() -> tuple[Sensitive, Sensitive]:
+    """Where the VMs in quarantine now are, and those with encrypted disks."""
     from apps.encryption.models import EncryptedDisk
     from apps.network.models import Quarantine
 
-    quarantined = list(
-        Quarantine.objects.filter(released_at__isnull=True).values_list("vm__host_id", "vm__zone", "vm_id").distinct()
-    )
-    encrypted = list(EncryptedDisk.objects.values_list("vm__host_id", "vm__zone", "vm_id").distinct())
-    return quarantined, encrypted
+    out = []
+    for rows in (
+        Quarantine.objects.filter(released_at__isnull=True).values_list("vm__host_id", "vm__zone", "vm_id"),
+        EncryptedDisk.objects.values_list("vm__host_id", "vm__zone", "vm_id"),
+    ):
+        where = Sensitive()
+        for host_id, zone, vm_id in rows.distinct():
+            where.hosts.add(host_id)
+            where.zones.add(zone)
+            where.vms.add(vm_id)
+        out.append(where)
+    return out[0], out[1]
 
 
 def _effective(assignments) -> list[tuple[str, list[str]]]:
@@ -102,62 +146,98 @@ def _effective(assignments) -> list[tuple[str, list[str]]]:
     return [(scope, sorted(perms)) for scope, perms in sorted(by_scope.items())]
 
 
-def report_flags(user, assignments, summary, *, mfa: bool, quarantined, encrypted, now=None) -> list[str]:
-    now = now or timezone.now()
+@dataclass(frozen=True)
+class FlagPolicy:
+    """The thresholds of the flags, read from the settings once per report."""
+
+    dormant_days: int
+    denial_threshold: int
+    now: datetime
+
+    @classmethod
+    def current(cls) -> FlagPolicy:
+        return cls(settings.ACCESS_REVIEW_DORMANT_DAYS, settings.ACCESS_REVIEW_DENIAL_THRESHOLD, timezone.now())
+
+
+def report_flags(user, assignments, denied: int, *, mfa: bool, quarantined: Sensitive, encrypted: Sensitive,
+                 policy: FlagPolicy) -> list[str]:  # fmt: skip
     flags = []
-    dormant_after = timedelta(days=settings.ACCESS_REVIEW_DORMANT_DAYS)
     if not assignments:
         flags.append("no role")
     if user.last_login is None:
         flags.append("never signed in")
-    if user.is_active and (user.last_login or user.date_joined) < now - dormant_after:
-        flags.append(f"dormant (no sign-in for {settings.ACCESS_REVIEW_DORMANT_DAYS} days)")
+    if user.is_active and (user.last_login or user.date_joined) < policy.now - timedelta(days=policy.dormant_days):
+        flags.append(f"dormant (no sign-in for {policy.dormant_days} days)")
     if user.is_active and not mfa and any(a.role == Role.ADMIN for a in assignments):
         flags.append("admin without MFA")
     if not user.is_active and assignments:
         flags.append("disabled but still has roles")
-    if summary is not None and summary.denied >= settings.ACCESS_REVIEW_DENIAL_THRESHOLD:
+    if denied >= policy.denial_threshold:
         flags.append("many denials")
     if user.is_active:
-        if any(_covers(a, *vm) for a in assignments for vm in quarantined):
+        if any(quarantined.reached_by(a) for a in assignments):
             flags.append("access to a quarantined VM")
-        if any(_covers(a, *vm) for a in assignments for vm in encrypted):
+        if any(encrypted.reached_by(a) for a in assignments):
             flags.append("access to an encrypted VM")
     return flags
 
 
+def _grants() -> dict[int, list[Grant]]:
+    """user id -> their assignments, with scope labels named as RoleAssignment.scope_label
+    names them (hosts and VMs read once, by id)."""
+    from apps.core.models import Host
+    from apps.vms.models import VirtualMachine
+
+    rows = list(RoleAssignment.objects.order_by("role", "scope", "id").values_list(
+        "user_id", "role", "scope", "host_id", "zone", "vm_id"))  # fmt: skip
+    hosts = dict(Host.objects.filter(pk__in={r[3] for r in rows if r[3]}).values_list("pk", "name"))
+    vms = dict(VirtualMachine.objects.filter(pk__in={r[5] for r in rows if r[5]}).values_list("pk", "name"))
+    out: dict[int, list[Grant]] = {}
+    for user_id, role, scope, host_id, zone, vm_id in rows:
+        if scope == Scope.HOST:
+            label = f"host {hosts.get(host_id)}"
+        elif scope == Scope.ZONE:
+            label = f"zone {zone}"
+        elif scope == Scope.VM:
+            label = f"VM {vms.get(vm_id)}"
+        else:
+            label = "everything"
+        out.setdefault(user_id, []).append(Grant(role, scope, host_id, zone, vm_id, label))
+    return out
+
+
+REPORT_USER_FIELDS = (
+    "pk", "username", "is_active", "last_login", "date_joined", "activity_summary__events",
+    "activity_summary__denied", "activity_summary__failed", "activity_summary__last_action_at",
+    "activity_summary__last_action",
+)  # fmt: skip
+
+
 def access_report(user) -> list[AccessRow]:
     """Every user with roles, effective permissions, MFA, last sign-in and action, and the
-    flags that deserve a second look. Six queries, whatever the number of users and events."""
+    flags that deserve a second look. Read as plain values from the users joined to their
+    maintained summaries: a fixed number of queries, whatever the number of users and events."""
     require(user, "access_review.view", None, action="reviews.report.view")
     from apps.monitoring.training import ITEMS, acknowledgements_by_user
 
-    users = list(get_user_model().objects.select_related("activity_summary").order_by("username"))
-    assignments: dict[int, list[RoleAssignment]] = {}
-    for a in RoleAssignment.objects.select_related("host", "vm").order_by("role", "scope", "id"):
-        assignments.setdefault(a.user_id, []).append(a)
+    users = list(get_user_model().objects.order_by("username").values_list(*REPORT_USER_FIELDS))
+    grants = _grants()
     quarantined, encrypted = _sensitive_vms()
-    with_mfa = mfa_enabled_user_ids([u.pk for u in users])
+    with_mfa = mfa_enabled_user_ids([u[0] for u in users])
     training = acknowledgements_by_user()
-    now = timezone.now()
+    policy = FlagPolicy.current()
+    items = len(ITEMS)
     rows = []
-    for u in users:
-        roles = assignments.get(u.pk, [])
-        summary = getattr(u, "activity_summary", None) if _has_summary(u) else None
-        row = AccessRow(user=u, assignments=roles, summary=summary, mfa=u.pk in with_mfa,
-                        training=f"{training.get(u.pk, 0)}/{len(ITEMS)}", effective=_effective(roles))  # fmt: skip
-        row.flags = report_flags(u, roles, summary, mfa=row.mfa, quarantined=quarantined, encrypted=encrypted,
-                                 now=now)  # fmt: skip
+    for pk, username, active, last_login, joined, events, denied, failed, last_at, last_action in users:
+        line = UserLine(pk, username, active, last_login, joined)
+        roles = grants.get(pk, [])
+        row = AccessRow(user=line, assignments=roles, mfa=pk in with_mfa, training=f"{training.get(pk, 0)}/{items}",
+                        events=events or 0, denied=denied or 0, failed=failed or 0, last_action_at=last_at,
+                        last_action=last_action or "", effective=_effective(roles))  # fmt: skip
+        row.flags = report_flags(line, roles, row.denied, mfa=row.mfa, quarantined=quarantined,
+                                 encrypted=encrypted, policy=policy)  # fmt: skip
         rows.append(row)
     return rows
-
-
-def _has_summary(u) -> bool:
-    try:
-        u.activity_summary  # noqa: B018  (select_related: no query)
-    except UserActivitySummary.DoesNotExist:
-        return False
-    return True
 
 
 @dataclass

@@ -2,6 +2,7 @@ from django.contrib import messages
 from django.contrib.auth import get_user_model
 from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect
+from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from apps.audit.services import refused
@@ -23,7 +24,9 @@ def report(request):
         response = HttpResponse(exports.to_csv(exports.report_csv_rows(rows)), content_type="text/csv")
         response["Content-Disposition"] = 'attachment; filename="access-review.csv"'
         return response
-    return render_page(request, "reviews/report.html", {"rows": rows})
+    # the rows link to reviews:user as this prefix + the user's id (one reverse, not one per row)
+    users_url = reverse("reviews:user", args=[0]).removesuffix("0/")
+    return render_page(request, "reviews/report.html", {"rows": rows, "users_url": users_url})
 
 
 @permission_required("access_review.view")
