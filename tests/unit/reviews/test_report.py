@@ -155,3 +155,22 @@ def test_operators_and_viewers_see_no_access_review(client, operator, viewer, au
     assert AuditEvent.objects.filter(outcome="denied", action="page.report").count() == 2
     client.force_login(auditor)
     assert client.get(reverse("reviews:report")).status_code == 200
+
+
+def test_the_migration_counts_existing_events_into_summaries(operator, viewer):
+    """An installation upgrading with events already in its log starts with true summaries."""
+    import importlib
+
+    from django.apps import apps
+
+    backfill = importlib.import_module("apps.reviews.migrations.0002_backfill_summaries")
+    record(actor=operator, action="vms.vm.start", outcome="success")
+    record(actor=operator, action="vms.vm.start", outcome="denied", error="no")
+    record(actor=operator, action="auth.logout", target=operator, outcome="success")
+    record(actor=viewer, action="storage.quota.set", outcome="failed", error="bad")
+    fields = ("user_id", "events", "denied", "failed", "last_event_at", "last_action_at", "last_action",
+              "last_denied_at")
+    kept = sorted(UserActivitySummary.objects.values_list(*fields))
+    UserActivitySummary.objects.all().delete()
+    backfill.forwards(apps, None)
+    assert sorted(UserActivitySummary.objects.values_list(*fields)) == kept
