@@ -274,11 +274,13 @@ def mfa_disable(*, actor, user) -> None:
     action = "auth.mfa.disable"
     authorize(actor, "accounts.manage", action=action, target=user)
     with audited(actor=actor, action=action, target=user, atomic=True) as ev:
-        totp, _ = TOTPDevice.objects.filter(user_id=user.pk).delete()
-        static, _ = StaticDevice.objects.filter(user_id=user.pk).delete()
-        if not totp and not static:
+        devices = [TOTPDevice.objects.filter(user_id=user.pk), StaticDevice.objects.filter(user_id=user.pk)]
+        removed = sum(d.count() for d in devices)
+        if not removed:
             raise Conflict(f"Two-factor sign-in is not on for {user.username}.")
-        ev.params = {"devices_removed": totp + static}
+        for d in devices:
+            d.delete()  # a static device's recovery codes with it
+        ev.params = {"devices_removed": removed}
 
 
 def qr_data_uri(device: TOTPDevice) -> str:

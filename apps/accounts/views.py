@@ -154,8 +154,9 @@ def reauth_confirm(request):
 def mfa_verify(request):
     """The second step of signing in: a TOTP code or a recovery code."""
     next_url = reauth.safe_next(request, request.POST.get("next") or request.GET.get("next") or "")
-    if request.user.is_verified() or not mfa_enabled(request.user):
+    if request.user.is_verified() or (request.method != "POST" and not mfa_enabled(request.user)):
         return redirect(next_url)  # nothing to verify (the middleware sends an unenrolled admin to enrol)
+    # a code posted for a device that is gone (turned off meanwhile) is refused with the reason
     form = CodeForm(request.POST or None)
     if request.method == "POST":
         try:
