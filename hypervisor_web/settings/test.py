@@ -16,7 +16,7 @@ PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast tes
 CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 # django-axes keeps its counters in that cache: per process is right for tests (each test
 # starts with a cleared cache, tests/conftest.py), production uses Redis
-SILENCED_SYSTEM_CHECKS = ["axes.W001"]
+SILENCED_SYSTEM_CHECKS = [*SILENCED_SYSTEM_CHECKS, "axes.W001"]  # noqa: F405
 CELERY_TASK_ALWAYS_EAGER = False
 CELERY_TASK_DEFAULT_QUEUE = env("CELERY_QUEUE") or f"portal-test-{TEST_RUN}"
 STORAGES = {
