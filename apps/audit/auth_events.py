@@ -12,7 +12,14 @@ from .services import record
 
 @receiver(user_logged_in)
 def _logged_in(sender, request, user, **kwargs):
-    record(actor=user, action="auth.login", target=user, outcome="success")
+    """The password was right. For a user with two-factor sign-in (or required to enrol) the
+    session can do nothing else until the code step (auth.mfa.verify) or enrolment
+    (auth.mfa.enrol): the event says so, so that a reader does not take it for a way in."""
+    from apps.accounts import mfa
+
+    pending = mfa.mfa_enabled(user) or mfa.required_for(user)
+    params = {"second_factor": "pending"} if pending else {}
+    record(actor=user, action="auth.login", target=user, outcome="success", params=params)
 
 
 @receiver(user_logged_out)

@@ -130,6 +130,7 @@ def test_the_code_step_follows_the_password_and_a_replayed_code_is_refused(clien
     replay = client.post(verify, {"code": code})  # the same code, still within its 30 s
     assert replay.status_code == 400 and "already used" in replay.content.decode()
     assert urlsplit(client.get(reverse("dashboard"))["Location"]).path == verify  # still not through
+    assert [p for _, p, _ in events("auth.login")] == [{"second_factor": "pending"}] * 2
     outcomes = [(o, p.get("reason") or p.get("method")) for o, p, _ in events("auth.mfa.verify")]
     assert outcomes == [("failed", "wrong"), ("failed", "malformed"), ("success", "totp"), ("failed", "replayed")]
 
