@@ -242,3 +242,16 @@ def test_a_session_verified_by_a_device_that_was_removed_is_no_longer(client, ad
     mfa.mfa_disable(actor=admin, user=other)
     response = client.get(reverse("dashboard"))  # an admin: must enrol again before anything else
     assert urlsplit(response["Location"]).path == reverse("accounts:mfa_setup")
+
+
+def test_the_command_turns_it_off_when_no_admin_can_sign_in(admin):
+    from django.core.management import CommandError, call_command
+
+    call_command("mfa_disable", admin.username)
+    assert not mfa_enabled(admin)
+    event = AuditEvent.objects.get(action="auth.mfa.disable")
+    assert (event.outcome, event.actor_name, event.target_name) == ("success", "system", str(admin))
+    with pytest.raises(CommandError, match="not on for"):
+        call_command("mfa_disable", admin.username)
+    with pytest.raises(CommandError, match="No user"):
+        call_command("mfa_disable", "nobody-here")
