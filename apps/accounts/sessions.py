@@ -81,5 +81,7 @@ class SessionEpochMiddleware:
                        error="the session was ended by an access change (role revoked, account disabled, "
                        "or password changed)")  # fmt: skip
                 request.session.flush()
-                request.user = AnonymousUser()
+                anonymous = AnonymousUser()
+                anonymous.is_verified = lambda: False  # as django-otp's middleware gives anonymous users
+                request.user = anonymous
         return self.get_response(request)

@@ -57,15 +57,18 @@ def test_the_report_flags_what_deserves_a_second_look(settings, make_user, make_
     isolated = make_vm("rev-isolated", zone="dmz")
     EncryptedDisk.objects.create(host=secret.host, vm=secret, vm_uuid=secret.uuid, path="/x", key_id="k1")
     Quarantine.objects.create(vm=isolated, incident_id="INC-rev-1", actor_name="alice")
+    bare_admin = make_user("adam-no-mfa", Role.ADMIN, mfa=False)
     vault_op = make_user("val-vault", Role.OPERATOR, scope="zone", zone="vault")
     dmz_op = make_user("dmz-op", Role.OPERATOR, scope="zone", zone="dmz")
-    flags = {r.user.username: r.flags for r in selectors.access_report(admin)}
+    rows = {r.user.username: r for r in selectors.access_report(admin)}
+    flags = {name: r.flags for name, r in rows.items()}
     assert "dormant (no sign-in for 90 days)" in flags["dora-dormant"]
     assert "never signed in" not in flags["dora-dormant"]
     assert not any(f.startswith("dormant") for f in flags["fred-fresh"])
     assert "disabled but still has roles" in flags["dan-disabled"]
     assert "many denials" in flags["nora-noisy"] and "never signed in" in flags["nora-noisy"]
-    assert "admin without MFA" in flags[admin.username]
+    assert "admin without MFA" in flags[bare_admin.username] and not rows[bare_admin.username].mfa
+    assert "admin without MFA" not in flags[admin.username] and rows[admin.username].mfa  # enrolled
     assert "access to an encrypted VM" in flags[vault_op.username]
     assert "access to a quarantined VM" not in flags[vault_op.username]
     assert "access to a quarantined VM" in flags[dmz_op.username]
