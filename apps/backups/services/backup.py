@@ -37,6 +37,8 @@ def backup_start(*, actor, vm: VirtualMachine, destination: str, policy: BackupP
     params = {"destination": destination, "policy": policy.name if policy else ""}
     with audited(actor=actor, action=f"{KIND}.request", target=vm, perm="backups.run", params=params, atomic=True):
         repo = common.repository_for(destination)
+        if _has_key_material(vm):
+            common.keys_repository_for(destination)  # its key material has somewhere apart to go
         if BackupRun.objects.filter(vm=vm, state__in=BackupRun.ACTIVE).exists():
             raise Conflict(f"A backup of {vm.name} is already queued or running.")
         run = BackupRun.objects.create(
@@ -144,9 +146,39 @@ def _commit_leftovers(uri: str, name: str) -> None:
             Path(disk["path"]).unlink(missing_ok=True)
 
 
+def _has_key_material(vm: VirtualMachine) -> bool:
+    from apps.encryption.services.backup_material import vm_has_key_material
+
+    return vm_has_key_material(vm)
+
+
+def _backup_key_material(run: BackupRun, progress: jobs.Progress) -> None:
+    """The VM's LUKS headers and wrapped disk keys (made by the encryption app) go into a
+    restic repository of their own, apart from the disk images, before the disks are read:
+    a backup whose disks could not be opened again is not made."""
+    from apps.encryption.services import backup_material
+
+    keys_repo = common.keys_repository_for(run.repository.path)
+    handle = common.open_repository(keys_repo, initialize=True)
+    staging = Path(settings.BACKUP_STAGING_DIR) / f"keys-{run.pk}"
+    common.remove_tree(staging)  # an earlier, killed attempt's
+    common.private_dir(staging)
+    try:
+        progress(3, "saving the LUKS headers and disk keys (apart from the disks)")
+        backup_material.key_material_export(run.vm, staging)
+        summary = common.with_stale_locks_removed(handle, lambda: restic.backup(
+            handle, [str(staging)], tags=[f"vm:{run.vm_uuid}", "luks-keys"], host=run.vm.host.name,
+            timeout=settings.BACKUP_COMMAND_TIMEOUT))  # fmt: skip
+    finally:
+        backup_material.key_material_discard(staging)
+    BackupRun.objects.filter(pk=run.pk).update(keys_repository=keys_repo, keys_snapshot_id=summary.snapshot_id)
+
+
 def _backup(run: BackupRun, progress: jobs.Progress) -> dict:
     vm, uri = run.vm, run.vm.host.uri
     handle = common.open_repository(run.repository, initialize=True)  # key store first: fail closed
+    if _has_key_material(vm):
+        _backup_key_material(run, progress)
     state = gw.domain_state(uri, vm.name)
     running = state in RUNNING_STATES
     if running:

@@ -41,21 +41,37 @@ def validate_destination(destination: str) -> str:
     raise InvalidInput(f"The destination {destination} is outside the allowed backup roots ({shown}).")
 
 
-def repository_for(destination: str) -> BackupRepository:
+def repository_for(destination: str, purpose: str = BackupRepository.Purpose.DISKS) -> BackupRepository:
     """The portal's repository row at `destination` (validated), made on first use. A
     directory that already holds a restic repository the portal did not make is refused:
-    its password is not in the key store."""
+    its password is not in the key store. A disk repository is never used for key material
+    (nor the other way round): they stay apart."""
     path = validate_destination(destination)
     existing = BackupRepository.objects.filter(path=path).first()
     if existing is not None:
+        if existing.purpose != purpose:
+            raise Conflict(f"{path} holds the portal's {existing.get_purpose_display()}; it cannot also hold "
+                           f"{BackupRepository.Purpose(purpose).label}. Choose another destination.")  # fmt: skip
         return existing
     if restic.is_repository(path):
         raise Conflict(f"{path} holds a restic repository the portal did not create; choose another destination.")
     if os.path.isdir(path) and any(os.scandir(path)):
         raise Conflict(f"{path} is not empty and holds no backup repository; choose an empty or new directory.")
     with transaction.atomic():
-        repo, _ = BackupRepository.objects.get_or_create(path=path, defaults={"key_id": _new_key_id()})
+        repo, _ = BackupRepository.objects.get_or_create(path=path, defaults={"key_id": _new_key_id(),
+                                                                              "purpose": purpose})  # fmt: skip
     return repo
+
+
+def keys_destination(destination: str) -> str:
+    """Where the key material of backups to `destination` goes: BACKUP_KEYS_DESTINATION, or
+    `<destination>-keys` beside it (validated like any destination)."""
+    configured = (settings.BACKUP_KEYS_DESTINATION or "").strip()
+    return validate_destination(configured or f"{validate_destination(destination)}-keys")
+
+
+def keys_repository_for(destination: str) -> BackupRepository:
+    return repository_for(keys_destination(destination), BackupRepository.Purpose.KEYS)
 
 
 def _new_key_id() -> str:
