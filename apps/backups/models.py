@@ -58,6 +58,15 @@ class BackupPolicy(models.Model):
     def __str__(self):
         return self.name
 
+    def scope_path(self):
+        return (None, None, None)  # may name any VM and any destination: only a global role edits it
+
+    EDITABLE = ("selector", "zone", "vm_names", "destination", "interval_hours", "keep_last", "keep_daily",
+                "keep_weekly", "keep_monthly", "verify_max_age_days", "enabled")  # fmt: skip
+
+    def settings_dict(self) -> dict:
+        return {f: getattr(self, f) for f in self.EDITABLE}
+
 
 class BackupRun(models.Model):
     """One backup of one VM. Only a `succeeded` run is a good backup: a run whose worker was

@@ -276,28 +276,79 @@ def backups_due(now=None) -> list[BackupRun]:
 
 def backup_policy_create(*, actor, name: str, destination: str, selector: str = "all", zone: str = "",
                          vm_names: list[str] | None = None, interval_hours: int = 24, keep_last: int = 7,
-                         keep_daily: int = 7, keep_weekly: int = 4, keep_monthly: int = 6) -> BackupPolicy:  # fmt: skip
+                         keep_daily: int = 7, keep_weekly: int = 4, keep_monthly: int = 6,
+                         verify_max_age_days: int = 7, enabled: bool = True) -> BackupPolicy:  # fmt: skip
     from apps.core.validators import validate_name
 
     params = {"name": name, "destination": destination, "selector": selector}
     with audited(actor=actor, action="backups.policy.create", perm="backups.run", params=params, atomic=True) as ev:
         validate_name(name, "policy name")
-        if selector not in BackupPolicy.Selector.values:
-            raise InvalidInput(f"Unknown VM selector {selector!r}.")
-        if selector == "zone":
-            validate_name(zone, "zone")
-        for vm_name in vm_names or []:
-            validate_name(vm_name, "VM name")
-        if not (keep_last or keep_daily or keep_weekly or keep_monthly):
-            raise InvalidInput("A retention policy must keep something.")
+        keep = {"keep_last": keep_last, "keep_daily": keep_daily, "keep_weekly": keep_weekly,
+                "keep_monthly": keep_monthly}  # fmt: skip
+        _check_policy(selector=selector, zone=zone, vm_names=list(vm_names or []), interval_hours=interval_hours,
+                      verify_max_age_days=verify_max_age_days, keep=keep)  # fmt: skip
         if BackupPolicy.objects.filter(name=name).exists():
             raise Conflict(f"A backup policy named {name!r} exists.")
         path = common.validate_destination(destination)
         policy = BackupPolicy.objects.create(
             name=name, destination=path, selector=selector, zone=zone, vm_names=list(vm_names or []),
             interval_hours=interval_hours, keep_last=keep_last, keep_daily=keep_daily, keep_weekly=keep_weekly,
-            keep_monthly=keep_monthly,
+            keep_monthly=keep_monthly, verify_max_age_days=verify_max_age_days, enabled=enabled,
         )  # fmt: skip
         ev.target = ("backuppolicy", str(policy.pk), policy.name)
         return policy
 
+
+
+def _check_policy(*, selector: str, zone: str, vm_names: list[str], keep: dict, interval_hours: int,
+                  verify_max_age_days: int) -> None:  # fmt: skip
+    from apps.core.validators import validate_name
+
+    if selector not in BackupPolicy.Selector.values:
+        raise InvalidInput(f"Unknown VM selector {selector!r}.")
+    if selector == BackupPolicy.Selector.ZONE:
+        validate_name(zone, "zone")
+    if selector == BackupPolicy.Selector.NAMES and not vm_names:
+        raise InvalidInput("Name at least one VM for a policy that selects VMs by name.")
+    for vm_name in vm_names:
+        validate_name(vm_name, "VM name")
+    if any(int(v) < 0 for v in keep.values()) or not any(keep.values()):
+        raise InvalidInput("A retention policy must keep something.")
+    if not 1 <= int(interval_hours) <= 24 * 366:
+        raise InvalidInput("The interval must be between 1 hour and a year.")
+    if not 1 <= int(verify_max_age_days) <= 3650:
+        raise InvalidInput("The verification age must be between 1 and 3650 days.")
+
+
+def backup_policy_update(*, actor, policy: BackupPolicy, **changes) -> BackupPolicy:
+    """Change a policy's VMs, schedule, destination, retention or switch. Audited with the
+    values before and after (only those that changed); the services check everything the
+    form did (the command line calls this too)."""
+    unknown = set(changes) - set(BackupPolicy.EDITABLE)
+    if unknown:
+        raise ValueError(f"not editable: {sorted(unknown)}")
+    with audited(actor=actor, action="backups.policy.update", target=policy, perm="backups.run",
+                 params={"name": policy.name}, atomic=True) as ev:  # fmt: skip
+        locked = BackupPolicy.objects.select_for_update().get(pk=policy.pk)
+        before = locked.settings_dict()
+        after = {**before, **changes}
+        after["vm_names"] = list(after["vm_names"] or [])
+        if after["selector"] != BackupPolicy.Selector.ZONE:
+            after["zone"] = ""
+        if after["selector"] != BackupPolicy.Selector.NAMES:
+            after["vm_names"] = []
+        keep = {k: after[k] for k in ("keep_last", "keep_daily", "keep_weekly", "keep_monthly")}
+        _check_policy(selector=after["selector"], zone=after["zone"], vm_names=after["vm_names"], keep=keep,
+                      interval_hours=after["interval_hours"],
+                      verify_max_age_days=after["verify_max_age_days"])  # fmt: skip
+        if after["destination"] != before["destination"]:
+            after["destination"] = common.validate_destination(after["destination"])
+            common.repository_for(after["destination"])  # refused now if it holds another repository
+        changed = {k for k in after if after[k] != before[k]}
+        ev.params["before"] = {k: before[k] for k in sorted(changed)}
+        ev.params["after"] = {k: after[k] for k in sorted(changed)}
+        for field in changed:
+            setattr(locked, field, after[field])
+        if changed:
+            locked.save(update_fields=sorted(changed))
+        return locked
