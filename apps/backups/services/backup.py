@@ -211,13 +211,22 @@ def _backup(run: BackupRun, progress: jobs.Progress) -> dict:
                     raise GatewayError(f"{vm.name} still runs on the overlay {overlay}: {exc.message}") from None
                 Path(overlay).unlink(missing_ok=True)
     for disk in disks:
-        disk["sha256"], disk["size"] = sums[disk["path"]]
+        disk["sha256"], disk["size"], disk["identity"] = sums[disk["path"]]
     BackupRun.objects.filter(pk=run.pk).update(
         state=BackupRun.State.SUCCEEDED, snapshot_id=summary.snapshot_id, data_added=summary.data_added,
         disks=disks, bytes_done=summary.bytes_processed, bytes_total=summary.bytes_processed,
         finished_at=timezone.now(), seconds_left=0, error="",
     )  # fmt: skip
     return {"snapshot": summary.snapshot_id, "bytes": summary.bytes_processed, "added": summary.data_added}
+
+
+def _previous_disks(run: BackupRun) -> dict[str, dict]:
+    """{path: disk entry} of the VM's last good run into the same repository (an offline one,
+    or the frozen files of a running one: both read files that no longer changed)."""
+    last = (BackupRun.objects.filter(vm_id=run.vm_id, repository_id=run.repository_id, state=BackupRun.State.SUCCEEDED,
+                                     forgotten_at__isnull=True).exclude(pk=run.pk).exclude(snapshot_id="")
+            .order_by("-finished_at", "-pk").first())  # fmt: skip
+    return {d["path"]: d for d in (last.disks if last else []) if d.get("identity")}
 
 
 def _copy(run, handle, disks, staging: Path, progress: jobs.Progress):
@@ -236,12 +245,15 @@ def _copy(run, handle, disks, staging: Path, progress: jobs.Progress):
         progress(10 + int(80 * p.percent), f"{p.bytes_done >> 20} of {p.bytes_total >> 20} MiB")
 
     paths = [d["path"] for d in disks]
+    previous = _previous_disks(run)
+    # ciphertext does not compress: restic's attempt would only cost CPU (~20% of its work)
+    compression = "off" if all(d["encrypted"] for d in disks) else settings.BACKUP_COMPRESSION
     with ThreadPoolExecutor(max_workers=1) as pool:
-        hashing = pool.map(common.sha256_file, paths)
+        hashing = pool.map(lambda p: common.checksum(p, previous.get(p)), paths)
         progress(10, f"backing up {len(paths)} disk(s) to {run.repository.path}")
         summary = common.with_stale_locks_removed(handle, lambda: restic.backup(
             handle, [*paths, str(staging)], tags=[f"vm:{run.vm_uuid}"], host=run.vm.host.name,
-            timeout=settings.BACKUP_COMMAND_TIMEOUT, on_progress=on_progress))  # fmt: skip
+            timeout=settings.BACKUP_COMMAND_TIMEOUT, on_progress=on_progress, compression=compression))  # fmt: skip
         sums = dict(zip(paths, hashing, strict=True))
     return summary, sums
 

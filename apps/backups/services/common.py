@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import time
 from pathlib import Path
 
 from django.conf import settings
@@ -19,6 +20,7 @@ from ..models import BackupRepository
 
 REPOSITORY_BINDING = "backup-repository"  # the key file's "vm" binding: this key opens a repository
 CHUNK = 4 << 20
+RACY_SECONDS = 2  # file times move in coarse clock ticks: a file changed this recently is not vouched for
 
 
 def allowed_roots() -> list[Path]:
@@ -156,3 +158,24 @@ def sha256_file(path: str) -> tuple[str, int]:
             digest.update(chunk)
             size += len(chunk)
     return digest.hexdigest(), size
+
+
+def file_identity(path: str) -> dict:
+    """What changes whenever the file's bytes can have changed (restic's own test for an
+    unchanged file, plus ctime, which no one can set back)."""
+    st = os.stat(path)
+    return {"dev": st.st_dev, "ino": st.st_ino, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+            "ctime_ns": st.st_ctime_ns}  # fmt: skip
+
+
+def checksum(path: str, previous: dict | None = None) -> tuple[str, int, dict]:
+    """(sha256, size, identity) of the file. When `previous` (a disk entry of an earlier good
+    run: sha256, size, identity) has the file's current identity, its checksum is reused
+    instead of reading the whole disk again; verification restores and re-checks it anyway."""
+    identity = file_identity(path)
+    if previous and previous.get("identity") == identity and previous.get("sha256"):
+        return previous["sha256"], int(previous["size"]), identity
+    digest, size = sha256_file(path)
+    if file_identity(path) != identity or time.time_ns() - identity["ctime_ns"] < RACY_SECONDS * 10**9:
+        identity = {}  # written while read, or so recently that a write in the same clock tick would not show
+    return digest, size, identity
