@@ -55,6 +55,11 @@ def _assignments(user) -> list[RoleAssignment]:
     return cached
 
 
+def assignments(user) -> list[RoleAssignment]:
+    """The user's role assignments (cached for the request, like every check here)."""
+    return _assignments(user)
+
+
 def forget(user) -> None:
     """Drop the per-request cache of assignments (after they change)."""
     if user is not None and hasattr(user, _CACHE_ATTR):

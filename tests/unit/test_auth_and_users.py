@@ -39,13 +39,19 @@ def test_failed_login_is_audited_without_the_password(client, operator):
 
 @override_settings(LOGIN_FAILURE_LIMIT=3)
 def test_login_is_throttled_after_repeated_failures(client, operator):
-    for _ in range(3):
-        login(client, operator.username, "nope-nope-nope")
+    """django-axes locks the user name at the third failure; the lockout is audited once,
+    and a try during it (even with the right password) is refused unchecked and audited."""
+    statuses = [login(client, operator.username, "nope-nope-nope").status_code for _ in range(3)]
+    assert statuses == [200, 200, 429]
     response = login(client, operator.username)  # even the right password is refused now
-    assert response.status_code == 200
+    assert response.status_code == 429
     assert b"Too many failed sign-ins" in response.content
     assert "_auth_user_id" not in client.session
+    assert AuditEvent.objects.filter(action="auth.login", outcome="failed").count() == 3
     assert AuditEvent.objects.filter(action="auth.login", outcome="denied").count() == 1
+    lockout = AuditEvent.objects.get(action="auth.login.lockout")
+    assert (lockout.outcome, lockout.target_name, lockout.params) == ("denied", operator.username, {"failures": 3})
+    assert Client().get(reverse("login")).status_code == 200  # the page itself stays open
 
 
 def test_disabling_a_user_ends_their_sessions(client, admin, operator):

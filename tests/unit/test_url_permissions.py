@@ -67,6 +67,12 @@ EXPECTED = {
     "accounts:assignment_add": ("accounts.manage", "POST"),
     "accounts:assignment_remove": ("accounts.manage", "POST"),
     "accounts:reauth": ("dashboard.view", "GET"),
+    # one's own two-factor sign-in: everyone signed in, like the re-authentication
+    "accounts:mfa_setup": ("dashboard.view", "GET"),
+    "accounts:mfa_confirm": ("dashboard.view", "POST"),
+    "accounts:mfa_recovery": ("dashboard.view", "POST"),
+    "accounts:mfa_verify": ("dashboard.view", "GET"),
+    "accounts:mfa_disable": ("accounts.manage", "POST"),
     "encryption:index": ("encryption.view", "GET"),
     "encryption:disk": ("encryption.view", "GET"),
     "encryption:create": ("encryption.change", "POST"),
