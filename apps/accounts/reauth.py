@@ -79,6 +79,8 @@ REAUTH_POLICY: dict[str, str | When] = {
     "backups:restore_in_place": ALWAYS,  # replaces the VM's disks (their previous files are kept)
     "backups:verify": NEVER,
     "backups:prune": ALWAYS,
+    "backups:policy_create": NEVER,  # adds backups
+    "backups:policy_update": ALWAYS,  # can move, thin out or switch off every VM's backups
     # encryption: keys, passphrases and the key store
     "encryption:create": NEVER,
     "encryption:encrypt_existing": NEVER,  # confirmed; keeps the data (header backed up first)

@@ -309,6 +309,14 @@ BACKUP_ALLOWED_ROOTS = [
 ]
 BACKUP_STAGING_DIR = Path(env("BACKUP_STAGING_DIR", str(VAR_DIR / "backup-staging")))  # domain XML, manifests
 BACKUP_CACHE_DIR = Path(env("BACKUP_CACHE_DIR", str(VAR_DIR / "backup-cache")))  # restic's local cache
+# LUKS headers and wrapped disk keys go to a restic repository of their own: this directory
+# (inside an allowed root), or, empty, "<destination>-keys" beside each destination
+BACKUP_KEYS_DESTINATION = env("BACKUP_KEYS_DESTINATION", "")
+# restic's compression of disk data: auto (zstd fastest), off (~20% less CPU per byte, bigger
+# repository for compressible disks; right for images of encrypted disks), max
+BACKUP_COMPRESSION = env("BACKUP_COMPRESSION", "auto")
+if BACKUP_COMPRESSION not in ("auto", "off", "max"):
+    raise ImproperlyConfigured(f"BACKUP_COMPRESSION must be auto, off or max, not {BACKUP_COMPRESSION!r}")
 BACKUP_COMMAND_TIMEOUT = env_int("BACKUP_COMMAND_TIMEOUT", 6 * 3600)  # one restic backup/restore/check
 BACKUP_DUE_CHECK_INTERVAL = env_int("BACKUP_DUE_CHECK_INTERVAL", 300)  # seconds between looks at the policies
 BACKUP_VERIFY_MAX_AGE_DAYS = env_int("BACKUP_VERIFY_MAX_AGE_DAYS", 7)  # older verifications are flagged

@@ -42,6 +42,8 @@ EXPECTED = {
     "backups:restore_in_place": ("backups.run", "POST"),
     "backups:verify": ("backups.run", "POST"),
     "backups:prune": ("backups.run", "POST"),
+    "backups:policy_create": ("backups.run", "POST"),
+    "backups:policy_update": ("backups.run", "POST"),
     "network:zone_create": ("network.zones", "POST"),
     "network:zone": ("network.view", "GET"),
     "network:zone_edit": ("network.zones", "POST"),
