@@ -18,8 +18,8 @@ class Host(models.Model):
     collected_at = models.DateTimeField(null=True, blank=True, help_text="last complete read of the host")
     unreachable_since = models.DateTimeField(null=True, blank=True, help_text="set while the host cannot be read")
     collect_error = models.CharField(max_length=500, blank=True)
-    # libvirt's security drivers on this host (capabilities' <secmodel>: apparmor, selinux,
-    # dac, none), read by the collector with each bulk read: shown on the host and VM pages
+    # libvirt's security drivers on this host (capabilities' <secmodel> model names: apparmor,
+    # selinux, dac, none), read by the collector with each bulk read: shown on host and VM pages
     security_models = models.JSONField(default=list, blank=True)
 
     class Meta:
@@ -35,15 +35,15 @@ class Host(models.Model):
     def lsm_model(self) -> str:
         """The host's mandatory access control driver for QEMU ("apparmor", "selinux"), or ""
         when libvirt confines guests by DAC (uid/gid) only, or not read yet."""
-        for m in self.security_models or []:
-            if m.get("model") in ("apparmor", "selinux"):
-                return m["model"]
+        for model in self.security_models or []:
+            if model in ("apparmor", "selinux"):
+                return model
         return ""
 
     @property
     def confinement(self) -> tuple[str, str]:
         """("good" | "bad" | "unknown", a sentence): what this host confines QEMU with."""
-        models = [m.get("model", "") for m in self.security_models or []]
+        models = list(self.security_models or [])
         if not models:
             return "unknown", "Not read yet: the state collector reads libvirt's security drivers with each bulk read."
         names = {"apparmor": "AppArmor", "selinux": "SELinux"}

@@ -28,14 +28,14 @@ class SecurityItem:
         return self.status == GOOD
 
 
-def host_confinement(security_models: list[dict] | None) -> tuple[str, str]:
+def host_confinement(security_models: list[str] | None) -> tuple[str, str]:
     """(status, sentence) about what the host can confine QEMU with (Host.confinement)."""
     from apps.core.models import Host
 
     return Host(security_models=security_models or []).confinement
 
 
-def _confinement(facts: dict, security_models: list[dict] | None) -> SecurityItem:
+def _confinement(facts: dict, security_models: list[str] | None) -> SecurityItem:
     host_status, host_line = host_confinement(security_models)
     labels = facts.get("seclabels") or []
     if not facts.get("running"):
@@ -61,7 +61,7 @@ def _confinement(facts: dict, security_models: list[dict] | None) -> SecurityIte
     return SecurityItem("confinement", "Confinement", BAD, value, why)
 
 
-def summary_items(facts: dict, *, security_models: list[dict] | None, encrypted_targets: set[str],
+def summary_items(facts: dict, *, security_models: list[str] | None, encrypted_targets: set[str],
                   zone: str, zone_kind: str, zone_problem: str) -> list[SecurityItem]:  # fmt: skip
     """The summary from plain values: `facts` as domain_security_parse returns them."""
     if not facts:

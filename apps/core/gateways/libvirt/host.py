@@ -51,11 +51,14 @@ def host_qemu_identity(uri: str) -> tuple[int, int] | None:
     return connection.call(uri, "capabilities", _identity)
 
 
-def host_security_models(uri: str) -> list[dict]:
-    """The security drivers libvirt confines guests with on this host, from its capabilities'
-    `<secmodel>` elements (e.g. [{"model": "apparmor", ...}, {"model": "dac", ...}]; a host
-    without AppArmor or SELinux reports "none" and "dac")."""
-    return connection.call(uri, "capabilities", lambda conn: host_secmodels_parse(conn.getCapabilities()))
+def host_security_models(uri: str) -> list[str]:
+    """The security drivers libvirt uses for QEMU on this host (its capabilities' secmodel:
+    e.g. ["apparmor", "dac"], ["selinux", "dac"], or ["none", "dac"] with no LSM)."""
+
+    def _models(conn):
+        return [m["model"] for m in host_secmodels_parse(conn.getCapabilities())]
+
+    return connection.call(uri, "capabilities", _models)
 
 
 def _pool_head(pool) -> tuple[tuple, list]:
