@@ -19,11 +19,16 @@ from .models import Role, RoleAssignment, Scope
 VIEW_PERMISSIONS = frozenset(
     {"dashboard.view", "vms.view", "storage.view", "network.view", "encryption.view", "jobs.view", "backups.view"}
 )
+# vms.create / vms.change / vms.delete: new VMs from profiles, their resources and limits, delete
 OPERATE_PERMISSIONS = frozenset(
-    {"vms.operate", "vms.snapshot", "storage.change", "encryption.change", "network.change", "backups.run"}
+    {"vms.operate", "vms.snapshot", "storage.change", "encryption.change", "network.change", "backups.run",
+     "vms.create", "vms.change", "vms.delete"}
 )
 AUDIT_PERMISSIONS = frozenset({"audit.view", "access_review.view"})
-ADMIN_PERMISSIONS = frozenset({"accounts.manage", "storage.settings", "security.manage", "network.zones"})
+# profiles.change: edit and import VM profiles
+ADMIN_PERMISSIONS = frozenset(
+    {"accounts.manage", "storage.settings", "security.manage", "network.zones", "profiles.change"}
+)
 # monitoring.view: the host security posture page (operators and auditors read it too)
 MONITORING_PERMISSIONS = frozenset({"monitoring.view"})
 # encryption.keys: unseal the key store, export key escrow, rotate the KEK (admins only)

@@ -157,7 +157,13 @@ def _lookup(user, host_name: str, vm_name: str, *, system: bool) -> VirtualMachi
 
 def vm_detail(*, actor, vm: VirtualMachine) -> tuple[gw.DomainInfo, list[gw.SnapshotInfo]]:
     authorize(actor, "vms.view", vm, action="vms.vm.view")
-    return gw.domain_get(vm.host.uri, vm.name), gw.snapshot_list(vm.host.uri, vm.name)
+    try:
+        return gw.domain_get(vm.host.uri, vm.name), gw.snapshot_list(vm.host.uri, vm.name)
+    except NotFound:
+        if vm.last_state != "creating":
+            raise
+        # a VM being created (apps/profiles): its row exists before libvirt defines it
+        return gw.DomainInfo(str(vm.uuid), vm.name, "creating", vm.vcpus, vm.memory_kib), []
 
 
 def vm_lifecycle(*, actor, vm: VirtualMachine, action: str, confirmed: bool = False) -> Job:

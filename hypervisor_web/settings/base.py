@@ -63,6 +63,7 @@ INSTALLED_APPS = [
     "apps.encryption",
     "apps.backups",
     "apps.monitoring",
+    "apps.profiles",
 ]
 
 MIDDLEWARE = [
@@ -330,3 +331,8 @@ CELERY_BEAT_SCHEDULE["firewall-check"] = {
     "task": "apps.network.tasks.firewall_check",
     "schedule": float(FIREWALL_CHECK_INTERVAL),
 }
+
+# VM creation (apps/profiles): the domain type of secure-boot guests. Empty: kvm where
+# /dev/kvm exists. A KVM without SMM (nested, as on CI machines) cannot run secure boot:
+# set "qemu" (TCG) there.
+VMS_SECURE_BOOT_DOMAIN_TYPE = env("VMS_SECURE_BOOT_DOMAIN_TYPE", "")
