@@ -52,6 +52,11 @@ def new_vm_space_check(host: Host, vm_name: str, pools: dict[str, tuple[gw.PoolI
     """A VM about to be created: its disks (grow bytes provisioned, allocation bytes written
     now, per pool) against the default quota (a new VM has no quota of its own), then each
     pool's overcommit ratio, reserve and free space. Nothing exists yet when it refuses."""
+    for pool, grow, _allocation in pools.values():
+        if pool.capacity and grow > pool.capacity:
+            raise InvalidInput(
+                f"{fmt_bytes(grow)} of disks is beyond pool {pool.name}'s size of {fmt_bytes(pool.capacity)}."
+            )
     defaults = defaults_read()
     quota = effective_quota(None, defaults)
     provisioned = sum(grow for _pool, grow, _alloc in pools.values())
@@ -61,10 +66,6 @@ def new_vm_space_check(host: Host, vm_name: str, pools: dict[str, tuple[gw.PoolI
             f"over the default quota of {fmt_bytes(quota.limit_bytes)}. Choose smaller disks."
         )
     for pool, grow, allocation in pools.values():
-        if pool.capacity and grow > pool.capacity:
-            raise InvalidInput(
-                f"A disk of {fmt_bytes(grow)} is beyond pool {pool.name}'s size of {fmt_bytes(pool.capacity)}."
-            )
         _pool_check(host, pool, grow, allocation, defaults)
 
 

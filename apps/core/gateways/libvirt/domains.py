@@ -286,16 +286,18 @@ def domain_set_limits(
     def _set(conn):
         dom = conn.lookupByName(name)
         live = bool(dom.isActive())
-        flags = libvirt.VIR_DOMAIN_AFFECT_CONFIG | (libvirt.VIR_DOMAIN_AFFECT_LIVE if live else 0)
-        if cpu_quota_us is not None:
-            params = {"vcpu_quota": int(cpu_quota_us)}
-            if cpu_period_us:
-                params["vcpu_period"] = int(cpu_period_us)
-            dom.setSchedulerParametersFlags(params, flags)
-        if memory_hard_limit_kib is not None:
-            dom.setMemoryParameters({"hard_limit": int(memory_hard_limit_kib)}, flags)
-        for target, (bytes_sec, iops_sec) in (iotune or {}).items():
-            dom.setBlockIoTune(target, {"total_bytes_sec": int(bytes_sec), "total_iops_sec": int(iops_sec)}, flags)
+        # one call per side: some of these refuse LIVE|CONFIG together
+        for flags in ([libvirt.VIR_DOMAIN_AFFECT_LIVE] if live else []) + [libvirt.VIR_DOMAIN_AFFECT_CONFIG]:
+            if cpu_quota_us is not None:
+                params = {"vcpu_quota": int(cpu_quota_us)}
+                if cpu_period_us:
+                    params["vcpu_period"] = int(cpu_period_us)
+                dom.setSchedulerParametersFlags(params, flags)
+            if memory_hard_limit_kib is not None:
+                dom.setMemoryParameters({"hard_limit": int(memory_hard_limit_kib)}, flags)
+            for target, (bytes_sec, iops_sec) in (iotune or {}).items():
+                tune = {"total_bytes_sec": int(bytes_sec), "total_iops_sec": int(iops_sec)}
+                dom.setBlockIoTune(target, tune, flags)
         return live
 
     return connection.call(uri, name, _set)
