@@ -237,6 +237,14 @@ def test_the_pages_follow_the_roles_and_scopes(db, client, host, personas, make_
     bad = client.post(url, {**form, "name": unique("page"), "overrides": '{"vcpus": 2'})
     assert bad.status_code == 400 and b"not valid JSON" in bad.content
 
+    resources = reverse("profiles:vm_resources", args=[host.name, vm.name])
+    refused = client.post(resources, {"vcpus": 0, "memory_mb": 8})
+    assert refused.status_code == 400 and b"Memory (MiB)" in refused.content
+    assert AuditEvent.objects.filter(action="vms.vm.resources", outcome="failed").exists()
+    client.force_login(personas["viewer"])
+    assert client.post(resources, {"vcpus": 1, "memory_mb": 64}).status_code == 403
+    client.force_login(personas["operator"])
+
     delete = reverse("profiles:vm_delete", args=[host.name, vm.name])
     assert client.post(delete, {"confirm_name": vm.name}).status_code == 302  # to re-authenticate
     assert not Job.objects.filter(kind="vms.vm.delete").exists()
