@@ -94,7 +94,8 @@ def inventory_sync(host: Host, domains: list[gw.DomainInfo] | None = None) -> Sy
         (vm.name, vm.last_state, vm.vcpus, vm.memory_kib, vm.present, vm.disk_capacity, vm.disk_allocation) = live
         vm.last_seen = now
     seen = {d.uuid for d in domains}
-    gone = [vm for uuid, vm in existing.items() if uuid not in seen and vm.present]
+    # a VM being created (apps/profiles) has its row before libvirt defines it: not gone
+    gone = [vm for uuid, vm in existing.items() if uuid not in seen and vm.present and vm.last_state != "creating"]
     for vm in gone:
         vm.present = False
     if gone or to_update or to_create:

@@ -111,6 +111,9 @@ def test_hardened_vm_boots_with_secure_boot_vtpm_limits_then_changes_and_is_dele
     assert job.state == "succeeded", job.error
     vm.refresh_from_db()
     assert vm.last_state == "running"
+    outcomes = set(AuditEvent.objects.filter(target_id=str(vm.pk)).values_list("action", "outcome"))
+    assert {("vms.vm.create", "requested"), ("vms.vm.create", "success"), ("encryption.disk.create", "success"),
+            ("vms.vm.created", "success")} <= outcomes  # fmt: skip
 
     live = ET.fromstring(gw.domain_xml_live(libvirt_uri, name))  # noqa: S314 (libvirt's own XML)
     os_el = live.find("os")
@@ -232,6 +235,10 @@ def test_the_pages_follow_the_roles_and_scopes(db, client, host, personas, make_
     vm = VirtualMachine.objects.get(name=form["name"])
     assert response.url.startswith(reverse("vms:detail", args=[host.name, vm.name]))
     assert vm.origin.spec["vcpus"] == 2 and vm.last_state == "creating"
+    from apps.vms.services import inventory_sync
+
+    inventory_sync(host)  # the collector reads the host before the job defines the domain
+    assert VirtualMachine.objects.get(pk=vm.pk).present
     page = client.get(reverse("vms:detail", args=[host.name, vm.name]))
     assert page.status_code == 200 and b"creating" in page.content
     bad = client.post(url, {**form, "name": unique("page"), "overrides": '{"vcpus": 2'})
