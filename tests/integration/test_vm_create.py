@@ -173,9 +173,19 @@ def test_a_failure_part_way_removes_what_was_created(
     def start_fails(uri, vm_name):  # a stand-in for a start that fails (e.g. the host is out of memory)
         raise GatewayError("simulated start failure")
 
+    defined = []
+    real_define = gw.domain_define
+    monkeypatch.setattr(gw, "domain_define", lambda uri, xml: defined.append(xml) or real_define(uri, xml))
     monkeypatch.setattr(gw, "domain_start", start_fails)
-    job = run(provision.vm_create(actor=operator, host=host, name=name, profile=profile("minimal"), pool=test_pool))
-    assert job.state == "failed" and "simulated start failure" in job.error
+    iso = gw.volume_ensure_raw(libvirt_uri, test_pool, f"{unique('iso')}.iso", 1 << 20)  # a pool volume: accepted
+    try:
+        job = run(provision.vm_create(actor=operator, host=host, name=name, profile=profile("minimal"),
+                                      pool=test_pool, iso=iso.path))  # fmt: skip
+        assert job.state == "failed" and "simulated start failure" in job.error
+        assert f"<source file=\"{iso.path}\"" in defined[0] and '<boot dev="cdrom"' in defined[0]
+        assert gw.volume_find(libvirt_uri, test_pool, iso.name) is not None  # not the job's to remove
+    finally:
+        gw.volume_delete_if_exists(libvirt_uri, test_pool, iso.name)
     with pytest.raises(NotFound):
         gw.domain_get(libvirt_uri, name)
     assert not [v for v in gw.pool_get(libvirt_uri, test_pool).volumes if v.name.startswith(f"{name}-")]
@@ -289,3 +299,20 @@ def test_profiles_are_versioned_admin_edited_and_round_trip_as_json(db, client, 
     assert imported.spec == {k: v for k, v in json.loads(exported).items() if k not in ("name", "description")}
     unknown = client.post(reverse("profiles:import"), {"document": json.dumps({**copy, "secure": True})})
     assert unknown.status_code == 400 and b"unknown key" in unknown.content
+
+
+def test_delete_without_disks_keeps_them(transactional_db, jobs_run_here, host, operator, make_domain, libvirt_uri,
+                                         test_pool):  # fmt: skip
+    from apps.vms.services import inventory_sync
+
+    name = make_domain(running=False)
+    inventory_sync(host)
+    vm = VirtualMachine.objects.get(host=host, name=name)
+    job = run(provision.vm_delete(actor=operator, vm=vm, confirm_name=name, with_disks=False))
+    assert job.state == "succeeded", job.error
+    assert job.result["deleted_disks"] == []
+    with pytest.raises(NotFound):
+        gw.domain_get(libvirt_uri, name)
+    assert gw.volume_find(libvirt_uri, test_pool, f"{name}.qcow2") is not None
+    gw.volume_delete_if_exists(libvirt_uri, test_pool, f"{name}.qcow2")
+    assert AuditEvent.objects.filter(action="vms.vm.delete", outcome="success", target_id=str(vm.pk)).exists()
