@@ -26,8 +26,10 @@ OPERATE_PERMISSIONS = frozenset(
 )
 AUDIT_PERMISSIONS = frozenset({"audit.view", "access_review.view"})
 # profiles.change: edit and import VM profiles
+# access_review.manage: run review campaigns (decide, close: revocations are applied)
 ADMIN_PERMISSIONS = frozenset(
-    {"accounts.manage", "storage.settings", "security.manage", "network.zones", "profiles.change"}
+    {"accounts.manage", "storage.settings", "security.manage", "network.zones", "profiles.change",
+     "access_review.manage"}
 )
 # monitoring.view: the host security posture page (operators and auditors read it too)
 MONITORING_PERMISSIONS = frozenset({"monitoring.view"})
@@ -58,6 +60,11 @@ def _assignments(user) -> list[RoleAssignment]:
         cached = list(assignments.only("role", "scope", "host_id", "zone", "vm_id"))
         setattr(user, _CACHE_ATTR, cached)
     return cached
+
+
+def assignments(user) -> list[RoleAssignment]:
+    """The user's role assignments (cached for the request, like every check here)."""
+    return _assignments(user)
 
 
 def forget(user) -> None:
