@@ -64,6 +64,11 @@ REAUTH_POLICY: dict[str, str | When] = {
     "vms:action": When("action", "force_off"),  # start, shutdown, suspend, resume: NEVER
     "vms:snapshot_create": NEVER,
     "vms:snapshot_delete": ALWAYS,
+    "profiles:save": NEVER,
+    "profiles:import": NEVER,
+    "profiles:vm_create": NEVER,
+    "profiles:vm_resources": NEVER,
+    "profiles:vm_delete": ALWAYS,  # destroys a VM, and its disks when asked
     # storage: a deleted volume is gone; quotas, limits and resizes (growth only) are reversible
     "storage:alert_ack": NEVER,
     "storage:settings_save": NEVER,

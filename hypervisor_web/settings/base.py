@@ -67,6 +67,7 @@ INSTALLED_APPS = [
     "apps.encryption",
     "apps.backups",
     "apps.monitoring",
+    "apps.profiles",
     "apps.reviews",
 ]
 
@@ -384,3 +385,8 @@ CELERY_BEAT_SCHEDULE["reviews-disable-dormant"] = {
     "task": "apps.reviews.tasks.dormant_accounts_disable",
     "schedule": 3600.0,
 }
+
+# VM creation (apps/profiles): the domain type of secure-boot guests. Empty: kvm where
+# /dev/kvm exists. A KVM without SMM (nested, as on CI machines) cannot run secure boot:
+# set "qemu" (TCG) there.
+VMS_SECURE_BOOT_DOMAIN_TYPE = env("VMS_SECURE_BOOT_DOMAIN_TYPE", "")

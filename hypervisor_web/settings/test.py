@@ -61,3 +61,6 @@ ENCRYPTION_HOOK_EXTRA_ENV = {"PORTAL_USE_TEST_DB": "1", "PORTAL_TEST_RUN": TEST_
 BACKUP_ALLOWED_ROOTS = [IMAGE_DIR / "backups"]
 BACKUP_STAGING_DIR = VAR_DIR / "test-backups" / TEST_RUN / "staging"  # noqa: F405
 BACKUP_CACHE_DIR = VAR_DIR / "test-backups" / TEST_RUN / "cache"  # noqa: F405
+
+# This machine's nested KVM has no SMM: secure-boot guests run under TCG here
+VMS_SECURE_BOOT_DOMAIN_TYPE = env("VMS_SECURE_BOOT_DOMAIN_TYPE") or "qemu"  # noqa: F405
