@@ -99,6 +99,14 @@ def _image_dir_removed_at_the_end():
         shutil.rmtree(settings.IMAGE_DIR, ignore_errors=True)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _audit_chain_key_removed_at_the_end():
+    """This run's audit chain key (settings.AUDIT_CHAIN_KEY_PATH, test-audit/<run>/) goes with the run."""
+    yield
+    if settings.AUDIT_CHAIN_KEY_PATH.parent.parent.name == "test-audit":
+        shutil.rmtree(settings.AUDIT_CHAIN_KEY_PATH.parent, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def libvirt_uri():
     uri = settings.LIBVIRT_URI

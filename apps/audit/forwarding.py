@@ -106,7 +106,8 @@ def forward_pending(*, max_batches: int | None = None) -> dict:
         while max_batches is None or batches < max_batches:
             with transaction.atomic():
                 cursor = AuditForwardCursor.objects.select_for_update().get(id=1)
-                events = list(AuditEvent.objects.filter(id__gt=cursor.forwarded_id).order_by("id")[: settings.AUDIT_SYSLOG_BATCH])
+                pending = AuditEvent.objects.filter(id__gt=cursor.forwarded_id).order_by("id")
+                events = list(pending[: settings.AUDIT_SYSLOG_BATCH])
                 cursor.last_attempt_at = timezone.now()
                 if not events:
                     cursor.save(update_fields=["last_attempt_at"])
