@@ -226,3 +226,17 @@ def test_a_broken_unkeyed_chain_is_not_rekeyed(operator):
     with pytest.raises(RuntimeError, match=f"event #{events[2].pk}"):
         chain.rekey_legacy(AuditEvent, AuditChainHead, connection)
     assert not hmac.compare_digest(AuditEvent.objects.get(pk=events[3].pk).hash, events[3].hash)
+
+
+def test_beat_runs_the_verification_and_the_forwarding_tasks(operator, settings):
+    from django.utils.module_loading import import_string
+
+    schedule = settings.CELERY_BEAT_SCHEDULE
+    assert schedule["audit-chain-verify"]["schedule"] == float(settings.AUDIT_VERIFY_INTERVAL)
+    assert schedule["audit-forward"]["schedule"] == float(settings.AUDIT_SYSLOG_INTERVAL)
+    make_events(operator, 2)
+    verify = import_string(schedule["audit-chain-verify"]["task"])
+    assert verify.apply().get() is True  # the task body, run here
+    assert AuditChainCheckpoint.objects.get(id=1).checked == 2
+    settings.AUDIT_SYSLOG_HOST = ""
+    assert import_string(schedule["audit-forward"]["task"]).apply().get()["enabled"] is False
