@@ -3,6 +3,7 @@ clean-up, and a real Celery worker on the real Redis."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -105,6 +106,8 @@ def _audit_chain_key_removed_at_the_end():
     yield
     if settings.AUDIT_CHAIN_KEY_PATH.parent.parent.name == "test-audit":
         shutil.rmtree(settings.AUDIT_CHAIN_KEY_PATH.parent, ignore_errors=True)
+        with contextlib.suppress(OSError):  # the last run's: test-audit/ itself
+            settings.AUDIT_CHAIN_KEY_PATH.parent.parent.rmdir()
 
 
 @pytest.fixture(scope="session")
