@@ -58,10 +58,11 @@ def key_path() -> Path:
     return Path(settings.AUDIT_CHAIN_KEY_PATH)
 
 
-def chain_key(*, may_create: bool = False) -> bytes:
+def chain_key(*, may_create=False) -> bytes:
     """The chain key, read once per process. A missing key is created only when
     `may_create` (the log is empty, or the re-key migration): a key that vanished under an
-    existing log must be restored, not silently replaced."""
+    existing log must be restored, not silently replaced. `may_create` may be a callable,
+    asked only when the file is missing."""
     from apps.encryption.keystore import read_private_file, write_private_file
 
     path = key_path()
@@ -69,7 +70,7 @@ def chain_key(*, may_create: bool = False) -> bytes:
     if cached is not None:
         return cached
     if not path.exists():
-        if not may_create:
+        if not (may_create() if callable(may_create) else may_create):
             raise ChainKeyMissing(
                 f"The audit chain key {path} is missing while the audit log holds events: restore it from the "
                 "backup of the key store. Without it no event can be written or verified."
@@ -84,6 +85,12 @@ def chain_key(*, may_create: bool = False) -> bytes:
         raise ChainKeyMissing(f"The audit chain key {path} is not {KEY_BYTES} bytes long: refusing to use it.")
     _key_cache[str(path)] = key
     return key
+
+
+def _log_is_empty() -> bool:
+    from .models import AuditEvent
+
+    return not AuditEvent.objects.exists()
 
 
 def _subkey(purpose: bytes) -> bytes:
@@ -151,7 +158,7 @@ def walk(after_id: int = 0, prev_hash: str = GENESIS, *, key: bytes | None = Non
     """Check every link after `after_id` (whose hash is `prev_hash`), in id order."""
     from .models import AuditEvent
 
-    key = key if key is not None else chain_key(may_create=after_id == 0)
+    key = key if key is not None else chain_key(may_create=_log_is_empty)
     result = Verification(checked=0, last_id=after_id, last_hash=prev_hash)
     prev = prev_hash
     for row in rows_after(AuditEvent, after_id):
@@ -215,7 +222,7 @@ def verify_incremental() -> tuple[Verification, dict]:
             start_id, start_hash, before = cp.last_id, cp.last_hash, cp.checked
         else:
             info["checkpoint"] = "signature does not match: verified again from the first event"
-    key = chain_key(may_create=start_id == 0)
+    key = chain_key(may_create=_log_is_empty)
     result: Verification
     if start_id and not AuditEvent.objects.filter(id=start_id, hash=start_hash).exists():
         result = Verification(
@@ -437,14 +444,3 @@ class _triggers_lifted:
             for _, text in self.sqlite:
                 cur.execute(text)
         return False
-
-
-# ------------------------------------------------------------------ the page
-
-
-def status() -> dict:
-    """What the audit page shows: the last verification, the anchor, the SIEM backlog."""
-    from .models import AuditChainCheckpoint
-
-    cp = AuditChainCheckpoint.objects.filter(id=1).first()
-    return {"checkpoint": cp}

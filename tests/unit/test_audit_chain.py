@@ -77,6 +77,10 @@ def test_the_key_lives_outside_the_database_as_a_private_file(operator, settings
     settings.AUDIT_CHAIN_KEY_PATH = tmp_path / "audit" / "chain.key"
     with pytest.raises(chain.ChainKeyMissing, match="restore it"):
         record(actor=operator, action="test.thing.do", outcome="success")
+    with pytest.raises(chain.ChainKeyMissing):
+        verify_chain()
+    with pytest.raises(chain.ChainKeyMissing):
+        chain.verify_incremental()
     assert not settings.AUDIT_CHAIN_KEY_PATH.exists()
 
 
