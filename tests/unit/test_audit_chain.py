@@ -244,3 +244,4 @@ def test_beat_runs_the_verification_and_the_forwarding_tasks(operator, settings)
     assert AuditChainCheckpoint.objects.get(id=1).checked == 2
     settings.AUDIT_SYSLOG_HOST = ""
     assert import_string(schedule["audit-forward"]["task"]).apply().get()["enabled"] is False
+
