@@ -17,6 +17,7 @@ urlpatterns = [
     path("encryption/", include("apps.encryption.urls")),
     path("backups/", include("apps.backups.urls")),
     path("audit/", include("apps.audit.urls")),
+    path("access/", include("apps.reviews.urls")),
     path("users/", include("apps.accounts.urls")),
     path("security/", include("apps.monitoring.urls")),
     path("metrics", monitoring_views.metrics, name="metrics"),

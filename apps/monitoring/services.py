@@ -186,11 +186,17 @@ def _notify(report: PostureReport, alert: MonitoringAlert, state: str) -> None:
 
 
 def posture_check(*, checks: list[posture.Check] | None = None) -> PostureReport:
-    """Run the checklist on this machine and store it (beat, as the system)."""
+    """Run the checklist for every host and store it (beat, as the system); the report of
+    the portal's own host is returned. The worker's machine is read for the hosts on it;
+    another machine's checks are read over libvirt where it reports them, and otherwise
+    say "not checked: remote host", never this machine's result."""
     host = posture_host()
     if host is None:
         raise NotFound(f"No host named {settings.DEFAULT_HOST_NAME!r}: add it before checking its posture.")
-    return posture_store(host, posture.evaluate(checks))
+    report = posture_store(host, posture.evaluate(checks, host=host))
+    for other in Host.objects.exclude(pk=host.pk):
+        posture_store(other, posture.evaluate(checks, host=other))
+    return report
 
 
 def _host_job(actor, kind: str, params: dict | None = None) -> Job:
@@ -242,7 +248,10 @@ def _run_lynis_job(job: Job, progress: jobs.Progress) -> dict:
 def _run_posture_job(job: Job, progress: jobs.Progress) -> dict:
     authorize(jobs.job_actor(job), "security.manage", job.host, action=POSTURE_JOB)
     progress(10, "checking the host")
-    report = posture_store(job.host, posture.evaluate())
+    report = posture_store(job.host, posture.evaluate(host=job.host))
+    for index, other in enumerate(Host.objects.exclude(pk=job.host_id)):
+        progress(50, f"checking host {other.name} (#{index + 2})")
+        posture_store(other, posture.evaluate(host=other))
     return {"counts": report.counts, "changed": len(report.changed), "raised": report.raised}
 
 

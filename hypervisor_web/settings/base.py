@@ -54,6 +54,10 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django_htmx",
     "template_partials",
+    "django_otp",
+    "django_otp.plugins.otp_totp",
+    "django_otp.plugins.otp_static",
+    "axes",
     "apps.core",
     "apps.accounts",
     "apps.audit",
@@ -63,6 +67,7 @@ INSTALLED_APPS = [
     "apps.encryption",
     "apps.backups",
     "apps.monitoring",
+    "apps.reviews",
 ]
 
 MIDDLEWARE = [
@@ -72,13 +77,17 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django_otp.middleware.OTPMiddleware",
     "django.contrib.auth.middleware.LoginRequiredMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
+    "apps.accounts.mfa.SecondFactorMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
     "apps.audit.middleware.RequestContextMiddleware",
+    "apps.accounts.sessions.SessionEpochMiddleware",  # after the request context: refusals audited with the address
     "apps.core.middleware.ContentSecurityPolicyMiddleware",
     "apps.core.middleware.PortalErrorMiddleware",
+    "axes.middleware.AxesMiddleware",  # last: turns a locked-out sign-in into the lockout page
 ]
 
 ROOT_URLCONF = "hypervisor_web.urls"
@@ -144,6 +153,34 @@ LOGIN_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5)
 LOGIN_FAILURE_WINDOW = env_int("LOGIN_FAILURE_WINDOW", 900)
 REAUTH_MAX_AGE = env_int("REAUTH_MAX_AGE", 600)
 REAUTH_FAILURE_LIMIT = env_int("REAUTH_FAILURE_LIMIT", 5)  # counted apart from sign-ins
+
+# Sign-in throttling: django-axes, by user name, in the cache (Redis), for LOGIN_FAILURE_WINDOW
+# after LOGIN_FAILURE_LIMIT failures; every lockout is audited (apps.audit.auth_events).
+# `manage.py axes_reset_username NAME` lifts a lockout early.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_HANDLER = "axes.handlers.cache.AxesCacheHandler"
+AXES_FAILURE_LIMIT = "apps.accounts.throttle.login_failure_limit"  # reads LOGIN_FAILURE_LIMIT
+AXES_COOLOFF_TIME = "apps.accounts.throttle.login_cool_off"  # reads LOGIN_FAILURE_WINDOW
+# By user name only: the address the portal sees is REMOTE_ADDR (a client's X-Forwarded-For
+# is not trusted), which behind the TLS proxy is the proxy's for everyone, so locking an
+# address would lock every user out at once (axes.W006 warns of this choice).
+AXES_LOCKOUT_PARAMETERS = ["username"]
+SILENCED_SYSTEM_CHECKS = ["axes.W006"]
+AXES_CLIENT_IP_CALLABLE = "apps.audit.middleware.client_ip"  # the address the audit log shows
+AXES_LOCKOUT_CALLABLE = "apps.accounts.views.locked_out"
+AXES_RESET_ON_SUCCESS = True
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False  # a try while locked out is refused, not counted
+AXES_VERBOSE = False
+
+# Two-factor sign-in (TOTP, apps.accounts.mfa): always for these roles; for everyone with
+# MFA_REQUIRED_FOR_ALL. A user who has enrolled is always asked for the code.
+MFA_REQUIRED_ROLES = ("admin",)
+MFA_REQUIRED_FOR_ALL = env_bool("MFA_REQUIRED_FOR_ALL", False)
+OTP_TOTP_ISSUER = env("OTP_TOTP_ISSUER", "Hypervisor portal")
+MFA_RECOVERY_CODES = 10
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
@@ -272,6 +309,14 @@ BACKUP_ALLOWED_ROOTS = [
 ]
 BACKUP_STAGING_DIR = Path(env("BACKUP_STAGING_DIR", str(VAR_DIR / "backup-staging")))  # domain XML, manifests
 BACKUP_CACHE_DIR = Path(env("BACKUP_CACHE_DIR", str(VAR_DIR / "backup-cache")))  # restic's local cache
+# LUKS headers and wrapped disk keys go to a restic repository of their own: this directory
+# (inside an allowed root), or, empty, "<destination>-keys" beside each destination
+BACKUP_KEYS_DESTINATION = env("BACKUP_KEYS_DESTINATION", "")
+# restic's compression of disk data: auto (zstd fastest), off (~20% less CPU per byte, bigger
+# repository for compressible disks; right for images of encrypted disks), max
+BACKUP_COMPRESSION = env("BACKUP_COMPRESSION", "auto")
+if BACKUP_COMPRESSION not in ("auto", "off", "max"):
+    raise ImproperlyConfigured(f"BACKUP_COMPRESSION must be auto, off or max, not {BACKUP_COMPRESSION!r}")
 BACKUP_COMMAND_TIMEOUT = env_int("BACKUP_COMMAND_TIMEOUT", 6 * 3600)  # one restic backup/restore/check
 BACKUP_DUE_CHECK_INTERVAL = env_int("BACKUP_DUE_CHECK_INTERVAL", 300)  # seconds between looks at the policies
 BACKUP_VERIFY_MAX_AGE_DAYS = env_int("BACKUP_VERIFY_MAX_AGE_DAYS", 7)  # older verifications are flagged
@@ -349,4 +394,13 @@ FIREWALL_CHECK_INTERVAL = env_int("FIREWALL_CHECK_INTERVAL", 60)  # seconds betw
 CELERY_BEAT_SCHEDULE["firewall-check"] = {
     "task": "apps.network.tasks.firewall_check",
     "schedule": float(FIREWALL_CHECK_INTERVAL),
+}
+
+# Access reviews (apps.reviews)
+ACCESS_REVIEW_DORMANT_DAYS = env_int("ACCESS_REVIEW_DORMANT_DAYS", 90)  # no sign-in this long: flagged dormant
+ACCESS_REVIEW_DENIAL_THRESHOLD = env_int("ACCESS_REVIEW_DENIAL_THRESHOLD", 5)  # denials before "many denials"
+ACCESS_DISABLE_DORMANT_DAYS = env_int("ACCESS_DISABLE_DORMANT_DAYS", 0)  # >0: beat disables accounts dormant this long
+CELERY_BEAT_SCHEDULE["reviews-disable-dormant"] = {
+    "task": "apps.reviews.tasks.dormant_accounts_disable",
+    "schedule": 3600.0,
 }

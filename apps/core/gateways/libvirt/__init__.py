@@ -73,7 +73,7 @@ from .domains import (
     domain_xml_live,
 )
 from .events import DomainEvent, DomainWatch, domain_watch
-from .host import StorageSnapshot, host_qemu_identity, host_storage_snapshot, host_version
+from .host import StorageSnapshot, host_qemu_identity, host_security_models, host_storage_snapshot, host_version
 from .networks import (
     NetworkInfo,
     network_ensure_isolated,
@@ -166,6 +166,7 @@ __all__ = [
     "domain_xml_defined",
     "domain_xml_live",
     "host_qemu_identity",
+    "host_security_models",
     "host_storage_snapshot",
     "host_version",
     "network_ensure_isolated",

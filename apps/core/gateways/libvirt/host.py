@@ -50,6 +50,17 @@ def host_qemu_identity(uri: str) -> tuple[int, int] | None:
     return connection.call(uri, "capabilities", _identity)
 
 
+def host_security_models(uri: str) -> list[str]:
+    """The security drivers libvirt uses for QEMU on this host (its capabilities' secmodel:
+    e.g. ["apparmor", "dac"], ["selinux", "dac"], or ["none", "dac"] with no LSM)."""
+
+    def _models(conn):
+        caps = ET.fromstring(conn.getCapabilities())
+        return [m.findtext("model") or "" for m in caps.iterfind("host/secmodel")]
+
+    return connection.call(uri, "capabilities", _models)
+
+
 def _pool_head(pool) -> tuple[tuple, list]:
     """A pool's fields but its volumes, and its volumes still to read (none when inactive)."""
     active = bool(pool.isActive())
