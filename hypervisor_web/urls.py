@@ -12,6 +12,7 @@ urlpatterns = [
     path("jobs/", core_views.job_list, name="jobs"),
     path("jobs/<int:pk>/", core_views.job_detail, name="job"),
     path("vms/", include("apps.vms.urls")),
+    path("profiles/", include("apps.profiles.urls")),
     path("storage/", include("apps.storage.urls")),
     path("network/", include("apps.network.urls")),
     path("encryption/", include("apps.encryption.urls")),

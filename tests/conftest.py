@@ -3,6 +3,7 @@ clean-up, and a real Celery worker on the real Redis."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -173,6 +174,16 @@ def _image_dir_removed_at_the_end():
     yield
     if settings.IMAGE_DIR.name.startswith("test-"):
         shutil.rmtree(settings.IMAGE_DIR, ignore_errors=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _audit_chain_key_removed_at_the_end():
+    """This run's audit chain key (settings.AUDIT_CHAIN_KEY_PATH, test-audit/<run>/) goes with the run."""
+    yield
+    if settings.AUDIT_CHAIN_KEY_PATH.parent.parent.name == "test-audit":
+        shutil.rmtree(settings.AUDIT_CHAIN_KEY_PATH.parent, ignore_errors=True)
+        with contextlib.suppress(OSError):  # the last run's: test-audit/ itself
+            settings.AUDIT_CHAIN_KEY_PATH.parent.parent.rmdir()
 
 
 @pytest.fixture(scope="session")

@@ -19,13 +19,17 @@ from .models import Role, RoleAssignment, Scope
 VIEW_PERMISSIONS = frozenset(
     {"dashboard.view", "vms.view", "storage.view", "network.view", "encryption.view", "jobs.view", "backups.view"}
 )
+# vms.create / vms.change / vms.delete: new VMs from profiles, their resources and limits, delete
 OPERATE_PERMISSIONS = frozenset(
-    {"vms.operate", "vms.snapshot", "storage.change", "encryption.change", "network.change", "backups.run"}
+    {"vms.operate", "vms.snapshot", "storage.change", "encryption.change", "network.change", "backups.run",
+     "vms.create", "vms.change", "vms.delete"}
 )
 AUDIT_PERMISSIONS = frozenset({"audit.view", "access_review.view"})
+# profiles.change: edit and import VM profiles
 # access_review.manage: run review campaigns (decide, close: revocations are applied)
 ADMIN_PERMISSIONS = frozenset(
-    {"accounts.manage", "storage.settings", "security.manage", "network.zones", "access_review.manage"}
+    {"accounts.manage", "storage.settings", "security.manage", "network.zones", "profiles.change",
+     "access_review.manage"}
 )
 # monitoring.view: the host security posture page (operators and auditors read it too)
 MONITORING_PERMISSIONS = frozenset({"monitoring.view"})

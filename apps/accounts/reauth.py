@@ -65,6 +65,11 @@ REAUTH_POLICY: dict[str, str | When] = {
     "vms:snapshot_create": NEVER,
     "vms:console_token": NEVER,  # operate-level, like start; every session is audited (start and end)
     "vms:snapshot_delete": ALWAYS,
+    "profiles:save": NEVER,
+    "profiles:import": NEVER,
+    "profiles:vm_create": NEVER,
+    "profiles:vm_resources": NEVER,
+    "profiles:vm_delete": ALWAYS,  # destroys a VM, and its disks when asked
     # storage: a deleted volume is gone; quotas, limits and resizes (growth only) are reversible
     "storage:alert_ack": NEVER,
     "storage:settings_save": NEVER,

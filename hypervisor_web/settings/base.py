@@ -67,6 +67,7 @@ INSTALLED_APPS = [
     "apps.encryption",
     "apps.backups",
     "apps.monitoring",
+    "apps.profiles",
     "apps.reviews",
 ]
 
@@ -355,14 +356,34 @@ POSTURE_FIREWALL_REVIEW_DAYS = env_int("POSTURE_FIREWALL_REVIEW_DAYS", 90)  # a 
 POSTURE_PLAN_REVIEW_DAYS = env_int("POSTURE_PLAN_REVIEW_DAYS", 365)  # the incident plan is reviewed this often
 AUDIT_RULES_FILE = env("AUDIT_RULES_FILE", "/etc/audit/rules.d/hypervisor-portal.rules")  # the portal installs it
 LYNIS_TIMEOUT = env_int("LYNIS_TIMEOUT", 1200)  # seconds a lynis scan (a job) may take
-AUDIT_VERIFY_INTERVAL = env_int("AUDIT_VERIFY_INTERVAL", 3600)  # seconds between audit chain verifications
+# Audit chain (apps.audit.chain): its HMAC key lives outside the database, in the key store's
+# directory (0400 file, 0700 directory; web and workers read the same file); anchors of the
+# verified head are written outside the database too ("" turns anchoring off).
+AUDIT_VERIFY_INTERVAL = env_int("AUDIT_VERIFY_INTERVAL", 300)  # seconds between incremental verifications
+AUDIT_CHAIN_KEY_PATH = Path(env("AUDIT_CHAIN_KEY_PATH", str(ENCRYPTION_KEY_DIR / "audit" / "chain.key")))
+AUDIT_ANCHOR_DIR = env("AUDIT_ANCHOR_DIR", str(VAR_DIR / "anchors"))
+# SIEM forwarding (apps.audit.forwarding): every event as RFC 5424 syslog with a JSON payload,
+# over TCP (octet counting, RFC 6587), optionally TLS. Off while AUDIT_SYSLOG_HOST is empty.
+AUDIT_SYSLOG_HOST = env("AUDIT_SYSLOG_HOST", "")
+AUDIT_SYSLOG_PORT = env_int("AUDIT_SYSLOG_PORT", 6514)
+AUDIT_SYSLOG_TLS = env_bool("AUDIT_SYSLOG_TLS", False)
+AUDIT_SYSLOG_CA_FILE = env("AUDIT_SYSLOG_CA_FILE", "")  # CA bundle for the collector's certificate; "" = system CAs
+AUDIT_SYSLOG_TIMEOUT = env_int("AUDIT_SYSLOG_TIMEOUT", 10)  # seconds per connect / write
+AUDIT_SYSLOG_BATCH = env_int("AUDIT_SYSLOG_BATCH", 500)  # events per write; the cursor moves after each
+AUDIT_SYSLOG_INTERVAL = env_int("AUDIT_SYSLOG_INTERVAL", 10)  # seconds between sends of the backlog (beat)
+AUDIT_SYSLOG_FACILITY = env_int("AUDIT_SYSLOG_FACILITY", 13)  # 13: log audit
+AUDIT_SYSLOG_APP_NAME = env("AUDIT_SYSLOG_APP_NAME", "hypervisor-portal")
 CELERY_BEAT_SCHEDULE["monitoring-posture-check"] = {
     "task": "apps.monitoring.tasks.posture_check",
     "schedule": float(POSTURE_CHECK_INTERVAL),
 }
-CELERY_BEAT_SCHEDULE["monitoring-audit-verify"] = {
-    "task": "apps.monitoring.tasks.audit_chain_verify",
+CELERY_BEAT_SCHEDULE["audit-chain-verify"] = {
+    "task": "apps.audit.tasks.audit_chain_verify",
     "schedule": float(AUDIT_VERIFY_INTERVAL),
+}
+CELERY_BEAT_SCHEDULE["audit-forward"] = {
+    "task": "apps.audit.tasks.audit_forward",
+    "schedule": float(AUDIT_SYSLOG_INTERVAL),
 }
 CELERY_BEAT_SCHEDULE["monitoring-worker-heartbeat"] = {
     "task": "apps.monitoring.tasks.worker_heartbeat",
@@ -393,3 +414,8 @@ CELERY_BEAT_SCHEDULE["reviews-disable-dormant"] = {
     "task": "apps.reviews.tasks.dormant_accounts_disable",
     "schedule": 3600.0,
 }
+
+# VM creation (apps/profiles): the domain type of secure-boot guests. Empty: kvm where
+# /dev/kvm exists. A KVM without SMM (nested, as on CI machines) cannot run secure boot:
+# set "qemu" (TCG) there.
+VMS_SECURE_BOOT_DOMAIN_TYPE = env("VMS_SECURE_BOOT_DOMAIN_TYPE", "")
