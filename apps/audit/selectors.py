@@ -6,14 +6,12 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import NamedTuple
 
-from django.contrib.auth import get_user_model
 from django.db import connection
-from django.db.models import BooleanField, CharField, Count, Max, Q, TextField
+from django.db.models import BooleanField, CharField, Q, TextField
 from django.db.models.expressions import RawSQL
 from django.db.models.functions import Cast
 from django.http import Http404
 
-from apps.accounts.models import RoleAssignment
 from apps.accounts.permissions import require
 from apps.core.models import Job
 
@@ -236,59 +234,3 @@ def event_detail(user, pk: int) -> EventDetail:
     if event.request_id:
         detail.same_request = [EventRow(*r) for r in related.filter(request_id=event.request_id)[:RELATED_LIMIT]]
     return detail
-
-
-def access_review(user):
-    """Every user with their roles, last sign-in, activity and denials: what an auditor
-    reviews each quarter (who can do what, and who still needs to). Global auditors only."""
-    require(user, "access_review.view", None, action="audit.access_review.view")
-    users = (
-        get_user_model()
-        .objects.order_by("username")
-        .annotate(
-            actions=Count("pk", filter=Q()),
-        )
-    )
-    assignments: dict[int, list[RoleAssignment]] = {}
-    for a in RoleAssignment.objects.select_related("host", "vm"):
-        assignments.setdefault(a.user_id, []).append(a)
-    stats = {
-        row["actor_id"]: row
-        for row in AuditEvent.objects.filter(actor_id__isnull=False)
-        .values("actor_id")
-        .annotate(
-            total=Count("id"),
-            denied=Count("id", filter=Q(outcome="denied")),
-            failed=Count("id", filter=Q(outcome="failed")),
-            last=Max("created_at"),
-        )
-    }
-    from apps.monitoring.training import ITEMS, acknowledgements_by_user
-
-    training = acknowledgements_by_user()  # security training items acknowledged, per user
-    rows = []
-    for user in users:
-        s = stats.get(user.pk, {})
-        roles = assignments.get(user.pk, [])
-        flags = []
-        if not roles:
-            flags.append("no role")
-        if user.is_active and user.last_login is None:
-            flags.append("never signed in")
-        if not user.is_active and roles:
-            flags.append("disabled but still has roles")
-        if s.get("denied", 0) >= 5:
-            flags.append("many denials")
-        rows.append(
-            {
-                "user": user,
-                "assignments": roles,
-                "total": s.get("total", 0),
-                "denied": s.get("denied", 0),
-                "failed": s.get("failed", 0),
-                "last_action": s.get("last"),
-                "flags": flags,
-                "training": f"{training.get(user.pk, 0)}/{len(ITEMS)}",
-            }
-        )
-    return rows

@@ -7,5 +7,4 @@ urlpatterns = [
     path("", views.event_list, name="events"),
     path("events/<int:pk>/", views.event_detail, name="event"),
     path("export/", views.event_export, name="export"),
-    path("access-review/", views.access_review, name="access_review"),
 ]

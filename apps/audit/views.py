@@ -1,10 +1,9 @@
 import json
 from urllib.parse import urlencode
 
-from django.http import HttpResponse, StreamingHttpResponse
+from django.http import StreamingHttpResponse
 from django.utils import timezone
 
-from apps.core.csvsafe import SafeWriter
 from apps.core.forms import error_text, refuse
 from apps.core.views_util import permission_required, render_page
 
@@ -77,28 +76,3 @@ def event_export(request):
     response["Content-Disposition"] = f'attachment; filename="audit-{stamp}.{extension}"'
     response["Cache-Control"] = "no-store"
     return response
-
-
-@permission_required("access_review.view")
-def access_review(request):
-    rows = selectors.access_review(request.user)
-    if request.GET.get("format") == "csv":
-        response = HttpResponse(content_type="text/csv")
-        response["Content-Disposition"] = 'attachment; filename="access-review.csv"'
-        writer = SafeWriter(response)
-        writer.writerow(["user", "active", "roles", "last_login", "actions", "denied", "failed", "flags"])
-        for r in rows:
-            writer.writerow(
-                [
-                    r["user"].username,
-                    r["user"].is_active,
-                    "; ".join(f"{a.role} of {a.scope_label}" for a in r["assignments"]),
-                    r["user"].last_login or "",
-                    r["total"],
-                    r["denied"],
-                    r["failed"],
-                    "; ".join(r["flags"]),
-                ]
-            )
-        return response
-    return render_page(request, "audit/access_review.html", {"rows": rows})

@@ -1,7 +1,11 @@
-"""CSV a spreadsheet opens without running anything: a cell that starts with `=`, `+`, `-`,
-`@`, a tab or a carriage return is read as a formula by Excel, LibreOffice and Sheets
-(CSV injection), so every such cell is written with a leading single quote. Every CSV the
-portal offers for download goes through here."""
+"""Cells a spreadsheet would run as a formula are neutralised before they reach a CSV export.
+
+A cell starting with `=`, `+`, `-`, `@`, a tab or a carriage return is a formula to Excel,
+LibreOffice and Google Sheets (CSV injection, OWASP): a user name or a comment such as
+`=HYPERLINK(...)` would run on the auditor's machine. Such a cell gets a leading `'`, which
+spreadsheets show as text and a reader of the raw file sees plainly. Every CSV the portal
+offers goes through here: the access review's (safe_row) and the audit log's streamed
+export (SafeWriter, stream_csv)."""
 
 from __future__ import annotations
 
@@ -9,21 +13,26 @@ import csv
 import io
 from collections.abc import Iterable, Iterator
 
-FORMULA_STARTS = frozenset("=+-@\t\r")
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+_FORMULA_FIRST = frozenset(FORMULA_STARTS)
 
 
-def neutralise(value):
-    """The cell as a spreadsheet will show it, never as a formula it would run."""
-    if value is None:
-        return ""
-    if isinstance(value, str) and value[:1] in FORMULA_STARTS:
-        return "'" + value
-    return value
+def safe_cell(value) -> str:
+    """The value as CSV cell text, prefixed with ' when a spreadsheet would run it."""
+    text = "" if value is None else str(value)
+    if text.startswith(FORMULA_STARTS):
+        return "'" + text
+    return text
 
 
-def safe_row(values: Iterable) -> list:
-    # neutralise() inlined: this runs for every cell of a million-row export
-    return [("'" + v) if isinstance(v, str) and v[:1] in FORMULA_STARTS else v for v in values]
+def safe_row(values) -> list[str]:
+    return [safe_cell(v) for v in values]
+
+
+def _safe_text_cells(values: Iterable) -> list:
+    """safe_row for a stream of a million rows: text cells are neutralised in one inlined
+    test, numbers and times (which cannot hold a formula) pass as they are."""
+    return [("'" + v) if isinstance(v, str) and v[:1] in _FORMULA_FIRST else v for v in values]
 
 
 class SafeWriter:
@@ -33,10 +42,10 @@ class SafeWriter:
         self._writer = csv.writer(stream)
 
     def writerow(self, values: Iterable) -> None:
-        self._writer.writerow(safe_row(values))
+        self._writer.writerow(_safe_text_cells(values))
 
     def writerows(self, rows: Iterable[Iterable]) -> None:
-        self._writer.writerows(safe_row(r) for r in rows)
+        self._writer.writerows(_safe_text_cells(r) for r in rows)
 
 
 def stream_csv(header: Iterable[str], chunks: Iterable[Iterable[Iterable]]) -> Iterator[str]:

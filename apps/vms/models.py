@@ -1,3 +1,4 @@
+from django.conf import settings
 from django.db import models
 
 from apps.core.models import Host, name_validator
@@ -18,6 +19,11 @@ class VirtualMachine(models.Model):
     disk_allocation = models.PositiveBigIntegerField(default=0, help_text="bytes allocated, all disks")
     present = models.BooleanField(default=True, help_text="False once libvirt no longer lists it")
     last_seen = models.DateTimeField(null=True, blank=True)
+    # the security facts of its live definition (gateways/libvirt/xml.py domain_security_parse:
+    # firmware, secure boot, TPM, memory encryption, seclabels, limits, graphics), written by
+    # the state collector with its interfaces; the VM page's security summary reads them
+    security = models.JSONField(default=dict, blank=True)
+    security_read_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["host__name", "name"]
@@ -65,3 +71,28 @@ class VmInterface(models.Model):
     @property
     def link_up(self) -> bool:
         return self.link_state != "down"
+
+
+class ConsoleSession(models.Model):
+    """One opening of a VM's graphical console: minted by the portal (permission checked,
+    audited), redeemed once by the console proxy within seconds, ended when either side
+    closes. The signed token names this row; the row makes it single-use."""
+
+    vm = models.ForeignKey(VirtualMachine, on_delete=models.CASCADE, related_name="console_sessions")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    nonce = models.CharField(max_length=43, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(help_text="the token must be redeemed before this")
+    redeemed_at = models.DateTimeField(null=True, blank=True)
+    ended_at = models.DateTimeField(null=True, blank=True)
+    source_ip = models.GenericIPAddressField(null=True, blank=True)
+    bytes_to_guest = models.PositiveBigIntegerField(default=0)
+    bytes_to_browser = models.PositiveBigIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self):
+        return f"console {self.vm.name} {self.user}"
+
+    scope_vm_path = "vm"

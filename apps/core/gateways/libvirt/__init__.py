@@ -22,6 +22,7 @@ Modules, one per libvirt object kind (as WebVirtCloud's vrtManager/):
 - ``secrets``: libvirt secrets (LUKS passphrases).
 - ``events``: domain lifecycle events (``DomainWatch``, own connection and event loop).
 - ``xml``: building and parsing libvirt XML (no libvirt calls).
+- ``guest``: a new guest's domain XML from a GuestSpec (firmware, vTPM, SEV, limits).
 
 Naming: the object kind first, then the verb, then a qualifier:
 ``<kind>_<verb>[_<qualifier>]`` with kind one of host, domain, domain_disk(s), snapshot,
@@ -39,6 +40,7 @@ from .domains import (
     BlockStats,
     DiskInfo,
     DomainDisks,
+    DomainFacts,
     DomainInfo,
     DomainRuntimeStats,
     InterfaceInfo,
@@ -56,6 +58,7 @@ from .domains import (
     domain_disk_set_source,
     domain_disks_defined,
     domain_disks_live,
+    domain_facts_live,
     domain_force_off,
     domain_get,
     domain_interface_set_link,
@@ -64,6 +67,8 @@ from .domains import (
     domain_list,
     domain_resume,
     domain_runtime_stats,
+    domain_set_limits,
+    domain_set_resources,
     domain_shutdown,
     domain_start,
     domain_state,
@@ -73,7 +78,17 @@ from .domains import (
     domain_xml_live,
 )
 from .events import DomainEvent, DomainWatch, domain_watch
-from .host import StorageSnapshot, host_qemu_identity, host_storage_snapshot, host_version
+from .guest import GuestDisk, GuestSpec, domain_guest_xml
+from .host import (
+    HostCapabilities,
+    StorageSnapshot,
+    domain_capabilities_parse,
+    host_domain_capabilities,
+    host_qemu_identity,
+    host_security_models,
+    host_storage_snapshot,
+    host_version,
+)
 from .networks import (
     NetworkInfo,
     network_ensure_isolated,
@@ -109,8 +124,11 @@ from .xml import (
     disk_encrypted_xml,
     domain_devices_parse,
     domain_disks_parse,
+    domain_graphics_parse,
     domain_restored_xml,
+    domain_security_parse,
     domain_xml,
+    host_secmodels_parse,
     network_zone_xml,
     snapshot_disk_only_xml,
 )
@@ -120,9 +138,13 @@ __all__ = [
     "DiskInfo",
     "DomainDisks",
     "DomainEvent",
+    "DomainFacts",
     "DomainInfo",
     "DomainRuntimeStats",
     "DomainWatch",
+    "GuestDisk",
+    "GuestSpec",
+    "HostCapabilities",
     "InterfaceInfo",
     "InterfaceState",
     "NetStats",
@@ -147,15 +169,22 @@ __all__ = [
     "domain_disks_defined",
     "domain_disks_live",
     "domain_disks_parse",
+    "domain_facts_live",
     "domain_force_off",
     "domain_get",
+    "domain_graphics_parse",
     "domain_interface_set_link",
     "domain_interface_set_network",
     "domain_interfaces_live",
     "domain_list",
     "domain_restored_xml",
+    "domain_guest_xml",
+    "domain_capabilities_parse",
     "domain_resume",
     "domain_runtime_stats",
+    "domain_security_parse",
+    "domain_set_limits",
+    "domain_set_resources",
     "domain_shutdown",
     "domain_start",
     "domain_state",
@@ -165,7 +194,10 @@ __all__ = [
     "domain_xml",
     "domain_xml_defined",
     "domain_xml_live",
+    "host_domain_capabilities",
     "host_qemu_identity",
+    "host_secmodels_parse",
+    "host_security_models",
     "host_storage_snapshot",
     "host_version",
     "network_ensure_isolated",

@@ -17,7 +17,7 @@ from apps.core.errors import GatewayError, NotFound
 
 from . import connection, storage
 from .storage import VolumeInfo
-from .xml import disk_element, disk_with_source, disk_xml, domain_devices_parse, to_string
+from .xml import disk_element, disk_with_source, disk_xml, domain_devices_parse, domain_security_parse, to_string
 
 _STATES = {
     libvirt.VIR_DOMAIN_NOSTATE: "unknown",
@@ -259,9 +259,69 @@ def domain_undefine(uri: str, name: str) -> None:
         dom = conn.lookupByName(name)
         if dom.isActive():
             dom.destroy()
-        dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA | libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE)
+        dom.undefineFlags(
+            libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+            | libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+            | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM  # a UEFI guest's variables file
+            | libvirt.VIR_DOMAIN_UNDEFINE_TPM  # and its vTPM's state
+        )
 
     connection.call(uri, name, _undefine)
+
+
+def domain_set_limits(
+    uri: str,
+    name: str,
+    *,
+    cpu_period_us: int | None = None,
+    cpu_quota_us: int | None = None,
+    memory_hard_limit_kib: int | None = None,
+    iotune: dict[str, tuple[int, int]] | None = None,
+) -> bool:
+    """Set a domain's resource limits in its definition and, while it runs, live: vCPU
+    bandwidth (setSchedulerParameters vcpu_period/vcpu_quota; quota -1 lifts it), memory
+    hard limit (setMemoryParameters; -1 lifts it) and per-disk I/O (setBlockIoTune, iotune:
+    {target: (total_bytes_sec, total_iops_sec)}, 0 lifts it). True when applied live."""
+
+    def _set(conn):
+        dom = conn.lookupByName(name)
+        live = bool(dom.isActive())
+        # one call per side: some of these refuse LIVE|CONFIG together
+        for flags in ([libvirt.VIR_DOMAIN_AFFECT_LIVE] if live else []) + [libvirt.VIR_DOMAIN_AFFECT_CONFIG]:
+            if cpu_quota_us is not None:
+                params = {"vcpu_quota": int(cpu_quota_us)}
+                if cpu_period_us:
+                    params["vcpu_period"] = int(cpu_period_us)
+                dom.setSchedulerParametersFlags(params, flags)
+            if memory_hard_limit_kib is not None:
+                dom.setMemoryParameters({"hard_limit": int(memory_hard_limit_kib)}, flags)
+            for target, (bytes_sec, iops_sec) in (iotune or {}).items():
+                tune = {"total_bytes_sec": int(bytes_sec), "total_iops_sec": int(iops_sec)}
+                dom.setBlockIoTune(target, tune, flags)
+        return live
+
+    return connection.call(uri, name, _set)
+
+
+def domain_set_resources(uri: str, name: str, *, vcpus: int | None = None, memory_kib: int | None = None) -> None:
+    """Change vCPUs and memory in the domain's definition (its next start takes them)."""
+
+    def _set(conn):
+        dom = conn.lookupByName(name)
+        config = libvirt.VIR_DOMAIN_AFFECT_CONFIG
+        if vcpus is not None:
+            maximum = config | libvirt.VIR_DOMAIN_VCPU_MAXIMUM
+            order = [maximum, config] if vcpus >= dom.vcpusFlags(maximum) else [config, maximum]
+            for flags in order:  # the current count never above the maximum
+                dom.setVcpusFlags(int(vcpus), flags)
+        if memory_kib is not None:
+            maximum = config | libvirt.VIR_DOMAIN_MEM_MAXIMUM
+            current = int(ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)).findtext("memory") or 0)
+            order = [maximum, config] if memory_kib >= current else [config, maximum]
+            for flags in order:
+                dom.setMemoryFlags(int(memory_kib), flags)
+
+    connection.call(uri, name, _set)
 
 
 def _domain_action(uri: str, name: str, action: str) -> None:
@@ -571,9 +631,10 @@ class InterfaceState:
     model: str = ""  # virtio, e1000, ...
 
 
-def _interface_states(xml: str) -> tuple[InterfaceState, ...]:
+def _interface_states(xml: str | ET.Element) -> tuple[InterfaceState, ...]:
     out = []
-    for iface in ET.fromstring(xml).iterfind("./devices/interface"):
+    root = ET.fromstring(xml) if isinstance(xml, str) else xml
+    for iface in root.iterfind("./devices/interface"):
         source, mac, target = iface.find("source"), iface.find("mac"), iface.find("target")
         link, model = iface.find("link"), iface.find("model")
         src = source.attrib if source is not None else {}
@@ -605,6 +666,36 @@ def domain_interfaces_live(uri: str, name: str | None = None) -> dict[str, tuple
         )
 
     return connection.call(uri, name or "read interfaces", _read)
+
+
+@dataclass(frozen=True)
+class DomainFacts:
+    """What the state collector keeps of a domain's live definition: its interfaces and its
+    security facts (`xml.domain_security_parse`: firmware, TPM, memory encryption, seclabels,
+    limits, QEMU-LUKS disks, graphics consoles)."""
+
+    interfaces: tuple[InterfaceState, ...]
+    security: dict
+
+
+def _domain_facts(xml: str) -> DomainFacts:
+    root = ET.fromstring(xml)  # parsed once for both
+    return DomainFacts(_interface_states(root), domain_security_parse(root))
+
+
+def domain_facts_live(uri: str, name: str | None = None) -> dict[str, DomainFacts]:
+    """Interfaces and security facts of every domain of the host (or of the one named), by
+    domain UUID: one XMLDesc per domain, read once for both. Domains undefined meanwhile
+    are left out."""
+
+    def _read(conn):
+        if name is not None:
+            dom = conn.lookupByName(name)
+            return {dom.UUIDString(): _domain_facts(dom.XMLDesc(0))}
+        domains = conn.listAllDomains(0)
+        return dict(connection.read_present(domains, lambda d: (d.UUIDString(), _domain_facts(d.XMLDesc(0)))))
+
+    return connection.call(uri, name or "read domain definitions", _read)
 
 
 def domain_interface_set_link(uri: str, domain: str, mac: str, state: str) -> None:

@@ -10,7 +10,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('audit', '0003_sqlite_refuses_delete'),
+        ('audit', '0005_rekey_chain'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
