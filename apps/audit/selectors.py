@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import NamedTuple
 
 from django.db import connection
-from django.db.models import BooleanField, CharField, Q, TextField
+from django.db.models import BooleanField, CharField, F, Q, TextField
 from django.db.models.expressions import RawSQL
 from django.db.models.functions import Cast
 from django.http import Http404
@@ -211,25 +211,28 @@ def iso_utc(text: str) -> str:
 @dataclass
 class EventDetail:
     event: AuditEvent
-    job: Job | None
+    job: dict | None  # JOB_FIELDS and host_name
     same_job: list = field(default_factory=list)
     same_request: list = field(default_factory=list)
 
 
 RELATED_LIMIT = 50
+JOB_FIELDS = ("id", "kind", "state", "target_name", "actor_name", "error", "log")
 
 
 def event_detail(user, pk: int) -> EventDetail:
     """One event with its job (and the job's log) and the other events of the same job and
     of the same request, oldest first (what happened around it), at most RELATED_LIMIT each."""
-    event = _readable_events(user).filter(pk=pk).first()
-    if event is None:
+    found = list(_readable_events(user).filter(pk=pk)[:1])
+    if not found:
         raise Http404("No such audit event.")
+    event = found[0]
     detail = EventDetail(event, None)
     related = (AuditEvent.objects.exclude(pk=pk).annotate(params_text=_PARAMS_TEXT).values_list(*ROW_FIELDS)
                .order_by(*OLDEST_FIRST))  # fmt: skip
     if event.job_id is not None:
-        detail.job = Job.objects.filter(pk=event.job_id).select_related("host").first()
+        jobs = Job.objects.filter(pk=event.job_id).order_by().values(*JOB_FIELDS, host_name=F("host__name"))
+        detail.job = next(iter(jobs[:1]), None)
         detail.same_job = [EventRow(*r) for r in related.filter(job_id=event.job_id)[:RELATED_LIMIT]]
     if event.request_id:
         detail.same_request = [EventRow(*r) for r in related.filter(request_id=event.request_id)[:RELATED_LIMIT]]

@@ -227,7 +227,8 @@ def test_export_with_bad_filters_or_format_is_refused(as_auditor):
 
 def test_event_detail_shows_redacted_params_the_job_and_its_neighbours(as_auditor, operator):
     log = [{"at": "12:00:00", "msg": "domain started"}]
-    job = Job.objects.create(kind="vms.vm.start", target_type="virtualmachine", target_name="web-1",
+    host = Host.objects.create(name="h-audit-detail", uri="test:///default")
+    job = Job.objects.create(kind="vms.vm.start", target_type="virtualmachine", target_name="web-1", host=host,
                              actor_name="oscar-operator", log=log)  # fmt: skip
     with context.bound("192.0.2.9", "req-detail"):
         event = record(actor=operator, action="vms.vm.start", target=("virtualmachine", 1, "web-1"),
@@ -239,7 +240,7 @@ def test_event_detail_shows_redacted_params_the_job_and_its_neighbours(as_audito
     assert response.status_code == 200
     text = html.unescape(response.content.decode())
     assert "s3cret" not in text and "[redacted]" in text and '"mode": "fast"' in text
-    assert "req-detail" in text and "domain started" in text
+    assert "req-detail" in text and "domain started" in text and "web-1 on h-audit-detail" in text
     d = response.context["d"]
     assert [e.pk for e in d.same_job] == [same_job.pk]
     assert [e.pk for e in d.same_request] == [same_request.pk]
