@@ -216,24 +216,31 @@ class EventDetail:
     same_request: list = field(default_factory=list)
 
 
-RELATED_LIMIT = 50
+RELATED_LIMIT = 100
 JOB_FIELDS = ("id", "kind", "state", "target_name", "actor_name", "error", "log")
 
 
 def event_detail(user, pk: int) -> EventDetail:
     """One event with its job (and the job's log) and the other events of the same job and
-    of the same request, oldest first (what happened around it), at most RELATED_LIMIT each."""
+    of the same request, oldest first (what happened around it): RELATED_LIMIT at most, both
+    lists together."""
     found = list(_readable_events(user).filter(pk=pk)[:1])
     if not found:
         raise Http404("No such audit event.")
     event = found[0]
     detail = EventDetail(event, None)
-    related = (AuditEvent.objects.exclude(pk=pk).annotate(params_text=_PARAMS_TEXT).values_list(*ROW_FIELDS)
-               .order_by(*OLDEST_FIRST))  # fmt: skip
     if event.job_id is not None:
         jobs = Job.objects.filter(pk=event.job_id).order_by().values(*JOB_FIELDS, host_name=F("host__name"))
         detail.job = next(iter(jobs[:1]), None)
-        detail.same_job = [EventRow(*r) for r in related.filter(job_id=event.job_id)[:RELATED_LIMIT]]
-    if event.request_id:
-        detail.same_request = [EventRow(*r) for r in related.filter(request_id=event.request_id)[:RELATED_LIMIT]]
+    around = (Q(job_id=event.job_id) if event.job_id is not None else Q()) | (
+        Q(request_id=event.request_id) if event.request_id else Q())  # fmt: skip
+    if around:  # one read for both lists, split here (an event of both is in both)
+        related = (AuditEvent.objects.filter(around).exclude(pk=pk).annotate(params_text=_PARAMS_TEXT)
+                   .values_list(*ROW_FIELDS, "request_id").order_by(*OLDEST_FIRST)[:RELATED_LIMIT])  # fmt: skip
+        for *row, request_id in related:
+            r = EventRow(*row)
+            if event.job_id is not None and r.job_id == event.job_id:
+                detail.same_job.append(r)
+            if event.request_id and request_id == event.request_id:
+                detail.same_request.append(r)
     return detail

@@ -241,17 +241,18 @@ def run(args) -> dict:
         event = AuditEvent.objects.filter(id__gte=first_event + n // 2, job_id__isnull=False).order_by("id").first()
         pk = event.pk  # an event with a job, in the newer half
         detail_bare = [*auth, ("SELECT * FROM audit_auditevent WHERE id = %s", [pk]),
-                       ("SELECT * FROM core_job WHERE id = %s", [event.job_id]),
-                       (f"SELECT {_COLUMNS} FROM audit_auditevent WHERE job_id = %s AND id <> %s "
-                        "ORDER BY created_at, id LIMIT 50", [event.job_id, pk]),
-                       (f"SELECT {_COLUMNS} FROM audit_auditevent WHERE request_id = %s AND id <> %s "
-                        "ORDER BY created_at, id LIMIT 50", [event.request_id, pk])]  # fmt: skip
+                       ("SELECT j.*, h.name FROM core_job j LEFT JOIN core_host h ON h.id = j.host_id WHERE j.id = %s",
+                        [event.job_id]),
+                       (f"SELECT {_COLUMNS} FROM audit_auditevent WHERE (job_id = %s OR request_id = %s) AND id <> %s "
+                        "ORDER BY created_at, id LIMIT 100", [event.job_id, event.request_id, pk])]  # fmt: skip
 
         def detail():
             return selectors.event_detail(fresh_user(), pk)
 
         d = detail()
-        assert len(d.same_job) == min(50, len(_sql(detail_bare[-2:-1]))) and d.job is not None
+        around = _sql(detail_bare[-1:])
+        assert d.job is not None and len(d.same_job) == sum(1 for r in around if r[-1] == event.job_id)
+        assert len(d.same_request) == sum(1 for r in around if r[5] == event.request_id) > 0
         b50, b95, p50, p95 = _compare(lambda: _sql(detail_bare), detail)
         with _counting() as sent:
             detail()
