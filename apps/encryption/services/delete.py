@@ -20,6 +20,7 @@ from apps.core.errors import Conflict, InvalidInput, PortalError
 from apps.core.gateways import libvirt as gw
 from apps.core.jobs import job_actor
 from apps.core.models import Job
+from apps.vms.history import revision_capture
 
 from ..models import EncryptedDisk, RetiredKey, UnlockPolicy
 from .common import device_mapper, get_store
@@ -68,6 +69,7 @@ def _run_disk_delete(job: Job, progress: jobs.Progress) -> dict:
         dm.close(name)
     progress(30, f"detaching {disk.target} from {vm.name}")
     gw.domain_disk_detach_target(uri, vm.name, disk.target)
+    revision_capture(vm=vm, actor=actor, reason=job.kind)  # configuration history
     progress(50, f"deleting {disk.volume} from {disk.pool}")
     gw.volume_delete_if_exists(uri, disk.pool, disk.volume)
     if disk.secret_uuid:

@@ -17,6 +17,7 @@ from apps.core.errors import Conflict, InvalidInput, PortalError
 from apps.core.gateways import libvirt as gw
 from apps.vms import services as vm_services
 from apps.vms.collector import interfaces_refresh
+from apps.vms.history import revision_capture
 from apps.vms.models import VmInterface
 
 from ..models import Quarantine
@@ -77,6 +78,7 @@ def vm_quarantine(*, actor, vm, reason: str = "") -> Quarantine:
         def links_down():
             for n in nics:
                 gw.domain_interface_set_link(vm.host.uri, vm.name, n.mac, "down")
+            revision_capture(vm=vm, actor=actor, reason="network.vm.quarantine")  # configuration history
             interfaces_refresh(vm.host, vm)  # the collector's rows show the links down
             return f"{len(nics)} interface(s) down"
 
@@ -129,6 +131,7 @@ def vm_release(*, actor, vm, reason: str) -> Quarantine:
         def links():
             for mac, state in q.previous_links.items():
                 gw.domain_interface_set_link(vm.host.uri, vm.name, mac, state)
+            revision_capture(vm=vm, actor=actor, reason="network.vm.release")  # configuration history
             interfaces_refresh(vm.host, vm)
             return "previous link states restored"
 

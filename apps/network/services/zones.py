@@ -14,6 +14,7 @@ from apps.core.errors import Conflict, InvalidInput
 from apps.core.gateways import libvirt as gw
 from apps.core.models import Host, Job
 from apps.vms.collector import interfaces_refresh
+from apps.vms.history import revision_capture
 from apps.vms.models import VmInterface
 
 from ..models import FirewallRule, Zone
@@ -147,6 +148,7 @@ now (moved live, or the VM is off), False when a running VM moves at its next st
         moving = [n for n in nics if n.network in zone_networks] or nics
         live = [gw.domain_interface_set_network(vm.host.uri, vm.name, n.mac, zone.network_name) for n in moving]
         moved_live = all(live)
+        revision_capture(vm=vm, actor=actor, reason="network.vm.move")  # configuration history
         running = gw.domain_state(vm.host.uri, vm.name) != "shut off"
         VirtualMachine.objects.filter(pk=vm.pk).update(zone=zone.name)
         vm.zone = zone.name
