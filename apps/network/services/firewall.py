@@ -258,15 +258,41 @@ def firewall_check(host: Host, *, now=None) -> CheckResult:
         record(actor=None, action="network.firewall.drift", target=host, outcome="failed",
                params={"apply": current.pk},
                error="our nftables tables differ from the last apply (changed by hand?)")  # fmt: skip
-    doc = _document(host, current.spec)
-    if drift or doc != current.document:
-        action = "network.firewall.repair" if drift else "network.firewall.refresh"
-        with audited(actor=None, action=action, target=host, params={"apply": current.pk}):
-            nft.load(doc)
-            FirewallApply.objects.filter(pk=current.pk).update(
-                document=doc, fingerprint=nft.fingerprint(nft.list_tables(_table())),
-                **({"drift_seen_at": now} if drift else {}))  # fmt: skip
+    _refresh(host, current, drift=drift, now=now)
     return CheckResult(host=host.name, rolled_back=rolled, drift=drift, repaired=drift)
+
+
+def _refresh(host: Host, current: FirewallApply, *, drift: bool = False, now=None, why: str = "") -> bool:
+    """Load `current`'s policy again with today's interfaces and quarantines if that changes
+    the document (or our tables drifted). True when it loaded."""
+    doc = _document(host, current.spec)
+    if not drift and doc == current.document:
+        return False
+    action = "network.firewall.repair" if drift else "network.firewall.refresh"
+    params = {"apply": current.pk, **({"why": why} if why else {})}
+    with audited(actor=None, action=action, target=host, params=params):
+        nft.load(doc)
+        FirewallApply.objects.filter(pk=current.pk).update(
+            document=doc, fingerprint=nft.fingerprint(nft.list_tables(_table())),
+            **({"drift_seen_at": now or timezone.now()} if drift else {}))  # fmt: skip
+    return True
+
+
+# lifecycle events after which a VM's interfaces may be new to the firewall
+REFRESH_ON = frozenset({"found", "defined", "started", "resumed"})
+
+
+def firewall_on_domain_event(host: Host, vm: VirtualMachine, kind: str) -> bool:
+    """The state collector's hook after a lifecycle event (apps.vms.collector.AFTER_DOMAIN_REFRESH):
+    a VM defined or started outside the portal gets its zone's rules at once, not at the next
+    periodic check. Only the host's current policy is loaded again (never unconfirmed edits),
+    and only when the VM's interfaces change the document. True when it loaded."""
+    if kind not in REFRESH_ON:
+        return False
+    current = _current(host)
+    if current is None:  # the portal does not manage this host's firewall
+        return False
+    return _refresh(host, current, why=f"{vm.name} {kind}")
 
 
 def firewall_restore(host: Host) -> bool:

@@ -83,6 +83,23 @@ def test_a_refused_document_changes_nothing(nft_table):
     assert nft.normalize(nft.list_ruleset()) == nft.normalize(before)
 
 
+def test_a_batch_the_kernel_refuses_half_way_changes_nothing(nft_table):
+    """No `nft -c` pass before a load: its atomicity is what keeps a bad apply harmless. The
+    document deletes our tables, builds new ones, and ends with a jump loop that only the
+    kernel detects (ELOOP, at the last rule): the old tables must still run, unchanged."""
+    ok = compile_ruleset(Ruleset(table=nft_table, zones=[ZoneSpec(id=1, name="z", kind="untrusted", bridge="nobr2")]))
+    nft.load(ok)
+    before = nft.list_ruleset()
+    bad = compile_ruleset(Ruleset(table=nft_table, zones=[ZoneSpec(id=2, name="y", kind="secure", bridge="nobr3")]))
+    loop = [{"add": {"chain": {"family": "inet", "table": nft_table, "name": c}}} for c in ("la", "lb")]
+    loop += [{"add": {"rule": {"family": "inet", "table": nft_table, "chain": a, "expr": [{"jump": {"target": b}}]}}}
+             for a, b in (("input", "la"), ("la", "lb"), ("lb", "la"))]  # fmt: skip
+    bad["nftables"] += loop
+    with pytest.raises(InvalidInput, match="nothing was changed"):
+        nft.load(bad)
+    assert nft.normalize(nft.list_ruleset()) == nft.normalize(before)
+
+
 def test_render_predicts_the_listing_and_drift_changes_the_fingerprint(nft_table):
     doc = compile_ruleset(Ruleset(table=nft_table, zones=[ZoneSpec(id=1, name="z", kind="secure", bridge="nobr1",
                                                                    host_access=True)]))  # fmt: skip

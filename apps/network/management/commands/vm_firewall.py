@@ -3,6 +3,8 @@ permissions and audit as the pages. The actor is the system user unless --as USE
 
 from __future__ import annotations
 
+import time
+
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied
@@ -49,9 +51,12 @@ class Command(BaseCommand):
         p = sub.add_parser("move", help="move VM to ZONE (interfaces re-attached, zone label changed)")
         p.add_argument("vm")
         p.add_argument("zone")
-        p = sub.add_parser("quarantine", help="isolate VM: links down, traffic dropped, suspended, snapshot")
+        p = sub.add_parser("quarantine", help="isolate VM: links down, traffic dropped, suspended, snapshot (a job, "
+                                              "followed until it ends)")  # fmt: skip
         p.add_argument("vm")
         p.add_argument("--reason", default="")
+        p.add_argument("--no-wait", action="store_true", help="queue the job and return")
+        p.add_argument("--timeout", type=float, default=600, help="seconds to follow the job")
         p = sub.add_parser("release", help="end VM's quarantine (needs --reason)")
         p.add_argument("vm")
         p.add_argument("--reason", required=True)
@@ -105,8 +110,8 @@ class Command(BaseCommand):
                 return self.stdout.write(f"{vm.name} moved to zone {zone.name}" + (
                     "" if now else "; its running interfaces move at its next start"))  # fmt: skip
             if verb == "quarantine":
-                q = services.vm_quarantine(actor=actor, vm=vm, reason=o["reason"])
-                return self._steps(q)
+                job = services.vm_quarantine(actor=actor, vm=vm, reason=o["reason"])
+                return self._follow_quarantine(job, o)
             if verb == "release":
                 form = ReleaseForm({"reason": o["reason"]})
                 if not form.is_valid():
@@ -185,6 +190,26 @@ class Command(BaseCommand):
         a = services.firewall_apply(actor=actor, host=host)
         self.stdout.write(f"apply #{a.pk} loaded: run `vm_firewall confirm {a.pk}` before {a.deadline:%H:%M:%S} "
                           "or it rolls back")  # fmt: skip
+
+    def _follow_quarantine(self, job, o):
+        self.stdout.write(f"job {job.pk} quarantines {job.target_name}: incident {job.params['incident']}")
+        if o["no_wait"]:
+            return
+        deadline, seen = time.monotonic() + o["timeout"], 0
+        while time.monotonic() < deadline:
+            job.refresh_from_db()
+            for line in job.log[seen:]:
+                self.stdout.write(f"  {line['msg']}")
+            seen = len(job.log)
+            if job.finished:
+                break
+            time.sleep(0.5)
+        else:
+            raise CommandError(f"job {job.pk} is still {job.state}; follow it in the portal.")
+        q = Quarantine.objects.filter(incident_id=job.params["incident"]).first()
+        if q is None:
+            raise CommandError(job.error or f"job {job.pk} {job.state}")
+        self._steps(q)
 
     def _steps(self, q):
         self.stdout.write(f"incident {q.incident_id}")
