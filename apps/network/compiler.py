@@ -19,7 +19,10 @@ content, so the first apply and every later one are the same document):
   unquarantined VMs pass, or no allowed packet could find its way.
 - `inet <table>`: routed traffic. Default deny between zones (whatever leaves a zone bridge
   for another interface is dropped, but for its vpn-only uplink and the zone pairs a rule
-  allows), and from zones without host access to the host.
+  allows), and from zones without host access to the host; a zone with host access reaches
+  the whole host or only the host services it lists (ssh, dns, ...). The host's replies to
+  what a VM may reach on it are marked (HOST_REPLY_MARK) on their way out, so the bridge
+  table, which sees no connection state, lets them past the VM's own inbound policy.
 """
 
 from __future__ import annotations
@@ -32,6 +35,9 @@ from dataclasses import dataclass, field
 
 BRIDGE_OUT_PRIO = -200
 BRIDGE_IN_PRIO = -190
+# a bit of the packet mark: set by the inet table on the host's replies to what a zone's VM
+# may reach on it (conntrack: established), read by the bridge table, which has no conntrack
+HOST_REPLY_MARK = 0x00010000
 ND_TYPES = ["nd-neighbor-solicit", "nd-neighbor-advert", "nd-router-solicit", "nd-router-advert"]
 
 
@@ -56,6 +62,7 @@ class ZoneSpec:
     policy_in: str = "drop"
     policy_out: str = "drop"
     host_access: bool = False
+    host_services: tuple[tuple[str, str, int], ...] = ()  # (name, protocol, port); empty: the whole host
     uplink: str = ""
     rules: tuple[RuleSpec, ...] = ()
 
@@ -211,6 +218,9 @@ def _bridge_table(rs: Ruleset) -> list[dict]:
             cmds.append(_rule(B, t, name, [_match(_payload("ether", e), "@quarantined"), {"counter": None},
                                            {"drop": None}], "quarantine"))  # fmt: skip
         cmds.append(_rule(B, t, name, [_match(_payload("ether", "type"), "arp"), {"accept": None}]))
+        if hook == "output":  # the host's replies to what its zones' VMs may reach on it (host services)
+            cmds.append(_rule(B, t, name, [_match({"&": [{"meta": {"key": "mark"}}, HOST_REPLY_MARK]}, HOST_REPLY_MARK),
+                                           {"accept": None}], "host replies"))  # fmt: skip
         cmds.append(_rule(B, t, name, [_match(_payload("icmpv6", "type"), {"set": ND_TYPES}), {"accept": None}]))
         cmds.append(_rule(B, t, name, [{"vmap": {"key": _payload("ether", end), "data": f"@{vmap}"}}]))
         if end == "saddr" and rs.match_bridge_name:  # a MAC no VM of ours has, sending on a zone bridge: default deny
@@ -276,6 +286,11 @@ def _inet_table(rs: Ruleset) -> list[dict]:
                                 {"drop": None}], "into zone"),  # fmt: skip
         _chain(F, t, "input", "input", 0),
         _rule(F, t, "input", [established, {"accept": None}]),
+        # the host's replies into a zone: marked, so the bridge table lets them reach the VM
+        _chain(F, t, "output", "output", 0),
+        _rule(F, t, "output", [_match({"meta": {"key": "oifname"}}, "@zone_bridges"), established,
+                               {"mangle": {"key": {"meta": {"key": "mark"}},
+                                           "value": {"|": [{"meta": {"key": "mark"}}, HOST_REPLY_MARK]}}}]),
         _rule(F, t, "input", [{"vmap": {"key": {"meta": {"key": "iifname"}}, "data": "@zone_host"}}]),
     ]
     fwd_elems, host_elems = [], []
@@ -303,9 +318,29 @@ def _inet_table(rs: Ruleset) -> list[dict]:
                 cmds.append(_rule(F, t, chain, [*exprs, {"counter": None}, {"accept": None}], _comment(rule, False)))
         cmds.append(_rule(F, t, chain, [{"counter": None}, {"drop": None}], f"zone {z.name}: default deny"))
         fwd_elems.append([z.bridge, {"jump": {"target": chain}}])
-        host_elems.append([z.bridge, {"accept" if z.host_access else "drop": None}])
+        host_elems.append([z.bridge, _host_verdict(t, z, cmds)])
     if bridges:
         cmds.append({"add": {"element": {"family": F, "table": t, "name": "zone_bridges", "elem": sorted(bridges)}}})
         cmds.append({"add": {"element": {"family": F, "table": t, "name": "zone_fwd", "elem": fwd_elems}}})
         cmds.append({"add": {"element": {"family": F, "table": t, "name": "zone_host", "elem": host_elems}}})
     return cmds
+
+
+def _host_verdict(t: str, z: ZoneSpec, cmds: list[dict]) -> dict:
+    """What the zone's VMs may reach on the host: nothing, everything, or only its listed
+    services (a chain of their own: neighbour discovery, each service, then drop)."""
+    if not z.host_access:
+        return {"drop": None}
+    if not z.host_services:
+        return {"accept": None}
+    F, chain = "inet", f"zone{z.id}-host"
+    cmds.append(_chain(F, t, chain))
+    cmds.append(_rule(F, t, chain, [_match(_payload("icmpv6", "type"), {"set": ND_TYPES}), {"accept": None}]))
+    for name, proto, port in z.host_services:
+        if proto in ("icmp", "icmpv6"):
+            exprs = [*_l4(proto), _match(_payload(proto, "type"), "echo-request")]
+        else:
+            exprs = [*_l4(proto), _match(_payload(proto, "dport"), port)]
+        cmds.append(_rule(F, t, chain, [*exprs, {"counter": None}, {"accept": None}], f"host {name}"))
+    cmds.append(_rule(F, t, chain, [{"counter": None}, {"drop": None}], f"zone {z.name}: host services only"))
+    return {"jump": {"target": chain}}

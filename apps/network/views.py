@@ -60,7 +60,8 @@ def _zone_page(request, zone, status=200, partial="rules", **forms):
                "counters": counters, "rule_form": forms.get("rule_form") or RuleForm(),
                "edit_form": forms.get("edit_form") or ZoneEditForm(initial={
                    "description": zone.description, "policy_in": zone.policy_in, "policy_out": zone.policy_out,
-                   "host_access": zone.host_access, "uplink": zone.uplink})}  # fmt: skip
+                   "host_access": zone.host_access, "uplink": zone.uplink,
+                   "host_services": zone.host_services})}  # fmt: skip
     return render_page(request, "network/zone.html", context, partial=partial, status=status)
 
 

@@ -22,7 +22,7 @@ from apps.core.models import Host
 from apps.vms.models import VirtualMachine, VmInterface
 
 from .. import compiler
-from ..models import FirewallApply, FirewallRule, Quarantine, Zone
+from ..models import HOST_SERVICES, FirewallApply, FirewallRule, Quarantine, Zone
 
 
 def _table() -> str:
@@ -56,7 +56,8 @@ def policy_spec(host: Host) -> dict:
         (vm_rules.setdefault(str(r.vm_id), []) if r.vm_id else zone_rules.setdefault(r.zone_id, [])).append(spec)
     zones = [
         {"id": z.pk, "name": z.name, "kind": z.kind, "bridge": z.bridge, "network": z.network_name,
-         "policy_in": z.policy_in, "policy_out": z.policy_out, "host_access": z.host_access, "uplink": z.uplink,
+         "policy_in": z.policy_in, "policy_out": z.policy_out, "host_access": z.host_access,
+         "host_services": list(z.host_services), "uplink": z.uplink,
          "rules": zone_rules.get(z.pk, [])}  # fmt: skip
         for z in Zone.objects.filter(host=host)
     ]
@@ -66,6 +67,10 @@ def policy_spec(host: Host) -> dict:
 def _rule(d: dict) -> compiler.RuleSpec:
     return compiler.RuleSpec(**{**d, "ports": tuple(d["ports"]) if d.get("ports") else None,
                                 "remote_cidrs": tuple(d.get("remote_cidrs") or ())})  # fmt: skip
+
+
+def _host_services(names) -> tuple[tuple[str, str, int], ...]:
+    return tuple((n, proto, port) for n in names or () for proto, port in HOST_SERVICES.get(n, ()))
 
 
 def build_ruleset(host: Host, spec: dict | None = None) -> compiler.Ruleset:
@@ -93,6 +98,7 @@ def build_ruleset(host: Host, spec: dict | None = None) -> compiler.Ruleset:
     zone_specs = [
         compiler.ZoneSpec(id=z["id"], name=z["name"], kind=z["kind"], bridge=z["bridge"], policy_in=z["policy_in"],
                           policy_out=z["policy_out"], host_access=z["host_access"], uplink=z["uplink"],
+                          host_services=_host_services(z.get("host_services")),
                           rules=tuple(_rule(r) for r in z["rules"]))  # fmt: skip
         for z in spec["zones"]
     ]

@@ -76,13 +76,16 @@ def _run_zone_create(job: Job, progress: jobs.Progress) -> dict:
 
 
 def zone_edit(*, actor, zone: Zone, description: str, policy_in: str, policy_out: str, host_access: bool,
-              uplink: str = "") -> Zone:  # fmt: skip
-    """Description and policy (enforced by the next apply). Name, bridge and network stay."""
-    params = {"policy_in": policy_in, "policy_out": policy_out, "host_access": host_access, "uplink": uplink}
+              uplink: str = "", host_services: list[str] | None = None) -> Zone:  # fmt: skip
+    """Description and policy (enforced by the next apply). Name, bridge and network stay.
+    host_services: with host access, only these services of the host (None: unchanged)."""
+    host_services = sorted(zone.host_services if host_services is None else host_services)
+    params = {"policy_in": policy_in, "policy_out": policy_out, "host_access": host_access, "uplink": uplink,
+              "host_services": host_services}  # fmt: skip
     with audited(actor=actor, action="network.zone.edit", target=zone, obj=zone.host, perm="network.zones",
                  params=params, atomic=True):  # fmt: skip
         zone.description, zone.policy_in, zone.policy_out = description, policy_in, policy_out
-        zone.host_access, zone.uplink = host_access, uplink
+        zone.host_access, zone.uplink, zone.host_services = host_access, uplink, host_services
         try:
             zone.full_clean()
         except ValidationError as exc:

@@ -75,6 +75,8 @@ class Command(BaseCommand):
         for opt in ("description", "uplink", "policy-in", "policy-out"):
             p.add_argument(f"--{opt}", default=None)
         p.add_argument("--host-access", choices=["yes", "no"], default=None)
+        p.add_argument("--host-services", default=None, help="with host access, only these (comma separated: "
+                                                             "ssh,dns,dhcp,ntp,http,https,ping; '' for every one)")
         p = z.add_parser("delete")
         p.add_argument("name")
         p.add_argument("--yes", action="store_true", help="confirm")
@@ -224,7 +226,7 @@ class Command(BaseCommand):
             for z in Zone.objects.filter(host=host):
                 self.stdout.write(f"{z.name:<20} {z.kind:<10} bridge={z.bridge} network={z.network_name} "
                                   f"({z.network_state}) in={z.policy_in} out={z.policy_out} "
-                                  f"host={'yes' if z.host_access else 'no'} {z.description}")  # fmt: skip
+                                  f"host={_host_access(z)} {z.description}")  # fmt: skip
             return
         if verb == "create":
             data = {k.replace("-", "_"): o.get(k.replace("-", "_")) for k in
@@ -246,7 +248,9 @@ class Command(BaseCommand):
             data = {"description": zone.description if o["description"] is None else o["description"],
                     "uplink": zone.uplink if o["uplink"] is None else o["uplink"],
                     "policy_in": o["policy_in"] or zone.policy_in, "policy_out": o["policy_out"] or zone.policy_out,
-                    "host_access": zone.host_access if o["host_access"] is None else o["host_access"] == "yes"}
+                    "host_access": zone.host_access if o["host_access"] is None else o["host_access"] == "yes",
+                    "host_services": zone.host_services if o["host_services"] is None else
+                    [s.strip() for s in o["host_services"].split(",") if s.strip()]}  # fmt: skip
             form = ZoneEditForm(data)
             if not form.is_valid():
                 refused(actor=actor, action="network.zone.edit", target=zone, obj=host, perm="network.zones",
@@ -257,6 +261,12 @@ class Command(BaseCommand):
         if verb == "delete":
             job = services.zone_delete(actor=actor, zone=zone, confirmed=o["yes"])
             return self.stdout.write(f"zone {o['name']} deleted; job #{job.pk} removes its network")
+
+
+def _host_access(zone) -> str:
+    if not zone.host_access:
+        return "no"
+    return ",".join(zone.host_services) if zone.host_services else "yes"
 
 
 def _may_view(actor, rule) -> bool:
