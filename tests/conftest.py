@@ -87,6 +87,26 @@ def personas(admin, operator, auditor, viewer, outsider):
     return {"admin": admin, "operator": operator, "auditor": auditor, "viewer": viewer, "outsider": outsider}
 
 
+# ------------------------------------------------------------------ markers
+
+# A test that makes real libvirt objects or starts a real worker through a fixture carries the marker,
+# whether or not its module says so: scripts/test.sh selects on them (the second database's
+# run is the database-facing part of the suite; see the README's "Tests").
+_FIXTURE_MARKERS = {
+    "make_domain": "libvirt",
+    "test_pool": "libvirt",
+    "test_network": "libvirt",
+    "celery_worker_process": "worker",
+}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        for fixture, marker in _FIXTURE_MARKERS.items():
+            if fixture in getattr(item, "fixturenames", ()) and not item.get_closest_marker(marker):
+                item.add_marker(getattr(pytest.mark, marker))
+
+
 # ------------------------------------------------------------------ libvirt
 
 

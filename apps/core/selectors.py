@@ -32,6 +32,8 @@ class Dashboard:
         return sum(n for _, n in self.states)
 
 
+# what a host's line shows: its name, address and how fresh its picture is
+_HOST_SHOWN = ("name", "uri", "collected_at", "unreachable_since", "collect_error")
 # what a job's progress line shows (not its log, result or parameters)
 _JOB_SHOWN = ("kind", "state", "target_name", "actor_name", "created_at", "progress", "error")
 
@@ -42,7 +44,7 @@ def dashboard_for(user) -> Dashboard:
     from apps.vms.selectors import vm_state_counts
 
     return Dashboard(
-        hosts=[h for h in Host.objects.all() if has_perm(user, "dashboard.view", h)],
+        hosts=[h for h in Host.objects.only(*_HOST_SHOWN) if has_perm(user, "dashboard.view", h)],
         states=vm_state_counts(user),
         jobs=list(jobs_visible_to(user).select_related(None).only(*_JOB_SHOWN)[:8]),
         events=list(AuditEvent.objects.all()[:8]) if has_perm(user, "audit.view") else None,  # global only

@@ -14,8 +14,6 @@ Jobs are queued for the workers and followed until they end (--no-wait returns a
 
 from __future__ import annotations
 
-import time
-
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied
@@ -25,6 +23,7 @@ from apps.accounts.permissions import restrict
 from apps.backups import selectors, services
 from apps.backups.models import BackupPolicy, BackupRepository, BackupRun
 from apps.core.errors import NotFound, PortalError
+from apps.core.management.follow import follow_job
 from apps.core.models import Job
 from apps.core.units import format_bytes
 from apps.vms.models import VirtualMachine
@@ -193,24 +192,7 @@ class Command(BaseCommand):
         return selectors.run_for(actor, pk)
 
     def _follow(self, job: Job, o) -> bool:
-        self.stdout.write(f"job {job.pk} {job.kind} {job.target_name} queued")
-        if o["no_wait"]:
-            return True
-        deadline = time.monotonic() + o["timeout"]
-        seen = 0
-        while time.monotonic() < deadline:
-            job.refresh_from_db()
-            for line in job.log[seen:]:
-                self.stdout.write(f"  {line['msg']}")
-            seen = len(job.log)
-            if job.finished:
-                break
-            time.sleep(0.5)
-        else:
-            self.stderr.write(f"job {job.pk} is still {job.state}; follow it in the portal.")
-            return False
-        if job.state != Job.State.SUCCEEDED:
-            self.stderr.write(f"job {job.pk} failed: {job.error}")
-            return False
-        self.stdout.write(self.style.SUCCESS(f"job {job.pk} succeeded {job.result}"))
-        return True
+        problem = follow_job(self, job, no_wait=o["no_wait"], timeout=o["timeout"])
+        if problem:
+            self.stderr.write(problem)
+        return problem is None

@@ -31,7 +31,6 @@ import argparse
 import getpass
 import os
 import sys
-import time
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -40,6 +39,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from apps.audit.services import refused
 from apps.core.errors import InvalidInput, PortalError
+from apps.core.management.follow import follow_job
 from apps.core.models import Host, Job
 from apps.encryption import services
 from apps.encryption.models import EncryptedDisk
@@ -184,24 +184,9 @@ class Command(BaseCommand):
         return input(f"{what}. Type yes to go on: ").strip().lower() == "yes"
 
     def _follow(self, job: Job, options) -> None:
-        self.stdout.write(f"job {job.pk} {job.kind} queued")
-        if options["no_wait"]:
-            return
-        deadline = time.monotonic() + options["timeout"]
-        seen = 0
-        while time.monotonic() < deadline:
-            job.refresh_from_db()
-            for line in job.log[seen:]:
-                self.stdout.write(f"  {line['msg']}")
-            seen = len(job.log)
-            if job.finished:
-                break
-            time.sleep(0.5)
-        else:
-            raise CommandError(f"job {job.pk} is still {job.state}; follow it in the portal.")
-        if job.state != Job.State.SUCCEEDED:
-            raise CommandError(f"job {job.pk} failed: {job.error}")
-        self.stdout.write(self.style.SUCCESS(f"job {job.pk} succeeded {job.result}"))
+        problem = follow_job(self, job, no_wait=options["no_wait"], timeout=options["timeout"])
+        if problem:
+            raise CommandError(problem)
 
     # ------------------------------------------------------------ commands
 
