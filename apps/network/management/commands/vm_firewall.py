@@ -3,8 +3,6 @@ permissions and audit as the pages. The actor is the system user unless --as USE
 
 from __future__ import annotations
 
-import time
-
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied
@@ -12,6 +10,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from apps.audit.services import refused
 from apps.core.errors import NotFound, PortalError
+from apps.core.management.follow import follow_job
 from apps.core.models import Host
 from apps.core.validators import validate_name
 from apps.network import services
@@ -194,23 +193,13 @@ class Command(BaseCommand):
                           "or it rolls back")  # fmt: skip
 
     def _follow_quarantine(self, job, o):
-        self.stdout.write(f"job {job.pk} quarantines {job.target_name}: incident {job.params['incident']}")
+        self.stdout.write(f"incident {job.params['incident']}")
+        problem = follow_job(self, job, no_wait=o["no_wait"], timeout=o["timeout"])
         if o["no_wait"]:
             return
-        deadline, seen = time.monotonic() + o["timeout"], 0
-        while time.monotonic() < deadline:
-            job.refresh_from_db()
-            for line in job.log[seen:]:
-                self.stdout.write(f"  {line['msg']}")
-            seen = len(job.log)
-            if job.finished:
-                break
-            time.sleep(0.5)
-        else:
-            raise CommandError(f"job {job.pk} is still {job.state}; follow it in the portal.")
         q = Quarantine.objects.filter(incident_id=job.params["incident"]).first()
         if q is None:
-            raise CommandError(job.error or f"job {job.pk} {job.state}")
+            raise CommandError(problem or f"job {job.pk} {job.state}")
         self._steps(q)
 
     def _steps(self, q):
