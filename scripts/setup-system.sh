@@ -8,6 +8,7 @@ APT_PACKAGES=(
   pkg-config qemu-utils qemu-system-x86 qemu-block-extra dnsmasq-base iptables nftables
   iproute2 cryptsetup-bin dmsetup restic softhsm2 tpm2-tools swtpm swtpm-tools redis-server chromium chromium-driver
   prometheus lynis
+  ovmf  # UEFI and secure-boot firmware (OVMF_CODE_4M.secboot.fd, OVMF_VARS_4M.ms.fd) for VM profiles
 )
 
 as_root() {

@@ -3,6 +3,7 @@ clean-up, and a real Celery worker on the real Redis."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -28,12 +29,64 @@ def unique(prefix: str = "t") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
+def totp_code(user) -> str:
+    """A fresh code of the user's authenticator, as their app would show it. The device
+    forgets the last time step it accepted first: a test that signs in or re-authenticates
+    several times within 30 s stands for a user who waited for the next code (replays are
+    tested without this, in tests/unit/test_two_factor.py)."""
+    from django_otp.oath import TOTP
+    from django_otp.plugins.otp_totp.models import TOTPDevice
+
+    device = TOTPDevice.objects.get(user_id=user.pk, confirmed=True)
+    TOTPDevice.objects.filter(pk=device.pk).update(last_t=-1, drift=0, throttling_failure_count=0)
+    return f"{TOTP(device.bin_key, device.step, device.t0, device.digits).token():0{device.digits}d}"
+
+
+def give_mfa(user):
+    """Turn two-factor sign-in on for `user` (a confirmed TOTP device), as enrolment does."""
+    from django_otp.plugins.otp_totp.models import TOTPDevice
+
+    return TOTPDevice.objects.create(user=user, name="authenticator", confirmed=True)
+
+
 def reauthenticate(client, password: str = PASSWORD) -> None:
-    """Type the password again (the sudo mode that REAUTH_POLICY's actions ask for)."""
+    """Type the password again (the sudo mode that REAUTH_POLICY's actions ask for), and a
+    code for a user with two-factor sign-in."""
+    from django.contrib.auth import get_user_model
     from django.urls import reverse
 
-    response = client.post(reverse("accounts:reauth"), {"password": password, "next": "/"})
+    from apps.accounts.mfa_status import mfa_enabled
+
+    user = get_user_model().objects.get(pk=client.session["_auth_user_id"])
+    data = {"password": password, "next": "/"}
+    if mfa_enabled(user):
+        data["code"] = totp_code(user)
+    response = client.post(reverse("accounts:reauth"), data)
     assert response.status_code == 302, "the re-authentication was refused"
+
+
+@pytest.fixture(autouse=True)
+def _force_login_gives_the_second_factor(monkeypatch):
+    """`client.force_login(user)` stands for a finished sign-in: for a user with two-factor
+    sign-in that includes the code, so the session is marked verified by their device, as
+    the code step would. The policy itself stays as in production (admins must have a
+    device; make_user gives admins one); tests/unit/test_two_factor.py signs in for real."""
+    from django.test.client import ClientMixin
+
+    original = ClientMixin._login
+
+    def _login(self, user, backend=None):
+        original(self, user, backend)
+        from django_otp import DEVICE_ID_SESSION_KEY
+        from django_otp.plugins.otp_totp.models import TOTPDevice
+
+        device = TOTPDevice.objects.filter(user_id=user.pk, confirmed=True).first()
+        if device is not None:
+            session = self.session
+            session[DEVICE_ID_SESSION_KEY] = device.persistent_id
+            session.save()
+
+    monkeypatch.setattr(ClientMixin, "_login", _login)
 
 
 @pytest.fixture(autouse=True)
@@ -48,10 +101,14 @@ def _fresh_cache():
 
 @pytest.fixture
 def make_user(django_user_model):
-    def make(username: str | None = None, role: str | None = None, **scope):
+    def make(username: str | None = None, role: str | None = None, mfa: bool | None = None, **scope):
+        """mfa: give the user two-factor sign-in; by default admins have it (the policy
+        requires it of them: settings.MFA_REQUIRED_ROLES) and nobody else does."""
         user = django_user_model.objects.create_user(username=username or unique("u"), password=PASSWORD)
         if role:
             RoleAssignment.objects.create(user=user, role=role, scope=scope.pop("scope", "global"), **scope)
+        if mfa if mfa is not None else role in settings.MFA_REQUIRED_ROLES:
+            give_mfa(user)
         return user
 
     return make
@@ -117,6 +174,16 @@ def _image_dir_removed_at_the_end():
     yield
     if settings.IMAGE_DIR.name.startswith("test-"):
         shutil.rmtree(settings.IMAGE_DIR, ignore_errors=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _audit_chain_key_removed_at_the_end():
+    """This run's audit chain key (settings.AUDIT_CHAIN_KEY_PATH, test-audit/<run>/) goes with the run."""
+    yield
+    if settings.AUDIT_CHAIN_KEY_PATH.parent.parent.name == "test-audit":
+        shutil.rmtree(settings.AUDIT_CHAIN_KEY_PATH.parent, ignore_errors=True)
+        with contextlib.suppress(OSError):  # the last run's: test-audit/ itself
+            settings.AUDIT_CHAIN_KEY_PATH.parent.parent.rmdir()
 
 
 @pytest.fixture(scope="session")

@@ -1,39 +1,12 @@
 from django import forms
 from django.contrib.auth import get_user_model
-from django.contrib.auth.forms import AuthenticationForm
 from django.contrib.auth.password_validation import validate_password
-from django.contrib.auth.signals import user_login_failed
 
-from apps.audit.middleware import client_ip
 from apps.core.models import Host
 
-from . import throttle
 from .models import Role, Scope
 
-
-class ThrottledAuthenticationForm(AuthenticationForm):
-    error_messages = {
-        **AuthenticationForm.error_messages,
-        "locked": "Too many failed sign-ins. Wait 15 minutes or ask an admin.",
-    }
-
-    def clean(self):
-        username = self.cleaned_data.get("username") or ""
-        ip = client_ip(self.request) if self.request else None
-        if throttle.is_locked(username, ip):
-            # refused before the password is checked: the same signal as a wrong password,
-            # with the reason (apps.audit.auth_events records it as a denial)
-            user_login_failed.send(
-                sender=__name__, credentials={"username": username}, request=self.request, throttled=True
-            )
-            raise forms.ValidationError(self.error_messages["locked"], code="locked")
-        try:
-            cleaned = super().clean()
-        except forms.ValidationError:
-            throttle.note_failure(username, ip)
-            raise
-        throttle.clear(username, ip)
-        return cleaned
+_CODE_ATTRS = {"autocomplete": "one-time-code", "inputmode": "text", "spellcheck": "false", "size": 12}
 
 
 class UserCreateForm(forms.Form):
@@ -70,3 +43,11 @@ class AssignmentForm(forms.Form):
 
 class ReauthForm(forms.Form):
     password = forms.CharField(widget=forms.PasswordInput(attrs={"autocomplete": "current-password"}), strip=False)
+    # asked of users with two-factor sign-in; its shape is checked by apps.accounts.mfa
+    code = forms.CharField(required=False, max_length=32, widget=forms.TextInput(attrs=_CODE_ATTRS))
+
+
+class CodeForm(forms.Form):
+    """A TOTP code or a recovery code (apps.accounts.mfa checks which, and its shape)."""
+
+    code = forms.CharField(max_length=32, widget=forms.TextInput(attrs={**_CODE_ATTRS, "autofocus": True}))

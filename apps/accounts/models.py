@@ -66,3 +66,18 @@ class RoleAssignment(models.Model):
 
     def __str__(self):
         return f"{self.user} is {self.role} of {self.scope_label}"
+
+
+class SessionEpoch(models.Model):
+    """A user's session generation. Each session remembers the epoch it signed in under;
+    revoking a role, disabling the user or changing their password moves the epoch on, and
+    every older session is refused at its next request (apps.accounts.sessions)."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, primary_key=True, on_delete=models.CASCADE, related_name="session_epoch"
+    )
+    epoch = models.PositiveIntegerField(default=0)
+    changed_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self):
+        return f"{self.user_id}@{self.epoch}"

@@ -19,11 +19,18 @@ from .models import Role, RoleAssignment, Scope
 VIEW_PERMISSIONS = frozenset(
     {"dashboard.view", "vms.view", "storage.view", "network.view", "encryption.view", "jobs.view", "backups.view"}
 )
+# vms.create / vms.change / vms.delete: new VMs from profiles, their resources and limits, delete
 OPERATE_PERMISSIONS = frozenset(
-    {"vms.operate", "vms.snapshot", "storage.change", "encryption.change", "network.change", "backups.run"}
+    {"vms.operate", "vms.snapshot", "storage.change", "encryption.change", "network.change", "backups.run",
+     "vms.create", "vms.change", "vms.delete"}
 )
 AUDIT_PERMISSIONS = frozenset({"audit.view", "access_review.view"})
-ADMIN_PERMISSIONS = frozenset({"accounts.manage", "storage.settings", "security.manage", "network.zones"})
+# profiles.change: edit and import VM profiles
+# access_review.manage: run review campaigns (decide, close: revocations are applied)
+ADMIN_PERMISSIONS = frozenset(
+    {"accounts.manage", "storage.settings", "security.manage", "network.zones", "profiles.change",
+     "access_review.manage"}
+)
 # monitoring.view: the host security posture page (operators and auditors read it too)
 MONITORING_PERMISSIONS = frozenset({"monitoring.view"})
 # encryption.keys: unseal the key store, export key escrow, rotate the KEK (admins only)
@@ -53,6 +60,11 @@ def _assignments(user) -> list[RoleAssignment]:
         cached = list(assignments.only("role", "scope", "host_id", "zone", "vm_id"))
         setattr(user, _CACHE_ATTR, cached)
     return cached
+
+
+def assignments(user) -> list[RoleAssignment]:
+    """The user's role assignments (cached for the request, like every check here)."""
+    return _assignments(user)
 
 
 def forget(user) -> None:

@@ -54,10 +54,21 @@ REAUTH_POLICY: dict[str, str | When] = {
     "accounts:set_active": ALWAYS,
     "accounts:assignment_add": ALWAYS,
     "accounts:assignment_remove": ALWAYS,
+    # two-factor sign-in: enrolling needs a valid code of the new device (the password was
+    # just typed at sign-in); new recovery codes replace the old ones, and turning a user's
+    # two-factor sign-in off weakens their account
+    "accounts:mfa_confirm": NEVER,
+    "accounts:mfa_recovery": ALWAYS,
+    "accounts:mfa_disable": ALWAYS,
     # VMs: force off loses unsaved work, a deleted snapshot is gone
     "vms:action": When("action", "force_off"),  # start, shutdown, suspend, resume: NEVER
     "vms:snapshot_create": NEVER,
     "vms:snapshot_delete": ALWAYS,
+    "profiles:save": NEVER,
+    "profiles:import": NEVER,
+    "profiles:vm_create": NEVER,
+    "profiles:vm_resources": NEVER,
+    "profiles:vm_delete": ALWAYS,  # destroys a VM, and its disks when asked
     # storage: a deleted volume is gone; quotas, limits and resizes (growth only) are reversible
     "storage:alert_ack": NEVER,
     "storage:settings_save": NEVER,
@@ -73,6 +84,8 @@ REAUTH_POLICY: dict[str, str | When] = {
     "backups:restore_in_place": ALWAYS,  # replaces the VM's disks (their previous files are kept)
     "backups:verify": NEVER,
     "backups:prune": ALWAYS,
+    "backups:policy_create": NEVER,  # adds backups
+    "backups:policy_update": ALWAYS,  # can move, thin out or switch off every VM's backups
     # encryption: keys, passphrases and the key store
     "encryption:create": NEVER,
     "encryption:encrypt_existing": NEVER,  # confirmed; keeps the data (header backed up first)
@@ -110,6 +123,11 @@ REAUTH_POLICY: dict[str, str | When] = {
     "network:vm_move": ALWAYS,  # another zone's policy applies, and role scopes follow the label
     "network:quarantine": ALWAYS,
     "network:release": ALWAYS,
+    # access reviews: starting a campaign and a decision change nobody's access; closing
+    # applies the revocations
+    "reviews:campaign_start": NEVER,
+    "reviews:campaign_decide": NEVER,  # applied only when the campaign closes (re-authenticated)
+    "reviews:campaign_close": ALWAYS,
 }
 
 
@@ -171,10 +189,13 @@ def reauth_url(request) -> str:
     return f"{reverse('accounts:reauth')}?{urlencode({'next': safe_next(request, back)})}"
 
 
-def confirm_password(request, password: str) -> None:
+def confirm_password(request, password: str, code: str = "") -> None:
     """The re-authentication itself: mark the session when `password` is the signed-in
-    user's; otherwise raise ReauthRefused. Guesses are throttled by their own counter
+    user's and, for a user with two-factor sign-in, `code` is a valid TOTP or recovery
+    code; otherwise raise ReauthRefused. Guesses are throttled by their own counter
     (throttle.REAUTH), never the sign-in one; each outcome is audited."""
+    from . import mfa
+
     user, ip = request.user, client_ip(request)
     username = user.get_username()
     if throttle.is_locked(username, ip, throttle.REAUTH):
@@ -184,6 +205,24 @@ def confirm_password(request, password: str) -> None:
         throttle.note_failure(username, ip, throttle.REAUTH)
         record(actor=user, action="auth.reauth.failed", target=user, outcome="failed", error="wrong password")
         raise ReauthRefused("That is not your password.")
+    method = None
+    if mfa.mfa_enabled(user):
+        try:
+            method = mfa.check_code(user, code).method
+        except mfa.MFARefused as exc:
+            if exc.reason != mfa.MALFORMED:  # a typo in the code's shape is no guess
+                throttle.note_failure(username, ip, throttle.REAUTH)
+            record(
+                actor=user,
+                action="auth.reauth.failed",
+                target=user,
+                outcome="denied" if exc.reason == mfa.THROTTLED else "failed",
+                params={"reason": exc.reason},
+                error=f"second factor: {exc.message}",
+            )
+            raise ReauthRefused(exc.message) from None
     throttle.clear(username, ip, throttle.REAUTH)
     mark_recent_auth(request)
-    record(actor=user, action="auth.reauth", target=user, outcome="success")
+    record(actor=user, action="auth.reauth", target=user, outcome="success", params={"second_factor": method or "none"})
+    if method == "recovery":
+        mfa.record_recovery_use(user)

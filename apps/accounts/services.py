@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from django.contrib.auth import get_user_model
-from django.contrib.sessions.models import Session
+from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
-from django.utils import timezone
 
 from apps.audit.services import audited
 from apps.core.errors import Conflict, InvalidInput
@@ -14,6 +13,7 @@ from apps.core.errors import Conflict, InvalidInput
 from . import permissions
 from .models import Role, RoleAssignment, Scope
 from .permissions import authorize
+from .sessions import sessions_end
 
 User = get_user_model()
 
@@ -29,25 +29,37 @@ def user_create(*, actor, username: str, password: str, email: str = "", role: s
     return user
 
 
-def _end_sessions(user) -> int:
-    """Delete every session of the user (Proxmox leaves them alive; we do not)."""
-    ended = 0
-    for session in Session.objects.filter(expire_date__gt=timezone.now()).iterator():
-        if str(session.get_decoded().get("_auth_user_id")) == str(user.pk):
-            session.delete()
-            ended += 1
-    return ended
-
-
-def user_set_active(*, actor, user, active: bool) -> None:
+def user_set_active(*, actor, user, active: bool, reason: str = "") -> None:
+    """Enable or disable an account (actor None: the system, e.g. the dormant-account policy)."""
     action = "accounts.user.enable" if active else "accounts.user.disable"
     authorize(actor, "accounts.manage", action=action, target=user)
-    with audited(actor=actor, action=action, target=user, atomic=True) as ev:
-        if user.pk == actor.pk and not active:
+    with audited(actor=actor, action=action, target=user, params={"reason": reason} if reason else None,
+                 atomic=True) as ev:  # fmt: skip
+        if actor is not None and user.pk == actor.pk and not active:
             raise Conflict("You cannot disable your own account.")
         user.is_active = active
         user.save(update_fields=["is_active"])
-        ev.params["sessions_ended"] = 0 if active else _end_sessions(user)
+        if not active:  # Proxmox leaves a disabled user's sessions alive; we do not
+            sessions_end(user)
+            ev.params["sessions_ended"] = "all"
+
+
+def user_password_set(*, actor, user, password: str) -> None:
+    """Set a user's password (an admin for anyone, a user for themselves): every other
+    session of the user ends at once. A caller acting in a request of that same user keeps
+    its own session with `sessions.keep_this_session(request)`."""
+    action = "accounts.user.password"
+    if actor is None or actor.pk != user.pk:
+        authorize(actor, "accounts.manage", action=action, target=user)
+    with audited(actor=actor, action=action, target=user, atomic=True) as ev:
+        try:
+            validate_password(password, user)
+        except ValidationError as exc:
+            raise InvalidInput(" ".join(exc.messages)) from None
+        user.set_password(password)
+        user.save(update_fields=["password"])
+        sessions_end(user)
+        ev.params["sessions_ended"] = "all"
 
 
 def assignment_add(*, actor, user, role: str, scope: str, host=None, zone: str = "", vm=None) -> RoleAssignment:
@@ -94,6 +106,7 @@ def assignment_remove(*, actor, assignment: RoleAssignment) -> None:
         )
         if assignment.role == Role.ADMIN and not remaining_admins.exists():
             raise Conflict("This is the last active admin assignment; give the admin role to someone else first.")
-        ev.params = {"role": assignment.role, "scope": assignment.scope_label}
+        ev.params = {"role": assignment.role, "scope": assignment.scope_label, "sessions_ended": "all"}
         assignment.delete()
+        sessions_end(user)  # the revoked role ends with the sessions that held it
     permissions.forget(user)

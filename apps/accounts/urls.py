@@ -11,4 +11,9 @@ urlpatterns = [
     path("<int:pk>/assignments/", views.assignment_add, name="assignment_add"),
     path("<int:pk>/assignments/<int:assignment_id>/delete/", views.assignment_remove, name="assignment_remove"),
     path("reauth/", views.reauth_confirm, name="reauth"),
+    path("two-factor/", views.mfa_setup, name="mfa_setup"),
+    path("two-factor/confirm/", views.mfa_confirm, name="mfa_confirm"),
+    path("two-factor/recovery-codes/", views.mfa_recovery, name="mfa_recovery"),
+    path("two-factor/verify/", views.mfa_verify, name="mfa_verify"),
+    path("<int:pk>/two-factor/disable/", views.mfa_disable, name="mfa_disable"),
 ]

@@ -1,23 +1,43 @@
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth import views as auth_views
+from django.contrib.auth.forms import AuthenticationForm
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from apps.audit.services import refused
 from apps.core.views_util import permission_required, render_page
 from apps.vms.models import VirtualMachine
 
-from . import reauth, services
-from .forms import AssignmentForm, ReauthForm, ThrottledAuthenticationForm, UserCreateForm
+from . import mfa, reauth, services
+from .forms import AssignmentForm, CodeForm, ReauthForm, UserCreateForm
+from .mfa_status import mfa_enabled
 from .models import RoleAssignment
 
 User = get_user_model()
 
 
 class LoginView(auth_views.LoginView):
-    form_class = ThrottledAuthenticationForm
+    """The password step; throttled by django-axes (its backend refuses a locked-out user
+    name unchecked, and its middleware answers with `locked_out` below). The second factor
+    follows (apps.accounts.mfa.SecondFactorMiddleware sends the session to it)."""
+
+    form_class = AuthenticationForm
     redirect_authenticated_user = True
+
+
+def locked_out(request, original_response=None, credentials=None):
+    """settings.AXES_LOCKOUT_CALLABLE: the sign-in page again, saying why (429)."""
+    minutes = max(1, settings.LOGIN_FAILURE_WINDOW // 60)
+    username = str((credentials or {}).get("username") or request.POST.get("username", ""))[:150]
+    context = {
+        "form": AuthenticationForm(request, initial={"username": username}),
+        "locked": f"Too many failed sign-ins. Wait {minutes} minutes or ask an admin.",
+        "next": reauth.safe_next(request, request.POST.get("next", "")),
+    }
+    return render(request, "registration/login.html", context, status=429)
 
 
 @permission_required("accounts.manage")
@@ -51,7 +71,7 @@ def _error_text(form) -> str:
 
 def _user_page(request, user, form, status: int = 200):
     assignments = user.role_assignments.select_related("host", "vm", "vm__host")
-    context = {"subject": user, "assignments": assignments, "form": form}
+    context = {"subject": user, "assignments": assignments, "form": form, "mfa_on": mfa_enabled(user)}
     return render_page(request, "accounts/user.html", context, status=status)
 
 
@@ -111,15 +131,99 @@ def assignment_remove(request, pk: int, assignment_id: int):
 
 @permission_required("dashboard.view")
 def reauth_confirm(request):
-    """Ask for the password again; once confirmed, go back to `next` (the page of the action)."""
+    """Ask for the password again (and a code, with two-factor sign-in); once confirmed, go
+    back to `next` (the page of the action)."""
     next_url = reauth.safe_next(request, request.POST.get("next") or request.GET.get("next") or "")
     form = ReauthForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         try:
-            reauth.confirm_password(request, form.cleaned_data["password"])
+            reauth.confirm_password(request, form.cleaned_data["password"], form.cleaned_data.get("code", ""))
         except reauth.ReauthRefused as exc:
             form.add_error("password", exc.message)
         else:
             return redirect(next_url)
     status = 400 if request.method == "POST" else 200
-    return render(request, "accounts/reauth.html", {"form": form, "next": next_url}, status=status)
+    context = {"form": form, "next": next_url, "mfa_on": mfa_enabled(request.user)}
+    return render(request, "accounts/reauth.html", context, status=status)
+
+
+# ------------------------------------------------------------------ two-factor sign-in
+
+
+@permission_required("dashboard.view")
+def mfa_verify(request):
+    """The second step of signing in: a TOTP code or a recovery code."""
+    next_url = reauth.safe_next(request, request.POST.get("next") or request.GET.get("next") or "")
+    if request.user.is_verified() or (request.method != "POST" and not mfa_enabled(request.user)):
+        return redirect(next_url)  # nothing to verify (the middleware sends an unenrolled admin to enrol)
+    # a code posted for a device that is gone (turned off meanwhile) is refused with the reason
+    form = CodeForm(request.POST or None)
+    if request.method == "POST":
+        try:
+            if not form.is_valid():
+                raise mfa.MFARefused("Type the code.", mfa.MALFORMED)
+            mfa.verify_sign_in(request, form.cleaned_data["code"])
+        except mfa.MFARefused as exc:
+            if exc.reason == mfa.MALFORMED and "code" not in form.cleaned_data:
+                refused(actor=request.user, action="auth.mfa.verify", target=request.user, error=exc.message)
+            form.add_error("code", exc.message)
+        else:
+            return redirect(next_url)
+    status = 400 if request.method == "POST" else 200
+    return render(request, "registration/mfa_verify.html", {"form": form, "next": next_url}, status=status)
+
+
+def _setup_page(request, form, status: int = 200):
+    user = request.user
+    context = {"form": form, "next": reauth.safe_next(request, request.GET.get("next", "")), "required": False}
+    if mfa_enabled(user):
+        context.update(enabled=True, codes_left=mfa.recovery_codes_left(user))
+    else:
+        device = mfa.enrol_start(user)
+        context.update(
+            enabled=False,
+            qr=mfa.qr_data_uri(device),
+            secret=mfa.secret_for_manual_entry(device),
+            required=mfa.required_for(user),
+        )
+    return render(request, "accounts/mfa_setup.html", context, status=status)
+
+
+@permission_required("dashboard.view")
+def mfa_setup(request):
+    """Your own two-factor sign-in: enrol (QR code, secret, a code to confirm), or see how
+    many recovery codes are left and make new ones."""
+    return _setup_page(request, CodeForm())
+
+
+@require_POST
+@permission_required("dashboard.view")
+def mfa_confirm(request):
+    form = CodeForm(request.POST)
+    try:
+        if not form.is_valid():
+            raise mfa.MFARefused("Type the 6-digit code your authenticator app shows.", mfa.MALFORMED)
+        codes = mfa.enrol_confirm(request, form.cleaned_data["code"])
+    except mfa.MFARefused as exc:
+        if "code" not in form.cleaned_data:  # enrol_confirm audits what reached it
+            refused(actor=request.user, action="auth.mfa.enrol", target=request.user, error=exc.message)
+        form.add_error("code", exc.message)
+        return _setup_page(request, form, status=400)
+    next_url = reauth.safe_next(request, request.POST.get("next", ""))
+    return render(request, "accounts/mfa_codes.html", {"codes": codes, "next": next_url, "first": True})
+
+
+@require_POST
+@permission_required("dashboard.view")
+def mfa_recovery(request):
+    codes = mfa.recovery_regenerate(actor=request.user)
+    return render(request, "accounts/mfa_codes.html", {"codes": codes, "next": reverse("accounts:mfa_setup")})
+
+
+@require_POST
+@permission_required("accounts.manage")
+def mfa_disable(request, pk: int):
+    user = get_object_or_404(User, pk=pk)
+    mfa.mfa_disable(actor=request.user, user=user)
+    messages.success(request, f"Two-factor sign-in is off for {user.username}; they enrol again where required.")
+    return redirect("accounts:detail", pk=user.pk)

@@ -72,3 +72,34 @@ class AuditChainHead(models.Model):
     id = models.PositiveSmallIntegerField(primary_key=True, default=1)
     last_hash = models.CharField(max_length=64)
     count = models.PositiveBigIntegerField(default=0)
+
+
+class AuditChainCheckpoint(models.Model):
+    """Where incremental verification stopped (single row): the newest event verified, its
+    hash, and when; or the first break found. `signature` is an HMAC with the chain key over
+    (last_id, last_hash, checked), so a checkpoint moved forward by someone with database
+    access only does not verify and verification starts over from the first event."""
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1)
+    last_id = models.BigIntegerField(default=0)
+    last_hash = models.CharField(max_length=64, blank=True)
+    checked = models.PositiveBigIntegerField(default=0)  # events verified in total up to last_id
+    signature = models.CharField(max_length=64, blank=True)
+    verified_at = models.DateTimeField(null=True, blank=True)
+    broken_event_id = models.BigIntegerField(null=True, blank=True)
+    broken_reason = models.TextField(blank=True)
+    broken_at = models.DateTimeField(null=True, blank=True)
+    anchored_id = models.BigIntegerField(null=True, blank=True)  # the head written to the newest anchor file
+    anchored_at = models.DateTimeField(null=True, blank=True)
+
+
+class AuditForwardCursor(models.Model):
+    """SIEM forwarding queue (single row): every event with an id above `forwarded_id` is
+    still to be sent; the cursor moves only after the socket write of a batch succeeded."""
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1)
+    forwarded_id = models.BigIntegerField(default=0)
+    forwarded_at = models.DateTimeField(null=True, blank=True)
+    last_attempt_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    last_error_at = models.DateTimeField(null=True, blank=True)

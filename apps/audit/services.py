@@ -2,43 +2,23 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from django.db import transaction
 from django.utils import timezone
 
-from . import context
+from . import chain, context
 from .models import AuditChainHead, AuditEvent
 from .redaction import redact
 
-GENESIS = "0" * 64
+GENESIS = chain.GENESIS
 SYSTEM_ACTOR = "system"
 
 
-def event_hash(prev_hash: str, fields: dict) -> str:
-    body = json.dumps(fields, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256((prev_hash + body).encode()).hexdigest()
-
-
 def hashed_fields(event: AuditEvent) -> dict:
-    return {
-        "created_at": event.created_at.isoformat(),
-        "actor_id": event.actor_id,
-        "actor_name": event.actor_name,
-        "source_ip": event.source_ip,
-        "request_id": event.request_id,
-        "action": event.action,
-        "target_type": event.target_type,
-        "target_id": event.target_id,
-        "target_name": event.target_name,
-        "params": event.params,
-        "outcome": event.outcome,
-        "error": event.error,
-        "job_id": event.job_id,
-    }
+    """What an event's keyed link covers (apps.audit.chain)."""
+    return chain.event_fields(event)
 
 
 def _describe_target(target) -> tuple[str, str, str]:
@@ -94,7 +74,8 @@ def record(
             job_id=getattr(job, "pk", job),
             prev_hash=head.last_hash,
         )
-        event.hash = event_hash(head.last_hash, hashed_fields(event))
+        key = chain.chain_key(may_create=head.last_hash == GENESIS)
+        event.hash = chain.link(key, head.last_hash, hashed_fields(event))
         event.save()
         AuditChainHead.objects.filter(id=1).update(last_hash=event.hash, count=head.count + 1)
     return event
@@ -172,18 +153,8 @@ def refused(*, actor, action: str, target=None, params: dict | None = None, erro
 
 
 def verify_chain() -> tuple[int, AuditEvent | None, str]:
-    """Walk the chain in order. Returns (events checked, first bad event or None, reason)."""
-    prev = GENESIS
-    checked = 0
-    for event in AuditEvent.objects.order_by("id").iterator(chunk_size=2000):
-        if event.prev_hash != prev:
-            return checked, event, "the event before it was removed or altered (previous hash does not match)"
-        # Reload through JSON so values compare exactly as they were hashed.
-        if event_hash(prev, json.loads(json.dumps(hashed_fields(event), default=str))) != event.hash:
-            return checked, event, "its contents were altered (hash does not match)"
-        prev = event.hash
-        checked += 1
-    head = AuditChainHead.objects.filter(id=1).first()
-    if head is not None and head.last_hash != prev:
-        return checked, None, "the newest events were removed (chain head does not match the last event)"
-    return checked, None, ""
+    """Walk the whole keyed chain, then the head and the anchor (apps.audit.chain).
+    Returns (events verified intact, first bad event or None, reason)."""
+    result = chain.verify_full()
+    bad = AuditEvent.objects.filter(id=result.bad_id).first() if result.bad_id else None
+    return result.checked, bad, result.reason

@@ -5,5 +5,4 @@ from . import views
 app_name = "audit"
 urlpatterns = [
     path("", views.event_list, name="events"),
-    path("access-review/", views.access_review, name="access_review"),
 ]

@@ -14,8 +14,13 @@ class BackupRepository(models.Model):
     """A restic repository at a destination directory. Its password is a random key in the
     portal's key store (key_id), never beside the repository."""
 
+    class Purpose(models.TextChoices):
+        DISKS = "disks", "VM disks and definitions"
+        KEYS = "keys", "LUKS headers and disk keys (kept apart from the disks)"
+
     path = models.CharField(max_length=500, unique=True)
     key_id = models.CharField(max_length=64, unique=True)
+    purpose = models.CharField(max_length=8, choices=Purpose.choices, default=Purpose.DISKS)
     created_at = models.DateTimeField(auto_now_add=True)
 
     def __str__(self):
@@ -53,6 +58,15 @@ class BackupPolicy(models.Model):
     def __str__(self):
         return self.name
 
+    def scope_path(self):
+        return (None, None, None)  # may name any VM and any destination: only a global role edits it
+
+    EDITABLE = ("selector", "zone", "vm_names", "destination", "interval_hours", "keep_last", "keep_daily",
+                "keep_weekly", "keep_monthly", "verify_max_age_days", "enabled")  # fmt: skip
+
+    def settings_dict(self) -> dict:
+        return {f: getattr(self, f) for f in self.EDITABLE}
+
 
 class BackupRun(models.Model):
     """One backup of one VM. Only a `succeeded` run is a good backup: a run whose worker was
@@ -76,6 +90,10 @@ class BackupRun(models.Model):
     state = models.CharField(max_length=10, choices=State.choices, default=State.QUEUED, db_index=True)
     method = models.CharField(max_length=20, blank=True, help_text="offline or external-snapshot")
     snapshot_id = models.CharField(max_length=64, blank=True)
+    keys_repository = models.ForeignKey(
+        BackupRepository, null=True, blank=True, on_delete=models.PROTECT, related_name="key_runs"
+    )  # where its LUKS headers and wrapped keys went
+    keys_snapshot_id = models.CharField(max_length=64, blank=True, help_text="LUKS headers and wrapped keys")
     bytes_done = models.BigIntegerField(default=0)
     bytes_total = models.BigIntegerField(default=0)
     bytes_per_second = models.BigIntegerField(default=0)

@@ -11,4 +11,6 @@ urlpatterns = [
     path("runs/<int:pk>/restore-in-place/", views.restore_in_place, name="restore_in_place"),
     path("runs/<int:pk>/verify/", views.verify, name="verify"),
     path("repositories/<int:pk>/prune/", views.prune, name="prune"),
+    path("policies/new/", views.policy_create, name="policy_create"),
+    path("policies/<int:pk>/", views.policy_update, name="policy_update"),
 ]

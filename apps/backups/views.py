@@ -15,8 +15,8 @@ from apps.core.views_util import permission_required, render_page
 from apps.vms.models import VirtualMachine
 
 from . import selectors, services
-from .forms import BackupNowForm, PruneForm, RestoreForm, error_text, submitted
-from .models import BackupRepository
+from .forms import BackupNowForm, PolicyForm, PruneForm, RestoreForm, error_text, submitted
+from .models import BackupPolicy, BackupRepository
 
 
 def _context(request, **extra) -> dict:
@@ -26,6 +26,8 @@ def _context(request, **extra) -> dict:
         "statuses": statuses,
         "runs": runs,
         "repositories": selectors.repositories(),
+        "policies": BackupPolicy.objects.all(),
+        "selector_choices": BackupPolicy.Selector.choices,
         "polling": any(s.active for s in statuses),
         "interrupted": {r.pk for r in runs if selectors.interrupted(r)},
         **extra,
@@ -107,3 +109,26 @@ def prune(request, pk: int):
     keep = {k: form.cleaned_data[k] for k in ("keep_last", "keep_daily", "keep_weekly", "keep_monthly")}
     job = services.backup_prune(actor=request.user, repository=repository, **keep)
     return _answer(request, f"Retention of {repository.path} queued (job {job.pk}).")
+
+
+@require_POST
+@permission_required("backups.run")
+def policy_create(request):
+    form = PolicyForm(request.POST, creating=True)
+    if not form.is_valid():
+        return _invalid(request, form, action="backups.policy.create", target=None)
+    policy = services.backup_policy_create(actor=request.user, name=form.cleaned_data["name"], **form.changes())
+    return _answer(request, f"Backup policy {policy.name} created.")
+
+
+@require_POST
+@permission_required("backups.run")
+def policy_update(request, pk: int):
+    policy = BackupPolicy.objects.filter(pk=pk).first()
+    if policy is None:
+        raise NotFound("No such backup policy.")
+    form = PolicyForm(request.POST)
+    if not form.is_valid():
+        return _invalid(request, form, action="backups.policy.update", target=policy)
+    services.backup_policy_update(actor=request.user, policy=policy, **form.changes())
+    return _answer(request, f"Backup policy {policy.name} saved.")

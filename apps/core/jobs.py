@@ -12,7 +12,10 @@ is registered with `long=True`, so it runs in the task whose time limits
 (settings.JOB_LONG_TIME_LIMIT) are above the command's own timeout.
 
 A job runs as the user who asked for it; it runs as the system only when a command asked
-for it without a user (actor_name "system"). A job whose user was deleted since is denied.
+for it without a user (actor_name "system"). A job whose user was deleted or disabled since
+is denied, and every handler checks its permission again for the job's actor when it runs
+(`authorize(job_actor(job), ...)`), reading the roles as they are then: a role revoked while
+the job waited in the queue refuses it (denied, audited).
 """
 
 from __future__ import annotations
@@ -70,7 +73,10 @@ def job_actor(job: Job):
     """The user the job acts for, or None for the system (a job a command asked for without
     a user). A job whose user was deleted since is not the system: PermissionDenied."""
     if job.actor_id is not None:
-        return job.actor
+        actor = job.actor
+        if not actor.is_active:  # disabled since it asked: the job is refused, never run
+            raise PermissionDenied(f"The user {job.actor_name!r} who asked for this job was disabled; it was not run.")
+        return actor
     if job.actor_name == SYSTEM_ACTOR:
         return None
     raise PermissionDenied(f"The user {job.actor_name!r} who asked for this job no longer exists; the job was not run.")

@@ -36,13 +36,40 @@ class Finding:
     fix: str
 
 
+MACHINE = "machine"  # reads the machine the worker runs on (sysctl, sshd, auditd, LSM, apt)
+PORTAL = "portal"  # reads the portal's own records: the same whichever host
+
+
 @dataclass(frozen=True)
 class Check:
     key: str
     title: str
     category: str
     fix: str
-    run: Callable[[], tuple[str, str]]  # -> (status, evidence)
+    run: Callable[[], tuple[str, str]]  # -> (status, evidence), on the worker's machine / portal-wide
+    scope: str = MACHINE
+    per_host: Callable[[object], tuple[str, str]] | None = None  # the portal's records of one host
+    remote: Callable[[object], tuple[str, str]] | None = None  # read over the host's libvirt connection
+
+
+def host_is_local(host) -> bool:
+    """Whether `host` is the machine the worker runs on: its libvirt URI names no other
+    machine (qemu:///system, or localhost / this machine's own name)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    name = (urlsplit(host.uri).hostname or "").lower()
+    return name in {"", "localhost", "127.0.0.1", "::1", socket.gethostname().lower(), socket.getfqdn().lower()}
+
+
+def _not_checked_remote(host) -> tuple[str, str]:
+    import socket
+
+    return Status.UNKNOWN, (
+        f"not checked: remote host. {host.name} ({host.uri}) is another machine; this check reads only the machine "
+        f"the portal's worker runs on ({socket.gethostname()}), and libvirt does not report it. Check it on "
+        f"{host.name} itself (or run a portal worker there)."
+    )
 
 
 def _unknown_from(exc: Exception) -> tuple[str, str]:
@@ -199,13 +226,25 @@ def _qemu_confined() -> tuple[str, str]:
     return Status.PASS, f"all {len(procs)} QEMU processes run under a libvirt security label"
 
 
+def _remote_security_driver(host) -> tuple[str, str]:
+    """Over libvirt: the security drivers the host's libvirt confines QEMU with."""
+    from apps.core.gateways import libvirt as gw
+
+    models = gw.host_security_models(host.uri)
+    confining = [m for m in models if m and m not in ("none", "dac")]
+    shown = ", ".join(models) or "none"
+    if confining:
+        return Status.PASS, f"libvirt on {host.name} confines QEMU with {', '.join(confining)} (capabilities: {shown})"
+    return Status.FAIL, f"libvirt on {host.name} confines QEMU with no LSM (capabilities secmodel: {shown})"
+
+
 # ------------------------------------------------------------------ the portal's own state
 
 
-def _vm_limits() -> tuple[str, str]:
+def _vm_limits(host=None) -> tuple[str, str]:
     from apps.vms.models import VirtualMachine
 
-    vms = VirtualMachine.objects.filter(present=True)
+    vms = VirtualMachine.objects.filter(present=True, **({"host": host} if host is not None else {}))
     total = vms.count()
     if total == 0:
         return Status.UNKNOWN, "the portal knows no VM yet"
@@ -274,7 +313,7 @@ def _training() -> tuple[str, str]:
     return Status.PASS, f"all {len(admins)} administrators acknowledged the {len(ITEMS)} training items"
 
 
-def _backups() -> tuple[str, str]:
+def _backups(host=None) -> tuple[str, str]:
     """Every VM has a good backup (restic: always encrypted) whose latest verification
     passed within BACKUP_VERIFY_MAX_AGE_DAYS."""
     from datetime import timedelta
@@ -285,7 +324,8 @@ def _backups() -> tuple[str, str]:
     from apps.backups.models import BackupVerification
     from apps.vms.models import VirtualMachine
 
-    vms = dict(VirtualMachine.objects.filter(present=True).values_list("pk", "name"))
+    vms = dict(VirtualMachine.objects.filter(present=True, **({"host": host} if host is not None else {}))
+               .values_list("pk", "name"))  # fmt: skip
     if not vms:
         return Status.UNKNOWN, "no VM is known yet: nothing to back up"
     since = timezone.now() - timedelta(days=settings.BACKUP_VERIFY_MAX_AGE_DAYS)
@@ -301,7 +341,7 @@ def _backups() -> tuple[str, str]:
         f"{settings.BACKUP_VERIFY_MAX_AGE_DAYS} days"
 
 
-def _zones() -> tuple[str, str]:
+def _zones(host=None) -> tuple[str, str]:
     """Zones exist and every VM's interfaces sit in one (the state collector's rows)."""
     from apps.network.models import Zone
     from apps.vms.models import VmInterface
@@ -309,7 +349,8 @@ def _zones() -> tuple[str, str]:
     networks = set(Zone.objects.values_list("network_name", flat=True))
     if not networks:
         return Status.FAIL, "no network security zone is configured"
-    outside = sorted(set(VmInterface.objects.filter(vm__present=True).exclude(network__in=networks)
+    interfaces = VmInterface.objects.filter(vm__present=True, **({"vm__host": host} if host is not None else {}))
+    outside = sorted(set(interfaces.exclude(network__in=networks)
                          .values_list("vm__name", flat=True)))  # fmt: skip
     if outside:
         return Status.FAIL, f"{len(outside)} VM(s) have interfaces outside every zone: {', '.join(outside[:10])}"
@@ -390,6 +431,7 @@ CHECKS: list[Check] = [
         "isolation",
         "boot with AppArmor (apt-get install apparmor; security=apparmor on the kernel command line)",
         _lsm_active,
+        remote=_remote_security_driver,
     ),
     Check(
         "lsm.qemu_confined",
@@ -397,6 +439,7 @@ CHECKS: list[Check] = [
         "isolation",
         "set security_driver in /etc/libvirt/qemu.conf (apparmor or selinux), restart libvirtd, restart the VMs",
         _qemu_confined,
+        remote=_remote_security_driver,
     ),
     Check(
         "vms.resource_limits",
@@ -404,6 +447,8 @@ CHECKS: list[Check] = [
         "isolation",
         "let the state collector read every host (Dashboard); give VMs a storage quota (Storage)",
         _vm_limits,
+        scope=PORTAL,
+        per_host=_vm_limits,
     ),
     Check(
         "monitoring.enabled",
@@ -411,23 +456,25 @@ CHECKS: list[Check] = [
         "detection",
         "set METRICS_TOKEN (METRICS_TOKEN_FILE) and point Prometheus at /metrics (deploy/prometheus/)",
         _monitoring_enabled,
+        scope=PORTAL,
     ),
     Check(
         "incident.plan", "An incident response plan is recorded and reviewed", "response",
         "write the plan on Security > Incident response plan and record its review (yearly)",
         _incident_plan,
+        scope=PORTAL,
     ),
     Check(
         "training.admins", "Administrators acknowledged the training items", "response",
-        "each administrator acknowledges the items on Security > Training", _training,
+        "each administrator acknowledges the items on Security > Training", _training, scope=PORTAL,
     ),
     Check(
         "network.zones", "Network zones are configured", "isolation",
-        "create zones on the Network page and move every VM into one", _zones,
+        "create zones on the Network page and move every VM into one", _zones, scope=PORTAL, per_host=_zones,
     ),
     Check(
         "network.firewall_reviewed", "Firewall rules were reviewed recently", "isolation",
-        "review the diff on Network > Firewall, apply and confirm it", _firewall_reviewed,
+        "review the diff on Network > Firewall, apply and confirm it", _firewall_reviewed, scope=PORTAL,
     ),
     Check(
         "backups.verified",
@@ -435,6 +482,8 @@ CHECKS: list[Check] = [
         "recovery",
         "add a backup policy (Backups page or `vm_backup policy-add`); beat verifies the latest backups",
         _backups,
+        scope=PORTAL,
+        per_host=_backups,
     ),
     Check(
         "updates.schedule",
@@ -453,12 +502,25 @@ CHECKS: list[Check] = [
 ]
 
 
-def evaluate(checks: list[Check] | None = None) -> list[Finding]:
-    """Run every check; each gets its own outcome, whatever the others do."""
+def _run_for(check: Check, host) -> tuple[str, str]:
+    if host is None:
+        return check.run()
+    if check.per_host is not None:
+        return check.per_host(host)
+    if check.scope == PORTAL or host_is_local(host):
+        return check.run()
+    if check.remote is not None:
+        return check.remote(host)
+    return _not_checked_remote(host)
+
+
+def evaluate(checks: list[Check] | None = None, host=None) -> list[Finding]:
+    """Run every check (for `host`: a remote host's machine checks say "not checked: remote
+    host" unless libvirt reports them); each gets its own outcome, whatever the others do."""
     findings = []
     for check in checks if checks is not None else CHECKS:
         try:
-            status, evidence = check.run()
+            status, evidence = _run_for(check, host)
         except Exception as exc:  # one broken check must not hide the others
             if not isinstance(exc, GatewayError):
                 log.exception("posture check %s failed", check.key)

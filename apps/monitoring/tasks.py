@@ -10,12 +10,6 @@ def posture_check():
     return {"counts": report.counts, "changed": len(report.changed), "raised": report.raised}
 
 
-@shared_task(acks_late=True, soft_time_limit=1800, time_limit=1860)
-def audit_chain_verify():
-    """Celery beat, every AUDIT_VERIFY_INTERVAL seconds: walk the audit hash chain."""
-    return services.audit_chain_check()
-
-
 @shared_task(ignore_result=True, expires=55)
 def worker_heartbeat():
     """Celery beat, every minute: proves a worker takes work (portal_worker_heartbeat_timestamp_seconds)."""

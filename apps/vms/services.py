@@ -94,7 +94,8 @@ def inventory_sync(host: Host, domains: list[gw.DomainInfo] | None = None) -> Sy
         (vm.name, vm.last_state, vm.vcpus, vm.memory_kib, vm.present, vm.disk_capacity, vm.disk_allocation) = live
         vm.last_seen = now
     seen = {d.uuid for d in domains}
-    gone = [vm for uuid, vm in existing.items() if uuid not in seen and vm.present]
+    # a VM being created (apps/profiles) has its row before libvirt defines it: not gone
+    gone = [vm for uuid, vm in existing.items() if uuid not in seen and vm.present and vm.last_state != "creating"]
     for vm in gone:
         vm.present = False
     if gone or to_update or to_create:
@@ -157,7 +158,13 @@ def _lookup(user, host_name: str, vm_name: str, *, system: bool) -> VirtualMachi
 
 def vm_detail(*, actor, vm: VirtualMachine) -> tuple[gw.DomainInfo, list[gw.SnapshotInfo]]:
     authorize(actor, "vms.view", vm, action="vms.vm.view")
-    return gw.domain_get(vm.host.uri, vm.name), gw.snapshot_list(vm.host.uri, vm.name)
+    try:
+        return gw.domain_get(vm.host.uri, vm.name), gw.snapshot_list(vm.host.uri, vm.name)
+    except NotFound:
+        if vm.last_state != "creating":
+            raise
+        # a VM being created (apps/profiles): its row exists before libvirt defines it
+        return gw.DomainInfo(str(vm.uuid), vm.name, "creating", vm.vcpus, vm.memory_kib), []
 
 
 def vm_lifecycle(*, actor, vm: VirtualMachine, action: str, confirmed: bool = False) -> Job:

@@ -54,6 +54,10 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django_htmx",
     "template_partials",
+    "django_otp",
+    "django_otp.plugins.otp_totp",
+    "django_otp.plugins.otp_static",
+    "axes",
     "apps.core",
     "apps.accounts",
     "apps.audit",
@@ -63,6 +67,8 @@ INSTALLED_APPS = [
     "apps.encryption",
     "apps.backups",
     "apps.monitoring",
+    "apps.profiles",
+    "apps.reviews",
 ]
 
 MIDDLEWARE = [
@@ -72,13 +78,17 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django_otp.middleware.OTPMiddleware",
     "django.contrib.auth.middleware.LoginRequiredMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
+    "apps.accounts.mfa.SecondFactorMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
     "apps.audit.middleware.RequestContextMiddleware",
+    "apps.accounts.sessions.SessionEpochMiddleware",  # after the request context: refusals audited with the address
     "apps.core.middleware.ContentSecurityPolicyMiddleware",
     "apps.core.middleware.PortalErrorMiddleware",
+    "axes.middleware.AxesMiddleware",  # last: turns a locked-out sign-in into the lockout page
 ]
 
 ROOT_URLCONF = "hypervisor_web.urls"
@@ -144,6 +154,34 @@ LOGIN_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5)
 LOGIN_FAILURE_WINDOW = env_int("LOGIN_FAILURE_WINDOW", 900)
 REAUTH_MAX_AGE = env_int("REAUTH_MAX_AGE", 600)
 REAUTH_FAILURE_LIMIT = env_int("REAUTH_FAILURE_LIMIT", 5)  # counted apart from sign-ins
+
+# Sign-in throttling: django-axes, by user name, in the cache (Redis), for LOGIN_FAILURE_WINDOW
+# after LOGIN_FAILURE_LIMIT failures; every lockout is audited (apps.audit.auth_events).
+# `manage.py axes_reset_username NAME` lifts a lockout early.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_HANDLER = "axes.handlers.cache.AxesCacheHandler"
+AXES_FAILURE_LIMIT = "apps.accounts.throttle.login_failure_limit"  # reads LOGIN_FAILURE_LIMIT
+AXES_COOLOFF_TIME = "apps.accounts.throttle.login_cool_off"  # reads LOGIN_FAILURE_WINDOW
+# By user name only: the address the portal sees is REMOTE_ADDR (a client's X-Forwarded-For
+# is not trusted), which behind the TLS proxy is the proxy's for everyone, so locking an
+# address would lock every user out at once (axes.W006 warns of this choice).
+AXES_LOCKOUT_PARAMETERS = ["username"]
+SILENCED_SYSTEM_CHECKS = ["axes.W006"]
+AXES_CLIENT_IP_CALLABLE = "apps.audit.middleware.client_ip"  # the address the audit log shows
+AXES_LOCKOUT_CALLABLE = "apps.accounts.views.locked_out"
+AXES_RESET_ON_SUCCESS = True
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False  # a try while locked out is refused, not counted
+AXES_VERBOSE = False
+
+# Two-factor sign-in (TOTP, apps.accounts.mfa): always for these roles; for everyone with
+# MFA_REQUIRED_FOR_ALL. A user who has enrolled is always asked for the code.
+MFA_REQUIRED_ROLES = ("admin",)
+MFA_REQUIRED_FOR_ALL = env_bool("MFA_REQUIRED_FOR_ALL", False)
+OTP_TOTP_ISSUER = env("OTP_TOTP_ISSUER", "Hypervisor portal")
+MFA_RECOVERY_CODES = 10
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
@@ -272,6 +310,14 @@ BACKUP_ALLOWED_ROOTS = [
 ]
 BACKUP_STAGING_DIR = Path(env("BACKUP_STAGING_DIR", str(VAR_DIR / "backup-staging")))  # domain XML, manifests
 BACKUP_CACHE_DIR = Path(env("BACKUP_CACHE_DIR", str(VAR_DIR / "backup-cache")))  # restic's local cache
+# LUKS headers and wrapped disk keys go to a restic repository of their own: this directory
+# (inside an allowed root), or, empty, "<destination>-keys" beside each destination
+BACKUP_KEYS_DESTINATION = env("BACKUP_KEYS_DESTINATION", "")
+# restic's compression of disk data: auto (zstd fastest), off (~20% less CPU per byte, bigger
+# repository for compressible disks; right for images of encrypted disks), max
+BACKUP_COMPRESSION = env("BACKUP_COMPRESSION", "auto")
+if BACKUP_COMPRESSION not in ("auto", "off", "max"):
+    raise ImproperlyConfigured(f"BACKUP_COMPRESSION must be auto, off or max, not {BACKUP_COMPRESSION!r}")
 BACKUP_COMMAND_TIMEOUT = env_int("BACKUP_COMMAND_TIMEOUT", 6 * 3600)  # one restic backup/restore/check
 BACKUP_DUE_CHECK_INTERVAL = env_int("BACKUP_DUE_CHECK_INTERVAL", 300)  # seconds between looks at the policies
 BACKUP_VERIFY_MAX_AGE_DAYS = env_int("BACKUP_VERIFY_MAX_AGE_DAYS", 7)  # older verifications are flagged
@@ -301,14 +347,34 @@ POSTURE_FIREWALL_REVIEW_DAYS = env_int("POSTURE_FIREWALL_REVIEW_DAYS", 90)  # a 
 POSTURE_PLAN_REVIEW_DAYS = env_int("POSTURE_PLAN_REVIEW_DAYS", 365)  # the incident plan is reviewed this often
 AUDIT_RULES_FILE = env("AUDIT_RULES_FILE", "/etc/audit/rules.d/hypervisor-portal.rules")  # the portal installs it
 LYNIS_TIMEOUT = env_int("LYNIS_TIMEOUT", 1200)  # seconds a lynis scan (a job) may take
-AUDIT_VERIFY_INTERVAL = env_int("AUDIT_VERIFY_INTERVAL", 3600)  # seconds between audit chain verifications
+# Audit chain (apps.audit.chain): its HMAC key lives outside the database, in the key store's
+# directory (0400 file, 0700 directory; web and workers read the same file); anchors of the
+# verified head are written outside the database too ("" turns anchoring off).
+AUDIT_VERIFY_INTERVAL = env_int("AUDIT_VERIFY_INTERVAL", 300)  # seconds between incremental verifications
+AUDIT_CHAIN_KEY_PATH = Path(env("AUDIT_CHAIN_KEY_PATH", str(ENCRYPTION_KEY_DIR / "audit" / "chain.key")))
+AUDIT_ANCHOR_DIR = env("AUDIT_ANCHOR_DIR", str(VAR_DIR / "anchors"))
+# SIEM forwarding (apps.audit.forwarding): every event as RFC 5424 syslog with a JSON payload,
+# over TCP (octet counting, RFC 6587), optionally TLS. Off while AUDIT_SYSLOG_HOST is empty.
+AUDIT_SYSLOG_HOST = env("AUDIT_SYSLOG_HOST", "")
+AUDIT_SYSLOG_PORT = env_int("AUDIT_SYSLOG_PORT", 6514)
+AUDIT_SYSLOG_TLS = env_bool("AUDIT_SYSLOG_TLS", False)
+AUDIT_SYSLOG_CA_FILE = env("AUDIT_SYSLOG_CA_FILE", "")  # CA bundle for the collector's certificate; "" = system CAs
+AUDIT_SYSLOG_TIMEOUT = env_int("AUDIT_SYSLOG_TIMEOUT", 10)  # seconds per connect / write
+AUDIT_SYSLOG_BATCH = env_int("AUDIT_SYSLOG_BATCH", 500)  # events per write; the cursor moves after each
+AUDIT_SYSLOG_INTERVAL = env_int("AUDIT_SYSLOG_INTERVAL", 10)  # seconds between sends of the backlog (beat)
+AUDIT_SYSLOG_FACILITY = env_int("AUDIT_SYSLOG_FACILITY", 13)  # 13: log audit
+AUDIT_SYSLOG_APP_NAME = env("AUDIT_SYSLOG_APP_NAME", "hypervisor-portal")
 CELERY_BEAT_SCHEDULE["monitoring-posture-check"] = {
     "task": "apps.monitoring.tasks.posture_check",
     "schedule": float(POSTURE_CHECK_INTERVAL),
 }
-CELERY_BEAT_SCHEDULE["monitoring-audit-verify"] = {
-    "task": "apps.monitoring.tasks.audit_chain_verify",
+CELERY_BEAT_SCHEDULE["audit-chain-verify"] = {
+    "task": "apps.audit.tasks.audit_chain_verify",
     "schedule": float(AUDIT_VERIFY_INTERVAL),
+}
+CELERY_BEAT_SCHEDULE["audit-forward"] = {
+    "task": "apps.audit.tasks.audit_forward",
+    "schedule": float(AUDIT_SYSLOG_INTERVAL),
 }
 CELERY_BEAT_SCHEDULE["monitoring-worker-heartbeat"] = {
     "task": "apps.monitoring.tasks.worker_heartbeat",
@@ -330,3 +396,17 @@ CELERY_BEAT_SCHEDULE["firewall-check"] = {
     "task": "apps.network.tasks.firewall_check",
     "schedule": float(FIREWALL_CHECK_INTERVAL),
 }
+
+# Access reviews (apps.reviews)
+ACCESS_REVIEW_DORMANT_DAYS = env_int("ACCESS_REVIEW_DORMANT_DAYS", 90)  # no sign-in this long: flagged dormant
+ACCESS_REVIEW_DENIAL_THRESHOLD = env_int("ACCESS_REVIEW_DENIAL_THRESHOLD", 5)  # denials before "many denials"
+ACCESS_DISABLE_DORMANT_DAYS = env_int("ACCESS_DISABLE_DORMANT_DAYS", 0)  # >0: beat disables accounts dormant this long
+CELERY_BEAT_SCHEDULE["reviews-disable-dormant"] = {
+    "task": "apps.reviews.tasks.dormant_accounts_disable",
+    "schedule": 3600.0,
+}
+
+# VM creation (apps/profiles): the domain type of secure-boot guests. Empty: kvm where
+# /dev/kvm exists. A KVM without SMM (nested, as on CI machines) cannot run secure boot:
+# set "qemu" (TCG) there.
+VMS_SECURE_BOOT_DOMAIN_TYPE = env("VMS_SECURE_BOOT_DOMAIN_TYPE", "")

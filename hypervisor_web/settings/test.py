@@ -14,6 +14,9 @@ SECRET_KEY = "test-only-insecure-key-0123456789-abcdefghijklmnopqrstuvwxyz"
 DEBUG = False
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast tests only
 CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+# django-axes keeps its counters in that cache: per process is right for tests (each test
+# starts with a cleared cache, tests/conftest.py), production uses Redis
+SILENCED_SYSTEM_CHECKS = [*SILENCED_SYSTEM_CHECKS, "axes.W001"]  # noqa: F405
 CELERY_TASK_ALWAYS_EAGER = False
 CELERY_TASK_DEFAULT_QUEUE = env("CELERY_QUEUE") or f"portal-test-{TEST_RUN}"
 STORAGES = {
@@ -54,7 +57,15 @@ ENCRYPTION_DEVICE_MAPPER = "simulated"  # this machine has no device-mapper
 # the libvirt hook runs `manage.py libvirt_hook` for this run's VMs: on this run's database
 ENCRYPTION_HOOK_EXTRA_ENV = {"PORTAL_USE_TEST_DB": "1", "PORTAL_TEST_RUN": TEST_RUN}
 
+# Audit chain: this run's key (shared with its worker); no anchors unless a test sets a directory
+# (pytest empties the tables between tests, an anchor outliving them would read as truncation)
+AUDIT_CHAIN_KEY_PATH = VAR_DIR / "test-audit" / TEST_RUN / "chain.key"  # noqa: F405
+AUDIT_ANCHOR_DIR = ""
+
 # Backups: this run's repositories and staging (tests make their destinations under this root)
 BACKUP_ALLOWED_ROOTS = [IMAGE_DIR / "backups"]
 BACKUP_STAGING_DIR = VAR_DIR / "test-backups" / TEST_RUN / "staging"  # noqa: F405
 BACKUP_CACHE_DIR = VAR_DIR / "test-backups" / TEST_RUN / "cache"  # noqa: F405
+
+# This machine's nested KVM has no SMM: secure-boot guests run under TCG here
+VMS_SECURE_BOOT_DOMAIN_TYPE = env("VMS_SECURE_BOOT_DOMAIN_TYPE") or "qemu"  # noqa: F405

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from tests.conftest import PASSWORD, ROOT
+from tests.conftest import PASSWORD, ROOT, totp_code
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -159,12 +159,23 @@ expect.set_options(timeout=TIMEOUT_MS)
 
 
 def login(page: Page, live_server, username: str, password: str = PASSWORD) -> None:
-    """Sign in through the login form and wait until the portal has let us in."""
+    """Sign in through the login form (and the code step, for a user with two-factor
+    sign-in: admins) and wait until the portal has let us in."""
+    from django.contrib.auth import get_user_model
+
+    from apps.accounts.mfa_status import mfa_enabled
+
     page.goto(f"{live_server.url}/accounts/login/")
     page.fill("input[name=username]", username)
     page.fill("input[name=password]", password)
     page.click("form button[type=submit]")
     expect(page).not_to_have_url(re.compile(r"/accounts/login/"))
+    user = get_user_model().objects.get(username=username)
+    if mfa_enabled(user):
+        expect(page).to_have_url(re.compile(r"/users/two-factor/verify/"))
+        page.fill("input[name=code]", totp_code(user))
+        page.click("main form button[type=submit]")
+        expect(page).not_to_have_url(re.compile(r"/users/two-factor/verify/"))
     expect(page.locator("header nav")).to_contain_text(f"Sign out {username}")
 
 

@@ -14,7 +14,7 @@ from apps.core import jobs
 from apps.core.gateways import libvirt as gw
 from apps.core.gateways import nft
 from apps.network.models import FirewallApply, Quarantine, Zone
-from tests.conftest import PASSWORD
+from tests.conftest import PASSWORD, totp_code
 
 from .conftest import login
 
@@ -28,9 +28,10 @@ def own_table(settings):
     nft.delete_tables(settings.NETWORK_NFT_TABLE)
 
 
-def reauth_and_back(page, url_part: str) -> None:
+def reauth_and_back(page, url_part: str, user) -> None:
     expect(page).to_have_url(re.compile(r"/users/reauth/\?next="))
     page.fill("input[name=password]", PASSWORD)
+    page.fill("input[name=code]", totp_code(user))  # an admin: two-factor sign-in
     page.click("main form button[type=submit]")
     expect(page).to_have_url(re.compile(re.escape(url_part)))
 
@@ -67,7 +68,7 @@ def test_zone_rule_diff_apply_confirm_quarantine_release(live_server, admin, hos
         expect(page.get_by_test_id("pending-apply")).to_be_visible()
         pending = FirewallApply.objects.get(host=host, state="pending")
         page.get_by_role("button", name=f"Confirm apply #{pending.pk}").click()
-        reauth_and_back(page, f"/network/firewall/{host.name}/")
+        reauth_and_back(page, f"/network/firewall/{host.name}/", admin)
         page.get_by_role("button", name=f"Confirm apply #{pending.pk}").click()
         expect(page.get_by_test_id("no-diff")).to_be_visible()
         assert FirewallApply.objects.get(pk=pending.pk).state == "confirmed"

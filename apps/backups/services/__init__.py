@@ -2,6 +2,7 @@
 
 from .backup import (
     backup_policy_create,
+    backup_policy_update,
     backup_policy_vms,
     backup_runs_reconcile,
     backup_start,
@@ -19,6 +20,7 @@ from .restore import (
 
 __all__ = [
     "backup_policy_create",
+    "backup_policy_update",
     "backup_policy_vms",
     "backup_prune",
     "backup_restore",

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import time
 from pathlib import Path
 
 from django.conf import settings
@@ -19,6 +20,7 @@ from ..models import BackupRepository
 
 REPOSITORY_BINDING = "backup-repository"  # the key file's "vm" binding: this key opens a repository
 CHUNK = 4 << 20
+RACY_SECONDS = 2  # file times move in coarse clock ticks: a file changed this recently is not vouched for
 
 
 def allowed_roots() -> list[Path]:
@@ -41,21 +43,37 @@ def validate_destination(destination: str) -> str:
     raise InvalidInput(f"The destination {destination} is outside the allowed backup roots ({shown}).")
 
 
-def repository_for(destination: str) -> BackupRepository:
+def repository_for(destination: str, purpose: str = BackupRepository.Purpose.DISKS) -> BackupRepository:
     """The portal's repository row at `destination` (validated), made on first use. A
     directory that already holds a restic repository the portal did not make is refused:
-    its password is not in the key store."""
+    its password is not in the key store. A disk repository is never used for key material
+    (nor the other way round): they stay apart."""
     path = validate_destination(destination)
     existing = BackupRepository.objects.filter(path=path).first()
     if existing is not None:
+        if existing.purpose != purpose:
+            raise Conflict(f"{path} holds the portal's {existing.get_purpose_display()}; it cannot also hold "
+                           f"{BackupRepository.Purpose(purpose).label}. Choose another destination.")  # fmt: skip
         return existing
     if restic.is_repository(path):
         raise Conflict(f"{path} holds a restic repository the portal did not create; choose another destination.")
     if os.path.isdir(path) and any(os.scandir(path)):
         raise Conflict(f"{path} is not empty and holds no backup repository; choose an empty or new directory.")
     with transaction.atomic():
-        repo, _ = BackupRepository.objects.get_or_create(path=path, defaults={"key_id": _new_key_id()})
+        repo, _ = BackupRepository.objects.get_or_create(path=path, defaults={"key_id": _new_key_id(),
+                                                                              "purpose": purpose})  # fmt: skip
     return repo
+
+
+def keys_destination(destination: str) -> str:
+    """Where the key material of backups to `destination` goes: BACKUP_KEYS_DESTINATION, or
+    `<destination>-keys` beside it (validated like any destination)."""
+    configured = (settings.BACKUP_KEYS_DESTINATION or "").strip()
+    return validate_destination(configured or f"{validate_destination(destination)}-keys")
+
+
+def keys_repository_for(destination: str) -> BackupRepository:
+    return repository_for(keys_destination(destination), BackupRepository.Purpose.KEYS)
 
 
 def _new_key_id() -> str:
@@ -140,3 +158,24 @@ def sha256_file(path: str) -> tuple[str, int]:
             digest.update(chunk)
             size += len(chunk)
     return digest.hexdigest(), size
+
+
+def file_identity(path: str) -> dict:
+    """What changes whenever the file's bytes can have changed (restic's own test for an
+    unchanged file, plus ctime, which no one can set back)."""
+    st = os.stat(path)
+    return {"dev": st.st_dev, "ino": st.st_ino, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+            "ctime_ns": st.st_ctime_ns}  # fmt: skip
+
+
+def checksum(path: str, previous: dict | None = None) -> tuple[str, int, dict]:
+    """(sha256, size, identity) of the file. When `previous` (a disk entry of an earlier good
+    run: sha256, size, identity) has the file's current identity, its checksum is reused
+    instead of reading the whole disk again; verification restores and re-checks it anyway."""
+    identity = file_identity(path)
+    if previous and previous.get("identity") == identity and previous.get("sha256"):
+        return previous["sha256"], int(previous["size"]), identity
+    digest, size = sha256_file(path)
+    if file_identity(path) != identity or time.time_ns() - identity["ctime_ns"] < RACY_SECONDS * 10**9:
+        identity = {}  # written while read, or so recently that a write in the same clock tick would not show
+    return digest, size, identity

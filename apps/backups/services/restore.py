@@ -49,7 +49,11 @@ def backup_restore(*, actor, run: BackupRun, new_name: str, pool: str) -> Job:
         if run.host is None:
             raise Conflict("The host of this backup is gone.")
         if any(d.get("luks2") for d in run.disks):
-            raise Conflict("Restoring host-opened LUKS2 disks to a new VM is not supported yet; verify works.")
+            if not run.keys_snapshot_id:
+                raise Conflict("This backup has host-opened LUKS2 disks but no key material saved with it (taken "
+                               "before the portal backed up headers and keys): the new VM could not open them. "
+                               "Restore it in place, or choose a newer backup.")  # fmt: skip
+            authorize(actor, "encryption.change", run.vm or run.host, action=RESTORE)
         _require_free_name(run.host.uri, new_name)
         gw.pool_path(run.host.uri, pool)  # NotFound for an unknown pool
         return jobs.job_enqueue(actor=actor, kind=RESTORE, target=run.vm or run.host, host=run.host, params=params)
@@ -65,7 +69,7 @@ def _require_free_name(uri: str, name: str) -> None:
 
 @jobs.handler(RESTORE)
 def _run_restore(job: Job, progress: jobs.Progress) -> dict:
-    run = BackupRun.objects.select_related("vm", "host", "repository").get(pk=job.params["run"])
+    run = BackupRun.objects.select_related("vm", "host", "repository", "keys_repository").get(pk=job.params["run"])
     authorize(jobs.job_actor(job), "backups.run", run.vm or run.host, action=job.kind)
     new_name, uri = job.params["new_name"], run.host.uri
     try:
@@ -77,9 +81,14 @@ def _run_restore(job: Job, progress: jobs.Progress) -> dict:
     _require_good(run)
     pool_dir = Path(gw.pool_path(uri, job.params["pool"]))
     scratch = common.private_dir(pool_dir / f".portal-restore-{job.pk}")
+    keys_scratch = Path(settings.BACKUP_STAGING_DIR) / f"restore-keys-{job.pk}"
+    plan = None
     try:
         progress(10, f"restoring snapshot {run.snapshot_id} of {run.vm_name}")
         restored = _restore_and_check(run, scratch, progress)
+        if any(d.get("luks2") for d in run.disks):
+            progress(82, "restoring the LUKS headers and disk keys")
+            plan = _key_material_plan(run, keys_scratch, restored)  # keys open the restored disks, or stop here
         paths = {}
         for disk in run.disks:
             suffix = Path(disk["path"]).suffix or ".img"
@@ -89,17 +98,52 @@ def _run_restore(job: Job, progress: jobs.Progress) -> dict:
             os.rename(restored[disk["target"]], final)
             os.chmod(final, 0o600)
             paths[disk["target"]] = str(final)
-        xml = gw.domain_restored_xml(run.domain_xml, name=new_name, disk_paths=paths)
+        sources = dict(paths)
+        if plan is not None:
+            for item in plan.disks:  # the container moved: the new VM names its unlocked mapping
+                item["path"] = paths[item["target"]]
+            sources.update(plan.sources)
+        xml = gw.domain_restored_xml(run.domain_xml, name=new_name, disk_paths=sources)
         progress(90, f"defining {new_name}")
         gw.domain_define(uri, xml)
         gw.pool_refresh(uri, job.params["pool"])
     finally:
         common.remove_tree(scratch)
+        _discard_key_material(keys_scratch)
     inventory_sync(run.host)
+    if plan is not None:
+        from apps.encryption.services import backup_material
+
+        new_vm = VirtualMachine.objects.get(host=run.host, name=new_name, present=True)
+        backup_material.key_material_adopt(actor=jobs.job_actor(job), vm=new_vm, plan=plan, pool=job.params["pool"])
     restored_vm = VirtualMachine.objects.filter(host=run.host, name=new_name, present=True).first()
     if restored_vm is not None:  # configuration history: its first revision, by whoever restored it
         revision_capture(vm=restored_vm, actor=jobs.job_actor(job), reason=job.kind)
     return {"vm": new_name, "disks": paths}
+
+
+def _key_material_plan(run: BackupRun, scratch: Path, restored: dict[str, str], *, for_restore: bool = True):
+    """Restore the run's key-material snapshot (its own repository) into `scratch` and let
+    the encryption app check that each saved key opens its restored container."""
+    from apps.encryption.services import backup_material
+
+    if not run.keys_snapshot_id or run.keys_repository is None:
+        raise Conflict(f"Backup {run.pk} has no saved LUKS headers and keys.")
+    _discard_key_material(scratch)
+    common.private_dir(scratch)
+    handle = common.open_repository(run.keys_repository)
+    common.with_stale_locks_removed(handle, lambda: restic.restore(
+        handle, run.keys_snapshot_id, str(scratch), timeout=settings.BACKUP_COMMAND_TIMEOUT))  # fmt: skip
+    manifests = list(scratch.rglob(backup_material.MANIFEST))
+    if len(manifests) != 1:
+        raise GatewayError(f"The key-material snapshot of backup {run.pk} holds no manifest; it is damaged.")
+    return backup_material.key_material_plan(manifests[0].parent, restored, for_restore=for_restore)
+
+
+def _discard_key_material(scratch: Path) -> None:
+    from apps.encryption.services import backup_material
+
+    backup_material.key_material_discard(scratch)
 
 
 def _restore_and_check(run: BackupRun, scratch: Path, progress: jobs.Progress) -> dict[str, str]:
@@ -193,8 +237,12 @@ def _run_verify(job: Job, progress: jobs.Progress) -> dict:
     scratch = common.private_dir(Path(settings.BACKUP_STAGING_DIR) / f"verify-{job.pk}")
     details: dict = {"snapshot": run.snapshot_id}
     try:
-        _restore_and_check(run, scratch, progress)
+        restored = _restore_and_check(run, scratch, progress)
         details["checksums"] = "match"
+        if run.keys_snapshot_id:
+            progress(80, "the saved disk keys open the restored disks")
+            plan = _key_material_plan(run, scratch / ".keys", restored, for_restore=False)
+            details["keys"] = f"{len(plan.disks)} open their disks"
         progress(85, "restic check")
         handle = common.open_repository(run.repository)
         common.with_stale_locks_removed(handle, lambda: restic.check(handle, timeout=settings.BACKUP_COMMAND_TIMEOUT))
@@ -203,6 +251,7 @@ def _run_verify(job: Job, progress: jobs.Progress) -> dict:
         BackupVerification.objects.create(run=run, job=job, ok=False, details=details, error=exc.message[:1000])
         raise
     finally:
+        _discard_key_material(scratch / ".keys")
         common.remove_tree(scratch)
     BackupVerification.objects.create(run=run, job=job, ok=True, details=details)
     return details
@@ -242,6 +291,13 @@ def _run_prune(job: Job, progress: jobs.Progress) -> dict:
         removed += common.with_stale_locks_removed(handle, lambda u=vm_uuid: restic.forget(
             handle, tags=[f"vm:{u}"], timeout=settings.BACKUP_COMMAND_TIMEOUT, **keep))  # fmt: skip
         progress(10 + 80 * (index + 1) // max(len(uuids), 1), f"retention applied to {index + 1} of {len(uuids)} VMs")
+    keys_repos = BackupRepository.objects.filter(pk__in=repository.runs.exclude(keys_repository=None)
+                                                 .values("keys_repository"))  # fmt: skip
+    for keys_repo in keys_repos:  # the key material follows its disks' retention
+        keys_handle = common.open_repository(keys_repo)
+        for vm_uuid in uuids:
+            common.with_stale_locks_removed(keys_handle, lambda u=vm_uuid, h=keys_handle: restic.forget(
+                h, tags=[f"vm:{u}", "luks-keys"], timeout=settings.BACKUP_COMMAND_TIMEOUT, **keep))  # fmt: skip
     forgotten = 0
     for run in repository.runs.filter(forgotten_at__isnull=True).exclude(snapshot_id=""):
         if any(full.startswith(run.snapshot_id) for full in removed):

@@ -22,6 +22,7 @@ from .. import runner
 from ..errors import Conflict, GatewayError, NotFound
 
 RESTIC = "restic"
+COMPRESSION_MODES = ("auto", "off", "max")
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -155,12 +156,19 @@ def backup(
     host: str,
     timeout: float,
     on_progress: Callable[[Progress], None] | None = None,
+    compression: str = "auto",
 ) -> BackupSummary:
     """Back up files (each read whole: restic deduplicates unchanged chunks against earlier
-    snapshots). `on_progress` gets restic's status about once a second."""
+    snapshots). `on_progress` gets restic's status about once a second. `compression`:
+    restic's auto (zstd, fastest level), off (saves ~20% of restic's CPU on incompressible
+    data, e.g. images of encrypted disks) or max."""
     if not paths or not all(os.path.isabs(p) for p in paths):
         raise ValueError("backup paths must be absolute")
+    if compression not in COMPRESSION_MODES:
+        raise ValueError(f"compression must be one of {COMPRESSION_MODES}")
     args = ["backup", "--json", "--host", host]
+    if compression != "auto":  # restic's default; the flag is refused by format-1 repositories
+        args += ["--compression", compression]
     for tag in tags:
         if "," in tag:
             raise ValueError("a restic tag cannot hold a comma")

@@ -3,11 +3,12 @@ management commands and jobs all call these."""
 
 from ..models import EncryptedDisk  # noqa: F401
 from .common import container_paths, device_mapper, disk_for, get_store, luks2_capability, luks_params  # noqa: F401
-from .delete import disk_delete, retired_keys_destroy  # noqa: F401
+from .delete import disk_delete, disk_delete_with_vm, retired_keys_destroy  # noqa: F401
 from .disks import (  # noqa: F401
     DiskRow,
     disk_change_key,
     disk_create_encrypted,
+    disk_create_with_vm,
     disk_encrypt_existing,
     disk_get,
     disk_header_backup,

@@ -16,7 +16,7 @@ from django.utils import timezone
 from apps.accounts.permissions import authorize
 from apps.audit.services import audited, record
 from apps.core import jobs
-from apps.core.errors import Conflict, InvalidInput, PortalError
+from apps.core.errors import Conflict, InvalidInput, NotFound, PortalError
 from apps.core.gateways import libvirt as gw
 from apps.core.jobs import job_actor
 from apps.core.models import Job
@@ -60,16 +60,33 @@ def _run_disk_delete(job: Job, progress: jobs.Progress) -> dict:
         return {"volume": job.params.get("volume", ""), "retired_keys": []}
     actor = job_actor(job)
     authorize(actor, "encryption.change", disk.vm, action=job.kind)
+    if gw.domain_state(disk.host.uri, disk.vm.name) != "shut off":
+        raise Conflict(f"{disk.vm.name} was started meanwhile; the disk was not deleted.")
+    return _disk_delete(disk, actor, job, progress)
+
+
+def disk_delete_with_vm(*, actor, disk: EncryptedDisk, job=None, progress=None) -> dict:
+    """The VM's delete (or a failed create) takes its encrypted disk with it, now, in the
+    caller's job: the VM is off or not defined; the volume goes, the key is retired.
+    Audited as encryption.disk.delete."""
+    with audited(actor=actor, action="encryption.disk.delete", target=disk.vm, perm="encryption.change",
+                 params={"disk_id": disk.pk, "volume": disk.volume, "with_vm": True}, job=job):  # fmt: skip
+        return _disk_delete(disk, actor, job, progress or (lambda percent, message="": None))
+
+
+def _disk_delete(disk: EncryptedDisk, actor, job, progress) -> dict:
     uri, vm = disk.host.uri, disk.vm
-    if gw.domain_state(uri, vm.name) != "shut off":
-        raise Conflict(f"{vm.name} was started meanwhile; the disk was not deleted.")
     progress(10, "closing the encrypted disk")
     dm = device_mapper()
     for name in {disk.mapping, disk.mapping_name} - {""}:
         dm.close(name)
     progress(30, f"detaching {disk.target} from {vm.name}")
-    gw.domain_disk_detach_target(uri, vm.name, disk.target)
-    revision_capture(vm=vm, actor=actor, reason=job.kind)  # configuration history
+    try:
+        gw.domain_disk_detach_target(uri, vm.name, disk.target)
+    except NotFound:  # the VM is gone already (a VM delete): nothing to detach from
+        pass
+    else:
+        revision_capture(vm=vm, actor=actor, reason="encryption.disk.delete")  # configuration history
     progress(50, f"deleting {disk.volume} from {disk.pool}")
     gw.volume_delete_if_exists(uri, disk.pool, disk.volume)
     if disk.secret_uuid:

@@ -46,7 +46,32 @@ def growth_check(vm, disks: gw.DomainDisks, pool: gw.PoolInfo, grow: int, new_al
             f"{vm.name} would have {fmt_bytes(provisioned)} of disks, {fmt_bytes(provisioned - quota.limit_bytes)} "
             f"over its quota of {fmt_bytes(quota.limit_bytes)}. Expand the quota or choose a smaller size."
         )
-    limit = effective_pool_limit(PoolLimit.objects.filter(host=vm.host, pool=pool.name).first(), defaults)
+    _pool_check(vm.host, pool, grow, new_allocation, defaults)
+
+
+def new_vm_space_check(host: Host, vm_name: str, pools: dict[str, tuple[gw.PoolInfo, int, int]]) -> None:
+    """A VM about to be created: its disks (grow bytes provisioned, allocation bytes written
+    now, per pool) against the default quota (a new VM has no quota of its own), then each
+    pool's overcommit ratio, reserve and free space. Nothing exists yet when it refuses."""
+    for pool, grow, _allocation in pools.values():
+        if pool.capacity and grow > pool.capacity:
+            raise InvalidInput(
+                f"{fmt_bytes(grow)} of disks is beyond pool {pool.name}'s size of {fmt_bytes(pool.capacity)}."
+            )
+    defaults = defaults_read()
+    quota = effective_quota(None, defaults)
+    provisioned = sum(grow for _pool, grow, _alloc in pools.values())
+    if provisioned > quota.limit_bytes:
+        raise InvalidInput(
+            f"{vm_name} would have {fmt_bytes(provisioned)} of disks, {fmt_bytes(provisioned - quota.limit_bytes)} "
+            f"over the default quota of {fmt_bytes(quota.limit_bytes)}. Choose smaller disks."
+        )
+    for pool, grow, allocation in pools.values():
+        _pool_check(host, pool, grow, allocation, defaults)
+
+
+def _pool_check(host: Host, pool: gw.PoolInfo, grow: int, new_allocation: int, defaults) -> None:
+    limit = effective_pool_limit(PoolLimit.objects.filter(host=host, pool=pool.name).first(), defaults)
     promised = sum(v.capacity for v in pool.volumes) + grow
     allowed = int(pool.capacity * limit.max_overcommit)
     if pool.capacity and promised > allowed:

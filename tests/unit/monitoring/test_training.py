@@ -27,7 +27,7 @@ def test_an_admin_acknowledges_every_item_and_the_access_review_shows_it(client,
         training.ITEMS
     )
     client.force_login(auditor)
-    review = client.get(reverse("audit:access_review")).content.decode()
+    review = client.get(reverse("reviews:report")).content.decode()
     row = review[review.index(f'data-user="{admin.username}"'):]
     assert f'data-testid="training">{len(training.ITEMS)}/{len(training.ITEMS)}<' in row[: row.index("</tr>")]
 

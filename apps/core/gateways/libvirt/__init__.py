@@ -22,6 +22,7 @@ Modules, one per libvirt object kind (as WebVirtCloud's vrtManager/):
 - ``secrets``: libvirt secrets (LUKS passphrases).
 - ``events``: domain lifecycle events (``DomainWatch``, own connection and event loop).
 - ``xml``: building and parsing libvirt XML (no libvirt calls).
+- ``guest``: a new guest's domain XML from a GuestSpec (firmware, vTPM, SEV, limits).
 
 Naming: the object kind first, then the verb, then a qualifier:
 ``<kind>_<verb>[_<qualifier>]`` with kind one of host, domain, domain_disk(s), snapshot,
@@ -64,6 +65,8 @@ from .domains import (
     domain_list,
     domain_resume,
     domain_runtime_stats,
+    domain_set_limits,
+    domain_set_resources,
     domain_shutdown,
     domain_start,
     domain_state,
@@ -74,7 +77,17 @@ from .domains import (
     domain_xml_live,
 )
 from .events import DomainEvent, DomainWatch, domain_watch
-from .host import StorageSnapshot, host_qemu_identity, host_storage_snapshot, host_version
+from .guest import GuestDisk, GuestSpec, domain_guest_xml
+from .host import (
+    HostCapabilities,
+    StorageSnapshot,
+    domain_capabilities_parse,
+    host_domain_capabilities,
+    host_qemu_identity,
+    host_security_models,
+    host_storage_snapshot,
+    host_version,
+)
 from .networks import (
     NetworkInfo,
     network_ensure_isolated,
@@ -124,6 +137,9 @@ __all__ = [
     "DomainInfo",
     "DomainRuntimeStats",
     "DomainWatch",
+    "GuestDisk",
+    "GuestSpec",
+    "HostCapabilities",
     "InterfaceInfo",
     "InterfaceState",
     "NetStats",
@@ -155,8 +171,12 @@ __all__ = [
     "domain_interfaces_live",
     "domain_list",
     "domain_restored_xml",
+    "domain_guest_xml",
+    "domain_capabilities_parse",
     "domain_resume",
     "domain_runtime_stats",
+    "domain_set_limits",
+    "domain_set_resources",
     "domain_shutdown",
     "domain_start",
     "domain_state",
@@ -167,7 +187,9 @@ __all__ = [
     "domain_xml_defined",
     "domain_xml_defined_all",
     "domain_xml_live",
+    "host_domain_capabilities",
     "host_qemu_identity",
+    "host_security_models",
     "host_storage_snapshot",
     "host_version",
     "network_ensure_isolated",

@@ -259,9 +259,69 @@ def domain_undefine(uri: str, name: str) -> None:
         dom = conn.lookupByName(name)
         if dom.isActive():
             dom.destroy()
-        dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA | libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE)
+        dom.undefineFlags(
+            libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+            | libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+            | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM  # a UEFI guest's variables file
+            | libvirt.VIR_DOMAIN_UNDEFINE_TPM  # and its vTPM's state
+        )
 
     connection.call(uri, name, _undefine)
+
+
+def domain_set_limits(
+    uri: str,
+    name: str,
+    *,
+    cpu_period_us: int | None = None,
+    cpu_quota_us: int | None = None,
+    memory_hard_limit_kib: int | None = None,
+    iotune: dict[str, tuple[int, int]] | None = None,
+) -> bool:
+    """Set a domain's resource limits in its definition and, while it runs, live: vCPU
+    bandwidth (setSchedulerParameters vcpu_period/vcpu_quota; quota -1 lifts it), memory
+    hard limit (setMemoryParameters; -1 lifts it) and per-disk I/O (setBlockIoTune, iotune:
+    {target: (total_bytes_sec, total_iops_sec)}, 0 lifts it). True when applied live."""
+
+    def _set(conn):
+        dom = conn.lookupByName(name)
+        live = bool(dom.isActive())
+        # one call per side: some of these refuse LIVE|CONFIG together
+        for flags in ([libvirt.VIR_DOMAIN_AFFECT_LIVE] if live else []) + [libvirt.VIR_DOMAIN_AFFECT_CONFIG]:
+            if cpu_quota_us is not None:
+                params = {"vcpu_quota": int(cpu_quota_us)}
+                if cpu_period_us:
+                    params["vcpu_period"] = int(cpu_period_us)
+                dom.setSchedulerParametersFlags(params, flags)
+            if memory_hard_limit_kib is not None:
+                dom.setMemoryParameters({"hard_limit": int(memory_hard_limit_kib)}, flags)
+            for target, (bytes_sec, iops_sec) in (iotune or {}).items():
+                tune = {"total_bytes_sec": int(bytes_sec), "total_iops_sec": int(iops_sec)}
+                dom.setBlockIoTune(target, tune, flags)
+        return live
+
+    return connection.call(uri, name, _set)
+
+
+def domain_set_resources(uri: str, name: str, *, vcpus: int | None = None, memory_kib: int | None = None) -> None:
+    """Change vCPUs and memory in the domain's definition (its next start takes them)."""
+
+    def _set(conn):
+        dom = conn.lookupByName(name)
+        config = libvirt.VIR_DOMAIN_AFFECT_CONFIG
+        if vcpus is not None:
+            maximum = config | libvirt.VIR_DOMAIN_VCPU_MAXIMUM
+            order = [maximum, config] if vcpus >= dom.vcpusFlags(maximum) else [config, maximum]
+            for flags in order:  # the current count never above the maximum
+                dom.setVcpusFlags(int(vcpus), flags)
+        if memory_kib is not None:
+            maximum = config | libvirt.VIR_DOMAIN_MEM_MAXIMUM
+            current = int(ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)).findtext("memory") or 0)
+            order = [maximum, config] if memory_kib >= current else [config, maximum]
+            for flags in order:
+                dom.setMemoryFlags(int(memory_kib), flags)
+
+    connection.call(uri, name, _set)
 
 
 def _domain_action(uri: str, name: str, action: str) -> None:

@@ -50,6 +50,74 @@ def host_qemu_identity(uri: str) -> tuple[int, int] | None:
     return connection.call(uri, "capabilities", _identity)
 
 
+def host_security_models(uri: str) -> list[str]:
+    """The security drivers libvirt uses for QEMU on this host (its capabilities' secmodel:
+    e.g. ["apparmor", "dac"], ["selinux", "dac"], or ["none", "dac"] with no LSM)."""
+
+    def _models(conn):
+        caps = ET.fromstring(conn.getCapabilities())
+        return [m.findtext("model") or "" for m in caps.iterfind("host/secmodel")]
+
+    return connection.call(uri, "capabilities", _models)
+
+
+@dataclass(frozen=True)
+class HostCapabilities:
+    """What the host's hypervisor offers a new guest (libvirt's domain capabilities)."""
+
+    sev: bool = False
+    sev_es: bool = False
+    sev_snp: bool = False
+    sev_cbitpos: int = 0
+    sev_reduced_phys_bits: int = 0
+    secure_boot: bool = False  # a UEFI loader with secure boot
+    tpm_models: tuple[str, ...] = ()
+    tpm_versions: tuple[str, ...] = ()
+    memory_mib: int = 0  # the host's memory
+
+
+def domain_capabilities_parse(xml: str, memory_mib: int = 0) -> HostCapabilities:
+    root = ET.fromstring(xml)
+    sev = root.find("features/sev")
+    sev_ok = sev is not None and sev.get("supported") == "yes"
+    snp = root.find("features/sev-snp")
+    loader = root.find("os/loader")
+    secure = (
+        loader is not None
+        and loader.get("supported") == "yes"
+        and "yes" in [v.text for v in loader.iterfind("enum[@name='secure']/value")]
+    )
+    tpm = root.find("devices/tpm")
+    tpm_ok = tpm is not None and tpm.get("supported") == "yes"
+
+    def values(el, name):
+        return tuple(v.text or "" for v in el.iterfind(f"enum[@name='{name}']/value")) if el is not None else ()
+
+    return HostCapabilities(
+        sev=sev_ok,
+        sev_es=sev_ok and int((sev.findtext("maxESGuests") if sev is not None else "") or 0) > 0,
+        sev_snp=snp is not None and snp.get("supported") == "yes",
+        sev_cbitpos=int((sev.findtext("cbitpos") if sev_ok else "") or 0),
+        sev_reduced_phys_bits=int((sev.findtext("reducedPhysBits") if sev_ok else "") or 0),
+        secure_boot=secure,
+        tpm_models=values(tpm, "model") if tpm_ok else (),
+        tpm_versions=values(tpm, "backendVersion") if tpm_ok else (),
+        memory_mib=memory_mib,
+    )
+
+
+def host_domain_capabilities(uri: str) -> HostCapabilities:
+    """SEV (and -ES, -SNP), a secure-boot UEFI loader, the vTPM models and the host's
+    memory, as libvirt's domain capabilities for an x86_64 KVM (else QEMU) guest say."""
+
+    def _read(conn):
+        virt = "kvm" if "<domain type='kvm'" in conn.getCapabilities() else "qemu"
+        xml = conn.getDomainCapabilities(None, "x86_64", "q35", virt, 0)
+        return domain_capabilities_parse(xml, memory_mib=int(conn.getInfo()[1]))
+
+    return connection.call(uri, "domain capabilities", _read)
+
+
 def _pool_head(pool) -> tuple[tuple, list]:
     """A pool's fields but its volumes, and its volumes still to read (none when inactive)."""
     active = bool(pool.isActive())
