@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Migrate, seed the demo host, then serve the portal with a Celery worker, beat and the state collector.
+# Migrate, seed the demo host, then serve the portal with a Celery worker, beat, the state collector
+# and the console proxy (websocket, 127.0.0.1:CONSOLE_PROXY_PORT).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
@@ -23,10 +24,12 @@ trap cleanup EXIT INT TERM
 pids+=($!)
 $PY manage.py collector >"$VAR/log/collector.log" 2>&1 &
 pids+=($!)
+$PY manage.py console_proxy >"$VAR/log/console-proxy.log" 2>&1 &
+pids+=($!)
 .venv/bin/celery -A hypervisor_web beat --loglevel=INFO --schedule "$VAR/celerybeat-schedule" >"$VAR/log/beat.log" 2>&1 &
 pids+=($!)
 
 echo
-echo "Portal: http://$BIND:$PORT/  (logs in $VAR/log: worker.log, beat.log, collector.log)"
-echo "Sign in with one of the demo users above. Ctrl-C stops the portal, worker, beat and collector."
+echo "Portal: http://$BIND:$PORT/  (logs in $VAR/log: worker.log, beat.log, collector.log, console-proxy.log)"
+echo "Sign in with one of the demo users above. Ctrl-C stops the portal, worker, beat, collector and console proxy."
 $PY manage.py runserver --noreload "$BIND:$PORT"

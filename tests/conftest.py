@@ -258,6 +258,36 @@ def vm(host, make_domain):
     return VirtualMachine.objects.get(host=host, name=name)
 
 
+@pytest.fixture(scope="module")
+def console_proxy_url():
+    """The VM console proxy (apps/vms/console_proxy.py), serving in a thread of this process
+    on an ephemeral loopback port; its database work runs on connections of its own, so the
+    tests that use it must be transactional."""
+    import asyncio
+    import threading
+
+    from apps.vms import console_proxy
+
+    loop = asyncio.new_event_loop()
+    started, box = threading.Event(), {}
+    stop = asyncio.Event()
+
+    def ready(server):
+        box["port"] = next(iter(server.sockets)).getsockname()[1]
+        started.set()
+
+    def run():
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(console_proxy.serve(host="127.0.0.1", port=0, ready=ready, stop=stop))
+
+    thread = threading.Thread(target=run, daemon=True, name="console-proxy")
+    thread.start()
+    assert started.wait(15), "the console proxy did not start"
+    yield f"ws://127.0.0.1:{box['port']}/console"
+    loop.call_soon_threadsafe(stop.set)
+    thread.join(10)
+
+
 # ------------------------------------------------------------------ Celery worker
 
 

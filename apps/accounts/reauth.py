@@ -63,6 +63,7 @@ REAUTH_POLICY: dict[str, str | When] = {
     # VMs: force off loses unsaved work, a deleted snapshot is gone
     "vms:action": When("action", "force_off"),  # start, shutdown, suspend, resume: NEVER
     "vms:snapshot_create": NEVER,
+    "vms:console_token": NEVER,  # operate-level, like start; every session is audited (start and end)
     "vms:snapshot_delete": ALWAYS,
     "profiles:save": NEVER,
     "profiles:import": NEVER,

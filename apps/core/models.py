@@ -18,6 +18,9 @@ class Host(models.Model):
     collected_at = models.DateTimeField(null=True, blank=True, help_text="last complete read of the host")
     unreachable_since = models.DateTimeField(null=True, blank=True, help_text="set while the host cannot be read")
     collect_error = models.CharField(max_length=500, blank=True)
+    # libvirt's security drivers on this host (capabilities' <secmodel> model names: apparmor,
+    # selinux, dac, none), read by the collector with each bulk read: shown on host and VM pages
+    security_models = models.JSONField(default=list, blank=True)
 
     class Meta:
         ordering = ["name"]
@@ -27,6 +30,31 @@ class Host(models.Model):
 
     def scope_path(self):
         return (self.pk, None, None)
+
+    @property
+    def lsm_model(self) -> str:
+        """The host's mandatory access control driver for QEMU ("apparmor", "selinux"), or ""
+        when libvirt confines guests by DAC (uid/gid) only, or not read yet."""
+        for model in self.security_models or []:
+            if model in ("apparmor", "selinux"):
+                return model
+        return ""
+
+    @property
+    def confinement(self) -> tuple[str, str]:
+        """("good" | "bad" | "unknown", a sentence): what this host confines QEMU with."""
+        models = list(self.security_models or [])
+        if not models:
+            return "unknown", "Not read yet: the state collector reads libvirt's security drivers with each bulk read."
+        names = {"apparmor": "AppArmor", "selinux": "SELinux"}
+        if self.lsm_model:
+            lsm = names[self.lsm_model]
+            return "good", f"libvirt confines each QEMU process with {lsm} (security drivers: {', '.join(models)})."
+        return "bad", (
+            "This host has no LSM (neither AppArmor nor SELinux is active; libvirt reports security drivers "
+            f"{', '.join(models)}): no VM here can be confined"
+            + (", QEMU is only separated by its user and group (DAC)." if "dac" in models else ".")
+        )
 
     @property
     def stale(self) -> bool:

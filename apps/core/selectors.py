@@ -33,7 +33,7 @@ class Dashboard:
 
 
 # what a host's line shows: its name, address and how fresh its picture is
-_HOST_SHOWN = ("name", "uri", "collected_at", "unreachable_since", "collect_error")
+_HOST_SHOWN = ("name", "uri", "collected_at", "unreachable_since", "collect_error", "security_models")
 # what a job's progress line shows (not its log, result or parameters)
 _JOB_SHOWN = ("kind", "state", "target_name", "actor_name", "created_at", "progress", "error")
 

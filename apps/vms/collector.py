@@ -110,6 +110,38 @@ def interfaces_store(host: Host, states: dict[str, tuple], vm: VirtualMachine | 
             VmInterface.objects.bulk_create(create, batch_size=1000)
 
 
+def security_store(host: Host, facts: dict[str, dict], vm: VirtualMachine | None = None) -> None:
+    """Write the security facts (domain UUID -> xml.domain_security_parse dict) onto the VM
+    rows of the host (or only `vm`): the rows whose facts changed, in one bulk update."""
+    vms = VirtualMachine.objects.filter(host=host, present=True)
+    if vm is not None:
+        vms = vms.filter(pk=vm.pk)
+    now = timezone.now()
+    changed = []
+    for row in vms.only("pk", "uuid", "security", "security_read_at"):
+        wanted = facts.get(str(row.uuid))
+        if wanted is None or (row.security == wanted and row.security_read_at is not None):
+            continue
+        row.security, row.security_read_at = wanted, now
+        changed.append(row)
+    if changed:
+        VirtualMachine.objects.bulk_update(changed, ["security", "security_read_at"], batch_size=1000)
+
+
+def definitions_store(host: Host, facts: dict[str, gw.DomainFacts], vm: VirtualMachine | None = None) -> None:
+    """Interfaces and security facts from one read of the live definitions."""
+    interfaces_store(host, {u: f.interfaces for u, f in facts.items()}, vm=vm)
+    security_store(host, {u: f.security for u, f in facts.items()}, vm=vm)
+
+
+def host_security_store(host: Host) -> None:
+    """The host's security drivers (libvirt capabilities' <secmodel>) onto its row."""
+    models = gw.host_security_models(host.uri)
+    if models != host.security_models:
+        Host.objects.filter(pk=host.pk).update(security_models=models)
+        host.security_models = models
+
+
 def interfaces_refresh(host: Host, vm: VirtualMachine | None = None) -> None:
     """Read the interfaces of one VM (or of every VM of the host) now and store them: for a
     service about to act on them (a quarantine, a zone move) that cannot wait for the next read."""
@@ -122,7 +154,8 @@ def host_collect(host: Host) -> bool:
     try:
         result = inventory_sync(host)
         _audit_found_and_gone(host, result.found, result.gone)  # at once: the rows are visible now
-        interfaces_store(host, gw.domain_interfaces_live(host.uri))
+        definitions_store(host, gw.domain_facts_live(host.uri))
+        host_security_store(host)
         for hook in AFTER_COLLECT:
             hook(host)
     except PortalError as exc:
@@ -164,7 +197,7 @@ def domain_refresh(host: Host, name: str, uuid: str, kind: str) -> VirtualMachin
         if found:  # in the row's transaction: whoever sees the row sees why it is there
             _audit_found_and_gone(host, [vm], [])
     try:
-        interfaces_store(host, gw.domain_interfaces_live(host.uri, name), vm=vm)
+        definitions_store(host, gw.domain_facts_live(host.uri, name), vm=vm)
     except NotFound:  # undefined meanwhile: its own event follows
         return vm
     for hook in AFTER_DOMAIN_REFRESH:

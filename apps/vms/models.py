@@ -19,6 +19,11 @@ class VirtualMachine(models.Model):
     disk_allocation = models.PositiveBigIntegerField(default=0, help_text="bytes allocated, all disks")
     present = models.BooleanField(default=True, help_text="False once libvirt no longer lists it")
     last_seen = models.DateTimeField(null=True, blank=True)
+    # the security facts of its live definition (gateways/libvirt/xml.py domain_security_parse:
+    # firmware, secure boot, TPM, memory encryption, seclabels, limits, graphics), written by
+    # the state collector with its interfaces; the VM page's security summary reads them
+    security = models.JSONField(default=dict, blank=True)
+    security_read_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["host__name", "name"]
@@ -104,3 +109,28 @@ class VmConfigRevision(models.Model):
     @property
     def who(self) -> str:
         return self.author_name if self.source == self.Source.PORTAL else "outside the portal"
+
+
+class ConsoleSession(models.Model):
+    """One opening of a VM's graphical console: minted by the portal (permission checked,
+    audited), redeemed once by the console proxy within seconds, ended when either side
+    closes. The signed token names this row; the row makes it single-use."""
+
+    vm = models.ForeignKey(VirtualMachine, on_delete=models.CASCADE, related_name="console_sessions")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    nonce = models.CharField(max_length=43, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(help_text="the token must be redeemed before this")
+    redeemed_at = models.DateTimeField(null=True, blank=True)
+    ended_at = models.DateTimeField(null=True, blank=True)
+    source_ip = models.GenericIPAddressField(null=True, blank=True)
+    bytes_to_guest = models.PositiveBigIntegerField(default=0)
+    bytes_to_browser = models.PositiveBigIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self):
+        return f"console {self.vm.name} {self.user}"
+
+    scope_vm_path = "vm"

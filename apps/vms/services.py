@@ -76,7 +76,7 @@ def inventory_sync(host: Host, domains: list[gw.DomainInfo] | None = None) -> Sy
     if domains is None:
         domains = gw.domain_list(host.uri)
     now = timezone.now()
-    existing = {str(vm.uuid): vm for vm in VirtualMachine.objects.filter(host=host)}
+    existing = {str(vm.uuid): vm for vm in VirtualMachine.objects.filter(host=host).defer("security")}
     to_create, to_update, found = [], [], []
     for d in domains:
         vm = existing.get(d.uuid)
@@ -106,7 +106,7 @@ def inventory_sync(host: Host, domains: list[gw.DomainInfo] | None = None) -> Sy
                 VirtualMachine.objects.bulk_update(to_update, _SYNCED)
             if to_create:
                 VirtualMachine.objects.bulk_create(to_create)
-        existing = {str(vm.uuid): vm for vm in VirtualMachine.objects.filter(host=host)}
+        existing = {str(vm.uuid): vm for vm in VirtualMachine.objects.filter(host=host).defer("security")}
     rows = []
     for d in domains:
         vm = existing.get(d.uuid)

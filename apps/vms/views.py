@@ -1,14 +1,19 @@
 from urllib.parse import urlencode
 
-from django.http import HttpResponse
+from django.conf import settings
+from django.http import HttpResponse, JsonResponse
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
+from apps.accounts.permissions import authorize
+from apps.core.errors import Conflict
 from apps.core.forms import validated
+from apps.core.middleware import CSP
 from apps.core.views_util import job_started, permission_required, render_page
 
-from . import history, selectors, services
+from . import console, history, selectors, services
 from .forms import LifecycleForm, SnapshotCreateForm, SnapshotDeleteForm
+from .security import host_confinement, vm_security_summary
 
 
 @permission_required("vms.view")
@@ -60,6 +65,8 @@ def vm_detail(request, host: str, name: str):
         "snapshots": snapshots,
         "interfaces": selectors.vm_interfaces(request.user, vm),
         "actions": services.actions_for(live.state),
+        "security": vm_security_summary(vm),
+        "host_confinement": host_confinement(vm.host.security_models),
     }
     return render_page(request, "vms/detail.html", context, partial="summary")
 
@@ -117,3 +124,37 @@ def snapshot_delete(request, host: str, name: str, snapshot: str):
                      perm="vms.snapshot")  # fmt: skip
     job = services.snapshot_delete(actor=request.user, vm=vm, name=snapshot, confirmed=form.cleaned_data["confirm"])
     return _job_response(request, vm, job, f"Deleting snapshot {snapshot}.")
+
+
+def _console_url(request) -> str:
+    """The websocket URL of the console proxy as the browser reaches it."""
+    if settings.CONSOLE_PUBLIC_URL:
+        return settings.CONSOLE_PUBLIC_URL
+    host = request.get_host().rsplit(":", 1)[0] if not request.get_host().endswith("]") else request.get_host()
+    return f"ws://{host}:{settings.CONSOLE_PROXY_PORT}/console"
+
+
+@permission_required("vms.operate")
+def vm_console(request, host: str, name: str):
+    """The console page: noVNC (vendored) asks for a token, then connects to the proxy."""
+    vm = services.vm_for(request.user, host, name)
+    authorize(request.user, "vms.operate", vm, action="vms.console.open")
+    try:
+        console.console_socket(vm)
+        unavailable = ""
+    except Conflict as exc:
+        unavailable = exc.message
+    response = render_page(request, "vms/console.html", {"vm": vm, "unavailable": unavailable})
+    ws = _console_url(request)
+    origin = ws.split("/console", 1)[0]
+    response["Content-Security-Policy"] = CSP.replace("connect-src 'self'", f"connect-src 'self' {origin}")
+    return response
+
+
+@require_POST
+@permission_required("vms.operate")
+def vm_console_token(request, host: str, name: str):
+    """A one-time token for one console session (audited as vms.console.open)."""
+    vm = services.vm_for(request.user, host, name)
+    token = console.console_open(actor=request.user, vm=vm, source_ip=request.META.get("REMOTE_ADDR"))
+    return JsonResponse({"url": f"{_console_url(request)}?token={token}"})

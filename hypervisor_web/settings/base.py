@@ -252,6 +252,15 @@ CELERY_TASK_DEFAULT_QUEUE = env("CELERY_QUEUE", "portal")
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 JOB_STALE_SECONDS = env_int("JOB_STALE_SECONDS", 1800)
 COLLECTOR_INTERVAL = env_int("COLLECTOR_INTERVAL", 30)  # seconds between bulk reads of each host
+
+# The console proxy (apps/vms/console_proxy.py, `manage.py console_proxy`, started by `make run`):
+# it listens on loopback only and joins a browser's websocket to the VM's VNC unix socket.
+CONSOLE_PROXY_BIND = env("CONSOLE_PROXY_BIND", "127.0.0.1")
+CONSOLE_PROXY_PORT = env_int("CONSOLE_PROXY_PORT", 6080)
+# the websocket URL browsers use to reach it; empty: ws://<the page's host>:CONSOLE_PROXY_PORT/console
+CONSOLE_PUBLIC_URL = env("CONSOLE_PUBLIC_URL", "")
+CONSOLE_TOKEN_SECONDS = env_int("CONSOLE_TOKEN_SECONDS", 30)  # a console token must be redeemed this soon
+CONSOLE_MAX_SECONDS = env_int("CONSOLE_MAX_SECONDS", 28800)  # a console session is closed after this long
 # A command past its timeout (or whose job hit its soft time limit) gets SIGTERM, and SIGKILL
 # only this many seconds later: cryptsetup finishes the block it is writing and checkpoints.
 # Keep it under the 300 s between a long job's soft and hard time limits.

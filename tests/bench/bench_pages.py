@@ -54,7 +54,9 @@ WHERE v.present AND v.host_id = %s {extra}
 ORDER BY {order} LIMIT 50 OFFSET %s
 """
 # the dashboard: hosts, VM states, recent jobs on the user's VMs
-_HOSTS_SQL = "SELECT id, name, uri, collected_at, unreachable_since, collect_error FROM core_host ORDER BY name"
+_HOSTS_SQL = (
+    "SELECT id, name, uri, collected_at, unreachable_since, collect_error, security_models FROM core_host ORDER BY name"
+)
 _STATES_SQL = "SELECT last_state, COUNT(*) FROM vms_virtualmachine WHERE present AND host_id = %s GROUP BY last_state"
 _JOBS_SQL = """
 SELECT j.id, j.kind, j.state, j.target_name, j.actor_name, j.created_at, j.progress, j.error FROM core_job j

@@ -22,6 +22,8 @@ EXPECTED = {
     "vms:history": ("vms.view", "GET"),
     "vms:revision": ("vms.view", "GET"),
     "vms:action": ("vms.operate", "POST"),
+    "vms:console": ("vms.operate", "GET"),
+    "vms:console_token": ("vms.operate", "POST"),
     "vms:snapshot_create": ("vms.snapshot", "POST"),
     "vms:snapshot_delete": ("vms.snapshot", "POST"),
     "profiles:list": ("vms.create", "GET"),

@@ -17,7 +17,7 @@ from apps.core.errors import GatewayError, NotFound
 
 from . import connection, storage
 from .storage import VolumeInfo
-from .xml import disk_element, disk_with_source, disk_xml, domain_devices_parse, to_string
+from .xml import disk_element, disk_with_source, disk_xml, domain_devices_parse, domain_security_parse, to_string
 
 _STATES = {
     libvirt.VIR_DOMAIN_NOSTATE: "unknown",
@@ -643,9 +643,10 @@ class InterfaceState:
     model: str = ""  # virtio, e1000, ...
 
 
-def _interface_states(xml: str) -> tuple[InterfaceState, ...]:
+def _interface_states(xml: str | ET.Element) -> tuple[InterfaceState, ...]:
     out = []
-    for iface in ET.fromstring(xml).iterfind("./devices/interface"):
+    root = ET.fromstring(xml) if isinstance(xml, str) else xml
+    for iface in root.iterfind("./devices/interface"):
         source, mac, target = iface.find("source"), iface.find("mac"), iface.find("target")
         link, model = iface.find("link"), iface.find("model")
         src = source.attrib if source is not None else {}
@@ -677,6 +678,36 @@ def domain_interfaces_live(uri: str, name: str | None = None) -> dict[str, tuple
         )
 
     return connection.call(uri, name or "read interfaces", _read)
+
+
+@dataclass(frozen=True)
+class DomainFacts:
+    """What the state collector keeps of a domain's live definition: its interfaces and its
+    security facts (`xml.domain_security_parse`: firmware, TPM, memory encryption, seclabels,
+    limits, QEMU-LUKS disks, graphics consoles)."""
+
+    interfaces: tuple[InterfaceState, ...]
+    security: dict
+
+
+def _domain_facts(xml: str) -> DomainFacts:
+    root = ET.fromstring(xml)  # parsed once for both
+    return DomainFacts(_interface_states(root), domain_security_parse(root))
+
+
+def domain_facts_live(uri: str, name: str | None = None) -> dict[str, DomainFacts]:
+    """Interfaces and security facts of every domain of the host (or of the one named), by
+    domain UUID: one XMLDesc per domain, read once for both. Domains undefined meanwhile
+    are left out."""
+
+    def _read(conn):
+        if name is not None:
+            dom = conn.lookupByName(name)
+            return {dom.UUIDString(): _domain_facts(dom.XMLDesc(0))}
+        domains = conn.listAllDomains(0)
+        return dict(connection.read_present(domains, lambda d: (d.UUIDString(), _domain_facts(d.XMLDesc(0)))))
+
+    return connection.call(uri, name or "read domain definitions", _read)
 
 
 def domain_interface_set_link(uri: str, domain: str, mac: str, state: str) -> None:

@@ -13,6 +13,7 @@ from . import connection
 from .connection import read_present
 from .domains import _STORAGE_STATS, DomainDisks, _disks_from_stats, _state_name
 from .storage import _FILE_POOL_TYPES, PoolInfo, VolumeInfo, _volume_infos
+from .xml import host_secmodels_parse
 
 
 @dataclass(frozen=True)
@@ -55,8 +56,7 @@ def host_security_models(uri: str) -> list[str]:
     e.g. ["apparmor", "dac"], ["selinux", "dac"], or ["none", "dac"] with no LSM)."""
 
     def _models(conn):
-        caps = ET.fromstring(conn.getCapabilities())
-        return [m.findtext("model") or "" for m in caps.iterfind("host/secmodel")]
+        return [m["model"] for m in host_secmodels_parse(conn.getCapabilities())]
 
     return connection.call(uri, "capabilities", _models)
 

@@ -78,8 +78,16 @@ def domain_xml(
         ET.SubElement(iface, "source", network=network)
         ET.SubElement(iface, "model", type="virtio")
         ET.SubElement(iface, "rom", enabled="no")
-    ET.SubElement(devices, "graphics", type="vnc", listen="127.0.0.1", autoport="yes")
+    _graphics_socket_el(devices)
     return to_string(dom)
+
+
+def _graphics_socket_el(devices: ET.Element) -> None:
+    """VNC on a unix socket libvirt makes under the domain's private directory
+    (/var/lib/libvirt/qemu/domain-N-NAME/vnc.sock): never a network port. The portal's
+    console proxy (apps/vms/console_proxy.py) is the only way in."""
+    graphics = ET.SubElement(devices, "graphics", type="vnc")
+    ET.SubElement(graphics, "listen", type="socket")
 
 
 def snapshot_xml(name: str, description: str = "") -> str:
@@ -284,3 +292,149 @@ def network_zone_xml(name: str, bridge: str, ipv4_cidr: str = "", ipv6_cidr: str
                 attrs["family"] = "ipv6"
             ET.SubElement(net, "ip", **attrs)
     return to_string(net)
+
+
+# ------------------------------------------------------------------ security facts
+
+
+def _yes(value: str | None) -> bool:
+    return (value or "").lower() in ("yes", "on", "true", "1")
+
+
+def domain_security_parse(xml: str | ET.Element) -> dict:
+    """The security facts of a domain's (live) XML, as plain JSON-able values: firmware
+    (bios/uefi, secure boot, loader, NVRAM), TPM, memory encryption (`<launchSecurity>`),
+    security labels (`<seclabel>`: AppArmor, SELinux, DAC, or none), resource limits
+    (`<cputune>`, `<memtune>`, `<blkiotune>`, per-disk `<iotune>`), disks QEMU opens as
+    LUKS, and the graphics consoles (a VNC unix socket is what the console proxy uses).
+    Takes the XML or its parsed root (the collector parses each definition once)."""
+    root = ET.fromstring(xml) if isinstance(xml, str) else xml
+    os_el = root.find("os")
+    loader = os_el.find("loader") if os_el is not None else None
+    nvram = os_el.find("nvram") if os_el is not None else None
+    features = {}
+    if os_el is not None:
+        for f in os_el.findall("./firmware/feature"):
+            features[f.get("name", "")] = _yes(f.get("enabled"))
+    fw_attr = os_el.get("firmware", "") if os_el is not None else ""
+    loader_path = (loader.text or "").strip() if loader is not None else ""
+    uefi = fw_attr == "efi" or (loader is not None and loader.get("type") == "pflash") or "OVMF" in loader_path
+    secure_boot = features.get("secure-boot", False) or (loader is not None and _yes(loader.get("secure")))
+    firmware = {
+        "type": "uefi" if uefi else "bios",
+        "secure_boot": bool(uefi and secure_boot),
+        "enrolled_keys": features.get("enrolled-keys"),
+        "loader": loader_path,
+        "nvram": ((nvram.text or "").strip() or nvram.get("template", "")) if nvram is not None else "",
+    }
+    tpms = []
+    for tpm in root.findall("./devices/tpm"):
+        backend = tpm.find("backend")
+        tpms.append({
+            "model": tpm.get("model", ""),
+            "backend": backend.get("type", "") if backend is not None else "",
+            "version": (backend.get("version", "") if backend is not None else "") or "",
+        })  # fmt: skip
+    launch = root.find("launchSecurity")
+    memory_encryption = None
+    if launch is not None:
+        memory_encryption = {"type": launch.get("type", ""), "policy": (launch.findtext("policy") or "").strip()}
+    seclabels = []
+    for label in root.findall("seclabel"):
+        seclabels.append({
+            "model": label.get("model", ""),
+            "type": label.get("type", ""),
+            "relabel": label.get("relabel", ""),
+            "label": (label.findtext("label") or "").strip(),
+            "imagelabel": (label.findtext("imagelabel") or "").strip(),
+        })  # fmt: skip
+    cputune = root.find("cputune")
+    memtune = root.find("memtune")
+    limits = {
+        "cpu_quota": int(cputune.findtext("quota") or 0) if cputune is not None else 0,
+        "cpu_period": int(cputune.findtext("period") or 0) if cputune is not None else 0,
+        "cpu_shares": int(cputune.findtext("shares") or 0) if cputune is not None else 0,
+        "memory_hard_limit_kib": _kib(memtune.find("hard_limit")) if memtune is not None else 0,
+        "blkiotune": root.find("blkiotune") is not None and len(root.find("blkiotune")) > 0,
+        "iotune_disks": [
+            (d.find("target").get("dev", "") if d.find("target") is not None else "")
+            for d in root.findall("./devices/disk")
+            if d.find("iotune") is not None and len(d.find("iotune")) > 0
+        ],
+    }
+    luks_disks = []
+    for disk in root.findall("./devices/disk"):
+        enc = disk.find("encryption")
+        if enc is None:
+            enc = disk.find("./source/encryption")
+        if enc is not None:
+            target = disk.find("target")
+            luks_disks.append(target.get("dev", "") if target is not None else "")
+    return {
+        "firmware": firmware,
+        "tpm": tpms,
+        "memory_encryption": memory_encryption,
+        "seclabels": seclabels,
+        "limits": limits,
+        "luks_disks": luks_disks,
+        "disks": [
+            (d.find("target").get("dev", "") if d.find("target") is not None else "")
+            for d in root.findall("./devices/disk")
+            if d.get("device", "disk") == "disk"
+        ],
+        "running": root.get("id") is not None,
+        "graphics": domain_graphics_parse(root),
+    }
+
+
+_KIB = {"b": 1 / 1024, "bytes": 1 / 1024, "k": 1, "kib": 1, "kb": 1000 / 1024, "m": 1024, "mib": 1024,
+        "mb": 1000**2 / 1024, "g": 1024**2, "gib": 1024**2, "gb": 1000**3 / 1024}  # fmt: skip
+
+
+def _kib(el: ET.Element | None) -> int:
+    if el is None or not (el.text or "").strip():
+        return 0
+    return int(int(el.text.strip()) * _KIB.get(el.get("unit", "KiB").lower(), 1))
+
+
+def domain_graphics_parse(root: ET.Element | str) -> list[dict]:
+    """The graphics consoles of a domain: type (vnc, spice), how each listens ("socket" with
+    its path, "address" with address and port, "none") and whether a password is set."""
+    if isinstance(root, str):
+        root = ET.fromstring(root)
+    out = []
+    for g in root.findall("./devices/graphics"):
+        listen = g.find("listen")
+        socket = g.get("socket", "")
+        if listen is not None and listen.get("type") == "socket":
+            socket = listen.get("socket", "") or socket
+        if socket or (listen is not None and listen.get("type") == "socket"):
+            kind = "socket"  # without a path in a definition: libvirt picks one at start
+        elif listen is not None and listen.get("type") == "none":
+            kind = "none"
+        else:
+            kind = "address"
+        address = g.get("listen", "") or (listen.get("address", "") if listen is not None else "")
+        out.append({
+            "type": g.get("type", ""),
+            "listen": kind,
+            "socket": socket,
+            "address": address if kind == "address" else "",
+            "port": int(g.get("port") or 0) if kind == "address" else 0,
+            "password": bool(g.get("passwd")),
+        })  # fmt: skip
+    return out
+
+
+def host_secmodels_parse(capabilities_xml: str) -> list[dict]:
+    """The security drivers libvirt confines guests with on this host (`<host><secmodel>` of
+    its capabilities): model ("apparmor", "selinux", "dac", "none"), DOI and base labels."""
+    caps = ET.fromstring(capabilities_xml)
+    out = []
+    for model in caps.iterfind("host/secmodel"):
+        out.append({
+            "model": (model.findtext("model") or "").strip(),
+            "doi": (model.findtext("doi") or "").strip(),
+            "baselabels": {el.get("type", ""): (el.text or "").strip() for el in model.iterfind("baselabel")},
+        })  # fmt: skip
+    return out

@@ -9,7 +9,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('audit', '0003_sqlite_refuses_delete'),
-        ('vms', '0003_vm_interfaces'),
+        ('vms', '0004_security_facts_console'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
