@@ -19,6 +19,8 @@ EXPECTED = {
     "job": ("jobs.view", "GET"),
     "vms:list": ("vms.view", "GET"),
     "vms:detail": ("vms.view", "GET"),
+    "vms:history": ("vms.view", "GET"),
+    "vms:revision": ("vms.view", "GET"),
     "vms:action": ("vms.operate", "POST"),
     "vms:console": ("vms.operate", "GET"),
     "vms:console_token": ("vms.operate", "POST"),
