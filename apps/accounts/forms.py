@@ -1,5 +1,6 @@
 from django import forms
 from django.contrib.auth import get_user_model
+from django.contrib.auth.forms import PasswordChangeForm
 from django.contrib.auth.password_validation import validate_password
 
 from apps.core.models import Host
@@ -39,6 +40,35 @@ class AssignmentForm(forms.Form):
     host = forms.ModelChoiceField(queryset=Host.objects.all(), required=False)
     zone = forms.RegexField(regex=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$", required=False)
     vm = forms.CharField(required=False, help_text="host/vm, e.g. local/web-1")
+
+
+class OwnPasswordChangeForm(PasswordChangeForm):
+    """A user changes their own password: the current one, then the new one twice (Django's form)."""
+
+    secret_fields = ("old_password", "new_password1", "new_password2")
+
+
+class AdminSetPasswordForm(forms.Form):
+    """An admin sets another user's password: typed twice, checked by the password validators."""
+
+    secret_fields = ("password1", "password2")
+    password1 = forms.CharField(label="New password", strip=False,
+                                widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}))  # fmt: skip
+    password2 = forms.CharField(label="New password again", strip=False,
+                                widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}))  # fmt: skip
+
+    def __init__(self, user, *args, **kwargs):
+        self.user = user
+        super().__init__(*args, **kwargs)
+
+    def clean(self):
+        cleaned = super().clean()
+        one, two = cleaned.get("password1"), cleaned.get("password2")
+        if one and two and one != two:
+            raise forms.ValidationError("The two passwords differ.")
+        if one:
+            validate_password(one, self.user)
+        return cleaned
 
 
 class ReauthForm(forms.Form):

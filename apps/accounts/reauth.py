@@ -54,6 +54,10 @@ REAUTH_POLICY: dict[str, str | When] = {
     "accounts:set_active": ALWAYS,
     "accounts:assignment_add": ALWAYS,
     "accounts:assignment_remove": ALWAYS,
+    "accounts:password_set": ALWAYS,  # an admin sets another user's password
+    # one's own password: the form asks for the current one (the proof; its guesses are
+    # throttled with the re-authentication's counter)
+    "accounts:password_change": NEVER,
     # two-factor sign-in: enrolling needs a valid code of the new device (the password was
     # just typed at sign-in); new recovery codes replace the old ones, and turning a user's
     # two-factor sign-in off weakens their account

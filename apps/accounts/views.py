@@ -1,18 +1,20 @@
 from django.conf import settings
 from django.contrib import messages
-from django.contrib.auth import get_user_model
+from django.contrib.auth import get_user_model, update_session_auth_hash
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.forms import AuthenticationForm
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
+from apps.audit.middleware import client_ip
 from apps.audit.services import refused
+from apps.core.forms import refuse
 from apps.core.views_util import permission_required, render_page
 from apps.vms.models import VirtualMachine
 
-from . import mfa, reauth, services
-from .forms import AssignmentForm, CodeForm, ReauthForm, UserCreateForm
+from . import mfa, reauth, services, sessions, throttle
+from .forms import AdminSetPasswordForm, AssignmentForm, CodeForm, OwnPasswordChangeForm, ReauthForm, UserCreateForm
 from .mfa_status import mfa_enabled
 from .models import RoleAssignment
 
@@ -69,9 +71,10 @@ def _error_text(form) -> str:
     return "; ".join(f"{k}: {' '.join(v)}" for k, v in form.errors.items())
 
 
-def _user_page(request, user, form, status: int = 200):
+def _user_page(request, user, form, status: int = 200, password_form=None):
     assignments = user.role_assignments.select_related("host", "vm", "vm__host")
-    context = {"subject": user, "assignments": assignments, "form": form, "mfa_on": mfa_enabled(user)}
+    context = {"subject": user, "assignments": assignments, "form": form, "mfa_on": mfa_enabled(user),
+               "password_form": password_form or AdminSetPasswordForm(user)}  # fmt: skip
     return render_page(request, "accounts/user.html", context, status=status)
 
 
@@ -127,6 +130,69 @@ def assignment_remove(request, pk: int, assignment_id: int):
     services.assignment_remove(actor=request.user, assignment=assignment)
     messages.success(request, "Role revoked.")
     return redirect("accounts:detail", pk=pk)
+
+
+CREDENTIAL_ACTION = "accounts.user.password"
+
+
+def _keep_this_session(request, user) -> None:
+    """The password changed in this request: the session making it stays signed in (a new
+    session hash and the new epoch), every other session of the user ends."""
+    update_session_auth_hash(request, user)
+    sessions.keep_this_session(request)
+
+
+@require_POST
+@permission_required("accounts.manage")
+def user_password_set(request, pk: int):
+    """An admin sets another user's password (re-authenticated: REAUTH_POLICY); all of that
+    user's sessions end at once."""
+    user = get_object_or_404(User, pk=pk)
+    form = AdminSetPasswordForm(user, request.POST)
+    if not form.is_valid():
+        refuse(form, actor=request.user, action=CREDENTIAL_ACTION, target=user, perm="accounts.manage")
+        return _user_page(request, user, AssignmentForm(), status=400, password_form=form)
+    services.user_password_set(actor=request.user, user=user, password=form.cleaned_data["password1"])
+    if user.pk == request.user.pk:
+        _keep_this_session(request, user)
+    messages.success(request, f"Password of {user.username} set; their other sessions were ended.")
+    return redirect("accounts:detail", pk=user.pk)
+
+
+def _password_page(request, form, status: int = 200):
+    return render(request, "accounts/password.html", {"form": form}, status=status)
+
+
+@permission_required("dashboard.view")
+def password_page(request):
+    """Your own password: the current one, then the new one twice."""
+    return _password_page(request, OwnPasswordChangeForm(request.user))
+
+
+@require_POST
+@permission_required("dashboard.view")
+def password_change(request):
+    """Change your own password: your other sessions end at once, this one stays. Wrong
+    current passwords count against the re-authentication's throttle (a stolen session
+    cannot guess it here either)."""
+    user, ip = request.user, client_ip(request)
+    form = OwnPasswordChangeForm(user, request.POST)
+    if throttle.is_locked(user.get_username(), ip, throttle.REAUTH):
+        form.is_valid()
+        form.errors.clear()
+        form.add_error(None, f"Too many wrong passwords. Wait {settings.LOGIN_FAILURE_WINDOW // 60} minutes.")
+        refused(actor=user, action=CREDENTIAL_ACTION, target=user, error="too many wrong passwords")
+        return _password_page(request, form, status=429)
+    if not form.is_valid():
+        if "old_password" in form.errors:
+            throttle.note_failure(user.get_username(), ip, throttle.REAUTH)
+        refuse(form, actor=user, action=CREDENTIAL_ACTION, target=user)
+        return _password_page(request, form, status=400)
+    throttle.clear(user.get_username(), ip, throttle.REAUTH)
+    services.user_password_set(actor=user, user=user, password=form.cleaned_data["new_password1"])
+    _keep_this_session(request, user)
+    messages.success(request, "Password changed; your other sessions were ended.")
+    return redirect("accounts:password")
 
 
 @permission_required("dashboard.view")

@@ -46,6 +46,7 @@ def test_account_changes_and_destructive_actions_need_it():
         "accounts:set_active",
         "accounts:assignment_add",
         "accounts:assignment_remove",
+        "accounts:password_set",
         "vms:snapshot_delete",
         "storage:volume_delete",
         "encryption:seal",

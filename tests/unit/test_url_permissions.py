@@ -90,6 +90,10 @@ EXPECTED = {
     "accounts:assignment_add": ("accounts.manage", "POST"),
     "accounts:assignment_remove": ("accounts.manage", "POST"),
     "accounts:reauth": ("dashboard.view", "GET"),
+    "accounts:password_set": ("accounts.manage", "POST"),
+    # one's own password, with the current one: everyone signed in
+    "accounts:password": ("dashboard.view", "GET"),
+    "accounts:password_change": ("dashboard.view", "POST"),
     # one's own two-factor sign-in: everyone signed in, like the re-authentication
     "accounts:mfa_setup": ("dashboard.view", "GET"),
     "accounts:mfa_confirm": ("dashboard.view", "POST"),
