@@ -4,6 +4,8 @@ not signed by this portal are refused with a message; nothing is read then."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 
 from django import forms
@@ -20,24 +22,37 @@ ACTION_PREFIX_RE = re.compile(r"^[A-Za-z0-9_.\-]*$")
 DATETIME_FORMATS = ["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d"]
 
 
-def sign_cursor(cursor: Cursor) -> str:
-    """An opaque page link: the position (time and id of the event at the page's edge) and
-    the direction, signed so that a changed or made-up one is refused."""
-    return signing.dumps([cursor.created_at.isoformat(), cursor.id, cursor.direction], salt=CURSOR_SALT,
-                         compress=True)  # fmt: skip
+BROKEN_CURSOR = "This page link is broken or was altered: start again from the newest events."
+OTHER_FILTERS = ("This page link belongs to other filters: it was made for another view of the log. "
+                 "Start again from the newest events of these filters.")  # fmt: skip
 
 
-def unsign_cursor(value: str) -> Cursor:
+def filters_key(filters: EventFilters) -> str:
+    """A short hash of the filters a page link was made under (the cursor carries it)."""
+    text = json.dumps(filters.described(), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def sign_cursor(cursor: Cursor, filters: EventFilters) -> str:
+    """An opaque page link: the position (time and id of the event at the page's edge), the
+    direction and the hash of the filters it belongs to, signed so that a changed or made-up
+    one is refused, and one reused under other filters too."""
+    return signing.dumps([cursor.created_at.isoformat(), cursor.id, cursor.direction, filters_key(filters)],
+                         salt=CURSOR_SALT, compress=True)  # fmt: skip
+
+
+def unsign_cursor(value: str) -> tuple[Cursor, str]:
+    """The cursor and the hash of the filters it was made under; ValidationError if broken."""
     from datetime import datetime
 
     try:
-        created_at, pk, direction = signing.loads(value, salt=CURSOR_SALT)
+        created_at, pk, direction, key = signing.loads(value, salt=CURSOR_SALT)
         cursor = Cursor(datetime.fromisoformat(created_at), int(pk), direction)
     except (signing.BadSignature, ValueError, TypeError):
-        raise ValidationError("This page link is broken or was altered: start again from the newest events.") from None
-    if cursor.direction not in ("older", "newer") or cursor.created_at.tzinfo is None:
-        raise ValidationError("This page link is broken or was altered: start again from the newest events.")
-    return cursor
+        raise ValidationError(BROKEN_CURSOR) from None
+    if cursor.direction not in ("older", "newer") or cursor.created_at.tzinfo is None or not isinstance(key, str):
+        raise ValidationError(BROKEN_CURSOR)
+    return cursor, key
 
 
 class EventFilterForm(forms.Form):
@@ -74,6 +89,13 @@ class EventFilterForm(forms.Form):
         since, until = data.get("since"), data.get("until")
         if since and until and since > until:
             raise ValidationError("The start of the time range is after its end.")
+        signed = data.get("cursor")
+        if signed is not None and not self.errors:
+            cursor, key = signed
+            if key != filters_key(self.filters()):
+                self.add_error("cursor", OTHER_FILTERS)
+            else:
+                data["cursor"] = cursor
         return data
 
     @property

@@ -59,7 +59,8 @@ class AuditEvent(models.Model):
             models.Index(fields=["actor_name", "created_at", "id"], name="audit_actor_time_idx"),
             models.Index(fields=["target_name", "created_at", "id"], name="audit_target_time_idx"),
             models.Index(fields=["source_ip", "created_at", "id"], name="audit_ip_time_idx"),
-            models.Index(fields=["target_type", "target_id"], name="audit_target_ref_idx"),
+            # one object's events newest first (a VM's History tab, the host and VM filters)
+            models.Index(fields=["target_type", "target_id", "created_at", "id"], name="audit_target_ref_time_idx"),
             models.Index(fields=["request_id"], name="audit_request_idx"),
         ]
         # action prefix (LIKE 'encryption.%'): `action` has db_index, for which Django also

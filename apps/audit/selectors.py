@@ -26,8 +26,8 @@ class EventFilters:
     action: str | None = None  # a prefix: "encryption." or a whole action
     target: str | None = None  # the target's name, exact
     q: str | None = None  # words in the target's name
-    host: str | None = None  # events about the host of that name or about its VMs
-    vm: str | None = None  # events about VMs of that name
+    host: str | None = None  # events about the host of that name and its VMs, pools, alerts, disks
+    vm: str | None = None  # events about VMs of that name and their alerts and encrypted disks
     outcome: str | None = None
     since: datetime | None = None
     until: datetime | None = None
@@ -43,14 +43,9 @@ class EventFilters:
         if self.q:
             qs = qs.filter(target_name__icontains=self.q)
         if self.host:
-            from apps.vms.models import VirtualMachine
-
-            vm_ids = VirtualMachine.objects.filter(host__name=self.host).order_by()
-            vm_ids = vm_ids.annotate(text_id=Cast("id", CharField())).values("text_id")
-            qs = qs.filter(Q(target_type="host", target_name=self.host)
-                           | Q(target_type="virtualmachine", target_id__in=vm_ids))  # fmt: skip
+            qs = qs.filter(_about_host(self.host))
         if self.vm:
-            qs = qs.filter(target_type="virtualmachine", target_name=self.vm)
+            qs = qs.filter(_about_vms(self.vm))
         if self.outcome:
             qs = qs.filter(outcome=self.outcome)
         if self.since:
@@ -64,6 +59,39 @@ class EventFilters:
     def described(self) -> dict:
         """The filters in use, for the audit of an export."""
         return {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in asdict(self).items() if v}
+
+
+def _text_ids(qs):
+    """A queryset's ids as text, to compare with AuditEvent.target_id (a subquery)."""
+    return qs.order_by().annotate(text_id=Cast("id", CharField())).values("text_id")
+
+
+def _about_host(name: str) -> Q:
+    """Events about the host of that name and about what lives on it: its VMs, its pools
+    (target id `host/pool`), its storage alerts and encrypted disks. Each is an equality on
+    (target_type, target_id): the target index answers every branch."""
+    from apps.encryption.models import EncryptedDisk
+    from apps.storage.models import StorageAlert
+    from apps.vms.models import VirtualMachine
+
+    return (Q(target_type="host", target_name=name)
+            | Q(target_type="virtualmachine", target_id__in=_text_ids(VirtualMachine.objects.filter(host__name=name)))
+            | Q(target_type="pool", target_id__startswith=f"{name}/")
+            | Q(target_type="storagealert", target_id__in=_text_ids(StorageAlert.objects.filter(host__name=name)))
+            | Q(target_type="encrypteddisk",
+                target_id__in=_text_ids(EncryptedDisk.objects.filter(host__name=name))))  # fmt: skip
+
+
+def _about_vms(name: str) -> Q:
+    """Events about VMs of that name and about their disks (volume operations name the VM
+    itself) and storage alerts."""
+    from apps.encryption.models import EncryptedDisk
+    from apps.storage.models import StorageAlert
+
+    return (Q(target_type="virtualmachine", target_name=name)
+            | Q(target_type="storagealert", target_id__in=_text_ids(StorageAlert.objects.filter(vm__name=name)))
+            | Q(target_type="encrypteddisk",
+                target_id__in=_text_ids(EncryptedDisk.objects.filter(vm__name=name))))  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ def event_list(request):
 def _page_links(form: EventFilterForm, page: selectors.EventPage) -> dict[str, str | None]:
     """Query strings of the newest, newer, older and oldest pages of this filtered view."""
     base = form.link_params()
+    filters = form.filters()
     away_from_newest = page.newer or form.cleaned_data["cursor"] or form.cleaned_data["end"]
 
     def link(**extra) -> str:
@@ -41,8 +42,8 @@ def _page_links(form: EventFilterForm, page: selectors.EventPage) -> dict[str, s
 
     return {
         "newest": link() if away_from_newest else None,
-        "newer": link(cursor=sign_cursor(page.newer)) if page.newer else None,
-        "older": link(cursor=sign_cursor(page.older)) if page.older else None,
+        "newer": link(cursor=sign_cursor(page.newer, filters)) if page.newer else None,
+        "older": link(cursor=sign_cursor(page.older, filters)) if page.older else None,
         "oldest": link(end="oldest") if page.older else None,
         "export_csv": "?" + urlencode({**base, "format": "csv"}),
         "export_jsonl": "?" + urlencode({**base, "format": "jsonl"}),

@@ -234,7 +234,7 @@ def run(args) -> dict:
         middle = AuditEvent.objects.filter(id=first_event + n // 2).values_list("created_at", "id").get()
         cursor = selectors.Cursor(middle[0], middle[1], "older")
         page("middle page (cursor)", "WHERE (created_at, id) < (%s, %s)", [_param(middle[0]), middle[1]],
-             portal_page(cursor=cursor), {"cursor": sign_cursor(cursor)})  # fmt: skip
+             portal_page(cursor=cursor), {"cursor": sign_cursor(cursor, selectors.EventFilters())})  # fmt: skip
         page("oldest page", "ASC", [], portal_page(oldest=True), {"end": "oldest"})
 
         # an event's detail: the event, its job, the job's other events, the request's other events
