@@ -24,6 +24,15 @@ def test_vm_list_and_detail_show_live_state(client, viewer, vm):
     detail = client.get(reverse("vms:detail", args=[vm.host.name, vm.name])).content.decode().replace("\xa0", " ")
     assert "1 GiB" in detail and "64 MiB" in detail and "vda" in detail and "GB" not in detail
     assert 'data-action="suspend"' not in detail  # a viewer is offered no actions
+    history = reverse("vms:history", args=[vm.host.name, vm.name])
+    assert f'href="{history}"' in detail  # the History tab
+    assert 'data-testid="who-can-act"' not in detail  # viewers see no access review
+
+
+def test_the_vm_page_links_auditors_to_who_can_act_on_it(client, auditor, vm):
+    client.force_login(auditor)
+    detail = client.get(reverse("vms:detail", args=[vm.host.name, vm.name])).content.decode()
+    assert f'href="{reverse("reviews:vm", args=[vm.host.name, vm.name])}" data-testid="who-can-act"' in detail
 
 
 def test_htmx_requests_get_only_the_partial(client, viewer, vm):

@@ -118,3 +118,16 @@ def test_the_dormant_policy_disables_dormant_accounts_only_when_set(settings, ad
     assert User.objects.get(pk=fresh.pk).is_active and User.objects.get(pk=admin.pk).is_active
     events = AuditEvent.objects.filter(action="accounts.user.disable")
     assert {(e.actor_name, e.params["reason"]) for e in events} == {("system", "dormant: no sign-in for 30 days")}
+
+
+def test_beat_runs_the_dormant_policy_hourly(settings, admin, make_user):
+    from django.utils.module_loading import import_string
+
+    entry = settings.CELERY_BEAT_SCHEDULE["reviews-disable-dormant"]
+    assert entry["schedule"] <= 3600
+    task = import_string(entry["task"])
+    sleepy = make_user("sam-sleepy", Role.VIEWER)
+    User.objects.filter(pk=sleepy.pk).update(last_login=timezone.now() - timedelta(days=100))
+    settings.ACCESS_DISABLE_DORMANT_DAYS = 90
+    assert task.apply().get() == ["sam-sleepy"]  # the task itself, run here as beat would queue it
+    assert not User.objects.get(pk=sleepy.pk).is_active
