@@ -125,3 +125,15 @@ def test_only_admins_set_other_users_passwords(make_user, operator, auditor):
         assert response.status_code == 403
     assert User.objects.get(pk=operator.pk).check_password(PASSWORD)
     assert make_user("vic-viewer", Role.VIEWER)
+
+
+def test_an_admin_setting_their_own_password_keeps_this_session_only(admin):
+    other = Client()
+    other.force_login(admin)  # signed in with both factors elsewhere
+    assert not is_signed_out(other)
+    c = Client()
+    c.force_login(admin)
+    reauthenticate(c)
+    response = c.post(reverse("accounts:password_set", args=[admin.pk]), {"password1": NEW, "password2": NEW})
+    assert response.status_code == 302
+    assert not is_signed_out(c) and is_signed_out(other)
