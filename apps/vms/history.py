@@ -21,7 +21,7 @@ from django.db import transaction
 from django.db.models import OuterRef, Q, Subquery
 from django.utils import timezone
 
-from apps.accounts.permissions import authorize
+from apps.accounts.permissions import authorize, has_perm
 from apps.audit.models import AuditEvent
 from apps.audit.services import record
 from apps.core.errors import PortalError
@@ -122,20 +122,24 @@ def revisions_collect(host: Host) -> list[VmConfigRevision]:
 
 
 def vm_history(*, actor, vm: VirtualMachine) -> dict:
-    """The VM's audit events and configuration revisions, newest first (whoever may view
-    the VM reads them: auditors too)."""
+    """The VM's configuration revisions (whoever may view the VM) and, for those who may read
+    the audit log (auditors, admins), its audit events, newest first: operators and viewers
+    see no part of the audit log."""
     authorize(actor, "vms.view", vm, action="vms.vm.history")
     revisions = list(VmConfigRevision.objects.filter(vm=vm).defer("xml").order_by("-created", "-id")[:200])
-    events = list(
-        AuditEvent.objects.filter(target_type="virtualmachine", target_id=str(vm.pk))
-        .exclude(action=ACTION)
-        .order_by("-created_at", "-id")[:HISTORY_EVENTS]
-    )
+    shows_events = actor is None or has_perm(actor, "audit.view", vm)
+    events = []
+    if shows_events:
+        events = list(
+            AuditEvent.objects.filter(target_type="virtualmachine", target_id=str(vm.pk))
+            .exclude(action=ACTION)
+            .order_by("-created_at", "-id")[:HISTORY_EVENTS]
+        )
     by_event = {r.audit_event_id: r for r in revisions}
     rows = [("revision", r.created, r) for r in revisions]
     rows += [("event", e.created_at, e) for e in events if e.pk not in by_event]
     rows.sort(key=lambda row: row[1], reverse=True)
-    return {"rows": rows, "revisions": revisions, "events": events}
+    return {"rows": rows, "revisions": revisions, "events": events, "shows_events": shows_events}
 
 
 def revision_get(*, actor, vm: VirtualMachine, revision_id: int) -> tuple[VmConfigRevision, VmConfigRevision | None]:

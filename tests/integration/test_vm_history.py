@@ -68,6 +68,11 @@ def test_changes_outside_and_by_the_portal_become_revisions(host, make_domain, t
     page = client.get(reverse("vms:history", args=[host.name, name])).content.decode()
     assert page.index(f'data-revision="{portal.pk}"') < page.index(f'data-revision="{outside.pk}"')  # newest first
     assert "outside the portal" in page and operator.username in page and "storage.volume.create" in page
+    assert 'class="event"' in page  # an auditor reads the VM's audit events beside its revisions
+    client.force_login(operator)  # operators see no part of the audit log: the revisions only
+    page = client.get(reverse("vms:history", args=[host.name, name])).content.decode()
+    assert f'data-revision="{portal.pk}"' in page and 'class="event"' not in page
+    client.force_login(auditor)
     diff = client.get(reverse("vms:revision", args=[host.name, name, outside.pk])).content.decode()
     assert "98304" in diff and "65536" in diff and 'class="changed"' in diff
     assert 'data-testid="history-tab"' in client.get(reverse("vms:detail", args=[host.name, name])).content.decode()
