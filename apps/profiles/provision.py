@@ -4,7 +4,7 @@
 the schema, the host's capabilities: SEV, secure boot, TPM, memory; the ISO is a pool
 volume; quota and pool limits; zones), inserts the VM row (its page works at once; the
 collector confirms it) and enqueues the job. The job creates the disks (encrypted ones
-through the encryption services), defines and starts the domain, applies the limits, and
+through the encryption services, as LUKS2 containers the host opens at every start), defines and starts the domain, applies the limits, and
 on a failure part way removes what it made, in reverse order."""
 
 from __future__ import annotations
@@ -136,6 +136,8 @@ def plan(*, actor, host: Host, name: str, profile: VmProfile, overrides: dict | 
     authorize(actor, "vms.create", Placement(host.pk, zone), action="vms.vm.create")
     for z in zones[1:]:
         authorize(actor, "vms.create", Placement(host.pk, z.name), action="vms.vm.create")
+    from apps.encryption.services.common import LUKS2_HEADER_BYTES
+
     pools, disks, per_pool = {}, [], {}
     for index, disk in enumerate(spec.get("disks", [])):
         pool_name = disk.get("pool") or pool
@@ -148,16 +150,21 @@ def plan(*, actor, host: Host, name: str, profile: VmProfile, overrides: dict | 
             except NotFound:
                 raise InvalidInput(f"disks[{index}]: host {host.name} has no storage pool {pool_name!r}.") from None
         size = disk["size_mb"] * MIB
-        disks.append((pool_name, size, bool(disk.get("encrypted"))))
+        encrypted = bool(disk.get("encrypted"))
+        disks.append((pool_name, size, encrypted))
+        # an encrypted disk is a LUKS2 container: its header (16 MiB) comes on top of the guest's size
+        grow_by = size + (LUKS2_HEADER_BYTES if encrypted else 0)
         info, grow, alloc = per_pool.get(pool_name, (pools[pool_name], 0, 0))
-        per_pool[pool_name] = (info, grow + size, alloc + MIB)
+        per_pool[pool_name] = (info, grow + grow_by, alloc + (LUKS2_HEADER_BYTES if encrypted else MIB))
     from apps.storage.services import new_vm_space_check
 
     new_vm_space_check(host, name, per_pool)
     if any(encrypted for _p, _s, encrypted in disks):
         from apps.encryption.services import get_store
+        from apps.encryption.services.common import require_luks2_openable
 
         authorize(actor, "encryption.change", Placement(host.pk, zone), action="vms.vm.create")
+        require_luks2_openable(host)  # the host opens LUKS2 disks at every start (device-mapper)
         get_store().require_unsealed()
     return Plan(spec, zones, zone, pools, disks, _iso_check(host, iso), sev, caps)
 
@@ -311,6 +318,10 @@ def _create(vm: VirtualMachine, spec: dict, job: Job, actor, progress, undo: lis
             progress(40 + index, f"creating encrypted disk {index} ({size >> 20} MiB) in {pool}")
             disk_create_with_vm(actor=actor, vm=vm, pool=pool, size_bytes=size, job=job)  # iotune: limits_apply
     progress(60, "starting the VM")
+    from apps.vms.services import BEFORE_START
+
+    for hook in BEFORE_START:  # as every start: the encryption app opens the LUKS2 disks with their keys
+        hook(vm, progress)
     gw.domain_start(uri, vm.name)
     targets = [d["target"] for d in gw.domain_disks_defined(uri, vm.name) if d.get("device", "disk") == "disk"]
     if limits:

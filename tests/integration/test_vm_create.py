@@ -95,8 +95,10 @@ def cleanup(libvirt_uri, test_pool):
 def test_hardened_vm_boots_with_secure_boot_vtpm_limits_then_changes_and_is_deleted(
     transactional_db, jobs_run_here, host, operator, test_pool, untrusted_zone, cleanup, libvirt_uri
 ):
+    from apps.encryption.gateways import cryptsetup as cs
     from apps.encryption.models import EncryptedDisk, RetiredKey
-    from apps.encryption.services import get_store
+    from apps.encryption.services import device_mapper, get_store
+    from apps.vms.models import VmConfigRevision
 
     get_store().initialize()
     name = unique("hard")
@@ -129,11 +131,24 @@ def test_hardened_vm_boots_with_secure_boot_vtpm_limits_then_changes_and_is_dele
     assert tpm.get("model") == "tpm-crb" and tpm.find("backend").get("version") == "2.0"
     swtpm = subprocess.run(["pgrep", "-af", "swtpm"], capture_output=True, text=True).stdout
     assert str(vm.uuid) in swtpm, "no swtpm process runs for the VM"
-    assert [e.get("format") for e in live.find("devices/disk").iter("encryption")] == ["luks"]
+    disk = EncryptedDisk.objects.get(vm=vm)
+    # the product's LUKS2 (cryptsetup: AES-256-XTS, Argon2id), opened by the host (device-mapper,
+    # SIMULATED here: settings.ENCRYPTION_DEVICE_MAPPER); the guest is given the unlocked path,
+    # never the container, and QEMU has no LUKS of its own to open
+    assert disk.kind == EncryptedDisk.Kind.LUKS2 and disk.size_bytes == (64 + 16) << 20
+    header = cs.dump(disk.path)
+    assert (header.version, header.cipher, header.key_size, header.pbkdf) == (2, "aes-xts-plain64", 512, "argon2id")
+    source = live.find("devices/disk/source").get("file")
+    assert source == device_mapper().mapping_path(disk.mapping_name) and disk.path not in gw.domain_xml_live(
+        libvirt_uri, name)
+    assert list(live.find("devices/disk").iter("encryption")) == []
+    # the create is the VM's first configuration revision, by the creating user
+    first = VmConfigRevision.objects.filter(vm=vm).order_by("created", "pk").first()
+    assert (first.author, first.author_name, first.source) == (operator, operator.username, "portal")
+    assert first.reason == "vms.vm.create" and f"<name>{name}</name>" in first.xml and source in first.xml
     assert live.find("devices/interface/source").get("network") == untrusted_zone.network_name
     assert live.find("devices/interface/rom").get("enabled") == "no"
     assert live.find("launchSecurity") is None
-    disk = EncryptedDisk.objects.get(vm=vm)
 
     assert field(virsh("schedinfo", name), "vcpu_quota") == "50000"
     assert field(virsh("memtune", name), "hard_limit") == str(1024 * 1024)
@@ -160,6 +175,7 @@ def test_hardened_vm_boots_with_secure_boot_vtpm_limits_then_changes_and_is_dele
     assert gw.volume_find(libvirt_uri, test_pool, disk.volume) is None
     assert not EncryptedDisk.objects.filter(pk=disk.pk).exists()
     assert RetiredKey.objects.filter(key_id=disk.key_id).exists()
+    assert not Path(source).exists()  # the mapping was closed
     assert not Path(nvram.text).exists()
     assert VirtualMachine.objects.filter(pk=vm.pk, present=False).exists()
 
