@@ -4,8 +4,9 @@
 the schema, the host's capabilities: SEV, secure boot, TPM, memory; the ISO is a pool
 volume; quota and pool limits; zones), inserts the VM row (its page works at once; the
 collector confirms it) and enqueues the job. The job creates the disks (encrypted ones
-through the encryption services, as LUKS2 containers the host opens at every start), defines and starts the domain, applies the limits, and
-on a failure part way removes what it made, in reverse order."""
+through the encryption services, as LUKS2 containers the host opens at every start),
+defines and starts the domain, applies the limits, and on a failure part way removes what
+it made, in reverse order."""
 
 from __future__ import annotations
 
