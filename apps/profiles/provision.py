@@ -75,6 +75,14 @@ def capabilities_check(spec: dict, caps: gw.HostCapabilities, host_name: str) ->
     fw = spec.get("firmware", {})
     if fw.get("secure_boot") and not caps.secure_boot:
         raise InvalidInput(f"Host {host_name} has no secure-boot UEFI firmware (install Debian's ovmf).")
+    if fw.get("keys"):
+        from apps.core.gateways import firmware
+
+        if not firmware.vars_tool_available():
+            raise InvalidInput("The profile's own secure-boot keys need virt-fw-vars (pip install virt-firmware).")
+        if not os.path.isfile(settings.VMS_OVMF_VARS_TEMPLATE):
+            raise InvalidInput(f"The empty UEFI varstore {settings.VMS_OVMF_VARS_TEMPLATE} is missing "
+                               "(install Debian's ovmf): the profile's own keys cannot be enrolled.")  # fmt: skip
     tpm = spec.get("tpm")
     if tpm and tpm.get("model", "tpm-crb") not in caps.tpm_models:
         raise InvalidInput(f"Host {host_name} offers no emulated TPM {tpm.get('model', 'tpm-crb')} (install swtpm).")
@@ -202,7 +210,7 @@ def _domain_type(spec: dict) -> str:
 
 def guest_spec(vm_name: str, uuid: str, spec: dict, *, disks: list[tuple[str, str]], networks: list[str],
                iso: str = "", sev: str = "", caps: gw.HostCapabilities | None = None,
-               memtune: bool = True) -> gw.GuestSpec:  # fmt: skip
+               memtune: bool = True, nvram_path: str = "") -> gw.GuestSpec:  # fmt: skip
     """The profile's spec as the gateway's GuestSpec (disks: [(path, format)])."""
     limits = spec.get("limits", {})
     fw = spec.get("firmware", {})
@@ -220,7 +228,8 @@ def guest_spec(vm_name: str, uuid: str, spec: dict, *, disks: list[tuple[str, st
         iso_path=iso,
         uefi=fw.get("type", "bios") == "uefi",
         secure_boot=bool(fw.get("secure_boot")),
-        enrolled_keys=fw.get("enrolled_keys", True),
+        enrolled_keys=fw.get("enrolled_keys", True) and "keys" not in fw,  # own keys: OVMF's empty varstore
+        nvram_path=nvram_path,
         tpm_model=(tpm or {}).get("model", "tpm-crb") if tpm else "",
         cpu_quota_percent=limits.get("cpu_quota_percent", 0),
         memory_hard_limit_mib=limits.get("memory_max_mb", 0) if memtune else 0,
@@ -298,11 +307,21 @@ def _create(vm: VirtualMachine, spec: dict, job: Job, actor, progress, undo: lis
         info = gw.volume_create(uri, pool, volume, size)
         undo.append(lambda pool=pool, volume=volume: gw.volume_delete_if_exists(uri, pool, volume))
         paths.append((info.path, "qcow2"))
+    nvram_path = ""
+    keys = spec.get("firmware", {}).get("keys")
+    if keys:
+        from .secure_boot import vars_create
+
+        progress(25, "enrolling the profile's own secure-boot keys (PK, KEK, db) into the VM's varstore")
+        nvram_path = vars_create(vm.name, str(vm.uuid), keys)
+        from apps.core.gateways import firmware
+
+        undo.append(lambda: firmware.vars_remove(nvram_path))
     limits = spec.get("limits", {})
     # <memtune> is set once the guest runs: at start libvirt raises QEMU's locked-memory
     # rlimit to the hard limit, which needs CAP_SYS_RESOURCE; set live, it is a cgroup limit
     gspec = guest_spec(vm.name, str(vm.uuid), spec, disks=paths, networks=networks, iso=p_iso, sev=sev,
-                       caps=caps, memtune=False)  # fmt: skip
+                       caps=caps, memtune=False, nvram_path=nvram_path)  # fmt: skip
     progress(30, "defining the domain")
     gw.domain_define(uri, gw.domain_guest_xml(gspec))
     undo.append(lambda: gw.domain_undefine(uri, vm.name))

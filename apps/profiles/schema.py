@@ -5,6 +5,7 @@ the merge of a profile with a VM's overrides, and the profiles the portal ships.
      "disks": [{"size_mb": 20480, "pool": "default", "encrypted": true}],
      "networks": [{"zone": "dmz"}] or [{"zone_kind": "untrusted"}],
      "firmware": {"type": "uefi", "secure_boot": true, "enrolled_keys": true},
+       (or own keys: "enrolled_keys": false, "keys": {"pk": PEM, "kek": [PEM], "db": [PEM]})
      "limits": {"cpu_quota_percent": 50, "memory_max_mb": 2048, "io_bandwidth_mb": 100, "iops": 1000},
      "tpm": {"version": "2.0", "model": "tpm-crb"},
      "cpu_features": {"sev": false, "sev_es": false, "sev_snp": false},
@@ -22,6 +23,7 @@ from apps.core.errors import InvalidInput
 MIN_MEMORY_MB = 16
 
 _BOOL = {"type": "boolean"}
+_PEM = {"type": "string", "minLength": 1, "maxLength": 16384}
 
 
 def _object(properties: dict, required: tuple = ()) -> dict:
@@ -53,7 +55,22 @@ SCHEMA = _object(
                 ]
             },
         },
-        "firmware": _object({"type": {"enum": ["bios", "uefi"]}, "secure_boot": _BOOL, "enrolled_keys": _BOOL}),
+        "firmware": _object(
+            {
+                "type": {"enum": ["bios", "uefi"]},
+                "secure_boot": _BOOL,
+                "enrolled_keys": _BOOL,
+                # the profile's own secure-boot keys: PEM certificates (apps/profiles/secure_boot.py)
+                "keys": _object(
+                    {
+                        "pk": _PEM,
+                        "kek": {"type": "array", "minItems": 1, "maxItems": 8, "items": _PEM},
+                        "db": {"type": "array", "minItems": 1, "maxItems": 16, "items": _PEM},
+                    },
+                    required=("pk", "kek", "db"),
+                ),
+            }
+        ),
         "limits": _object(
             {
                 "cpu_quota_percent": {"type": "integer", "minimum": 1, "maximum": 100},
@@ -109,6 +126,17 @@ def validate_spec(spec) -> dict:
     fw = spec.get("firmware", {})
     if fw.get("secure_boot") and fw.get("type", "uefi") != "uefi":
         raise InvalidInput("firmware.secure_boot needs firmware.type 'uefi'.")
+    if "keys" in fw:
+        if not fw.get("secure_boot"):
+            raise InvalidInput("firmware.keys (the profile's own secure-boot keys) needs firmware.secure_boot true.")
+        if fw.get("enrolled_keys"):
+            raise InvalidInput(
+                "firmware.keys (your own PK, KEK and db) and firmware.enrolled_keys (Microsoft's) exclude each "
+                "other: set firmware.enrolled_keys to false."
+            )
+        from .secure_boot import keys_check
+
+        keys_check(fw["keys"])
     cpu = spec.get("cpu_features", {})
     if sum(bool(cpu.get(k)) for k in ("sev", "sev_es", "sev_snp")) > 1:
         raise InvalidInput("cpu_features: choose one of sev, sev_es, sev_snp.")

@@ -180,6 +180,34 @@ def test_hardened_vm_boots_with_secure_boot_vtpm_limits_then_changes_and_is_dele
     assert VirtualMachine.objects.filter(pk=vm.pk, present=False).exists()
 
 
+def test_a_vm_boots_with_the_profiles_own_secure_boot_keys_enrolled_in_its_varstore(
+    transactional_db, jobs_run_here, host, operator, test_pool, cleanup, libvirt_uri
+):
+    from apps.core.gateways import firmware
+    from tests.unit.test_profiles import certificate, own_keys
+
+    name = unique("ownkeys")
+    cleanup.append(name)
+    cn = f"Portal test PK {name}"
+    overrides = {"memory_mb": 128, "firmware": own_keys(certificate(cn))}
+    job = run(provision.vm_create(actor=operator, host=host, name=name, profile=profile("minimal"),
+                                  overrides=overrides, pool=test_pool))  # fmt: skip
+    assert job.state == "succeeded", job.error
+    live = ET.fromstring(gw.domain_xml_live(libvirt_uri, name))  # noqa: S314 (libvirt's own XML)
+    loader, nvram = live.find("os/loader"), live.find("os/nvram")
+    # OVMF's secure-boot code without Microsoft's variables, on the VM's own varstore
+    assert loader.get("secure") == "yes" and loader.text.endswith("OVMF_CODE_4M.secboot.fd")
+    assert nvram.text == f"{settings.VMS_NVRAM_DIR}/{name}_VARS.fd"
+    enrolled = firmware.vars_certificates(nvram.text)
+    assert enrolled["PK"] == enrolled["KEK"] == enrolled["db"] == [f"CN={cn}"]
+    assert enrolled["SecureBootEnable"] == ["on"]
+    assert gw.domain_state(libvirt_uri, name) == "running"
+
+    vm = VirtualMachine.objects.get(host=host, name=name)
+    provision.vm_delete_now(vm, actor=operator, with_disks=True)
+    assert not Path(nvram.text).exists()
+
+
 def test_a_failure_part_way_removes_what_was_created(
     transactional_db, jobs_run_here, host, operator, test_pool, cleanup, libvirt_uri, monkeypatch
 ):
