@@ -32,6 +32,7 @@ from .models import VmOrigin, VmProfile
 from .schema import MIN_MEMORY_MB, merged
 
 MIB = 1 << 20
+MAX_QUOTA_GIB = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -127,9 +128,13 @@ def _iso_check(host: Host, iso: str) -> str:
     return real
 
 
-def plan(*, actor, host: Host, name: str, profile: VmProfile, overrides: dict | None, pool: str, iso: str) -> Plan:
+def plan(*, actor, host: Host, name: str, profile: VmProfile, overrides: dict | None, pool: str, iso: str,
+         quota_gib: int | None = None) -> Plan:  # fmt: skip
     """Every check of a new VM, before anything is created (raises InvalidInput)."""
     validate_name(name, "VM name")
+    if quota_gib is not None and (not isinstance(quota_gib, int) or isinstance(quota_gib, bool)
+                                  or not 1 <= quota_gib <= MAX_QUOTA_GIB):  # fmt: skip
+        raise InvalidInput(f"The VM's quota is a whole number of GiB from 1 to {MAX_QUOTA_GIB}, not {quota_gib!r}.")
     if VirtualMachine.objects.filter(host=host, name=name, present=True).exists():
         raise Conflict(f"Host {host.name} already has a VM named {name}.")
     try:
@@ -167,7 +172,9 @@ def plan(*, actor, host: Host, name: str, profile: VmProfile, overrides: dict | 
         per_pool[pool_name] = (info, grow + grow_by, alloc + (LUKS2_HEADER_BYTES if encrypted else MIB))
     from apps.storage.services import new_vm_space_check
 
-    new_vm_space_check(host, name, per_pool)
+    if quota_gib:  # a quota of its own, set with the VM: the storage permission over where it goes
+        authorize(actor, "storage.change", Placement(host.pk, zone), action="vms.vm.create")
+    new_vm_space_check(host, name, per_pool, quota_bytes=quota_gib << 30 if quota_gib else None)
     if any(encrypted for _p, _s, encrypted in disks):
         from apps.encryption.services import get_store
         from apps.encryption.services.common import require_luks2_openable
@@ -179,14 +186,16 @@ def plan(*, actor, host: Host, name: str, profile: VmProfile, overrides: dict | 
 
 
 def vm_create(*, actor, host: Host, name: str, profile: VmProfile, overrides: dict | None = None, pool: str = "",
-              iso: str = "") -> Job:  # fmt: skip
-    """Check, insert the VM row, and enqueue the create job."""
+              iso: str = "", quota_gib: int | None = None) -> Job:  # fmt: skip
+    """Check, insert the VM row (with its own quota when `quota_gib` is given), and enqueue
+    the create job."""
     params = {"name": name, "profile": profile.name, "profile_version": profile.version, "pool": pool,
-              "iso": iso[:200], "overrides": overrides or {}}  # fmt: skip
+              "iso": iso[:200], "overrides": overrides or {}, "quota_gib": quota_gib}  # fmt: skip
     target = ("virtualmachine", "", f"{host.name}/{name}"[:200])
     authorize(actor, "vms.create", anywhere=True, action="vms.vm.create", target=target)
     with audited(actor=actor, action="vms.vm.create", target=target, params=params) as ev:
-        p = plan(actor=actor, host=host, name=name, profile=profile, overrides=overrides, pool=pool, iso=iso)
+        p = plan(actor=actor, host=host, name=name, profile=profile, overrides=overrides, pool=pool, iso=iso,
+                 quota_gib=quota_gib)  # fmt: skip
         with transaction.atomic():
             vm = VirtualMachine.objects.create(
                 host=host, uuid=uuidlib.uuid4(), name=name, zone=p.zone, last_state="creating",
@@ -194,6 +203,10 @@ def vm_create(*, actor, host: Host, name: str, profile: VmProfile, overrides: di
                 disk_capacity=sum(size for _p, size, _e in p.disks),
             )  # fmt: skip
             VmOrigin.objects.create(vm=vm, profile_name=profile.name, profile_version=profile.version, spec=p.spec)
+            if quota_gib:
+                from apps.storage.services import new_vm_quota_set
+
+                new_vm_quota_set(actor=actor, vm=vm, limit_bytes=quota_gib << 30)
             job = jobs.job_enqueue(actor=actor, kind="vms.vm.create", target=vm, host=host,
                                    params={**params, "iso": p.iso})  # fmt: skip
         ev.recorded = True

@@ -268,6 +268,44 @@ def test_bad_input_is_refused_clearly_nothing_is_created_and_it_is_audited(
     assert words in refusal.error
 
 
+def test_quota_and_pool_limits_are_checked_before_anything_and_a_vm_can_be_created_with_its_own_quota(
+    db, host, operator, test_pool, libvirt_uri, monkeypatch
+):
+    from decimal import Decimal
+
+    from apps.storage.models import PoolLimit, StorageDefaults, VmQuota
+    from apps.storage.quota_rules import defaults_from_settings
+
+    monkeypatch.setattr(jobs, "_send", lambda job_id: None)
+    StorageDefaults.objects.create(id=1, **{**defaults_from_settings(), "quota_bytes": 32 << 20})
+    before_vols = {v.name for v in gw.pool_get(libvirt_uri, test_pool).volumes}
+
+    def refused(words, **kw):
+        name = unique("quota")
+        with pytest.raises(InvalidInput) as exc:
+            provision.vm_create(actor=operator, host=host, name=name, profile=profile("minimal"), pool=test_pool, **kw)
+        assert words in exc.value.message, exc.value.message
+        assert not VirtualMachine.objects.filter(name=name).exists() and not Job.objects.exists()
+        assert AuditEvent.objects.filter(action="vms.vm.create", outcome="failed", error__contains=words).exists()
+
+    refused("32 MiB over the default quota of 32 MiB")  # the minimal profile's 64 MiB disk
+    refused("over the quota of 1 GiB", quota_gib=1, overrides={"disks": [{"size_mb": 2048}]})
+    refused("a whole number of GiB", quota_gib=0)
+    refused("a whole number of GiB", quota_gib="5")
+    PoolLimit.objects.create(host=host, pool=test_pool, max_overcommit=Decimal("0.01"))
+    capacity_mb = gw.pool_get(libvirt_uri, test_pool).capacity >> 20
+    refused("over its maximum overcommit of 0.01x", quota_gib=1 << 16,
+            overrides={"disks": [{"size_mb": capacity_mb // 50 + 1}]})  # fmt: skip
+    PoolLimit.objects.filter(host=host, pool=test_pool).delete()
+    assert {v.name for v in gw.pool_get(libvirt_uri, test_pool).volumes} == before_vols
+
+    name = unique("quota")  # its own quota lifts the default's: created, with the quota set and audited
+    provision.vm_create(actor=operator, host=host, name=name, profile=profile("minimal"), pool=test_pool, quota_gib=1)
+    vm = VirtualMachine.objects.get(name=name)
+    assert VmQuota.objects.get(vm=vm).limit_bytes == 1 << 30
+    assert AuditEvent.objects.filter(action="storage.quota.set", outcome="success", target_id=str(vm.pk)).exists()
+
+
 def test_the_pages_follow_the_roles_and_scopes(db, client, host, personas, make_user, test_pool, monkeypatch):
     monkeypatch.setattr(jobs, "_send", lambda job_id: None)
     profile("minimal")
