@@ -58,6 +58,11 @@ class Plan:
     caps: gw.HostCapabilities
 
 
+def _encryption(disk: dict) -> str:
+    """How a profile's disk is encrypted: "" (it is not), "luks2" (the default) or "qemu-luks"."""
+    return disk.get("encryption", "luks2") if disk.get("encrypted") else ""
+
+
 def _sev_kind(spec: dict) -> str:
     cpu = spec.get("cpu_features", {})
     return "sev-snp" if cpu.get("sev_snp") else "sev-es" if cpu.get("sev_es") else "sev" if cpu.get("sev") else ""
@@ -166,10 +171,10 @@ def plan(*, actor, host: Host, name: str, profile: VmProfile, overrides: dict | 
         size = disk["size_mb"] * MIB
         encrypted = bool(disk.get("encrypted"))
         disks.append((pool_name, size, encrypted))
-        # an encrypted disk is a LUKS2 container: its header (16 MiB) comes on top of the guest's size
-        grow_by = size + (LUKS2_HEADER_BYTES if encrypted else 0)
+        # a LUKS2 container's header (16 MiB) comes on top of the guest's size
+        header = LUKS2_HEADER_BYTES if _encryption(disk) == "luks2" else 0
         info, grow, alloc = per_pool.get(pool_name, (pools[pool_name], 0, 0))
-        per_pool[pool_name] = (info, grow + grow_by, alloc + (LUKS2_HEADER_BYTES if encrypted else MIB))
+        per_pool[pool_name] = (info, grow + size + header, alloc + (header or MIB))
     from apps.storage.services import new_vm_space_check
 
     if quota_gib:  # a quota of its own, set with the VM: the storage permission over where it goes
@@ -180,7 +185,14 @@ def plan(*, actor, host: Host, name: str, profile: VmProfile, overrides: dict | 
         from apps.encryption.services.common import require_luks2_openable
 
         authorize(actor, "encryption.change", Placement(host.pk, zone), action="vms.vm.create")
-        require_luks2_openable(host)  # the host opens LUKS2 disks at every start (device-mapper)
+        if any(_encryption(d) == "luks2" for d in spec.get("disks", [])):
+            try:
+                require_luks2_openable(host)  # the host opens LUKS2 disks at every start (device-mapper)
+            except InvalidInput as exc:
+                raise InvalidInput(
+                    f"{exc.message.split('. Every start')[0]}: every start of the VM would fail. Give the "
+                    'encrypted disks "encryption": "qemu-luks" (LUKS1 that QEMU opens itself), which works here.'
+                ) from None
         get_store().require_unsealed()
     return Plan(spec, zones, zone, pools, disks, _iso_check(host, iso), sev, caps)
 
@@ -312,9 +324,9 @@ def _create(vm: VirtualMachine, spec: dict, job: Job, actor, progress, undo: lis
     for index, disk in enumerate(spec.get("disks", [])):
         pool = disk.get("pool") or job.params.get("pool", "")
         size = disk["size_mb"] * MIB
-        (encrypted if disk.get("encrypted") else plain).append((index, pool, size))
+        (encrypted if disk.get("encrypted") else plain).append((index, pool, size, _encryption(disk)))
     paths = []
-    for index, pool, size in plain:
+    for index, pool, size, _kind in plain:
         progress(10 + index, f"creating disk {index} ({size >> 20} MiB) in {pool}")
         volume = f"{vm.name}-disk{index}.qcow2"
         info = gw.volume_create(uri, pool, volume, size)
@@ -347,9 +359,10 @@ def _create(vm: VirtualMachine, spec: dict, job: Job, actor, progress, undo: lis
                 disk_delete_with_vm(actor=actor, disk=disk, job=job)
 
         undo.insert(0, _drop_encrypted)  # after the domain is undefined
-        for index, pool, size in encrypted:
-            progress(40 + index, f"creating encrypted disk {index} ({size >> 20} MiB) in {pool}")
-            disk_create_with_vm(actor=actor, vm=vm, pool=pool, size_bytes=size, job=job)  # iotune: limits_apply
+        for index, pool, size, kind in encrypted:
+            progress(40 + index, f"creating encrypted disk {index} ({size >> 20} MiB, {kind}) in {pool}")
+            # (iotune: limits_apply, once it runs)
+            disk_create_with_vm(actor=actor, vm=vm, pool=pool, size_bytes=size, job=job, kind=kind)
     progress(60, "starting the VM")
     from apps.vms.services import BEFORE_START
 

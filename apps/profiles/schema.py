@@ -3,6 +3,7 @@ the merge of a profile with a VM's overrides, and the profiles the portal ships.
 
     {"vcpus": 2, "memory_mb": 1024,
      "disks": [{"size_mb": 20480, "pool": "default", "encrypted": true}],
+       (an encrypted disk is LUKS2, opened by the host; "encryption": "qemu-luks" for LUKS1 QEMU opens)
      "networks": [{"zone": "dmz"}] or [{"zone_kind": "untrusted"}],
      "firmware": {"type": "uefi", "secure_boot": true, "enrolled_keys": true},
        (or own keys: "enrolled_keys": false, "keys": {"pk": PEM, "kek": [PEM], "db": [PEM]})
@@ -40,7 +41,10 @@ SCHEMA = _object(
             "type": "array",
             "maxItems": 8,
             "items": _object(
-                {"size_mb": {"type": "integer", "minimum": 1}, "pool": {"type": "string"}, "encrypted": _BOOL},
+                {"size_mb": {"type": "integer", "minimum": 1}, "pool": {"type": "string"}, "encrypted": _BOOL,
+                 # luks2 (default, the product's standard: opened by the host with dm-crypt) or
+                 # qemu-luks (LUKS1 opened by QEMU itself: hosts without device-mapper)
+                 "encryption": {"enum": ["luks2", "qemu-luks"]}},
                 required=("size_mb",),
             ),
         },
@@ -123,6 +127,9 @@ def validate_spec(spec) -> dict:
             f"limits.memory_max_mb ({limits['memory_max_mb']}) is below memory_mb ({spec['memory_mb']}): "
             "the guest would be killed. Raise the limit (leave room for QEMU's own memory)."
         )
+    for index, disk in enumerate(spec.get("disks", [])):
+        if "encryption" in disk and not disk.get("encrypted"):
+            raise InvalidInput(f"disks[{index}].encryption ({disk['encryption']}) needs disks[{index}].encrypted true.")
     fw = spec.get("firmware", {})
     if fw.get("secure_boot") and fw.get("type", "uefi") != "uefi":
         raise InvalidInput("firmware.secure_boot needs firmware.type 'uefi'.")

@@ -36,6 +36,8 @@ def test_the_shipped_profiles_are_valid(name):
         ({"limits": {"memory_max_mb": 32}, "memory_mb": 64}, "limits.memory_max_mb (32) is below memory_mb"),
         ({"firmware": {"type": "bios", "secure_boot": True}}, "secure_boot needs firmware.type 'uefi'"),
         ({"cpu_features": {"sev": True, "sev_snp": True}}, "choose one of sev, sev_es, sev_snp"),
+        ({"disks": [{"size_mb": 64, "encryption": "qemu-luks"}]}, "disks[0].encryption (qemu-luks) needs"),
+        ({"disks": [{"size_mb": 64, "encrypted": True, "encryption": "luks1"}]}, "disks[0].encryption"),
     ],
 )
 def test_a_bad_profile_is_refused_naming_the_key(change, words):
