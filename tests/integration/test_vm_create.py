@@ -306,6 +306,27 @@ def test_quota_and_pool_limits_are_checked_before_anything_and_a_vm_can_be_creat
     assert AuditEvent.objects.filter(action="storage.quota.set", outcome="success", target_id=str(vm.pk)).exists()
 
 
+def test_a_host_that_cannot_open_luks2_refuses_an_encrypted_disk_and_says_what_works(
+    db, host, operator, test_pool, monkeypatch
+):
+    from apps.encryption.gateways import cryptsetup as cs
+    from apps.encryption.services import common, get_store
+
+    get_store().initialize()
+
+    class NoDeviceMapper:  # STAND-IN for a host whose kernel has no dm-crypt (this one has none either)
+        def capability(self):
+            return cs.MapperCapability("missing", "the kernel has no device-mapper")
+
+    monkeypatch.setattr(common, "device_mapper", NoDeviceMapper)
+    with pytest.raises(InvalidInput) as exc:
+        provision.vm_create(actor=operator, host=host, name=unique("nodm"), profile=profile("minimal"),
+                            overrides={"disks": [{"size_mb": 16, "encrypted": True}]}, pool=test_pool)  # fmt: skip
+    assert "cannot open LUKS2 disks: the kernel has no device-mapper" in exc.value.message
+    assert '"encryption": "qemu-luks"' in exc.value.message
+    assert not VirtualMachine.objects.exists() and not Job.objects.exists()
+
+
 def test_the_pages_follow_the_roles_and_scopes(db, client, host, personas, make_user, test_pool, monkeypatch):
     monkeypatch.setattr(jobs, "_send", lambda job_id: None)
     profile("minimal")
