@@ -211,10 +211,17 @@ def test_a_vm_boots_with_the_profiles_own_secure_boot_keys_enrolled_in_its_varst
 def test_a_failure_part_way_removes_what_was_created(
     transactional_db, jobs_run_here, host, operator, test_pool, cleanup, libvirt_uri, monkeypatch
 ):
+    from apps.encryption.models import EncryptedDisk, RetiredKey
+    from apps.encryption.services import device_mapper, get_store
+
+    get_store().initialize()
     name = unique("fail")
     cleanup.append(name)
 
+    opened = []
+
     def start_fails(uri, vm_name):  # a stand-in for a start that fails (e.g. the host is out of memory)
+        opened.extend(d.mapping for d in EncryptedDisk.objects.all() if device_mapper().is_open(d.mapping))
         raise GatewayError("simulated start failure")
 
     defined = []
@@ -224,8 +231,15 @@ def test_a_failure_part_way_removes_what_was_created(
     iso = gw.volume_ensure_raw(libvirt_uri, test_pool, f"{unique('iso')}.iso", 1 << 20)  # a pool volume: accepted
     try:
         job = run(provision.vm_create(actor=operator, host=host, name=name, profile=profile("minimal"),
-                                      pool=test_pool, iso=iso.path))  # fmt: skip
+                                      pool=test_pool, iso=iso.path,
+                                      overrides={"disks": [{"size_mb": 16}, {"size_mb": 16, "encrypted": True}]}))
         assert job.state == "failed" and "simulated start failure" in job.error
+        # the LUKS2 disk was made and opened before the start failed: closed, deleted, its key retired
+        created = AuditEvent.objects.get(action="encryption.disk.create", outcome="success")
+        assert created.params["kind"] == "luks2"
+        assert not EncryptedDisk.objects.exists()
+        retired = RetiredKey.objects.get(vm_name=name)
+        assert opened == [f"portal-{retired.key_id[:12]}"] and not device_mapper().is_open(opened[0])
         assert f"<source file=\"{iso.path}\"" in defined[0] and '<boot dev="cdrom"' in defined[0]
         assert gw.volume_find(libvirt_uri, test_pool, iso.name) is not None  # not the job's to remove
     finally:
