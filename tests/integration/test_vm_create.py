@@ -204,6 +204,12 @@ def test_a_vm_boots_with_the_profiles_own_secure_boot_keys_enrolled_in_its_varst
     assert gw.domain_state(libvirt_uri, name) == "running"
 
     vm = VirtualMachine.objects.get(host=host, name=name)
+    from apps.core.gateways.libvirt.xml import domain_security_parse
+    from apps.vms.security import vm_security_summary
+
+    vm.security = domain_security_parse(gw.domain_xml_live(libvirt_uri, name))  # what the collector writes
+    item = {i.key: i for i in vm_security_summary(vm)}["secure_boot"]
+    assert (item.status, item.value) == ("good", "on (own keys)"), item
     provision.vm_delete_now(vm, actor=operator, with_disks=True)
     assert not Path(nvram.text).exists()
 
