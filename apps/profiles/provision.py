@@ -150,6 +150,10 @@ def plan(*, actor, host: Host, name: str, profile: VmProfile, overrides: dict | 
     spec = merged(profile.spec, overrides)
     caps = gw.host_domain_capabilities(host.uri)
     sev = capabilities_check(spec, caps, host.name)
+    if spec.get("firmware", {}).get("keys"):
+        from .secure_boot import keys_check
+
+        keys_check(spec["firmware"]["keys"])  # and not expired: they are about to be enrolled
     zones = _zones(host, spec)
     zone = zones[0].name if zones else "default"
     authorize(actor, "vms.create", Placement(host.pk, zone), action="vms.vm.create")

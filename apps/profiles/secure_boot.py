@@ -19,7 +19,7 @@ MIN_RSA_BITS = 2048  # OVMF verifies RSA signatures (PK and KEK: RSA-2048 by the
 PEM_BEGIN = "-----BEGIN CERTIFICATE-----"
 
 
-def _certificate(where: str, pem) -> x509.Certificate:
+def _certificate(where: str, pem, expiry: bool) -> x509.Certificate:
     if not isinstance(pem, str) or PEM_BEGIN not in pem:
         raise InvalidInput(f"firmware.keys.{where}: not a PEM certificate (it must contain {PEM_BEGIN}).")
     if pem.count(PEM_BEGIN) != 1:
@@ -38,17 +38,19 @@ def _certificate(where: str, pem) -> x509.Certificate:
         )
     if key.key_size < MIN_RSA_BITS:
         raise InvalidInput(f"firmware.keys.{where}: RSA-{key.key_size} is too weak; at least RSA-{MIN_RSA_BITS}.")
-    if cert.not_valid_after_utc < datetime.now(UTC):
+    if expiry and cert.not_valid_after_utc < datetime.now(UTC):
         raise InvalidInput(f"firmware.keys.{where}: the certificate expired on {cert.not_valid_after_utc:%Y-%m-%d}.")
     return cert
 
 
-def keys_check(keys: dict) -> dict[str, list[str]]:
+def keys_check(keys: dict, *, expiry: bool = True) -> dict[str, list[str]]:
     """{"pk": [subject], "kek": [...], "db": [...]} of a valid `firmware.keys`; else
-    InvalidInput naming the entry."""
-    out = {"pk": [_certificate("pk", keys.get("pk")).subject.rfc4514_string()]}
+    InvalidInput naming the entry. `expiry`: refuse an expired certificate too (enrolling one
+    into a new VM; a VM already made keeps its keys, so its later edits do not ask)."""
+    out = {"pk": [_certificate("pk", keys.get("pk"), expiry).subject.rfc4514_string()]}
     for kind in ("kek", "db"):
-        out[kind] = [_certificate(f"{kind}[{i}]", pem).subject.rfc4514_string() for i, pem in enumerate(keys[kind])]
+        out[kind] = [_certificate(f"{kind}[{i}]", pem, expiry).subject.rfc4514_string()
+                     for i, pem in enumerate(keys[kind])]  # fmt: skip
     return out
 
 

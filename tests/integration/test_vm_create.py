@@ -25,6 +25,7 @@ from apps.profiles.models import VmProfile
 from apps.profiles.schema import SHIPPED
 from apps.vms.models import VirtualMachine
 from tests.conftest import reauthenticate, unique
+from tests.unit.test_profiles import certificate, own_keys
 
 pytestmark = pytest.mark.libvirt
 
@@ -184,7 +185,6 @@ def test_a_vm_boots_with_the_profiles_own_secure_boot_keys_enrolled_in_its_varst
     transactional_db, jobs_run_here, host, operator, test_pool, cleanup, libvirt_uri
 ):
     from apps.core.gateways import firmware
-    from tests.unit.test_profiles import certificate, own_keys
 
     name = unique("ownkeys")
     cleanup.append(name)
@@ -270,6 +270,8 @@ def test_a_failure_part_way_removes_what_was_created(
         ("ok-name", {"vcpus": "2"}, "", "vcpus: must be an integer"),
         ("ok-name", None, "/etc/hostname", "is not a volume of any storage pool"),
         ("ok-name", {"networks": [{"zone": "no-such-zone"}]}, "", "has no zone named 'no-such-zone'"),
+        ("ok-name", {"firmware": own_keys(certificate("old", days=-1))}, "", "keys.pk: the certificate expired"),
+        ("ok-name", {"firmware": own_keys("not a certificate")}, "", "firmware.keys.pk: not a PEM certificate"),
     ],
 )
 def test_bad_input_is_refused_clearly_nothing_is_created_and_it_is_audited(

@@ -190,7 +190,6 @@ def test_own_secure_boot_keys_are_checked_with_a_clear_error_for_each_entry():
         (own_keys(good + good), "firmware.keys.pk: one certificate per entry"),
         (own_keys(certificate("k", with_key=True)), "holds a private key"),
         (own_keys(certificate("ec", key=ec.generate_private_key(ec.SECP256R1()))), "verifies RSA keys only"),
-        (own_keys(certificate("old", days=-1)), "firmware.keys.pk: the certificate expired"),
         ({**own_keys(good), "keys": {"pk": good, "kek": []}}, "firmware.keys"),
         ({**own_keys(good), "keys": {"pk": good, "kek": [good], "db": [good], "dbx": []}}, "unknown key 'dbx'"),
     ]  # fmt: skip
@@ -198,6 +197,14 @@ def test_own_secure_boot_keys_are_checked_with_a_clear_error_for_each_entry():
         with pytest.raises(InvalidInput) as exc:
             merged(_spec("minimal"), {"firmware": firmware})
         assert words in exc.value.message, (words, exc.value.message)
+    # an expired certificate is refused when it would be enrolled into a new VM, not when a VM
+    # made with it (its origin spec) has its resources edited later
+    from apps.profiles.secure_boot import keys_check
+
+    expired = own_keys(certificate("old", days=-1))
+    assert merged(_spec("minimal"), {"firmware": expired})["firmware"]["keys"]
+    with pytest.raises(InvalidInput, match="firmware.keys.pk: the certificate expired on"):
+        keys_check(expired["keys"])
 
 
 def test_own_keys_name_the_vms_varstore_and_turn_microsofts_variables_off(settings):
