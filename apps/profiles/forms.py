@@ -33,6 +33,8 @@ class VmCreateForm(forms.Form):
     profile = forms.CharField(label="Profile", max_length=63, validators=[_name("profile name")])
     pool = forms.CharField(label="Storage pool", max_length=63, required=False, validators=[_name("pool name")])
     iso = forms.CharField(label="Boot ISO (a pool volume's path)", max_length=4096, required=False)
+    quota_gib = forms.IntegerField(label="Disk quota of its own (GiB; empty: the default quota)", min_value=1,
+                                   max_value=1 << 20, required=False)  # fmt: skip
     overrides = forms.CharField(label="Overrides (JSON)", max_length=20_000, required=False,
                                 widget=forms.Textarea(attrs={"rows": 6}))  # fmt: skip
 

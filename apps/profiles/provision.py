@@ -4,8 +4,9 @@
 the schema, the host's capabilities: SEV, secure boot, TPM, memory; the ISO is a pool
 volume; quota and pool limits; zones), inserts the VM row (its page works at once; the
 collector confirms it) and enqueues the job. The job creates the disks (encrypted ones
-through the encryption services), defines and starts the domain, applies the limits, and
-on a failure part way removes what it made, in reverse order."""
+through the encryption services, as LUKS2 containers the host opens at every start),
+defines and starts the domain, applies the limits, and on a failure part way removes what
+it made, in reverse order."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from .models import VmOrigin, VmProfile
 from .schema import MIN_MEMORY_MB, merged
 
 MIB = 1 << 20
+MAX_QUOTA_GIB = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,11 @@ class Plan:
     caps: gw.HostCapabilities
 
 
+def _encryption(disk: dict) -> str:
+    """How a profile's disk is encrypted: "" (it is not), "luks2" (the default) or "qemu-luks"."""
+    return disk.get("encryption", "luks2") if disk.get("encrypted") else ""
+
+
 def _sev_kind(spec: dict) -> str:
     cpu = spec.get("cpu_features", {})
     return "sev-snp" if cpu.get("sev_snp") else "sev-es" if cpu.get("sev_es") else "sev" if cpu.get("sev") else ""
@@ -74,6 +81,14 @@ def capabilities_check(spec: dict, caps: gw.HostCapabilities, host_name: str) ->
     fw = spec.get("firmware", {})
     if fw.get("secure_boot") and not caps.secure_boot:
         raise InvalidInput(f"Host {host_name} has no secure-boot UEFI firmware (install Debian's ovmf).")
+    if fw.get("keys"):
+        from apps.core.gateways import firmware
+
+        if not firmware.vars_tool_available():
+            raise InvalidInput("The profile's own secure-boot keys need virt-fw-vars (pip install virt-firmware).")
+        if not os.path.isfile(settings.VMS_OVMF_VARS_TEMPLATE):
+            raise InvalidInput(f"The empty UEFI varstore {settings.VMS_OVMF_VARS_TEMPLATE} is missing "
+                               "(install Debian's ovmf): the profile's own keys cannot be enrolled.")  # fmt: skip
     tpm = spec.get("tpm")
     if tpm and tpm.get("model", "tpm-crb") not in caps.tpm_models:
         raise InvalidInput(f"Host {host_name} offers no emulated TPM {tpm.get('model', 'tpm-crb')} (install swtpm).")
@@ -118,9 +133,13 @@ def _iso_check(host: Host, iso: str) -> str:
     return real
 
 
-def plan(*, actor, host: Host, name: str, profile: VmProfile, overrides: dict | None, pool: str, iso: str) -> Plan:
+def plan(*, actor, host: Host, name: str, profile: VmProfile, overrides: dict | None, pool: str, iso: str,
+         quota_gib: int | None = None) -> Plan:  # fmt: skip
     """Every check of a new VM, before anything is created (raises InvalidInput)."""
     validate_name(name, "VM name")
+    if quota_gib is not None and (not isinstance(quota_gib, int) or isinstance(quota_gib, bool)
+                                  or not 1 <= quota_gib <= MAX_QUOTA_GIB):  # fmt: skip
+        raise InvalidInput(f"The VM's quota is a whole number of GiB from 1 to {MAX_QUOTA_GIB}, not {quota_gib!r}.")
     if VirtualMachine.objects.filter(host=host, name=name, present=True).exists():
         raise Conflict(f"Host {host.name} already has a VM named {name}.")
     try:
@@ -131,11 +150,17 @@ def plan(*, actor, host: Host, name: str, profile: VmProfile, overrides: dict | 
     spec = merged(profile.spec, overrides)
     caps = gw.host_domain_capabilities(host.uri)
     sev = capabilities_check(spec, caps, host.name)
+    if spec.get("firmware", {}).get("keys"):
+        from .secure_boot import keys_check
+
+        keys_check(spec["firmware"]["keys"])  # and not expired: they are about to be enrolled
     zones = _zones(host, spec)
     zone = zones[0].name if zones else "default"
     authorize(actor, "vms.create", Placement(host.pk, zone), action="vms.vm.create")
     for z in zones[1:]:
         authorize(actor, "vms.create", Placement(host.pk, z.name), action="vms.vm.create")
+    from apps.encryption.services.common import LUKS2_HEADER_BYTES
+
     pools, disks, per_pool = {}, [], {}
     for index, disk in enumerate(spec.get("disks", [])):
         pool_name = disk.get("pool") or pool
@@ -148,29 +173,45 @@ def plan(*, actor, host: Host, name: str, profile: VmProfile, overrides: dict | 
             except NotFound:
                 raise InvalidInput(f"disks[{index}]: host {host.name} has no storage pool {pool_name!r}.") from None
         size = disk["size_mb"] * MIB
-        disks.append((pool_name, size, bool(disk.get("encrypted"))))
+        encrypted = bool(disk.get("encrypted"))
+        disks.append((pool_name, size, encrypted))
+        # a LUKS2 container's header (16 MiB) comes on top of the guest's size
+        header = LUKS2_HEADER_BYTES if _encryption(disk) == "luks2" else 0
         info, grow, alloc = per_pool.get(pool_name, (pools[pool_name], 0, 0))
-        per_pool[pool_name] = (info, grow + size, alloc + MIB)
+        per_pool[pool_name] = (info, grow + size + header, alloc + (header or MIB))
     from apps.storage.services import new_vm_space_check
 
-    new_vm_space_check(host, name, per_pool)
+    if quota_gib:  # a quota of its own, set with the VM: the storage permission over where it goes
+        authorize(actor, "storage.change", Placement(host.pk, zone), action="vms.vm.create")
+    new_vm_space_check(host, name, per_pool, quota_bytes=quota_gib << 30 if quota_gib else None)
     if any(encrypted for _p, _s, encrypted in disks):
         from apps.encryption.services import get_store
+        from apps.encryption.services.common import require_luks2_openable
 
         authorize(actor, "encryption.change", Placement(host.pk, zone), action="vms.vm.create")
+        if any(_encryption(d) == "luks2" for d in spec.get("disks", [])):
+            try:
+                require_luks2_openable(host)  # the host opens LUKS2 disks at every start (device-mapper)
+            except InvalidInput as exc:
+                raise InvalidInput(
+                    f"{exc.message.split('. Every start')[0]}: every start of the VM would fail. Give the "
+                    'encrypted disks "encryption": "qemu-luks" (LUKS1 that QEMU opens itself), which works here.'
+                ) from None
         get_store().require_unsealed()
     return Plan(spec, zones, zone, pools, disks, _iso_check(host, iso), sev, caps)
 
 
 def vm_create(*, actor, host: Host, name: str, profile: VmProfile, overrides: dict | None = None, pool: str = "",
-              iso: str = "") -> Job:  # fmt: skip
-    """Check, insert the VM row, and enqueue the create job."""
+              iso: str = "", quota_gib: int | None = None) -> Job:  # fmt: skip
+    """Check, insert the VM row (with its own quota when `quota_gib` is given), and enqueue
+    the create job."""
     params = {"name": name, "profile": profile.name, "profile_version": profile.version, "pool": pool,
-              "iso": iso[:200], "overrides": overrides or {}}  # fmt: skip
+              "iso": iso[:200], "overrides": overrides or {}, "quota_gib": quota_gib}  # fmt: skip
     target = ("virtualmachine", "", f"{host.name}/{name}"[:200])
     authorize(actor, "vms.create", anywhere=True, action="vms.vm.create", target=target)
     with audited(actor=actor, action="vms.vm.create", target=target, params=params) as ev:
-        p = plan(actor=actor, host=host, name=name, profile=profile, overrides=overrides, pool=pool, iso=iso)
+        p = plan(actor=actor, host=host, name=name, profile=profile, overrides=overrides, pool=pool, iso=iso,
+                 quota_gib=quota_gib)  # fmt: skip
         with transaction.atomic():
             vm = VirtualMachine.objects.create(
                 host=host, uuid=uuidlib.uuid4(), name=name, zone=p.zone, last_state="creating",
@@ -178,6 +219,10 @@ def vm_create(*, actor, host: Host, name: str, profile: VmProfile, overrides: di
                 disk_capacity=sum(size for _p, size, _e in p.disks),
             )  # fmt: skip
             VmOrigin.objects.create(vm=vm, profile_name=profile.name, profile_version=profile.version, spec=p.spec)
+            if quota_gib:
+                from apps.storage.services import new_vm_quota_set
+
+                new_vm_quota_set(actor=actor, vm=vm, limit_bytes=quota_gib << 30)
             job = jobs.job_enqueue(actor=actor, kind="vms.vm.create", target=vm, host=host,
                                    params={**params, "iso": p.iso})  # fmt: skip
         ev.recorded = True
@@ -194,7 +239,7 @@ def _domain_type(spec: dict) -> str:
 
 def guest_spec(vm_name: str, uuid: str, spec: dict, *, disks: list[tuple[str, str]], networks: list[str],
                iso: str = "", sev: str = "", caps: gw.HostCapabilities | None = None,
-               memtune: bool = True) -> gw.GuestSpec:  # fmt: skip
+               memtune: bool = True, nvram_path: str = "") -> gw.GuestSpec:  # fmt: skip
     """The profile's spec as the gateway's GuestSpec (disks: [(path, format)])."""
     limits = spec.get("limits", {})
     fw = spec.get("firmware", {})
@@ -212,7 +257,8 @@ def guest_spec(vm_name: str, uuid: str, spec: dict, *, disks: list[tuple[str, st
         iso_path=iso,
         uefi=fw.get("type", "bios") == "uefi",
         secure_boot=bool(fw.get("secure_boot")),
-        enrolled_keys=fw.get("enrolled_keys", True),
+        enrolled_keys=fw.get("enrolled_keys", True) and "keys" not in fw,  # own keys: OVMF's empty varstore
+        nvram_path=nvram_path,
         tpm_model=(tpm or {}).get("model", "tpm-crb") if tpm else "",
         cpu_quota_percent=limits.get("cpu_quota_percent", 0),
         memory_hard_limit_mib=limits.get("memory_max_mb", 0) if memtune else 0,
@@ -282,19 +328,29 @@ def _create(vm: VirtualMachine, spec: dict, job: Job, actor, progress, undo: lis
     for index, disk in enumerate(spec.get("disks", [])):
         pool = disk.get("pool") or job.params.get("pool", "")
         size = disk["size_mb"] * MIB
-        (encrypted if disk.get("encrypted") else plain).append((index, pool, size))
+        (encrypted if disk.get("encrypted") else plain).append((index, pool, size, _encryption(disk)))
     paths = []
-    for index, pool, size in plain:
+    for index, pool, size, _kind in plain:
         progress(10 + index, f"creating disk {index} ({size >> 20} MiB) in {pool}")
         volume = f"{vm.name}-disk{index}.qcow2"
         info = gw.volume_create(uri, pool, volume, size)
         undo.append(lambda pool=pool, volume=volume: gw.volume_delete_if_exists(uri, pool, volume))
         paths.append((info.path, "qcow2"))
+    nvram_path = ""
+    keys = spec.get("firmware", {}).get("keys")
+    if keys:
+        from .secure_boot import vars_create
+
+        progress(25, "enrolling the profile's own secure-boot keys (PK, KEK, db) into the VM's varstore")
+        nvram_path = vars_create(vm.name, str(vm.uuid), keys)
+        from apps.core.gateways import firmware
+
+        undo.append(lambda: firmware.vars_remove(nvram_path))
     limits = spec.get("limits", {})
     # <memtune> is set once the guest runs: at start libvirt raises QEMU's locked-memory
     # rlimit to the hard limit, which needs CAP_SYS_RESOURCE; set live, it is a cgroup limit
     gspec = guest_spec(vm.name, str(vm.uuid), spec, disks=paths, networks=networks, iso=p_iso, sev=sev,
-                       caps=caps, memtune=False)  # fmt: skip
+                       caps=caps, memtune=False, nvram_path=nvram_path)  # fmt: skip
     progress(30, "defining the domain")
     gw.domain_define(uri, gw.domain_guest_xml(gspec))
     undo.append(lambda: gw.domain_undefine(uri, vm.name))
@@ -307,10 +363,15 @@ def _create(vm: VirtualMachine, spec: dict, job: Job, actor, progress, undo: lis
                 disk_delete_with_vm(actor=actor, disk=disk, job=job)
 
         undo.insert(0, _drop_encrypted)  # after the domain is undefined
-        for index, pool, size in encrypted:
-            progress(40 + index, f"creating encrypted disk {index} ({size >> 20} MiB) in {pool}")
-            disk_create_with_vm(actor=actor, vm=vm, pool=pool, size_bytes=size, job=job)  # iotune: limits_apply
+        for index, pool, size, kind in encrypted:
+            progress(40 + index, f"creating encrypted disk {index} ({size >> 20} MiB, {kind}) in {pool}")
+            # (iotune: limits_apply, once it runs)
+            disk_create_with_vm(actor=actor, vm=vm, pool=pool, size_bytes=size, job=job, kind=kind)
     progress(60, "starting the VM")
+    from apps.vms.services import BEFORE_START
+
+    for hook in BEFORE_START:  # as every start: the encryption app opens the LUKS2 disks with their keys
+        hook(vm, progress)
     gw.domain_start(uri, vm.name)
     targets = [d["target"] for d in gw.domain_disks_defined(uri, vm.name) if d.get("device", "disk") == "disk"]
     if limits:

@@ -3,8 +3,10 @@ the merge of a profile with a VM's overrides, and the profiles the portal ships.
 
     {"vcpus": 2, "memory_mb": 1024,
      "disks": [{"size_mb": 20480, "pool": "default", "encrypted": true}],
+       (an encrypted disk is LUKS2, opened by the host; "encryption": "qemu-luks" for LUKS1 QEMU opens)
      "networks": [{"zone": "dmz"}] or [{"zone_kind": "untrusted"}],
      "firmware": {"type": "uefi", "secure_boot": true, "enrolled_keys": true},
+       (or own keys: "enrolled_keys": false, "keys": {"pk": PEM, "kek": [PEM], "db": [PEM]})
      "limits": {"cpu_quota_percent": 50, "memory_max_mb": 2048, "io_bandwidth_mb": 100, "iops": 1000},
      "tpm": {"version": "2.0", "model": "tpm-crb"},
      "cpu_features": {"sev": false, "sev_es": false, "sev_snp": false},
@@ -22,6 +24,7 @@ from apps.core.errors import InvalidInput
 MIN_MEMORY_MB = 16
 
 _BOOL = {"type": "boolean"}
+_PEM = {"type": "string", "minLength": 1, "maxLength": 16384}
 
 
 def _object(properties: dict, required: tuple = ()) -> dict:
@@ -38,7 +41,10 @@ SCHEMA = _object(
             "type": "array",
             "maxItems": 8,
             "items": _object(
-                {"size_mb": {"type": "integer", "minimum": 1}, "pool": {"type": "string"}, "encrypted": _BOOL},
+                {"size_mb": {"type": "integer", "minimum": 1}, "pool": {"type": "string"}, "encrypted": _BOOL,
+                 # luks2 (default, the product's standard: opened by the host with dm-crypt) or
+                 # qemu-luks (LUKS1 opened by QEMU itself: hosts without device-mapper)
+                 "encryption": {"enum": ["luks2", "qemu-luks"]}},
                 required=("size_mb",),
             ),
         },
@@ -53,7 +59,22 @@ SCHEMA = _object(
                 ]
             },
         },
-        "firmware": _object({"type": {"enum": ["bios", "uefi"]}, "secure_boot": _BOOL, "enrolled_keys": _BOOL}),
+        "firmware": _object(
+            {
+                "type": {"enum": ["bios", "uefi"]},
+                "secure_boot": _BOOL,
+                "enrolled_keys": _BOOL,
+                # the profile's own secure-boot keys: PEM certificates (apps/profiles/secure_boot.py)
+                "keys": _object(
+                    {
+                        "pk": _PEM,
+                        "kek": {"type": "array", "minItems": 1, "maxItems": 8, "items": _PEM},
+                        "db": {"type": "array", "minItems": 1, "maxItems": 16, "items": _PEM},
+                    },
+                    required=("pk", "kek", "db"),
+                ),
+            }
+        ),
         "limits": _object(
             {
                 "cpu_quota_percent": {"type": "integer", "minimum": 1, "maximum": 100},
@@ -106,9 +127,23 @@ def validate_spec(spec) -> dict:
             f"limits.memory_max_mb ({limits['memory_max_mb']}) is below memory_mb ({spec['memory_mb']}): "
             "the guest would be killed. Raise the limit (leave room for QEMU's own memory)."
         )
+    for index, disk in enumerate(spec.get("disks", [])):
+        if "encryption" in disk and not disk.get("encrypted"):
+            raise InvalidInput(f"disks[{index}].encryption ({disk['encryption']}) needs disks[{index}].encrypted true.")
     fw = spec.get("firmware", {})
     if fw.get("secure_boot") and fw.get("type", "uefi") != "uefi":
         raise InvalidInput("firmware.secure_boot needs firmware.type 'uefi'.")
+    if "keys" in fw:
+        if not fw.get("secure_boot"):
+            raise InvalidInput("firmware.keys (the profile's own secure-boot keys) needs firmware.secure_boot true.")
+        if fw.get("enrolled_keys"):
+            raise InvalidInput(
+                "firmware.keys (your own PK, KEK and db) and firmware.enrolled_keys (Microsoft's) exclude each "
+                "other: set firmware.enrolled_keys to false."
+            )
+        from .secure_boot import keys_check
+
+        keys_check(fw["keys"], expiry=False)  # a new VM's enrolment also refuses expired ones
     cpu = spec.get("cpu_features", {})
     if sum(bool(cpu.get(k)) for k in ("sev", "sev_es", "sev_snp")) > 1:
         raise InvalidInput("cpu_features: choose one of sev, sev_es, sev_snp.")

@@ -78,7 +78,8 @@ def vm_create(request):
     profile = services.profile_get(actor=request.user, name=data["profile"])
     overrides = services.parse_json(data["overrides"], "overrides") if data["overrides"] else None
     job = provision.vm_create(actor=request.user, host=host, name=data["name"], profile=profile,
-                              overrides=overrides, pool=data["pool"], iso=data["iso"])  # fmt: skip
+                              overrides=overrides, pool=data["pool"], iso=data["iso"],
+                              quota_gib=data["quota_gib"])  # fmt: skip
     back = reverse("vms:detail", args=[host.name, data["name"]])
     return job_started(request, job, f"Creating {data['name']} from profile {profile.name}.", back)
 

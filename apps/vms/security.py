@@ -62,8 +62,10 @@ def _confinement(facts: dict, security_models: list[str] | None) -> SecurityItem
 
 
 def summary_items(facts: dict, *, security_models: list[str] | None, encrypted_targets: set[str],
-                  zone: str, zone_kind: str, zone_problem: str) -> list[SecurityItem]:  # fmt: skip
-    """The summary from plain values: `facts` as domain_security_parse returns them."""
+                  zone: str, zone_kind: str, zone_problem: str,
+                  own_keys: bool = False) -> list[SecurityItem]:  # fmt: skip
+    """The summary from plain values: `facts` as domain_security_parse returns them;
+    `own_keys`: the portal enrolled the VM's profile's own secure-boot keys in its NVRAM."""
     if not facts:
         why = "Not read yet: the state collector reads the VM's definition with each bulk read and after every event."
         return [SecurityItem("facts", "Security facts", UNKNOWN, "not read yet", why)]
@@ -73,10 +75,16 @@ def summary_items(facts: dict, *, security_models: list[str] | None, encrypted_t
     items.append(SecurityItem("firmware", "Firmware", GOOD if uefi else BAD, "UEFI" if uefi else "BIOS",
                               f"UEFI firmware {fw.get('loader') or ''}".strip() + "." if uefi
                               else "Legacy BIOS (SeaBIOS): no secure boot, no measured boot."))  # fmt: skip
-    if fw.get("secure_boot"):
+    if fw.get("secure_boot") and fw.get("enrolled_keys") is False and not own_keys:
+        items.append(SecurityItem("secure_boot", "Secure boot", BAD, "on, no keys",
+                                  "Secure-boot firmware whose variables started without keys (setup mode): nothing "
+                                  "is verified until a PK, KEK and db are enrolled (a profile's own keys, or "
+                                  f"Microsoft's); NVRAM {fw.get('nvram') or '?'}."))  # fmt: skip
+    elif fw.get("secure_boot"):
         keys = fw.get("enrolled_keys")
-        extra = "" if keys is None else (" with enrolled keys" if keys else " without enrolled keys")
-        items.append(SecurityItem("secure_boot", "Secure boot", GOOD, "on",
+        extra = (" against the profile's own keys (PK, KEK, db enrolled by the portal)" if own_keys
+                 else "" if keys is None else " with enrolled keys")  # fmt: skip
+        items.append(SecurityItem("secure_boot", "Secure boot", GOOD, "on (own keys)" if own_keys else "on",
                                   f"The firmware checks boot loaders' signatures{extra}; "
                                   f"NVRAM {fw.get('nvram') or '?'}."))  # fmt: skip
     else:
@@ -139,6 +147,8 @@ def vm_security_summary(vm) -> list[SecurityItem]:
     targets = set(EncryptedDisk.objects.filter(vm=vm, state=EncryptedDisk.State.READY).values_list("target", flat=True))
     net = vm_network(vm)
     zones = net["zones"]
+    origin = getattr(vm, "origin", None)  # made from a profile (apps/profiles VmOrigin), if it was
+    own_keys = bool(origin and (origin.spec.get("firmware") or {}).get("keys"))
     return summary_items(
         vm.security or {},
         security_models=vm.host.security_models,
@@ -146,4 +156,5 @@ def vm_security_summary(vm) -> list[SecurityItem]:
         zone=zones[0].name if len(zones) == 1 else vm.zone,
         zone_kind=zones[0].kind if len(zones) == 1 else "",
         zone_problem=net["zone_problem"],
+        own_keys=own_keys,
     )

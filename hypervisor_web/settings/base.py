@@ -419,3 +419,8 @@ CELERY_BEAT_SCHEDULE["reviews-disable-dormant"] = {
 # /dev/kvm exists. A KVM without SMM (nested, as on CI machines) cannot run secure boot:
 # set "qemu" (TCG) there.
 VMS_SECURE_BOOT_DOMAIN_TYPE = env("VMS_SECURE_BOOT_DOMAIN_TYPE", "")
+# A profile's own secure-boot keys (firmware.keys) are enrolled into a per-VM copy of OVMF's
+# empty varstore (Debian's ovmf; it matches OVMF_CODE_4M.secboot.fd, which libvirt picks for
+# secure boot without Microsoft's keys), written to libvirt's NVRAM directory.
+VMS_OVMF_VARS_TEMPLATE = env("VMS_OVMF_VARS_TEMPLATE", "/usr/share/OVMF/OVMF_VARS_4M.fd")
+VMS_NVRAM_DIR = env("VMS_NVRAM_DIR", "/var/lib/libvirt/qemu/nvram")

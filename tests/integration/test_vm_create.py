@@ -25,6 +25,7 @@ from apps.profiles.models import VmProfile
 from apps.profiles.schema import SHIPPED
 from apps.vms.models import VirtualMachine
 from tests.conftest import reauthenticate, unique
+from tests.unit.test_profiles import certificate, own_keys
 
 pytestmark = pytest.mark.libvirt
 
@@ -95,8 +96,10 @@ def cleanup(libvirt_uri, test_pool):
 def test_hardened_vm_boots_with_secure_boot_vtpm_limits_then_changes_and_is_deleted(
     transactional_db, jobs_run_here, host, operator, test_pool, untrusted_zone, cleanup, libvirt_uri
 ):
+    from apps.encryption.gateways import cryptsetup as cs
     from apps.encryption.models import EncryptedDisk, RetiredKey
-    from apps.encryption.services import get_store
+    from apps.encryption.services import device_mapper, get_store
+    from apps.vms.models import VmConfigRevision
 
     get_store().initialize()
     name = unique("hard")
@@ -129,11 +132,24 @@ def test_hardened_vm_boots_with_secure_boot_vtpm_limits_then_changes_and_is_dele
     assert tpm.get("model") == "tpm-crb" and tpm.find("backend").get("version") == "2.0"
     swtpm = subprocess.run(["pgrep", "-af", "swtpm"], capture_output=True, text=True).stdout
     assert str(vm.uuid) in swtpm, "no swtpm process runs for the VM"
-    assert [e.get("format") for e in live.find("devices/disk").iter("encryption")] == ["luks"]
+    disk = EncryptedDisk.objects.get(vm=vm)
+    # the product's LUKS2 (cryptsetup: AES-256-XTS, Argon2id), opened by the host (device-mapper,
+    # SIMULATED here: settings.ENCRYPTION_DEVICE_MAPPER); the guest is given the unlocked path,
+    # never the container, and QEMU has no LUKS of its own to open
+    assert disk.kind == EncryptedDisk.Kind.LUKS2 and disk.size_bytes == (64 + 16) << 20
+    header = cs.dump(disk.path)
+    assert (header.version, header.cipher, header.key_size, header.pbkdf) == (2, "aes-xts-plain64", 512, "argon2id")
+    source = live.find("devices/disk/source").get("file")
+    assert source == device_mapper().mapping_path(disk.mapping_name) and disk.path not in gw.domain_xml_live(
+        libvirt_uri, name)
+    assert list(live.find("devices/disk").iter("encryption")) == []
+    # the create is the VM's first configuration revision, by the creating user
+    first = VmConfigRevision.objects.filter(vm=vm).order_by("created", "pk").first()
+    assert (first.author, first.author_name, first.source) == (operator, operator.username, "portal")
+    assert first.reason == "vms.vm.create" and f"<name>{name}</name>" in first.xml and source in first.xml
     assert live.find("devices/interface/source").get("network") == untrusted_zone.network_name
     assert live.find("devices/interface/rom").get("enabled") == "no"
     assert live.find("launchSecurity") is None
-    disk = EncryptedDisk.objects.get(vm=vm)
 
     assert field(virsh("schedinfo", name), "vcpu_quota") == "50000"
     assert field(virsh("memtune", name), "hard_limit") == str(1024 * 1024)
@@ -160,17 +176,58 @@ def test_hardened_vm_boots_with_secure_boot_vtpm_limits_then_changes_and_is_dele
     assert gw.volume_find(libvirt_uri, test_pool, disk.volume) is None
     assert not EncryptedDisk.objects.filter(pk=disk.pk).exists()
     assert RetiredKey.objects.filter(key_id=disk.key_id).exists()
+    assert not Path(source).exists()  # the mapping was closed
     assert not Path(nvram.text).exists()
     assert VirtualMachine.objects.filter(pk=vm.pk, present=False).exists()
+
+
+def test_a_vm_boots_with_the_profiles_own_secure_boot_keys_enrolled_in_its_varstore(
+    transactional_db, jobs_run_here, host, operator, test_pool, cleanup, libvirt_uri
+):
+    from apps.core.gateways import firmware
+
+    name = unique("ownkeys")
+    cleanup.append(name)
+    cn = f"Portal test PK {name}"
+    overrides = {"memory_mb": 128, "firmware": own_keys(certificate(cn))}
+    job = run(provision.vm_create(actor=operator, host=host, name=name, profile=profile("minimal"),
+                                  overrides=overrides, pool=test_pool))  # fmt: skip
+    assert job.state == "succeeded", job.error
+    live = ET.fromstring(gw.domain_xml_live(libvirt_uri, name))  # noqa: S314 (libvirt's own XML)
+    loader, nvram = live.find("os/loader"), live.find("os/nvram")
+    # OVMF's secure-boot code without Microsoft's variables, on the VM's own varstore
+    assert loader.get("secure") == "yes" and loader.text.endswith("OVMF_CODE_4M.secboot.fd")
+    assert nvram.text == f"{settings.VMS_NVRAM_DIR}/{name}_VARS.fd"
+    enrolled = firmware.vars_certificates(nvram.text)
+    assert enrolled["PK"] == enrolled["KEK"] == enrolled["db"] == [f"CN={cn}"]
+    assert enrolled["SecureBootEnable"] == ["on"]
+    assert gw.domain_state(libvirt_uri, name) == "running"
+
+    vm = VirtualMachine.objects.get(host=host, name=name)
+    from apps.core.gateways.libvirt.xml import domain_security_parse
+    from apps.vms.security import vm_security_summary
+
+    vm.security = domain_security_parse(gw.domain_xml_live(libvirt_uri, name))  # what the collector writes
+    item = {i.key: i for i in vm_security_summary(vm)}["secure_boot"]
+    assert (item.status, item.value) == ("good", "on (own keys)"), item
+    provision.vm_delete_now(vm, actor=operator, with_disks=True)
+    assert not Path(nvram.text).exists()
 
 
 def test_a_failure_part_way_removes_what_was_created(
     transactional_db, jobs_run_here, host, operator, test_pool, cleanup, libvirt_uri, monkeypatch
 ):
+    from apps.encryption.models import EncryptedDisk, RetiredKey
+    from apps.encryption.services import device_mapper, get_store
+
+    get_store().initialize()
     name = unique("fail")
     cleanup.append(name)
 
+    opened = []
+
     def start_fails(uri, vm_name):  # a stand-in for a start that fails (e.g. the host is out of memory)
+        opened.extend(d.mapping for d in EncryptedDisk.objects.all() if device_mapper().is_open(d.mapping))
         raise GatewayError("simulated start failure")
 
     defined = []
@@ -180,8 +237,15 @@ def test_a_failure_part_way_removes_what_was_created(
     iso = gw.volume_ensure_raw(libvirt_uri, test_pool, f"{unique('iso')}.iso", 1 << 20)  # a pool volume: accepted
     try:
         job = run(provision.vm_create(actor=operator, host=host, name=name, profile=profile("minimal"),
-                                      pool=test_pool, iso=iso.path))  # fmt: skip
+                                      pool=test_pool, iso=iso.path,
+                                      overrides={"disks": [{"size_mb": 16}, {"size_mb": 16, "encrypted": True}]}))
         assert job.state == "failed" and "simulated start failure" in job.error
+        # the LUKS2 disk was made and opened before the start failed: closed, deleted, its key retired
+        created = AuditEvent.objects.get(action="encryption.disk.create", outcome="success")
+        assert created.params["kind"] == "luks2"
+        assert not EncryptedDisk.objects.exists()
+        retired = RetiredKey.objects.get(vm_name=name)
+        assert opened == [f"portal-{retired.key_id[:12]}"] and not device_mapper().is_open(opened[0])
         assert f"<source file=\"{iso.path}\"" in defined[0] and '<boot dev="cdrom"' in defined[0]
         assert gw.volume_find(libvirt_uri, test_pool, iso.name) is not None  # not the job's to remove
     finally:
@@ -206,6 +270,8 @@ def test_a_failure_part_way_removes_what_was_created(
         ("ok-name", {"vcpus": "2"}, "", "vcpus: must be an integer"),
         ("ok-name", None, "/etc/hostname", "is not a volume of any storage pool"),
         ("ok-name", {"networks": [{"zone": "no-such-zone"}]}, "", "has no zone named 'no-such-zone'"),
+        ("ok-name", {"firmware": own_keys(certificate("old", days=-1))}, "", "keys.pk: the certificate expired"),
+        ("ok-name", {"firmware": own_keys("not a certificate")}, "", "firmware.keys.pk: not a PEM certificate"),
     ],
 )
 def test_bad_input_is_refused_clearly_nothing_is_created_and_it_is_audited(
@@ -222,6 +288,65 @@ def test_bad_input_is_refused_clearly_nothing_is_created_and_it_is_audited(
     refusal = AuditEvent.objects.get(action="vms.vm.create")
     assert (refusal.outcome, refusal.actor_name) == ("failed", operator.username)
     assert words in refusal.error
+
+
+def test_quota_and_pool_limits_are_checked_before_anything_and_a_vm_can_be_created_with_its_own_quota(
+    db, host, operator, test_pool, libvirt_uri, monkeypatch
+):
+    from decimal import Decimal
+
+    from apps.storage.models import PoolLimit, StorageDefaults, VmQuota
+    from apps.storage.quota_rules import defaults_from_settings
+
+    monkeypatch.setattr(jobs, "_send", lambda job_id: None)
+    StorageDefaults.objects.create(id=1, **{**defaults_from_settings(), "quota_bytes": 32 << 20})
+    before_vols = {v.name for v in gw.pool_get(libvirt_uri, test_pool).volumes}
+
+    def refused(words, **kw):
+        name = unique("quota")
+        with pytest.raises(InvalidInput) as exc:
+            provision.vm_create(actor=operator, host=host, name=name, profile=profile("minimal"), pool=test_pool, **kw)
+        assert words in exc.value.message, exc.value.message
+        assert not VirtualMachine.objects.filter(name=name).exists() and not Job.objects.exists()
+        assert AuditEvent.objects.filter(action="vms.vm.create", outcome="failed", error__contains=words).exists()
+
+    refused("32 MiB over the default quota of 32 MiB")  # the minimal profile's 64 MiB disk
+    refused("over the quota of 1 GiB", quota_gib=1, overrides={"disks": [{"size_mb": 2048}]})
+    refused("a whole number of GiB", quota_gib=0)
+    refused("a whole number of GiB", quota_gib="5")
+    PoolLimit.objects.create(host=host, pool=test_pool, max_overcommit=Decimal("0.01"))
+    capacity_mb = gw.pool_get(libvirt_uri, test_pool).capacity >> 20
+    refused("over its maximum overcommit of 0.01x", quota_gib=1 << 16,
+            overrides={"disks": [{"size_mb": capacity_mb // 50 + 1}]})  # fmt: skip
+    PoolLimit.objects.filter(host=host, pool=test_pool).delete()
+    assert {v.name for v in gw.pool_get(libvirt_uri, test_pool).volumes} == before_vols
+
+    name = unique("quota")  # its own quota lifts the default's: created, with the quota set and audited
+    provision.vm_create(actor=operator, host=host, name=name, profile=profile("minimal"), pool=test_pool, quota_gib=1)
+    vm = VirtualMachine.objects.get(name=name)
+    assert VmQuota.objects.get(vm=vm).limit_bytes == 1 << 30
+    assert AuditEvent.objects.filter(action="storage.quota.set", outcome="success", target_id=str(vm.pk)).exists()
+
+
+def test_a_host_that_cannot_open_luks2_refuses_an_encrypted_disk_and_says_what_works(
+    db, host, operator, test_pool, monkeypatch
+):
+    from apps.encryption.gateways import cryptsetup as cs
+    from apps.encryption.services import common, get_store
+
+    get_store().initialize()
+
+    class NoDeviceMapper:  # STAND-IN for a host whose kernel has no dm-crypt (this one has none either)
+        def capability(self):
+            return cs.MapperCapability("missing", "the kernel has no device-mapper")
+
+    monkeypatch.setattr(common, "device_mapper", NoDeviceMapper)
+    with pytest.raises(InvalidInput) as exc:
+        provision.vm_create(actor=operator, host=host, name=unique("nodm"), profile=profile("minimal"),
+                            overrides={"disks": [{"size_mb": 16, "encrypted": True}]}, pool=test_pool)  # fmt: skip
+    assert "cannot open LUKS2 disks: the kernel has no device-mapper" in exc.value.message
+    assert '"encryption": "qemu-luks"' in exc.value.message
+    assert not VirtualMachine.objects.exists() and not Job.objects.exists()
 
 
 def test_the_pages_follow_the_roles_and_scopes(db, client, host, personas, make_user, test_pool, monkeypatch):

@@ -36,6 +36,8 @@ def test_the_shipped_profiles_are_valid(name):
         ({"limits": {"memory_max_mb": 32}, "memory_mb": 64}, "limits.memory_max_mb (32) is below memory_mb"),
         ({"firmware": {"type": "bios", "secure_boot": True}}, "secure_boot needs firmware.type 'uefi'"),
         ({"cpu_features": {"sev": True, "sev_snp": True}}, "choose one of sev, sev_es, sev_snp"),
+        ({"disks": [{"size_mb": 64, "encryption": "qemu-luks"}]}, "disks[0].encryption (qemu-luks) needs"),
+        ({"disks": [{"size_mb": 64, "encrypted": True, "encryption": "luks1"}]}, "disks[0].encryption"),
     ],
 )
 def test_a_bad_profile_is_refused_naming_the_key(change, words):
@@ -142,3 +144,73 @@ def test_a_host_without_sev_refuses_it_with_the_reason():
         capabilities_check(spec, caps, "h1")
     with pytest.raises(InvalidInput, match="above host h1's memory of 4096 MiB"):
         capabilities_check(merged(_spec("minimal"), {"memory_mb": 8192}), caps, "h1")
+
+
+# ---------------------------------------------------------------- the profile's own secure-boot keys
+
+
+def certificate(cn: str, *, key=None, days: int = 30, with_key: bool = False) -> str:
+    """A self-signed PEM certificate (RSA-2048 unless `key` says otherwise)."""
+    from datetime import UTC, datetime, timedelta
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    key = key or rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    now = datetime.now(UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(days=60))
+            .not_valid_after(now + timedelta(days=days)).sign(key, hashes.SHA256()))  # fmt: skip
+    pem = cert.public_bytes(serialization.Encoding.PEM).decode()
+    if with_key:
+        pem += key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                 serialization.NoEncryption()).decode()  # fmt: skip
+    return pem
+
+
+def own_keys(pk: str) -> dict:
+    return {"type": "uefi", "secure_boot": True, "enrolled_keys": False, "keys": {"pk": pk, "kek": [pk], "db": [pk]}}
+
+
+def test_own_secure_boot_keys_are_checked_with_a_clear_error_for_each_entry():
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    good = certificate("Portal test PK")
+    spec = merged(_spec("minimal"), {"firmware": own_keys(good)})
+    assert spec["firmware"]["keys"]["pk"] == good
+    cases = [
+        ({**own_keys(good), "enrolled_keys": True}, "set firmware.enrolled_keys to false"),
+        ({**own_keys(good), "secure_boot": False}, "needs firmware.secure_boot true"),
+        ({**own_keys("hello"), "keys": {"pk": good, "kek": [good], "db": ["hello"]}},
+         "firmware.keys.db[0]: not a PEM certificate"),
+        (own_keys(good.replace("MII", "MIX", 1)), "firmware.keys.pk: the PEM certificate does not parse"),
+        (own_keys(good + good), "firmware.keys.pk: one certificate per entry"),
+        (own_keys(certificate("k", with_key=True)), "holds a private key"),
+        (own_keys(certificate("ec", key=ec.generate_private_key(ec.SECP256R1()))), "verifies RSA keys only"),
+        ({**own_keys(good), "keys": {"pk": good, "kek": []}}, "firmware.keys"),
+        ({**own_keys(good), "keys": {"pk": good, "kek": [good], "db": [good], "dbx": []}}, "unknown key 'dbx'"),
+    ]  # fmt: skip
+    for firmware, words in cases:
+        with pytest.raises(InvalidInput) as exc:
+            merged(_spec("minimal"), {"firmware": firmware})
+        assert words in exc.value.message, (words, exc.value.message)
+    # an expired certificate is refused when it would be enrolled into a new VM, not when a VM
+    # made with it (its origin spec) has its resources edited later
+    from apps.profiles.secure_boot import keys_check
+
+    expired = own_keys(certificate("old", days=-1))
+    assert merged(_spec("minimal"), {"firmware": expired})["firmware"]["keys"]
+    with pytest.raises(InvalidInput, match="firmware.keys.pk: the certificate expired on"):
+        keys_check(expired["keys"])
+
+
+def test_own_keys_name_the_vms_varstore_and_turn_microsofts_variables_off(settings):
+    spec = merged(_spec("hardened"), {"firmware": own_keys(certificate("Portal test PK"))})
+    path = "/var/lib/libvirt/qemu/nvram/g1_VARS.fd"
+    root = ET.fromstring(domain_guest_xml(guest_spec("g1", "", spec, disks=[], networks=[], nvram_path=path)))  # noqa: S314
+    features = {f.get("name"): f.get("enabled") for f in root.iterfind("os/firmware/feature")}
+    assert features == {"secure-boot": "yes", "enrolled-keys": "no"}
+    assert root.find("os/nvram").text == path and root.find("os/loader").get("secure") == "yes"

@@ -184,3 +184,14 @@ def test_a_vm_not_read_yet_says_so(facts):
     items = summary_items(facts or {}, security_models=[], encrypted_targets=set(), zone="", zone_kind="",
                           zone_problem="")  # fmt: skip
     assert [i.status for i in items] == [UNKNOWN] and "Not read yet" in items[0].why
+
+
+def test_secure_boot_without_keys_is_red_and_with_the_profiles_own_keys_green():
+    no_keys = LIVE_EFI.replace("<feature enabled='yes' name='enrolled-keys'/>",
+                               "<feature enabled='no' name='enrolled-keys'/>")  # fmt: skip
+    assert no_keys != LIVE_EFI
+    s = _summary(no_keys)["secure_boot"]
+    assert (s.status, s.value) == (BAD, "on, no keys") and "setup mode" in s.why
+    s = _summary(no_keys, own_keys=True)["secure_boot"]
+    assert (s.status, s.value) == (GOOD, "on (own keys)") and "the profile's own keys" in s.why
+    assert _summary(LIVE_EFI)["secure_boot"].status == GOOD

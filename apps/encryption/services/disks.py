@@ -190,24 +190,33 @@ def _disk_create(disk: EncryptedDisk, progress: jobs.Progress) -> dict:
     return {"disk_id": disk.pk, "path": disk.path, "target": disk.target}
 
 
-def disk_create_with_vm(*, actor, vm: VirtualMachine, pool: str, size_bytes: int, job=None,
-                        progress=None) -> EncryptedDisk:  # fmt: skip
+def disk_create_with_vm(*, actor, vm: VirtualMachine, pool: str, size_bytes: int, job=None, progress=None,
+                        kind: str = EncryptedDisk.Kind.LUKS2) -> EncryptedDisk:  # fmt: skip
     """An encrypted disk for a VM being created, now, in the caller's job (the VM create
-    checked quota and pool before anything was made). The qemu-luks kind: QEMU opens it
-    with a libvirt secret, so it works on hosts with or without device-mapper. The domain
-    must be defined (the disk is attached to its definition). Audited as
-    encryption.disk.create; a failure leaves the row FAILED for the caller's clean-up."""
-    params = {"size_bytes": size_bytes, "pool": pool, "kind": EncryptedDisk.Kind.QEMU_LUKS, "with_vm": True}
+    checked quota, pool and `require_luks2_openable` before anything was made). LUKS2 by
+    default, the product's standard (cryptsetup: AES-256-XTS, Argon2id, as
+    `disk_create_encrypted` makes them), opened by the host at every start (services/unlock.py;
+    QEMU 7.2 cannot open LUKS2 itself); the definition names the unlocked path, never the
+    container. `size_bytes` is the guest's size: the LUKS2 header comes on top. kind
+    "qemu-luks" stays for hosts that can never open LUKS2. The domain must be defined (the
+    disk is attached to its definition). Audited as encryption.disk.create; a failure
+    leaves the row FAILED for the caller's clean-up."""
+    params = {"size_bytes": size_bytes, "pool": pool, "kind": str(kind), "with_vm": True}
     with audited(actor=actor, action="encryption.disk.create", target=vm, perm="encryption.change", params=params,
                  job=job):  # fmt: skip
+        if kind not in EncryptedDisk.Kind.values:
+            raise InvalidInput(f"Unknown encryption kind {kind!r}: choose luks2 or qemu-luks.")
+        if kind == EncryptedDisk.Kind.LUKS2:
+            require_luks2_openable(vm.host)
         info = pool_by_name(vm.host, pool)
         store = get_store()
         store.require_unsealed()
         volume = f"{vm.name}-enc-{os.urandom(3).hex()}.img"
+        capacity = size_bytes + (LUKS2_HEADER_BYTES if kind == EncryptedDisk.Kind.LUKS2 else 0)
         disk = EncryptedDisk.objects.create(
             host=vm.host, vm=vm, vm_uuid=vm.uuid, path=os.path.join(info.path, volume), pool=pool, volume=volume,
-            target=gw.domain_disk_next_target(vm.host.uri, vm.name), kind=EncryptedDisk.Kind.QEMU_LUKS,
-            size_bytes=size_bytes, key_id=store.new_key_id(), state=EncryptedDisk.State.CREATING,
+            target=gw.domain_disk_next_target(vm.host.uri, vm.name), kind=kind,
+            size_bytes=capacity, key_id=store.new_key_id(), state=EncryptedDisk.State.CREATING,
         )  # fmt: skip
         try:
             _disk_create(disk, progress or (lambda percent, message="": None))

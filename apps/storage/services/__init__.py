@@ -16,7 +16,7 @@ from .quotas import (
     quota_set_threshold,
 )
 from .samples import samples_compact
-from .volumes import growth_check, new_vm_space_check, volume_create, volume_delete, volume_resize
+from .volumes import growth_check, new_vm_quota_set, new_vm_space_check, volume_create, volume_delete, volume_resize
 
 __all__ = [
     "CheckReport",
@@ -24,6 +24,7 @@ __all__ = [
     "alert_acknowledge",
     "defaults_update",
     "growth_check",
+    "new_vm_quota_set",
     "new_vm_space_check",
     "next_level",
     "notify",

@@ -49,25 +49,39 @@ def growth_check(vm, disks: gw.DomainDisks, pool: gw.PoolInfo, grow: int, new_al
     _pool_check(vm.host, pool, grow, new_allocation, defaults)
 
 
-def new_vm_space_check(host: Host, vm_name: str, pools: dict[str, tuple[gw.PoolInfo, int, int]]) -> None:
+def new_vm_space_check(host: Host, vm_name: str, pools: dict[str, tuple[gw.PoolInfo, int, int]],
+                       quota_bytes: int | None = None) -> None:  # fmt: skip
     """A VM about to be created: its disks (grow bytes provisioned, allocation bytes written
-    now, per pool) against the default quota (a new VM has no quota of its own), then each
-    pool's overcommit ratio, reserve and free space. Nothing exists yet when it refuses."""
+    now, per pool) against its quota (`quota_bytes`, the one it is created with, else the
+    default quota), then each pool's overcommit ratio, reserve and free space. Nothing
+    exists yet when it refuses."""
     for pool, grow, _allocation in pools.values():
         if pool.capacity and grow > pool.capacity:
             raise InvalidInput(
                 f"{fmt_bytes(grow)} of disks is beyond pool {pool.name}'s size of {fmt_bytes(pool.capacity)}."
             )
     defaults = defaults_read()
-    quota = effective_quota(None, defaults)
+    limit = quota_bytes if quota_bytes else effective_quota(None, defaults).limit_bytes
+    which = "the quota of" if quota_bytes else "the default quota of"
     provisioned = sum(grow for _pool, grow, _alloc in pools.values())
-    if provisioned > quota.limit_bytes:
+    if provisioned > limit:
         raise InvalidInput(
-            f"{vm_name} would have {fmt_bytes(provisioned)} of disks, {fmt_bytes(provisioned - quota.limit_bytes)} "
-            f"over the default quota of {fmt_bytes(quota.limit_bytes)}. Choose smaller disks."
+            f"{vm_name} would have {fmt_bytes(provisioned)} of disks, {fmt_bytes(provisioned - limit)} "
+            f"over {which} {fmt_bytes(limit)}. Choose smaller disks"
+            + (" or a larger quota." if quota_bytes else ", or give the VM a quota of its own.")
         )
     for pool, grow, allocation in pools.values():
         _pool_check(host, pool, grow, allocation, defaults)
+
+
+def new_vm_quota_set(*, actor, vm: VirtualMachine, limit_bytes: int) -> None:
+    """The quota a VM is created with (checked by `new_vm_space_check` before it existed):
+    its own VmQuota row, in the caller's transaction, audited as storage.quota.set."""
+    from ..models import VmQuota
+
+    params = {"limit_gib": f"{limit_bytes / (1 << 30):g}", "with_vm": "true"}
+    with audited(actor=actor, action="storage.quota.set", target=vm, perm="storage.change", params=params):
+        VmQuota.objects.create(vm=vm, limit_bytes=limit_bytes, updated_by_name=getattr(actor, "username", "system"))
 
 
 def _pool_check(host: Host, pool: gw.PoolInfo, grow: int, new_allocation: int, defaults) -> None:

@@ -37,6 +37,7 @@ class GuestSpec:
     uefi: bool = False
     secure_boot: bool = False
     enrolled_keys: bool = True  # Microsoft-enrolled variables (OVMF_VARS_4M.ms.fd)
+    nvram_path: str = ""  # a varstore made for this VM (the profile's own keys enrolled)
     tpm_model: str = ""  # "", "tpm-crb" or "tpm-tis": an emulated TPM 2.0 (swtpm)
     cpu_quota_percent: int = 0  # of each vCPU; 0: no limit
     memory_hard_limit_mib: int = 0
@@ -94,6 +95,8 @@ def domain_guest_xml(spec: GuestSpec) -> str:
         ET.SubElement(fw, "feature", enabled="yes" if enrolled else "no", name="enrolled-keys")
         if spec.secure_boot:  # (a loader without secure='yes' is left to libvirt's autoselection)
             ET.SubElement(os_el, "loader", secure="yes")
+        if spec.nvram_path:  # an existing varstore: libvirt uses it as it is (no copy of a template)
+            ET.SubElement(os_el, "nvram").text = spec.nvram_path
     ET.SubElement(os_el, "boot", dev="hd")
     if spec.iso_path:
         ET.SubElement(os_el, "boot", dev="cdrom")
