@@ -40,6 +40,25 @@ def test_packets_obey_the_rules_in_both_families(lab, nft_table):
     assert counters["r1"][0] > 0, counters
 
 
+def test_only_outbound_allowed_lets_replies_in_but_no_bare_syn(lab, nft_table):
+    """The bridge family has no connection tracking here: the replies of b's outbound "any"
+    are let in statelessly. b connects out (c, outside the ruleset, answers), but a bare SYN
+    to b from a, a VM of the zone whose own traffic out is allowed, is dropped, and so is a
+    ping; UDP to b passes (the documented cost of a stateless mirror)."""
+    out_any = (RuleSpec(id=7, direction="out", protocol="any", action="accept"),)
+    rs = lab_ruleset(nft_table, lab, b_rules=out_any)
+    rs.vms = [rs.vms[0], VmSpec(id=2, name="b", zone_id=1, macs=(lab.b.mac,), rules=out_any)]
+    assert lab.a.probe("tcp", lab.b.ipv4, 8080), "the lab must connect before any rule"
+    nft.load(compile_ruleset(rs))
+    for addr in (lab.c.ipv4, lab.c.ipv6):
+        assert lab.b.probe("tcp", addr, 8080) and lab.b.probe("udp", addr, 9090) and lab.b.probe("ping", addr)
+    for addr in (lab.b.ipv4, lab.b.ipv6):
+        assert not lab.a.probe("tcp", addr, 8080), f"a bare SYN to {addr} is dropped"
+        assert not lab.a.probe("ping", addr), f"an echo request to {addr} is dropped"
+    assert lab.a.probe("udp", lab.b.ipv4, 9090)
+    assert nft.counters(nft_table)["r7"][0] > 0
+
+
 def test_quarantined_mac_is_cut_off(lab, nft_table):
     everything = [RuleSpec(id=1, direction="in", protocol="any", action="accept")]
     nft.load(compile_ruleset(lab_ruleset(nft_table, lab, b_rules=everything)))
