@@ -45,7 +45,7 @@ def nft_calls(monkeypatch):
     calls, real = [], runner.run
 
     def spy(argv, **kw):
-        if "nft" in argv and argv[-2:] == ["-f", "-"]:
+        if "nft" in argv and argv[-2] == "-f":
             where = argv[3] if argv[:3] == ["ip", "netns", "exec"] else "host"
             calls.append(("check" if "-c" in argv else "load", "scratch" if where != "host" else "host"))
         return real(argv, **kw)
