@@ -201,3 +201,22 @@ def test_a_refused_document_is_checked_first_and_never_half_loaded(zone_lab, adm
         assert nft.normalize(nft.list_tables(nft_table)) == before
     assert FirewallApply.objects.filter(host=zone.host).count() == 1
     assert AuditEvent.objects.filter(action="network.firewall.apply", outcome="failed").count() == 2
+
+
+def test_the_worker_restores_lost_tables(zone_lab, lab, admin, nft_table):
+    """After a host reboot our tables are gone; the worker, when it starts, loads the last
+    apply again (checked first), audited; with the tables in place it does nothing."""
+    from apps.network.tasks import _restore_firewall
+
+    zone, a, b = zone_lab
+    allow(admin, a, direction="out", protocol="any", action="accept")
+    allow(admin, b, direction="in", protocol="tcp", action="accept", ports=(8080, 8080))
+    services.firewall_apply(actor=admin, host=zone.host, confirm_seconds=0)
+    expected = nft.fingerprint(nft.list_tables(nft_table))
+    assert not services.firewall_restore(zone.host)  # nothing lost
+    nft.delete_tables(nft_table)  # what a reboot does to them
+    assert lab.a.probe("tcp", lab.b.ipv4, 9090), "no table: everything passes"
+    _restore_firewall(sender=None)  # the worker_ready handler
+    assert nft.fingerprint(nft.list_tables(nft_table)) == expected
+    assert lab.a.probe("tcp", lab.b.ipv4, 8080) and not lab.a.probe("tcp", lab.b.ipv4, 9090)
+    assert AuditEvent.objects.filter(action="network.firewall.restore", outcome="success").count() == 1
