@@ -54,7 +54,7 @@ def nft_calls(monkeypatch):
     return calls
 
 
-def test_apply_confirm_and_packets(zone_lab, lab, admin, nft_calls):
+def test_apply_confirm_and_packets(zone_lab, lab, admin, nft_calls, nft_table):
     zone, a, b = zone_lab
     allow(admin, a, direction="out", protocol="any", action="accept")
     allow(admin, b, direction="in", protocol="tcp", action="accept", ports=(8080, 8080), comment="web")
@@ -66,6 +66,10 @@ def test_apply_confirm_and_packets(zone_lab, lab, admin, nft_calls):
     assert sorted(nft_calls) == [("check", "host"), ("load", "scratch")]
     apply = services.firewall_apply(actor=admin, host=zone.host)
     assert apply.state == "pending" and nft_calls[2:] == [("load", "host")]
+    # the document names our tables only (libvirt's are never touched)
+    named = {next(iter(op.values())).get("table", next(iter(op.values())).get("name"))
+             for cmd in apply.document["nftables"] for op in cmd.values()}  # fmt: skip
+    assert named == {nft_table}, named
     ev = AuditEvent.objects.get(action="network.firewall.apply", outcome="success")
     assert ev.params["checked_at"] == "preview"
     assert lab.a.probe("tcp", lab.b.ipv4, 8080) and lab.a.probe("tcp", lab.b.ipv6, 8080)
