@@ -137,6 +137,11 @@ def _rule_exprs(rule: RuleSpec, direction: str, *, reply: bool) -> list[list[dic
     out = []
     for cidr in rule.remote_cidrs or (None,):
         exprs = [_addr(cidr, end)] if cidr else []
+        if reply and rule.protocol == "any":
+            # the replies of any protocol: never a bare TCP SYN, never an echo request (a
+            # remote cannot open a connection to the VM, nor ping it, through this mirror)
+            out += [[*exprs, *_l4(proto), *extra] for proto, extra in _ANY_REPLIES]
+            continue
         exprs += _l4(rule.protocol)
         if rule.ports and rule.protocol in ("tcp", "udp"):
             exprs.append(_port(rule.protocol, port_field, *rule.ports))
@@ -151,6 +156,18 @@ def _rule_exprs(rule: RuleSpec, direction: str, *, reply: bool) -> list[list[dic
 @_cached
 def _not_syn() -> dict:
     return _match({"&": [_payload("tcp", "flags"), ["syn", "ack"]]}, "syn", "!=")
+
+
+ICMP_REPLY_TYPES = ["echo-reply", "destination-unreachable", "time-exceeded", "parameter-problem"]
+ICMPV6_REPLY_TYPES = ["echo-reply", "destination-unreachable", "packet-too-big", "time-exceeded",
+                      "parameter-problem"]  # fmt: skip
+# the stateless mirror of an accepted "any" rule: (protocol, extra matches) per reply rule
+_ANY_REPLIES = (
+    ("tcp", (_not_syn(),)),
+    ("udp", ()),
+    ("icmp", (_match(_payload("icmp", "type"), {"set": ICMP_REPLY_TYPES}),)),
+    ("icmpv6", (_match(_payload("icmpv6", "type"), {"set": ICMPV6_REPLY_TYPES}),)),
+)
 
 
 def _comment(rule: RuleSpec, reply: bool) -> str:

@@ -1,5 +1,5 @@
 """Applying the firewall: the ruleset compiled from the database, shown as a diff against the
-running one, checked and loaded atomically, confirmed within FIREWALL_CONFIRM_SECONDS or
+running one, checked (`nft -c`) and loaded atomically, confirmed within FIREWALL_CONFIRM_SECONDS or
 rolled back to the apply before it; drift (our tables changed by hand) detected, audited
 and repaired by re-applying."""
 
@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
+from django.core.cache import cache
 from django.db import transaction
 from django.utils import timezone
 
@@ -110,6 +111,28 @@ def _document(host: Host, spec: dict | None = None) -> dict:
     return compiler.compile_ruleset(build_ruleset(host, spec))
 
 
+# how long a document checked when its diff was shown stays checked for its apply
+CHECKED_SECONDS = 600
+
+
+def _checked_key(host: Host, body: bytes) -> str:
+    return f"network:nft-checked:{host.pk}:{nft.digest(body)}"
+
+
+def _check_and_load(host: Host, doc: dict) -> str:
+    """`nft -c` of the document, then its load in one transaction. The check is skipped only
+    for the very bytes that were checked on this host when the diff was shown (the preview
+    that precedes an operator's apply): then the apply costs one nft pass, not two. Returns
+    where the document was checked ("preview" or "apply")."""
+    body = nft.encode(doc)
+    key = _checked_key(host, body)
+    where = "preview" if cache.get(key) else "apply"
+    if where == "apply":
+        nft.check(body)
+    nft.load(body)
+    return where
+
+
 def _confirmed(host: Host) -> FirewallApply | None:
     return FirewallApply.objects.filter(host=host, state=FirewallApply.State.CONFIRMED).first()
 
@@ -134,11 +157,14 @@ class ApplyPreview:
 
 def firewall_preview(*, actor, host: Host) -> ApplyPreview:
     """The diff between the running ruleset (our tables) and the one an apply would load
-    (rendered in a scratch network namespace: the host's ruleset is not touched)."""
+    (rendered in a scratch network namespace: the host's ruleset is not touched). The new
+    document is checked with `nft -c` against the host's ruleset meanwhile; its apply then
+    loads it without a second check (the same bytes)."""
     authorize(actor, "network.view", host, action="network.firewall.preview")
-    doc = _document(host)  # a page reads: the NICs as the state collector last stored them
+    body = nft.encode(_document(host))  # a page reads: the NICs as the state collector last stored them
     running = nft.describe(nft.list_tables(_table()))
-    new = nft.describe(nft.render(doc, _table()))
+    new = nft.describe(nft.check_and_render(body, _table()))  # `nft -c` here, the listing from a scratch netns
+    cache.set(_checked_key(host, body), True, CHECKED_SECONDS)
     diff = list(difflib.unified_diff(running, new, "running", "new", lineterm="", n=1))
     return ApplyPreview(running=running, new=new, diff=diff)
 
@@ -146,7 +172,8 @@ def firewall_preview(*, actor, host: Host) -> ApplyPreview:
 def firewall_apply(*, actor, host: Host, confirm_seconds: int | None = None) -> FirewallApply:
     """Check and load the ruleset; it rolls back unless confirmed within `confirm_seconds`
     (default FIREWALL_CONFIRM_SECONDS; 0: confirmed at once, for the system's own applies).
-    A refused ruleset changes nothing (nft -c first; the load is one transaction)."""
+    A refused ruleset changes nothing (`nft -c` first, at the preview or here; the load is
+    one transaction)."""
     seconds = settings.FIREWALL_CONFIRM_SECONDS if confirm_seconds is None else confirm_seconds
     with audited(actor=actor, action="network.firewall.apply", target=host, perm="network.change",
                  params={"confirm_seconds": seconds}) as ev:  # fmt: skip
@@ -154,7 +181,7 @@ def firewall_apply(*, actor, host: Host, confirm_seconds: int | None = None) -> 
         if pending is not None and seconds:
             raise Conflict(f"Apply #{pending.pk} still waits for confirmation: confirm it or let it roll back first.")
         apply = _load(host, actor, seconds, policy_spec(host))
-        ev.params["apply"] = apply.pk
+        ev.params.update(apply=apply.pk, checked_at=apply.checked_at)
     if seconds:
         from ..tasks import firewall_rollback_due as task
 
@@ -164,7 +191,7 @@ def firewall_apply(*, actor, host: Host, confirm_seconds: int | None = None) -> 
 
 def _load(host: Host, actor, seconds: int, spec: dict) -> FirewallApply:
     doc = _document(host, spec)
-    nft.load(doc)
+    checked_at = _check_and_load(host, doc)
     fingerprint = nft.fingerprint(nft.list_tables(_table()))
     with transaction.atomic():
         previous = _confirmed(host)
@@ -172,13 +199,15 @@ def _load(host: Host, actor, seconds: int, spec: dict) -> FirewallApply:
         if not seconds:  # a confirmed apply: the one it replaces is history
             FirewallApply.objects.filter(host=host, state=FirewallApply.State.CONFIRMED).update(
                 state=FirewallApply.State.SUPERSEDED, finished_at=now)  # fmt: skip
-        return FirewallApply.objects.create(
+        apply = FirewallApply.objects.create(
             host=host, document=doc, spec=spec, fingerprint=fingerprint, previous=previous,
             state=FirewallApply.State.PENDING if seconds else FirewallApply.State.CONFIRMED,
             deadline=now + timedelta(seconds=seconds) if seconds else None,
             finished_at=None if seconds else now,
             actor_name=getattr(actor, "username", "") or "system",
         )  # fmt: skip
+    apply.checked_at = checked_at
+    return apply
 
 
 def firewall_enforce(*, actor, host: Host, why: str) -> FirewallApply:
@@ -231,7 +260,7 @@ def firewall_rollback_due(apply_id: int, *, now=None, force: bool = False, reaso
         else:
             spec = target.spec if target is not None else {"zones": [], "vm_rules": {}}
             doc = _document(host, spec)
-            nft.load(doc)
+            _check_and_load(host, doc)
             if target is not None:
                 FirewallApply.objects.filter(pk=target.pk).update(
                     document=doc, fingerprint=nft.fingerprint(nft.list_tables(_table())))  # fmt: skip
@@ -277,7 +306,7 @@ def _refresh(host: Host, current: FirewallApply, *, drift: bool = False, now=Non
     action = "network.firewall.repair" if drift else "network.firewall.refresh"
     params = {"apply": current.pk, **({"why": why} if why else {})}
     with audited(actor=None, action=action, target=host, params=params):
-        nft.load(doc)
+        _check_and_load(host, doc)
         FirewallApply.objects.filter(pk=current.pk).update(
             document=doc, fingerprint=nft.fingerprint(nft.list_tables(_table())),
             **({"drift_seen_at": now or timezone.now()} if drift else {}))  # fmt: skip
@@ -311,7 +340,7 @@ def firewall_restore(host: Host) -> bool:
         return False
     with audited(actor=None, action="network.firewall.restore", target=host, params={"apply": current.pk}):
         doc = _document(host, current.spec)
-        nft.load(doc)
+        _check_and_load(host, doc)
         FirewallApply.objects.filter(pk=current.pk).update(
             document=doc, fingerprint=nft.fingerprint(nft.list_tables(_table())))  # fmt: skip
     return True

@@ -35,15 +35,43 @@ def allow(actor, vm, **kw):
     return services.rule_add(actor=actor, vm=vm, **kw)
 
 
-def test_apply_confirm_and_packets(zone_lab, lab, admin):
+@pytest.fixture
+def nft_calls(monkeypatch):
+    """The nft passes over our documents, in order: "check" (`nft -c`) or "load" (the real
+    runner runs them; this only writes down which ran, and in which namespace)."""
+    from apps.core import runner
+
+    nft.bridge_name_match_supported()  # its once-per-process probe (`nft -c`) is not ours
+    calls, real = [], runner.run
+
+    def spy(argv, **kw):
+        if "nft" in argv and argv[-2] == "-f":
+            where = argv[3] if argv[:3] == ["ip", "netns", "exec"] else "host"
+            calls.append(("check" if "-c" in argv else "load", "scratch" if where != "host" else "host"))
+        return real(argv, **kw)
+
+    monkeypatch.setattr(runner, "run", spy)
+    return calls
+
+
+def test_apply_confirm_and_packets(zone_lab, lab, admin, nft_calls, nft_table):
     zone, a, b = zone_lab
     allow(admin, a, direction="out", protocol="any", action="accept")
     allow(admin, b, direction="in", protocol="tcp", action="accept", ports=(8080, 8080), comment="web")
     allow(admin, b, direction="in", protocol="icmpv6", action="accept")
     preview = services.firewall_preview(actor=admin, host=zone.host)
     assert any("web" in line for line in preview.diff if line.startswith("+"))
+    # the preview checked the document against the host's ruleset (`nft -c`) and rendered it
+    # in a scratch namespace; the apply of the same bytes loads them without a second check
+    assert sorted(nft_calls) == [("check", "host"), ("load", "scratch")]
     apply = services.firewall_apply(actor=admin, host=zone.host)
-    assert apply.state == "pending"
+    assert apply.state == "pending" and nft_calls[2:] == [("load", "host")]
+    # the document names our tables only (libvirt's are never touched)
+    named = {next(iter(op.values())).get("table", next(iter(op.values())).get("name"))
+             for cmd in apply.document["nftables"] for op in cmd.values()}  # fmt: skip
+    assert named == {nft_table}, named
+    ev = AuditEvent.objects.get(action="network.firewall.apply", outcome="success")
+    assert ev.params["checked_at"] == "preview"
     assert lab.a.probe("tcp", lab.b.ipv4, 8080) and lab.a.probe("tcp", lab.b.ipv6, 8080)
     assert not lab.a.probe("tcp", lab.b.ipv4, 9090) and not lab.a.probe("ping", lab.b.ipv4)
     assert lab.a.probe("ping", lab.b.ipv6)
@@ -52,11 +80,12 @@ def test_apply_confirm_and_packets(zone_lab, lab, admin):
     assert AuditEvent.objects.filter(action="network.firewall.confirm", outcome="success").exists()
 
 
-def test_an_unconfirmed_apply_rolls_back(zone_lab, lab, admin):
+def test_an_unconfirmed_apply_rolls_back(zone_lab, lab, admin, nft_calls):
     zone, a, b = zone_lab
     allow(admin, a, direction="out", protocol="any", action="accept")
     rule = allow(admin, b, direction="in", protocol="tcp", action="accept", ports=(8080, 8080))
     services.firewall_apply(actor=admin, host=zone.host, confirm_seconds=0)  # confirmed at once
+    assert nft_calls == [("check", "host"), ("load", "host")], "no preview: `nft -c` first"
     assert lab.a.probe("tcp", lab.b.ipv4, 8080)
     services.rule_delete(actor=admin, rule_id=rule.pk)
     pending = services.firewall_apply(actor=admin, host=zone.host, confirm_seconds=60)
@@ -67,6 +96,7 @@ def test_an_unconfirmed_apply_rolls_back(zone_lab, lab, admin):
     result = services.firewall_check(zone.host, now=timezone.now() + timedelta(seconds=61))
     assert result.rolled_back == [pending.pk] and not result.drift
     assert FirewallApply.objects.get(pk=pending.pk).state == "rolled_back"
+    assert nft_calls[-2:] == [("check", "host"), ("load", "host")], "a rollback is checked first too"
     assert lab.a.probe("tcp", lab.b.ipv4, 8080), "the confirmed ruleset is back"
     assert AuditEvent.objects.filter(action="network.firewall.rollback", outcome="success").exists()
     with pytest.raises(Conflict):
@@ -139,3 +169,58 @@ def test_host_services_are_edited_checked_and_compiled(host, admin):
     assert spec.host_services == (("dns", "udp", 53), ("dns", "tcp", 53), ("ssh", "tcp", 22))
     preview = services.firewall_preview(actor=admin, host=host)  # rendered by the kernel in a scratch namespace
     assert any(f"zone{zone.pk}-host" in ln and "host ssh" in ln for ln in preview.new), preview.new
+
+
+def test_a_refused_document_is_checked_first_and_never_half_loaded(zone_lab, admin, nft_table, nft_calls,
+                                                                     monkeypatch):  # fmt: skip
+    """Fault injection into the compiled document. A jump to a chain that does not exist:
+    `nft -c` refuses it, no load runs. A jump loop: `nft -c` does not see it (the kernel
+    validates loops only when it commits), the load is refused whole. Either way no apply is
+    recorded, the refusal is audited and our running tables are as they were."""
+    from apps.network import compiler
+
+    zone, a, b = zone_lab
+    services.firewall_apply(actor=admin, host=zone.host, confirm_seconds=0)
+    before = nft.normalize(nft.list_tables(nft_table))
+    real = compiler.compile_ruleset
+
+    def broken(jumps):
+        def compile_ruleset(rs):
+            doc = real(rs)
+            doc["nftables"] += [{"add": {"chain": {"family": "inet", "table": rs.table, "name": c}}}
+                                for c in ("la", "lb")]  # fmt: skip
+            doc["nftables"] += [{"add": {"rule": {"family": "inet", "table": rs.table, "chain": x,
+                                                  "expr": [{"jump": {"target": y}}]}}} for x, y in jumps]  # fmt: skip
+            return doc
+
+        return compile_ruleset
+
+    for jumps, passes in (([("input", "la"), ("la", "nosuch")], [("check", "host")]),
+                          ([("input", "la"), ("la", "lb"), ("lb", "la")], [("check", "host"), ("load", "host")])):
+        monkeypatch.setattr(compiler, "compile_ruleset", broken(jumps))
+        del nft_calls[:]
+        with pytest.raises(InvalidInput, match="nftables refused"):
+            services.firewall_apply(actor=admin, host=zone.host)
+        assert nft_calls == passes
+        assert nft.normalize(nft.list_tables(nft_table)) == before
+    assert FirewallApply.objects.filter(host=zone.host).count() == 1
+    assert AuditEvent.objects.filter(action="network.firewall.apply", outcome="failed").count() == 2
+
+
+def test_the_worker_restores_lost_tables(zone_lab, lab, admin, nft_table):
+    """After a host reboot our tables are gone; the worker, when it starts, loads the last
+    apply again (checked first), audited; with the tables in place it does nothing."""
+    from apps.network.tasks import _restore_firewall
+
+    zone, a, b = zone_lab
+    allow(admin, a, direction="out", protocol="any", action="accept")
+    allow(admin, b, direction="in", protocol="tcp", action="accept", ports=(8080, 8080))
+    services.firewall_apply(actor=admin, host=zone.host, confirm_seconds=0)
+    expected = nft.fingerprint(nft.list_tables(nft_table))
+    assert not services.firewall_restore(zone.host)  # nothing lost
+    nft.delete_tables(nft_table)  # what a reboot does to them
+    assert lab.a.probe("tcp", lab.b.ipv4, 9090), "no table: everything passes"
+    _restore_firewall(sender=None)  # the worker_ready handler
+    assert nft.fingerprint(nft.list_tables(nft_table)) == expected
+    assert lab.a.probe("tcp", lab.b.ipv4, 8080) and not lab.a.probe("tcp", lab.b.ipv4, 9090)
+    assert AuditEvent.objects.filter(action="network.firewall.restore", outcome="success").count() == 1

@@ -71,6 +71,16 @@ def test_zone_page_and_quarantine_marks(client, operator, viewer, host):
     page = client.get(reverse("network:vm", args=[host.name, vm.name])).content.decode()
     assert 'data-testid="zone-problem"' in page and "somewhere-else" in page
 
+    # a second interface in another zone: flagged on its page, and given no zone's rules
+    from apps.network.services.firewall import build_ruleset
+
+    other, _ = make_zone_vm(host)
+    assert vm.pk in {v.id for v in build_ruleset(host).vms}
+    VmInterface.objects.create(vm=vm, mac="52:54:00:12:34:57", network=other.network_name, collected_at=timezone.now())
+    page = client.get(reverse("network:vm", args=[host.name, vm.name])).content.decode()
+    assert 'data-testid="zone-problem"' in page and zone.name in page and other.name in page
+    assert vm.pk not in {v.id for v in build_ruleset(host).vms}
+
 
 def test_the_quarantine_page_enqueues_a_job_and_shows_it(client, operator, host, monkeypatch):
     from apps.core import jobs

@@ -40,6 +40,25 @@ def test_packets_obey_the_rules_in_both_families(lab, nft_table):
     assert counters["r1"][0] > 0, counters
 
 
+def test_only_outbound_allowed_lets_replies_in_but_no_bare_syn(lab, nft_table):
+    """The bridge family has no connection tracking here: the replies of b's outbound "any"
+    are let in statelessly. b connects out (c, outside the ruleset, answers), but a bare SYN
+    to b from a, a VM of the zone whose own traffic out is allowed, is dropped, and so is a
+    ping; UDP to b passes (the documented cost of a stateless mirror)."""
+    out_any = (RuleSpec(id=7, direction="out", protocol="any", action="accept"),)
+    rs = lab_ruleset(nft_table, lab, b_rules=out_any)
+    rs.vms = [rs.vms[0], VmSpec(id=2, name="b", zone_id=1, macs=(lab.b.mac,), rules=out_any)]
+    assert lab.a.probe("tcp", lab.b.ipv4, 8080), "the lab must connect before any rule"
+    nft.load(compile_ruleset(rs))
+    for addr in (lab.c.ipv4, lab.c.ipv6):
+        assert lab.b.probe("tcp", addr, 8080) and lab.b.probe("udp", addr, 9090) and lab.b.probe("ping", addr)
+    for addr in (lab.b.ipv4, lab.b.ipv6):
+        assert not lab.a.probe("tcp", addr, 8080), f"a bare SYN to {addr} is dropped"
+        assert not lab.a.probe("ping", addr), f"an echo request to {addr} is dropped"
+    assert lab.a.probe("udp", lab.b.ipv4, 9090)
+    assert nft.counters(nft_table)["r7"][0] > 0
+
+
 def test_quarantined_mac_is_cut_off(lab, nft_table):
     everything = [RuleSpec(id=1, direction="in", protocol="any", action="accept")]
     nft.load(compile_ruleset(lab_ruleset(nft_table, lab, b_rules=everything)))
@@ -161,4 +180,68 @@ def test_a_zone_reaches_only_the_host_services_it_lists():
             server.kill()
             server.wait(timeout=10)
         for ns in (guestns, hostns):
+            sh("ip", "netns", "del", ns, check=False)
+
+
+def test_routed_traffic_between_zones_is_denied_but_for_a_rule_naming_the_zone():
+    """A router of its own (a network namespace with two zone bridges, forwarding) and a
+    guest on each bridge: with no table the guests reach each other through it; with ours,
+    nothing crosses from zone A to zone B but what a's rule naming zone B allows (tcp 8080),
+    which zone B's zone-wide rule lets in; replies find their way back (connection tracking
+    in the inet table, the stateless mirror in the bridge table)."""
+    import subprocess
+    import sys
+    import uuid
+
+    from .conftest import PROBE, Guest, sh
+
+    tag = uuid.uuid4().hex[:6]
+    router, table = f"prr-{tag}", f"pfw_{tag}"
+    nss, guests, server = [router], [], None
+    try:
+        sh("ip", "netns", "add", router)
+        sh("ip", "netns", "exec", router, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        for side, net in (("a", "198.51.100"), ("b", "203.0.113")):
+            ns, br = f"prg-{tag}-{side}", f"rb{tag}{side}"
+            sh("ip", "netns", "add", ns)
+            nss.append(ns)
+            sh("ip", "-n", router, "link", "add", br, "type", "bridge")
+            sh("ip", "-n", router, "link", "add", f"rv{tag}{side}", "type", "veth", "peer", "name", "eth0", "netns", ns)
+            sh("ip", "-n", router, "link", "set", f"rv{tag}{side}", "master", br, "up")
+            sh("ip", "-n", router, "addr", "add", f"{net}.1/24", "dev", br)
+            sh("ip", "-n", router, "link", "set", br, "up")
+            sh("ip", "-n", ns, "addr", "add", f"{net}.2/24", "dev", "eth0")
+            sh("ip", "-n", ns, "link", "set", "eth0", "up")
+            sh("ip", "-n", ns, "route", "add", "default", "via", f"{net}.1")
+            mac = sh("ip", "netns", "exec", ns, "cat", "/sys/class/net/eth0/address").stdout.strip()
+            guests.append((Guest(ns=ns, mac=mac, ipv4=f"{net}.2", ipv6=""), br, f"{net}.0/24"))
+        (a, bra, neta), (b, brb, netb) = guests
+        server = subprocess.Popen(["ip", "netns", "exec", b.ns, sys.executable, PROBE, "serve", "8080", "9090"],
+                                  stdout=subprocess.PIPE, text=True)  # fmt: skip
+        assert server.stdout.readline().strip() == "ready"
+        assert a.probe("tcp", b.ipv4, 8080) and a.probe("tcp", b.ipv4, 9090), "routed before any table"
+
+        def load(a_rules):
+            za = ZoneSpec(id=1, name="za", kind="untrusted", bridge=bra)
+            zb = ZoneSpec(id=2, name="zb", kind="untrusted", bridge=brb, rules=(
+                RuleSpec(id=20, direction="in", protocol="tcp", action="accept", ports=(8080, 9090),
+                         remote_cidrs=(neta,), comment="from zone a"),))  # fmt: skip
+            vms = [VmSpec(id=1, name="a", zone_id=1, macs=(a.mac,), rules=a_rules),
+                   VmSpec(id=2, name="b", zone_id=2, macs=(b.mac,))]  # fmt: skip
+            nft.load(compile_ruleset(Ruleset(table=table, zones=[za, zb], vms=vms)), netns=router)
+
+        everything_out = (RuleSpec(id=1, direction="out", protocol="any", action="accept"),)
+        load(everything_out)  # a may send anything, but no rule lets zone A into zone B
+        assert not a.probe("tcp", b.ipv4, 8080) and not a.probe("ping", b.ipv4)
+        to_b = (RuleSpec(id=2, direction="out", protocol="tcp", action="accept", ports=(8080, 8080),
+                         remote_cidrs=(netb,), remote_zone_bridge=brb),)  # fmt: skip
+        load(to_b)
+        assert a.probe("tcp", b.ipv4, 8080), "the pair a rule names"
+        assert not a.probe("tcp", b.ipv4, 9090), "only what the rule allows"
+        assert not b.probe("tcp", a.ipv4, 8080), "nothing the other way"
+    finally:
+        if server is not None:
+            server.kill()
+            server.wait(timeout=10)
+        for ns in reversed(nss):
             sh("ip", "netns", "del", ns, check=False)

@@ -110,3 +110,28 @@ def test_quarantine_release_and_move(vm, operator, viewer, nft_table, test_netwo
         services.vm_zone_move(actor=operator, vm=vm, zone=Zone.objects.get(name="qzone"))
     finally:
         gw.network_remove(vm.host.uri, other.network_name)
+
+
+def test_a_failing_step_does_not_stop_the_others(host, operator, nft_table, monkeypatch):
+    """A VM the portal knows whose domain is gone from libvirt: setting its links down and
+    the snapshot fail, yet its MAC is still dropped in nftables and the alert is raised; the
+    job fails naming the steps that did not hold, each step audited under the incident."""
+    from django.utils import timezone
+
+    from apps.monitoring import notifications
+    from apps.vms.models import VirtualMachine, VmInterface
+
+    monkeypatch.setattr(notifications, "notify", lambda notice: ["webhook"])
+    vm = VirtualMachine.objects.create(host=host, uuid=uuid.uuid4(), name=f"gone-{uuid.uuid4().hex[:6]}",
+                                       last_seen=timezone.now(), last_state="running")  # fmt: skip
+    VmInterface.objects.create(vm=vm, mac="52:54:00:9a:bc:de", network="nowhere", link_state="up",
+                               collected_at=timezone.now())  # fmt: skip
+    job = jobs.job_run(services.vm_quarantine(actor=operator, vm=vm, reason="test").pk, worker="pytest")
+    q = Quarantine.objects.get(vm=vm)
+    held = {s["step"]: s["ok"] for s in q.steps}
+    assert held == {"links": False, "firewall": True, "suspend": False, "snapshot": False, "alert": True}, q.steps
+    assert job.state == "failed" and "links, suspend, snapshot" in job.error
+    assert "52:54:00:9a:bc:de" in quarantined_macs(nft_table)
+    outcomes = dict(AuditEvent.objects.filter(params__incident=q.incident_id, action__startswith="network.quarantine.")
+                    .values_list("action", "outcome"))  # fmt: skip
+    assert outcomes["network.quarantine.firewall"] == "success" and outcomes["network.quarantine.links"] == "failed"

@@ -86,3 +86,25 @@ def test_quarantine_is_a_job_the_command_starts(host, operator, monkeypatch):
     assert job.state == "queued" and job.params["incident"] in out and f"job {job.pk}" in out
     with pytest.raises(CommandError, match="already being quarantined"):
         run("--as", operator.username, "quarantine", vm.name, "--no-wait")
+
+
+def test_apply_confirm_and_delete_from_the_command_line(host, admin, nft_table):
+    from apps.core.gateways import nft
+    from apps.network.models import FirewallApply
+
+    zone = Zone.objects.create(host=host, name=f"c{uuid.uuid4().hex[:6]}", kind="untrusted",
+                               bridge=f"nob{uuid.uuid4().hex[:6]}", network_name=f"n{uuid.uuid4().hex[:6]}")
+    run("--as", admin.username, "add", "--zone", zone.name, "--direction", "in", "--protocol", "udp",
+        "--ports", "53", "--action", "accept", "--comment", "dns in")  # fmt: skip
+    rule = FirewallRule.objects.get(zone=zone)
+    assert "dns in" in run("--as", admin.username, "apply", "--diff-only")
+    assert nft.list_tables(nft_table) == []  # the diff only: nothing loaded
+    out = run("--as", admin.username, "apply")
+    pending = FirewallApply.objects.get(host=host, state="pending")
+    assert f"apply #{pending.pk} loaded" in out and f"r{rule.pk} dns in" in str(nft.list_tables(nft_table))
+    assert AuditEvent.objects.get(action="network.firewall.apply").params["checked_at"] == "preview"
+    run("--as", admin.username, "confirm", str(pending.pk))
+    assert FirewallApply.objects.get(pk=pending.pk).state == "confirmed"
+    run("--as", admin.username, "delete", str(rule.pk))
+    assert not FirewallRule.objects.filter(pk=rule.pk).exists()
+    assert AuditEvent.objects.filter(action="network.rule.delete", outcome="success").exists()
