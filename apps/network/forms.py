@@ -6,7 +6,7 @@ from __future__ import annotations
 from django import forms
 
 from . import validation as v
-from .models import FirewallRule, Verdict, Zone
+from .models import HOST_SERVICES, FirewallRule, Verdict, Zone
 
 
 class ZoneForm(forms.Form):
@@ -54,6 +54,8 @@ class ZoneEditForm(forms.Form):
     policy_in = forms.ChoiceField(choices=Verdict.choices)
     policy_out = forms.ChoiceField(choices=Verdict.choices)
     host_access = forms.BooleanField(required=False)
+    host_services = forms.MultipleChoiceField(choices=[(s, s) for s in HOST_SERVICES], required=False,
+                                              help_text="with host access: only these (none ticked: every service)")
     uplink = forms.CharField(max_length=15, required=False, validators=[v.check_iface])
 
 

@@ -19,6 +19,25 @@ class Verdict(models.TextChoices):
     DROP = "drop"
 
 
+# host services a zone's VMs may be allowed to reach on the host: name -> (protocol, port)s
+HOST_SERVICES: dict[str, tuple[tuple[str, int], ...]] = {
+    "ssh": (("tcp", 22),),
+    "dns": (("udp", 53), ("tcp", 53)),
+    "dhcp": (("udp", 67),),
+    "ntp": (("udp", 123),),
+    "http": (("tcp", 80),),
+    "https": (("tcp", 443),),
+    "ping": (("icmp", 0), ("icmpv6", 0)),  # echo requests
+}
+
+
+def check_host_services(value) -> None:
+    unknown = [s for s in value or () if s not in HOST_SERVICES]
+    if not isinstance(value, list) or unknown:
+        raise ValidationError(f"Unknown host services: {', '.join(map(str, unknown)) or value!r}; "
+                              f"known: {', '.join(HOST_SERVICES)}.")  # fmt: skip
+
+
 class Zone(models.Model):
     class Kind(models.TextChoices):
         SECURE = "secure", "secure: may reach the host"
@@ -46,6 +65,9 @@ class Zone(models.Model):
     policy_in = models.CharField(max_length=6, choices=Verdict.choices, default=Verdict.DROP)
     policy_out = models.CharField(max_length=6, choices=Verdict.choices, default=Verdict.DROP)
     host_access = models.BooleanField(default=False, help_text="VMs of the zone may reach the host")
+    host_services = models.JSONField(default=list, blank=True, validators=[check_host_services],
+                                     help_text="with host access: only these host services (HOST_SERVICES); "
+                                               "empty: every one")  # fmt: skip
     network_state = models.CharField(max_length=20, default="pending", help_text="pending, active or failed")
     created_at = models.DateTimeField(auto_now_add=True)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from apps.accounts.permissions import has_perm, restrict
 from apps.core.errors import NotFound
-from apps.core.models import Host
+from apps.core.models import Host, Job
 from apps.vms.models import VmInterface
 
 from .models import FirewallApply, FirewallRule, Quarantine, Zone
@@ -72,3 +72,9 @@ def quarantined(user) -> list[Quarantine]:
 
 def quarantined_vm_ids() -> set[int]:
     return set(Quarantine.objects.filter(released_at__isnull=True).values_list("vm_id", flat=True))
+
+
+def quarantine_job(vm):
+    """The VM's latest quarantine job (its progress is shown on the VM's firewall page)."""
+    jobs = Job.objects.filter(kind="network.vm.quarantine", target_type="virtualmachine", target_id=str(vm.pk))
+    return jobs.order_by("-created_at", "-id").first()

@@ -4,6 +4,7 @@ validates input with its form (a refusal is audited and re-rendered), calls one 
 
 from django.contrib import messages
 from django.shortcuts import redirect
+from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from apps.audit.services import refused
@@ -59,7 +60,8 @@ def _zone_page(request, zone, status=200, partial="rules", **forms):
                "counters": counters, "rule_form": forms.get("rule_form") or RuleForm(),
                "edit_form": forms.get("edit_form") or ZoneEditForm(initial={
                    "description": zone.description, "policy_in": zone.policy_in, "policy_out": zone.policy_out,
-                   "host_access": zone.host_access, "uplink": zone.uplink})}  # fmt: skip
+                   "host_access": zone.host_access, "uplink": zone.uplink,
+                   "host_services": zone.host_services})}  # fmt: skip
     return render_page(request, "network/zone.html", context, partial=partial, status=status)
 
 
@@ -123,7 +125,8 @@ def _vm_page(request, vm, status=200, partial="rules", **forms):
                "host_zones": selectors.zones_visible_to(request.user, vm.host), "net": selectors.vm_network(vm),
                "counters": _counters(request, vm.host), "rule_form": forms.get("rule_form") or RuleForm(),
                "release_form": forms.get("release_form") or ReleaseForm(),
-               "quarantine_form": forms.get("quarantine_form") or QuarantineForm()}  # fmt: skip
+               "quarantine_form": forms.get("quarantine_form") or QuarantineForm(),
+               "quarantine_job": selectors.quarantine_job(vm)}  # fmt: skip
     return render_page(request, "network/vm.html", context, partial=partial, status=status)
 
 
@@ -218,12 +221,9 @@ def vm_quarantine(request, host: str, name: str):
         return _vm_page(request, vm, status=400, quarantine_form=form)
     if request.POST.get("confirm") != "yes":
         raise InvalidInput(f"Quarantining {vm.name} needs confirmation.")
-    q = services.vm_quarantine(actor=request.user, vm=vm, reason=form.cleaned_data["reason"])
-    failed = [s["step"] for s in q.steps if not s["ok"]]
-    (messages.error if failed else messages.success)(
-        request, f"{vm.name} quarantined ({q.incident_id})" + (f"; these steps failed: {', '.join(failed)}" if failed
-                                                               else "; every step held."))  # fmt: skip
-    return redirect("network:vm", host, name)
+    job = services.vm_quarantine(actor=request.user, vm=vm, reason=form.cleaned_data["reason"])
+    return job_started(request, job, f"Quarantine of {vm.name} started ({job.params['incident']}).",
+                       back=reverse("network:vm", args=[host, name]))  # fmt: skip
 
 
 @require_POST

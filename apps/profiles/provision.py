@@ -24,6 +24,7 @@ from apps.core.errors import Conflict, InvalidInput, NotFound, PortalError
 from apps.core.gateways import libvirt as gw
 from apps.core.models import Host, Job
 from apps.core.validators import validate_name
+from apps.vms.history import record_revision, revision_capture
 from apps.vms.models import VirtualMachine
 
 from .models import VmOrigin, VmProfile
@@ -317,6 +318,7 @@ def _create(vm: VirtualMachine, spec: dict, job: Job, actor, progress, undo: lis
         limits_apply(uri, vm.name, limits, targets if (limits.get("io_bandwidth_mb") or limits.get("iops")) else [])
     state = gw.domain_state(uri, vm.name)
     VirtualMachine.objects.filter(pk=vm.pk).update(last_state=state, last_seen=timezone.now(), present=True)
+    revision_capture(vm=vm, actor=actor, reason=job.kind)  # configuration history: its first revision
     record(actor=actor, action="vms.vm.created", target=vm, outcome="success",
            params={"profile": job.params.get("profile"), "state": state}, job=job)  # fmt: skip
     return {"vm": vm.name, "state": state, "disks": len(paths) + len(encrypted)}
@@ -347,7 +349,9 @@ def vm_resources_change(*, actor, vm: VirtualMachine, vcpus: int, memory_mb: int
         targets = [d["target"] for d in gw.domain_disks_defined(uri, vm.name)]
         live = limits_apply(uri, vm.name, limits, targets)
         gw.domain_set_resources(uri, vm.name, vcpus=vcpus, memory_kib=memory_mb * 1024)
-        after = domain_limits_parse(gw.domain_xml_defined(uri, vm.name))
+        after_xml = gw.domain_xml_defined(uri, vm.name)
+        after = domain_limits_parse(after_xml)
+        record_revision(vm, after_xml, actor, reason="vms.vm.resources")  # configuration history
         ev.params["after"] = after
         if origin:
             VmOrigin.objects.filter(pk=origin.pk).update(spec=spec)

@@ -6,4 +6,8 @@ class VmsConfig(AppConfig):
     label = "vms"
 
     def ready(self):
-        from . import services  # noqa: F401  (registers the job handlers)
+        from . import collector, services  # noqa: F401  (registers the job handlers)
+        from .history import revisions_collect
+
+        if revisions_collect not in collector.AFTER_COLLECT:  # configuration history: changes made outside
+            collector.AFTER_COLLECT.append(revisions_collect)

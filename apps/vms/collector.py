@@ -40,6 +40,10 @@ COALESCE = 0.05  # seconds to gather a burst of events before applying them
 # hook(host): run after every bulk read of a host, by the apps that keep state of their own
 # from the same read cycle (storage registers its pools, volumes and VM disk totals)
 AFTER_COLLECT: list = []
+# hook(host, vm, kind): run after a lifecycle event brought one present VM's row and
+# interfaces up to date (kind: the event, e.g. "started", "defined", "resumed"), by the
+# apps that must react at once (network loads a started VM's firewall rules)
+AFTER_DOMAIN_REFRESH: list = []
 
 
 def _audit_found_and_gone(host: Host, found, gone) -> None:
@@ -195,7 +199,12 @@ def domain_refresh(host: Host, name: str, uuid: str, kind: str) -> VirtualMachin
     try:
         definitions_store(host, gw.domain_facts_live(host.uri, name), vm=vm)
     except NotFound:  # undefined meanwhile: its own event follows
-        pass
+        return vm
+    for hook in AFTER_DOMAIN_REFRESH:
+        try:
+            hook(host, vm, "found" if found else kind)
+        except PortalError as exc:  # one app's reaction does not stop the others
+            log.warning("after refreshing %s on %s: %s", vm.name, host.name, exc.message)
     return vm
 
 

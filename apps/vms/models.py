@@ -73,6 +73,44 @@ class VmInterface(models.Model):
         return self.link_state != "down"
 
 
+class VmConfigRevision(models.Model):
+    """One revision of a VM's persistent definition (its inactive domain XML): kept at every
+    change the portal makes (with the user who made it) and at every change the state
+    collector finds (made outside the portal). A revision is stored only when the
+    normalised XML differs from the VM's latest one (`sha256` of the normalised XML)."""
+
+    class Source(models.TextChoices):
+        PORTAL = "portal", "portal"
+        OUTSIDE = "outside", "outside the portal"
+
+    vm = models.ForeignKey(VirtualMachine, on_delete=models.CASCADE, related_name="revisions")
+    xml = models.TextField()
+    sha256 = models.CharField(max_length=64)
+    source = models.CharField(max_length=8, choices=Source.choices)
+    author = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    author_name = models.CharField(max_length=150, blank=True, help_text="kept when the user is deleted")
+    reason = models.CharField(max_length=80, blank=True, help_text="the action that changed it")
+    created = models.DateTimeField(db_index=True)
+    audit_event = models.ForeignKey(
+        "audit.AuditEvent", null=True, blank=True, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["-created", "-id"]
+        indexes = [models.Index(fields=["vm", "-created", "-id"], name="vm_revision_latest")]
+
+    def __str__(self):
+        return f"{self.vm.name} revision {self.pk}"
+
+    scope_vm_path = "vm"
+
+    @property
+    def who(self) -> str:
+        return self.author_name if self.source == self.Source.PORTAL else "outside the portal"
+
+
 class ConsoleSession(models.Model):
     """One opening of a VM's graphical console: minted by the portal (permission checked,
     audited), redeemed once by the console proxy within seconds, ended when either side

@@ -11,7 +11,7 @@ from apps.core.forms import validated
 from apps.core.middleware import CSP
 from apps.core.views_util import job_started, permission_required, render_page
 
-from . import console, selectors, services
+from . import console, history, selectors, services
 from .forms import LifecycleForm, SnapshotCreateForm, SnapshotDeleteForm
 from .security import host_confinement, vm_security_summary
 
@@ -69,6 +69,24 @@ def vm_detail(request, host: str, name: str):
         "host_confinement": host_confinement(vm.host.security_models),
     }
     return render_page(request, "vms/detail.html", context, partial="summary")
+
+
+@permission_required("vms.view")
+def vm_history(request, host: str, name: str):
+    """The History tab: the VM's audit events and configuration revisions, newest first."""
+    vm = services.vm_for(request.user, host, name)
+    context = {"vm": vm, "tab": "history", **history.vm_history(actor=request.user, vm=vm)}
+    return render_page(request, "vms/history.html", context)
+
+
+@permission_required("vms.view")
+def vm_revision(request, host: str, name: str, revision: int):
+    """One revision beside the one before it (a two-column diff of the definitions)."""
+    vm = services.vm_for(request.user, host, name)
+    rev, before = history.revision_get(actor=request.user, vm=vm, revision_id=revision)
+    rows = history.side_by_side(before.xml if before else "", rev.xml)
+    context = {"vm": vm, "tab": "history", "revision": rev, "before": before, "rows": rows}
+    return render_page(request, "vms/revision.html", context)
 
 
 def _job_response(request, vm, job, message):

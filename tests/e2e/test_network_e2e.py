@@ -77,6 +77,9 @@ def test_zone_rule_diff_apply_confirm_quarantine_release(live_server, admin, hos
         q = page.get_by_test_id("quarantine-form")
         q.locator("input[name=reason]").fill("suspicious outbound traffic")
         q.get_by_role("button", name="Quarantine").click()
+        job = jobs.Job.objects.get(kind="network.vm.quarantine", target_id=str(vm.pk))  # the page started a job
+        assert jobs.job_run(job.pk).state == "succeeded"  # as the worker runs it
+        page.goto(f"/network/vms/{host.name}/{vm.name}/")
         expect(page.get_by_test_id("quarantined")).to_be_visible()
         assert gw.domain_state(host.uri, vm.name) == "paused"
         page.goto("/vms/")

@@ -70,6 +70,18 @@ def define_outside(name: str, disk: str, network: str) -> None:
         virsh("define", fh.name)
 
 
+def restart_libvirtd() -> None:
+    """Stop the system libvirtd and start it again; return once it answers. (It disturbs
+    every other test using libvirtd at the time: only the few tests that must, call it.)"""
+    subprocess.run(["pkill", "-TERM", "-x", "libvirtd"], check=True, timeout=10)
+    wait_for("libvirtd stopped",
+             lambda: subprocess.run(["pgrep", "-x", "libvirtd"], capture_output=True, timeout=5).returncode != 0,
+             timeout=30)  # fmt: skip
+    subprocess.run(["libvirtd", "-d"], check=True, timeout=30)
+    wait_for("libvirtd answering", lambda: subprocess.run(["virsh", "-c", "qemu:///system", "version"],
+             capture_output=True, timeout=10).returncode == 0, timeout=30)  # fmt: skip
+
+
 def row(host: Host, name: str) -> VirtualMachine | None:
     return VirtualMachine.objects.filter(host=host, name=name, present=True).first()
 
@@ -106,13 +118,7 @@ def test_the_collector_recovers_after_libvirtd_restarts(host, collector, make_do
     name = make_domain(running=True)
     wait_for("the VM's row", lambda: row(host, name) and row(host, name).last_state == "running")
 
-    subprocess.run(["pkill", "-TERM", "-x", "libvirtd"], check=True, timeout=10)
-    wait_for("libvirtd stopped",
-             lambda: subprocess.run(["pgrep", "-x", "libvirtd"], capture_output=True, timeout=5).returncode != 0,
-             timeout=30)  # fmt: skip
-    subprocess.run(["libvirtd", "-d"], check=True, timeout=30)
-    wait_for("libvirtd answering", lambda: subprocess.run(["virsh", "-c", "qemu:///system", "version"],
-             capture_output=True, timeout=10).returncode == 0, timeout=30)  # fmt: skip
+    restart_libvirtd()
 
     # the watch was lost with the daemon: a change now arrives only if it was re-opened
     time.sleep(1)

@@ -17,6 +17,8 @@ from apps.core.gateways import libvirt as gw
 from apps.core.gateways import restic
 from apps.core.models import Job
 from apps.core.validators import validate_name
+from apps.vms.history import revision_capture
+from apps.vms.models import VirtualMachine
 from apps.vms.services import inventory_sync
 
 from ..models import BackupPolicy, BackupRepository, BackupRun, BackupVerification
@@ -111,10 +113,12 @@ def _run_restore(job: Job, progress: jobs.Progress) -> dict:
     inventory_sync(run.host)
     if plan is not None:
         from apps.encryption.services import backup_material
-        from apps.vms.models import VirtualMachine
 
         new_vm = VirtualMachine.objects.get(host=run.host, name=new_name, present=True)
         backup_material.key_material_adopt(actor=jobs.job_actor(job), vm=new_vm, plan=plan, pool=job.params["pool"])
+    restored_vm = VirtualMachine.objects.filter(host=run.host, name=new_name, present=True).first()
+    if restored_vm is not None:  # configuration history: its first revision, by whoever restored it
+        revision_capture(vm=restored_vm, actor=jobs.job_actor(job), reason=job.kind)
     return {"vm": new_name, "disks": paths}
 
 

@@ -20,6 +20,7 @@ from apps.core.errors import Conflict, InvalidInput, NotFound, PortalError
 from apps.core.gateways import libvirt as gw
 from apps.core.jobs import job_actor
 from apps.core.models import Job
+from apps.vms.history import revision_capture
 
 from ..models import EncryptedDisk, RetiredKey, UnlockPolicy
 from .common import device_mapper, get_store
@@ -84,6 +85,8 @@ def _disk_delete(disk: EncryptedDisk, actor, job, progress) -> dict:
         gw.domain_disk_detach_target(uri, vm.name, disk.target)
     except NotFound:  # the VM is gone already (a VM delete): nothing to detach from
         pass
+    else:
+        revision_capture(vm=vm, actor=actor, reason="encryption.disk.delete")  # configuration history
     progress(50, f"deleting {disk.volume} from {disk.pool}")
     gw.volume_delete_if_exists(uri, disk.pool, disk.volume)
     if disk.secret_uuid:

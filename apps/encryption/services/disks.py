@@ -22,6 +22,7 @@ from apps.core.gateways import qemu_img
 from apps.core.jobs import job_actor
 from apps.core.models import Job
 from apps.core.validators import validate_name
+from apps.vms.history import revision_capture
 from apps.vms.models import VirtualMachine
 
 from ..gateways import cryptsetup as cs
@@ -147,10 +148,12 @@ def _run_disk_create(job: Job, progress: jobs.Progress) -> dict:
     disk = EncryptedDisk.objects.select_related("vm", "host").get(pk=job.params["disk_id"])
     authorize(job_actor(job), "encryption.change", disk.vm, action=job.kind)
     try:
-        return _disk_create(disk, progress)
+        result = _disk_create(disk, progress)
     except Exception:
         _mark_failed(disk)
         raise
+    revision_capture(vm=disk.vm, actor=job_actor(job), reason=job.kind)  # configuration history
+    return result
 
 
 def _disk_create(disk: EncryptedDisk, progress: jobs.Progress) -> dict:
@@ -375,7 +378,9 @@ def _run_disk_encrypt(job: Job, progress: jobs.Progress) -> dict:
     disk = EncryptedDisk.objects.select_related("vm", "host").get(pk=job.params["disk_id"])
     authorize(job_actor(job), "encryption.change", disk.vm, action=job.kind)
     try:
-        return _disk_encrypt(disk, int(job.params["original_size"]), progress, job)
+        result = _disk_encrypt(disk, int(job.params["original_size"]), progress, job)
+        revision_capture(vm=disk.vm, actor=job_actor(job), reason=job.kind)  # configuration history
+        return result
     except PortalError as exc:
         _mark_failed(disk)  # the header knows how far it got: asking again resumes
         raise type(exc)(f"{exc.message} {RESUME_HINT}") from exc

@@ -25,6 +25,7 @@ from apps.core.errors import Conflict, InvalidInput
 from apps.core.gateways import libvirt as gw
 from apps.core.jobs import job_actor
 from apps.core.models import Job
+from apps.vms.history import revision_capture
 from apps.vms.models import VirtualMachine
 
 from ..models import EncryptedDisk
@@ -62,6 +63,7 @@ def point_at_mapping(disk: EncryptedDisk) -> bool:
     current = {d["target"]: d["path"] for d in gw.domain_disks_defined(disk.host.uri, disk.vm.name)}
     if disk.target in current and current[disk.target] != source:
         gw.domain_disk_set_source(disk.host.uri, disk.vm.name, disk.target, source, block=block)
+        revision_capture(vm=disk.vm, actor=None, reason="encryption.disk.point_at_mapping")  # configuration history
         return True
     return False
 

@@ -22,7 +22,7 @@ from apps.core.models import Host
 from apps.vms.models import VirtualMachine, VmInterface
 
 from .. import compiler
-from ..models import FirewallApply, FirewallRule, Quarantine, Zone
+from ..models import HOST_SERVICES, FirewallApply, FirewallRule, Quarantine, Zone
 
 
 def _table() -> str:
@@ -56,7 +56,8 @@ def policy_spec(host: Host) -> dict:
         (vm_rules.setdefault(str(r.vm_id), []) if r.vm_id else zone_rules.setdefault(r.zone_id, [])).append(spec)
     zones = [
         {"id": z.pk, "name": z.name, "kind": z.kind, "bridge": z.bridge, "network": z.network_name,
-         "policy_in": z.policy_in, "policy_out": z.policy_out, "host_access": z.host_access, "uplink": z.uplink,
+         "policy_in": z.policy_in, "policy_out": z.policy_out, "host_access": z.host_access,
+         "host_services": list(z.host_services), "uplink": z.uplink,
          "rules": zone_rules.get(z.pk, [])}  # fmt: skip
         for z in Zone.objects.filter(host=host)
     ]
@@ -66,6 +67,10 @@ def policy_spec(host: Host) -> dict:
 def _rule(d: dict) -> compiler.RuleSpec:
     return compiler.RuleSpec(**{**d, "ports": tuple(d["ports"]) if d.get("ports") else None,
                                 "remote_cidrs": tuple(d.get("remote_cidrs") or ())})  # fmt: skip
+
+
+def _host_services(names) -> tuple[tuple[str, str, int], ...]:
+    return tuple((n, proto, port) for n in names or () for proto, port in HOST_SERVICES.get(n, ()))
 
 
 def build_ruleset(host: Host, spec: dict | None = None) -> compiler.Ruleset:
@@ -93,6 +98,7 @@ def build_ruleset(host: Host, spec: dict | None = None) -> compiler.Ruleset:
     zone_specs = [
         compiler.ZoneSpec(id=z["id"], name=z["name"], kind=z["kind"], bridge=z["bridge"], policy_in=z["policy_in"],
                           policy_out=z["policy_out"], host_access=z["host_access"], uplink=z["uplink"],
+                          host_services=_host_services(z.get("host_services")),
                           rules=tuple(_rule(r) for r in z["rules"]))  # fmt: skip
         for z in spec["zones"]
     ]
@@ -258,15 +264,41 @@ def firewall_check(host: Host, *, now=None) -> CheckResult:
         record(actor=None, action="network.firewall.drift", target=host, outcome="failed",
                params={"apply": current.pk},
                error="our nftables tables differ from the last apply (changed by hand?)")  # fmt: skip
-    doc = _document(host, current.spec)
-    if drift or doc != current.document:
-        action = "network.firewall.repair" if drift else "network.firewall.refresh"
-        with audited(actor=None, action=action, target=host, params={"apply": current.pk}):
-            nft.load(doc)
-            FirewallApply.objects.filter(pk=current.pk).update(
-                document=doc, fingerprint=nft.fingerprint(nft.list_tables(_table())),
-                **({"drift_seen_at": now} if drift else {}))  # fmt: skip
+    _refresh(host, current, drift=drift, now=now)
     return CheckResult(host=host.name, rolled_back=rolled, drift=drift, repaired=drift)
+
+
+def _refresh(host: Host, current: FirewallApply, *, drift: bool = False, now=None, why: str = "") -> bool:
+    """Load `current`'s policy again with today's interfaces and quarantines if that changes
+    the document (or our tables drifted). True when it loaded."""
+    doc = _document(host, current.spec)
+    if not drift and doc == current.document:
+        return False
+    action = "network.firewall.repair" if drift else "network.firewall.refresh"
+    params = {"apply": current.pk, **({"why": why} if why else {})}
+    with audited(actor=None, action=action, target=host, params=params):
+        nft.load(doc)
+        FirewallApply.objects.filter(pk=current.pk).update(
+            document=doc, fingerprint=nft.fingerprint(nft.list_tables(_table())),
+            **({"drift_seen_at": now or timezone.now()} if drift else {}))  # fmt: skip
+    return True
+
+
+# lifecycle events after which a VM's interfaces may be new to the firewall
+REFRESH_ON = frozenset({"found", "defined", "started", "resumed"})
+
+
+def firewall_on_domain_event(host: Host, vm: VirtualMachine, kind: str) -> bool:
+    """The state collector's hook after a lifecycle event (apps.vms.collector.AFTER_DOMAIN_REFRESH):
+    a VM defined or started outside the portal gets its zone's rules at once, not at the next
+    periodic check. Only the host's current policy is loaded again (never unconfirmed edits),
+    and only when the VM's interfaces change the document. True when it loaded."""
+    if kind not in REFRESH_ON:
+        return False
+    current = _current(host)
+    if current is None:  # the portal does not manage this host's firewall
+        return False
+    return _refresh(host, current, why=f"{vm.name} {kind}")
 
 
 def firewall_restore(host: Host) -> bool:

@@ -14,6 +14,7 @@ from apps.core.errors import Conflict, InvalidInput
 from apps.core.gateways import libvirt as gw
 from apps.core.models import Host, Job
 from apps.vms.collector import interfaces_refresh
+from apps.vms.history import revision_capture
 from apps.vms.models import VmInterface
 
 from ..models import FirewallRule, Zone
@@ -75,13 +76,16 @@ def _run_zone_create(job: Job, progress: jobs.Progress) -> dict:
 
 
 def zone_edit(*, actor, zone: Zone, description: str, policy_in: str, policy_out: str, host_access: bool,
-              uplink: str = "") -> Zone:  # fmt: skip
-    """Description and policy (enforced by the next apply). Name, bridge and network stay."""
-    params = {"policy_in": policy_in, "policy_out": policy_out, "host_access": host_access, "uplink": uplink}
+              uplink: str = "", host_services: list[str] | None = None) -> Zone:  # fmt: skip
+    """Description and policy (enforced by the next apply). Name, bridge and network stay.
+    host_services: with host access, only these services of the host (None: unchanged)."""
+    host_services = sorted(zone.host_services if host_services is None else host_services)
+    params = {"policy_in": policy_in, "policy_out": policy_out, "host_access": host_access, "uplink": uplink,
+              "host_services": host_services}  # fmt: skip
     with audited(actor=actor, action="network.zone.edit", target=zone, obj=zone.host, perm="network.zones",
                  params=params, atomic=True):  # fmt: skip
         zone.description, zone.policy_in, zone.policy_out = description, policy_in, policy_out
-        zone.host_access, zone.uplink = host_access, uplink
+        zone.host_access, zone.uplink, zone.host_services = host_access, uplink, host_services
         try:
             zone.full_clean()
         except ValidationError as exc:
@@ -147,6 +151,7 @@ now (moved live, or the VM is off), False when a running VM moves at its next st
         moving = [n for n in nics if n.network in zone_networks] or nics
         live = [gw.domain_interface_set_network(vm.host.uri, vm.name, n.mac, zone.network_name) for n in moving]
         moved_live = all(live)
+        revision_capture(vm=vm, actor=actor, reason="network.vm.move")  # configuration history
         running = gw.domain_state(vm.host.uri, vm.name) != "shut off"
         VirtualMachine.objects.filter(pk=vm.pk).update(zone=zone.name)
         vm.zone = zone.name

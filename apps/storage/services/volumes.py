@@ -15,6 +15,7 @@ from apps.core.errors import Conflict, InvalidInput, NotFound
 from apps.core.gateways import libvirt as gw
 from apps.core.models import Host, Job
 from apps.core.validators import validate_name
+from apps.vms.history import revision_capture
 from apps.vms.models import VirtualMachine
 
 from ..disks import vm_disks
@@ -174,6 +175,7 @@ def _run_volume_create(job: Job, progress: jobs.Progress) -> dict:
             progress(50, f"{name} already exists")  # re-delivered job
         progress(70, f"attaching {name} to {vm.name}")
         target = gw.domain_disk_attach(uri, vm.name, vol.path)
+    revision_capture(vm=vm, actor=jobs.job_actor(job), reason=job.kind)  # configuration history
     storage_collect(vm.host)  # the pages show the change at once
     return {"volume": name, "pool": pool, "target": target, "capacity": vol.capacity}
 
@@ -267,6 +269,7 @@ def _run_volume_delete(job: Job, progress: jobs.Progress) -> dict:
         raise Conflict(f"{vm.name} was started meanwhile; the disk was not deleted.")
     progress(20, f"detaching {job.params['target']} from {vm.name}")
     gw.domain_disk_detach(uri, vm.name, path)  # no-op when already detached (re-delivered job)
+    revision_capture(vm=vm, actor=jobs.job_actor(job), reason=job.kind)  # configuration history
     if gw.volume_find(uri, pool, name) is not None:
         progress(60, f"deleting {name} from {pool}")
         gw.volume_delete(uri, pool, name)

@@ -118,3 +118,24 @@ def test_a_new_vm_gets_its_zone_policy_at_the_next_check_but_unapplied_edits_wai
     assert AuditEvent.objects.filter(action="network.firewall.refresh", outcome="success").exists()
     assert not lab.a.probe("tcp", lab.b.ipv4, 9090), "the rule added since the apply waits for an apply"
     assert not services.firewall_check(zone.host).drift
+
+
+def test_host_services_are_edited_checked_and_compiled(host, admin):
+    from apps.network.forms import ZoneEditForm
+
+    zone = Zone.objects.create(host=host, name=f"hs-{uuid.uuid4().hex[:6]}", kind="secure", bridge="nohs0",
+                               network_name=f"hsnet-{uuid.uuid4().hex[:6]}", host_access=True)  # fmt: skip
+    data = {"description": "", "policy_in": "drop", "policy_out": "accept", "host_access": True, "uplink": ""}
+    bad = ZoneEditForm({**data, "host_services": ["ssh", "telnet"]})
+    assert not bad.is_valid() and "telnet" in str(bad.errors)
+    form = ZoneEditForm({**data, "host_services": ["ssh", "dns"]})
+    assert form.is_valid(), form.errors
+    services.zone_edit(actor=admin, zone=zone, **form.cleaned_data)
+    zone.refresh_from_db()
+    assert zone.host_services == ["dns", "ssh"]
+    assert AuditEvent.objects.get(action="network.zone.edit").params["host_services"] == ["dns", "ssh"]
+    ruleset = services.firewall.build_ruleset(host)
+    (spec,) = [z for z in ruleset.zones if z.id == zone.pk]
+    assert spec.host_services == (("dns", "udp", 53), ("dns", "tcp", 53), ("ssh", "tcp", 22))
+    preview = services.firewall_preview(actor=admin, host=host)  # rendered by the kernel in a scratch namespace
+    assert any(f"zone{zone.pk}-host" in ln and "host ssh" in ln for ln in preview.new), preview.new

@@ -70,3 +70,25 @@ def test_zone_page_and_quarantine_marks(client, operator, viewer, host):
     VirtualMachine.objects.filter(pk=vm.pk).update(zone="somewhere-else")  # defined outside the portal
     page = client.get(reverse("network:vm", args=[host.name, vm.name])).content.decode()
     assert 'data-testid="zone-problem"' in page and "somewhere-else" in page
+
+
+def test_the_quarantine_page_enqueues_a_job_and_shows_it(client, operator, host, monkeypatch):
+    from apps.core import jobs
+
+    monkeypatch.setattr(jobs, "_send", lambda job_id: None)  # nothing runs: the request only asks
+    zone, vm = make_zone_vm(host)
+    client.force_login(operator)
+    reauthenticate(client)
+    url = reverse("network:quarantine", args=[host.name, vm.name])
+    response = client.post(url, {"reason": "beaconing", "confirm": "yes"})
+    job = jobs.Job.objects.get(kind="network.vm.quarantine", target_id=str(vm.pk))
+    assert response.status_code == 302 and response["Location"].endswith(f"?job={job.pk}")
+    assert job.state == "queued" and job.params["reason"] == "beaconing"
+    assert job.params["incident"].startswith("incident-")
+    assert not Quarantine.objects.filter(vm=vm).exists()
+    assert AuditEvent.objects.filter(action="network.vm.quarantine", outcome="requested", job_id=job.pk).exists()
+    page = client.get(response["Location"]).content.decode()
+    assert f'data-job="{job.pk}"' in page
+    again = client.post(url, {"reason": "again", "confirm": "yes"})
+    assert again.status_code == 409  # already being quarantined
+    assert jobs.Job.objects.filter(kind="network.vm.quarantine", target_id=str(vm.pk)).count() == 1

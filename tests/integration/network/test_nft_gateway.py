@@ -83,6 +83,24 @@ def test_a_refused_document_changes_nothing(nft_table):
     assert nft.normalize(nft.list_ruleset()) == nft.normalize(before)
 
 
+def test_a_batch_the_kernel_refuses_half_way_changes_nothing(nft_table):
+    """No `nft -c` pass before a load: its atomicity is what keeps a bad apply harmless. The
+    document deletes our tables, builds new ones, and ends with a jump loop that only the
+    kernel detects (ELOOP, at the last rule): the old tables must still run, unchanged."""
+    ok = compile_ruleset(Ruleset(table=nft_table, zones=[ZoneSpec(id=1, name="z", kind="untrusted", bridge="nobr2")]))
+    nft.load(ok)
+    before = nft.list_tables(nft_table)  # ours only: other runs change the host's ruleset meanwhile
+    bad = compile_ruleset(Ruleset(table=nft_table, zones=[ZoneSpec(id=2, name="y", kind="secure", bridge="nobr3")]))
+    loop = [{"add": {"chain": {"family": "inet", "table": nft_table, "name": c}}} for c in ("la", "lb")]
+    loop += [{"add": {"rule": {"family": "inet", "table": nft_table, "chain": a, "expr": [{"jump": {"target": b}}]}}}
+             for a, b in (("input", "la"), ("la", "lb"), ("lb", "la"))]  # fmt: skip
+    bad["nftables"] += loop
+    with pytest.raises(InvalidInput, match="nothing was changed"):
+        nft.load(bad)
+    after = nft.list_tables(nft_table)
+    assert after and nft.normalize(after) == nft.normalize(before)
+
+
 def test_render_predicts_the_listing_and_drift_changes_the_fingerprint(nft_table):
     doc = compile_ruleset(Ruleset(table=nft_table, zones=[ZoneSpec(id=1, name="z", kind="secure", bridge="nobr1",
                                                                    host_access=True)]))  # fmt: skip
@@ -94,3 +112,53 @@ def test_render_predicts_the_listing_and_drift_changes_the_fingerprint(nft_table
     assert nft.fingerprint(nft.list_tables(nft_table)) != nft.fingerprint(predicted)
     nft.delete_tables(nft_table)
     assert nft.list_tables(nft_table) == []
+
+
+def test_a_zone_reaches_only_the_host_services_it_lists():
+    """A host of its own (a network namespace with the zone's bridge and an address on it)
+    and a guest on the bridge: with host services ssh and ping, the guest reaches the host's
+    port 22 and gets a ping answered, but not port 80; without host access, nothing."""
+    import subprocess
+    import sys
+    import uuid
+
+    from .conftest import PROBE, Guest, sh
+
+    tag = uuid.uuid4().hex[:6]
+    hostns, guestns, bridge, table = f"phh-{tag}", f"phg-{tag}", f"hb{tag}", f"pfw_{tag}"
+    server = None
+    try:
+        for ns in (hostns, guestns):
+            sh("ip", "netns", "add", ns)
+        sh("ip", "-n", hostns, "link", "add", bridge, "type", "bridge")
+        sh("ip", "-n", hostns, "link", "add", f"hv{tag}", "type", "veth", "peer", "name", "eth0", "netns", guestns)
+        sh("ip", "-n", hostns, "link", "set", f"hv{tag}", "master", bridge, "up")
+        sh("ip", "-n", hostns, "addr", "add", "198.51.100.1/24", "dev", bridge)
+        sh("ip", "-n", hostns, "link", "set", bridge, "up")
+        sh("ip", "-n", guestns, "addr", "add", "198.51.100.2/24", "dev", "eth0")
+        sh("ip", "-n", guestns, "link", "set", "eth0", "up")
+        mac = sh("ip", "netns", "exec", guestns, "cat", "/sys/class/net/eth0/address").stdout.strip()
+        guest = Guest(ns=guestns, mac=mac, ipv4="198.51.100.2", ipv6="")
+        server = subprocess.Popen(["ip", "netns", "exec", hostns, sys.executable, PROBE, "serve", "22", "80"],
+                                  stdout=subprocess.PIPE, text=True)  # fmt: skip
+        assert server.stdout.readline().strip() == "ready"
+        assert guest.probe("tcp", "198.51.100.1", 80)  # no table yet: the host answers
+
+        def load(**zone):
+            z = ZoneSpec(id=1, name="sec", kind="secure", bridge=bridge, policy_out="accept", **zone)
+            vm = VmSpec(id=1, name="g", zone_id=1, macs=(mac,))
+            nft.load(compile_ruleset(Ruleset(table=table, zones=[z], vms=[vm])), netns=hostns)
+
+        load(host_access=True)  # no list: the whole host (its replies pass the VM's inbound drop)
+        assert guest.probe("tcp", "198.51.100.1", 80) and guest.probe("tcp", "198.51.100.1", 22)
+        load(host_access=True, host_services=(("ssh", "tcp", 22), ("ping", "icmp", 0)))
+        assert guest.probe("tcp", "198.51.100.1", 22) and guest.probe("ping", "198.51.100.1")
+        assert not guest.probe("tcp", "198.51.100.1", 80)
+        load(host_access=False)
+        assert not guest.probe("tcp", "198.51.100.1", 22) and not guest.probe("ping", "198.51.100.1")
+    finally:
+        if server is not None:
+            server.kill()
+            server.wait(timeout=10)
+        for ns in (guestns, hostns):
+            sh("ip", "netns", "del", ns, check=False)

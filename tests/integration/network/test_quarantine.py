@@ -8,6 +8,7 @@ import pytest
 from django.core.exceptions import PermissionDenied
 
 from apps.audit.models import AuditEvent
+from apps.core import jobs
 from apps.core.errors import Conflict, InvalidInput
 from apps.core.gateways import libvirt as gw
 from apps.core.gateways import nft
@@ -48,7 +49,16 @@ def test_quarantine_release_and_move(vm, operator, viewer, nft_table, test_netwo
     Zone.objects.create(host=vm.host, name="qzone", kind="secure", bridge=bridge, network_name=test_network,
                         policy_out="accept", host_access=True)  # fmt: skip
     services.firewall_apply(actor=operator, host=vm.host, confirm_seconds=0)
-    q = services.vm_quarantine(actor=operator, vm=vm, reason="beaconing")
+    job = services.vm_quarantine(actor=operator, vm=vm, reason="beaconing")
+    assert job.kind == "network.vm.quarantine" and job.state == "queued"  # the request only asks
+    assert gw.domain_state(vm.host.uri, vm.name) == "running"
+    with pytest.raises(Conflict, match="already being quarantined"):
+        services.vm_quarantine(actor=operator, vm=vm)
+    job = jobs.job_run(job.pk, worker="pytest")  # what the worker does
+    assert job.state == "succeeded", job.error
+    assert job.progress == 100 and any("forensic snapshot" in line["msg"] for line in job.log), job.log
+    q = Quarantine.objects.get(incident_id=job.params["incident"])
+    assert job.result["incident"] == q.incident_id and all(job.result["held"].values())
     assert [s["step"] for s in q.steps if s["ok"]] == ["links", "firewall", "suspend", "snapshot", "alert"], q.steps
     info = gw.domain_get(vm.host.uri, vm.name)
     assert info.state == "paused"

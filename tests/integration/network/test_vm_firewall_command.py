@@ -71,3 +71,18 @@ def test_bad_zone_input_is_refused_and_audited(host, admin):
         run("--as", admin.username, "zone", "create", "vpn1", "--kind", "vpn-only")
     assert AuditEvent.objects.filter(action="network.zone.create", outcome="failed").count() == 2
     assert not Zone.objects.exists()
+
+
+def test_quarantine_is_a_job_the_command_starts(host, operator, monkeypatch):
+    from django.utils import timezone
+
+    from apps.vms.models import VirtualMachine
+
+    monkeypatch.setattr(jobs, "_send", lambda job_id: None)  # no worker: the command only asks
+    vm = VirtualMachine.objects.create(host=host, uuid=uuid.uuid4(), name=f"q{uuid.uuid4().hex[:6]}",
+                                       last_seen=timezone.now())  # fmt: skip
+    out = run("--as", operator.username, "quarantine", vm.name, "--reason", "beaconing", "--no-wait")
+    job = jobs.Job.objects.get(kind="network.vm.quarantine", target_id=str(vm.pk))
+    assert job.state == "queued" and job.params["incident"] in out and f"job {job.pk}" in out
+    with pytest.raises(CommandError, match="already being quarantined"):
+        run("--as", operator.username, "quarantine", vm.name, "--no-wait")

@@ -75,6 +75,7 @@ from .domains import (
     domain_suspend,
     domain_undefine,
     domain_xml_defined,
+    domain_xml_defined_all,
     domain_xml_live,
 )
 from .events import DomainEvent, DomainWatch, domain_watch
@@ -193,6 +194,7 @@ __all__ = [
     "domain_watch",
     "domain_xml",
     "domain_xml_defined",
+    "domain_xml_defined_all",
     "domain_xml_live",
     "host_domain_capabilities",
     "host_qemu_identity",

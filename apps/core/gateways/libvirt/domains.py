@@ -477,6 +477,18 @@ def domain_xml_defined(uri: str, name: str) -> str:
     return connection.call(uri, name, lambda conn: conn.lookupByName(name).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
 
 
+def domain_xml_defined_all(uri: str) -> dict[str, str]:
+    """The persistent definition of every persistent domain of the host, by UUID (one
+    XMLDesc per domain; the configuration history compares them at each bulk read)."""
+
+    def _read(conn):
+        doms = conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_PERSISTENT)
+        inactive = libvirt.VIR_DOMAIN_XML_INACTIVE
+        return dict(connection.read_present(doms, lambda d: (d.UUIDString(), d.XMLDesc(inactive))))
+
+    return connection.call(uri, "read definitions", _read)
+
+
 def domain_xml_live(uri: str, name: str) -> str:
     """The domain's current definition (a running guest's disks as QEMU uses them)."""
     return connection.call(uri, name, lambda conn: conn.lookupByName(name).XMLDesc(0))

@@ -10,6 +10,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from apps.audit.services import refused
 from apps.core.errors import NotFound, PortalError
+from apps.core.management.follow import follow_job
 from apps.core.models import Host
 from apps.core.validators import validate_name
 from apps.network import services
@@ -49,9 +50,12 @@ class Command(BaseCommand):
         p = sub.add_parser("move", help="move VM to ZONE (interfaces re-attached, zone label changed)")
         p.add_argument("vm")
         p.add_argument("zone")
-        p = sub.add_parser("quarantine", help="isolate VM: links down, traffic dropped, suspended, snapshot")
+        p = sub.add_parser("quarantine", help="isolate VM: links down, traffic dropped, suspended, snapshot (a job, "
+                                              "followed until it ends)")  # fmt: skip
         p.add_argument("vm")
         p.add_argument("--reason", default="")
+        p.add_argument("--no-wait", action="store_true", help="queue the job and return")
+        p.add_argument("--timeout", type=float, default=600, help="seconds to follow the job")
         p = sub.add_parser("release", help="end VM's quarantine (needs --reason)")
         p.add_argument("vm")
         p.add_argument("--reason", required=True)
@@ -70,6 +74,8 @@ class Command(BaseCommand):
         for opt in ("description", "uplink", "policy-in", "policy-out"):
             p.add_argument(f"--{opt}", default=None)
         p.add_argument("--host-access", choices=["yes", "no"], default=None)
+        p.add_argument("--host-services", default=None, help="with host access, only these (comma separated: "
+                                                             "ssh,dns,dhcp,ntp,http,https,ping; '' for every one)")
         p = z.add_parser("delete")
         p.add_argument("name")
         p.add_argument("--yes", action="store_true", help="confirm")
@@ -105,8 +111,8 @@ class Command(BaseCommand):
                 return self.stdout.write(f"{vm.name} moved to zone {zone.name}" + (
                     "" if now else "; its running interfaces move at its next start"))  # fmt: skip
             if verb == "quarantine":
-                q = services.vm_quarantine(actor=actor, vm=vm, reason=o["reason"])
-                return self._steps(q)
+                job = services.vm_quarantine(actor=actor, vm=vm, reason=o["reason"])
+                return self._follow_quarantine(job, o)
             if verb == "release":
                 form = ReleaseForm({"reason": o["reason"]})
                 if not form.is_valid():
@@ -186,6 +192,16 @@ class Command(BaseCommand):
         self.stdout.write(f"apply #{a.pk} loaded: run `vm_firewall confirm {a.pk}` before {a.deadline:%H:%M:%S} "
                           "or it rolls back")  # fmt: skip
 
+    def _follow_quarantine(self, job, o):
+        self.stdout.write(f"incident {job.params['incident']}")
+        problem = follow_job(self, job, no_wait=o["no_wait"], timeout=o["timeout"])
+        if o["no_wait"]:
+            return
+        q = Quarantine.objects.filter(incident_id=job.params["incident"]).first()
+        if q is None:
+            raise CommandError(problem or f"job {job.pk} {job.state}")
+        self._steps(q)
+
     def _steps(self, q):
         self.stdout.write(f"incident {q.incident_id}")
         for s in q.steps:
@@ -199,7 +215,7 @@ class Command(BaseCommand):
             for z in Zone.objects.filter(host=host):
                 self.stdout.write(f"{z.name:<20} {z.kind:<10} bridge={z.bridge} network={z.network_name} "
                                   f"({z.network_state}) in={z.policy_in} out={z.policy_out} "
-                                  f"host={'yes' if z.host_access else 'no'} {z.description}")  # fmt: skip
+                                  f"host={_host_access(z)} {z.description}")  # fmt: skip
             return
         if verb == "create":
             data = {k.replace("-", "_"): o.get(k.replace("-", "_")) for k in
@@ -221,7 +237,9 @@ class Command(BaseCommand):
             data = {"description": zone.description if o["description"] is None else o["description"],
                     "uplink": zone.uplink if o["uplink"] is None else o["uplink"],
                     "policy_in": o["policy_in"] or zone.policy_in, "policy_out": o["policy_out"] or zone.policy_out,
-                    "host_access": zone.host_access if o["host_access"] is None else o["host_access"] == "yes"}
+                    "host_access": zone.host_access if o["host_access"] is None else o["host_access"] == "yes",
+                    "host_services": zone.host_services if o["host_services"] is None else
+                    [s.strip() for s in o["host_services"].split(",") if s.strip()]}  # fmt: skip
             form = ZoneEditForm(data)
             if not form.is_valid():
                 refused(actor=actor, action="network.zone.edit", target=zone, obj=host, perm="network.zones",
@@ -232,6 +250,12 @@ class Command(BaseCommand):
         if verb == "delete":
             job = services.zone_delete(actor=actor, zone=zone, confirmed=o["yes"])
             return self.stdout.write(f"zone {o['name']} deleted; job #{job.pk} removes its network")
+
+
+def _host_access(zone) -> str:
+    if not zone.host_access:
+        return "no"
+    return ",".join(zone.host_services) if zone.host_services else "yes"
 
 
 def _may_view(actor, rule) -> bool:
