@@ -17,3 +17,14 @@ document.addEventListener("htmx:afterSwap", function () {
     setTimeout(function () { t.remove(); }, 8000);
   });
 });
+// A page script the browser could not fetch (a network error, or a module file of it) would
+// leave the page waiting for it forever: say so where the script would have reported
+// (the element named by the script's data-fails-into), with how to recover.
+document.addEventListener("error", function (event) {
+  const el = event.target;
+  if (!(el instanceof HTMLScriptElement) || !el.dataset.failsInto) return;
+  const target = document.getElementById(el.dataset.failsInto);
+  if (!target) return;
+  target.textContent = "This page's script (" + el.src + ") did not load. Reload the page to try again.";
+  target.dataset.state = "failed";
+}, true);

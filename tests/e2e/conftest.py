@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,35 @@ DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
 SCREENSHOTS = ROOT / "var" / "e2e-screenshots"
 TIMEOUT_MS = 30_000  # generous waits, never a timed assertion
+
+# Chromium fails every request still waiting for a connection when the host's IP addresses
+# change (net::ERR_NETWORK_CHANGED): on this host a VM's tap interface getting its IPv6
+# link-local address, ~1-2 s after the VM starts. That is the machine, not the page: such a
+# "Failed to load resource" is kept in the page log (page_log) but is not a browser problem;
+# the page must still recover (or say what failed), which the test's own checks see.
+_NETWORK_CHANGED = re.compile(r"net::ERR_NETWORK_CHANGED")
+IFA_F_TENTATIVE = 0x40
+SETTLE_SECONDS = 10
+
+
+def tentative_ipv6_addresses() -> list[str]:
+    """Interfaces of this host whose IPv6 address is still in duplicate address detection
+    (/proc/net/if_inet6: address, index, prefix length, scope, flags, name)."""
+    try:
+        lines = Path("/proc/net/if_inet6").read_text().splitlines()
+    except OSError:  # no IPv6 here: nothing will change
+        return []
+    return [f[5] for f in (line.split() for line in lines) if len(f) == 6 and int(f[4], 16) & IFA_F_TENTATIVE]
+
+
+def wait_for_settled_network(timeout: float = SETTLE_SECONDS) -> None:
+    """Wait (at most `timeout` s, then go on) until no IPv6 address of the host is
+    tentative: the kernel announces it once detection ends, and Chromium then drops the
+    page's queued requests with net::ERR_NETWORK_CHANGED."""
+    deadline = time.monotonic() + timeout
+    while tentative_ipv6_addresses() and time.monotonic() < deadline:
+        time.sleep(0.1)
+
 
 # Chromium reports CSP violations on the console; this makes sure each one is reported
 # even where Chromium would stay quiet (e.g. report-only or a swallowed eval).
@@ -74,6 +104,14 @@ def browser() -> Browser:
             os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = before
 
 
+@pytest.fixture
+def vm(vm):
+    """The running VM of tests/conftest.py, once its tap interface has its IPv6 address
+    (see wait_for_settled_network): the browser's requests are not cut by it."""
+    wait_for_settled_network()
+    return vm
+
+
 class BrowserProblems(list):
     """Console errors, CSP violations and uncaught exceptions seen by a test's pages."""
 
@@ -107,7 +145,7 @@ def new_page(browser, live_server, browser_problems):
         page = context.new_page()
 
         def on_console(msg):
-            if msg.type == "error":
+            if msg.type == "error" and not _NETWORK_CHANGED.search(msg.text):
                 loc = msg.location or {}
                 browser_problems.append(f"console error on {page.url}: {msg.text} ({loc.get('url', '')})")
 
@@ -117,6 +155,7 @@ def new_page(browser, live_server, browser_problems):
         page.on("request", lambda r: pending.add(r))
         page.on("requestfinished", lambda r: pending.discard(r))
         page.on("requestfailed", lambda r: pending.discard(r))
+        _PAGE_LOGS[page] = PageLog(page, pending)
         pages.append((page, pending))
         return page
 
@@ -138,6 +177,47 @@ def new_page(browser, live_server, browser_problems):
             page.wait_for_timeout(50)
     for context in contexts:
         context.close()
+    for page, _pending in pages:
+        _PAGE_LOGS.pop(page, None)
+
+
+class PageLog:
+    """What one page did, for the message of a failing test: its console messages, its
+    requests (status, or the reason they failed) and those still unanswered."""
+
+    LIMIT = 200
+
+    def __init__(self, page: Page, pending: set):
+        self.start = time.monotonic()
+        self.lines: list[str] = []
+        self.pending = pending
+        page.on("console", lambda m: self._add(f"console {m.type}: {m.text}"))
+        page.on("pageerror", lambda exc: self._add(f"uncaught exception: {exc}"))
+        page.on("response", lambda r: self._add(f"{r.status} {r.request.method} {r.url}"))
+        page.on("requestfailed", lambda r: self._add(f"FAILED {r.method} {r.url}: {r.failure}"))
+        page.on("websocket", self._websocket)
+
+    def _add(self, line: str) -> None:
+        if len(self.lines) < self.LIMIT:
+            self.lines.append(f"{time.monotonic() - self.start:7.2f}s {line}")
+
+    def _websocket(self, ws) -> None:
+        self._add(f"websocket open {ws.url.split('?', 1)[0]}")
+        ws.on("socketerror", lambda err: self._add(f"websocket error: {err}"))
+        ws.on("close", lambda _ws: self._add("websocket closed"))
+
+    def report(self) -> str:
+        waiting = [f"{r.method} {r.url}" for r in list(self.pending)]
+        return "\n    ".join(["page log:", *self.lines, f"requests still unanswered: {waiting or 'none'}"])
+
+
+_PAGE_LOGS: dict = {}
+
+
+def page_log(page: Page) -> str:
+    """The page's console messages and network requests so far (see PageLog)."""
+    log = _PAGE_LOGS.get(page)
+    return log.report() if log else "no page log"
 
 
 @pytest.fixture
