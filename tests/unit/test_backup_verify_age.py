@@ -69,3 +69,26 @@ def test_the_policy_that_covers_a_vm_sets_how_old_its_verification_may_be(client
     allowed = selectors.verify_max_age_days(VirtualMachine.objects.order_by("name"))
     assert allowed == {verified_three_days_ago["relaxed"][0].pk: 30, strict_vm.pk: 2}
     assert _overdue(admin, client) == {"strict": True, "relaxed": False}
+
+
+@pytest.mark.django_db
+def test_beat_runs_the_backup_and_posture_tasks(host, settings, verified_three_days_ago):
+    """The beat entries name real tasks with their intervals; their bodies run here: the
+    verification task queues the verification the strict policy asks for."""
+    from django.utils.module_loading import import_string
+
+    schedule = settings.CELERY_BEAT_SCHEDULE
+    assert schedule["backups-due"]["schedule"] == float(settings.BACKUP_DUE_CHECK_INTERVAL)
+    assert schedule["backups-verify-due"]["schedule"] == 3600.0
+    assert schedule["monitoring-posture-check"]["schedule"] == float(settings.POSTURE_CHECK_INTERVAL)
+    assert schedule["monitoring-worker-heartbeat"]["schedule"] == 60.0
+    for entry in ("backups-due", "monitoring-posture-check", "monitoring-worker-heartbeat"):
+        assert callable(import_string(schedule[entry]["task"]).apply)
+    assert import_string(schedule["backups-due"]["task"]).apply().get() == 0  # no policy: nothing due
+    BackupPolicy.objects.create(name="gold", selector="zone", zone="gold", destination="/var/backups/x",
+                                verify_max_age_days=2)  # fmt: skip
+    assert import_string(schedule["backups-verify-due"]["task"]).apply().get() == 1
+    from apps.core.models import Job
+
+    (job,) = Job.objects.filter(kind="backups.run.verify")
+    assert job.params["run"] == verified_three_days_ago["strict"][1].pk
