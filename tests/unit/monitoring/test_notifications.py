@@ -217,3 +217,19 @@ def test_every_kind_of_alert_reaches_the_signed_webhook_and_alertmanager_through
     assert sorted((e.params["source"], e.params["channel"]) for e in rows) == sorted(
         (s, c) for s in sources for c in ("webhook", "alertmanager")
     )
+
+
+@pytest.mark.django_db
+def test_a_delivery_that_failed_is_shown_on_the_security_page(client, host, operator, settings):
+    from django.urls import reverse
+
+    settings.NOTIFY_WEBHOOK_URL = f"http://127.0.0.1:{closed_port()}/hook"
+    settings.NOTIFY_TIMEOUT = 2
+    client.force_login(operator)
+    assert 'data-testid="failed-deliveries"' not in client.get(reverse("monitoring:security")).content.decode()
+    assert notifications.deliver("webhook", notifications.asdict(notice()), attempts=2, pause=0) is False
+    page = client.get(reverse("monitoring:security")).content.decode()
+    shown = page[page.index('data-testid="failed-deliveries"'):]
+    shown = shown[: shown.index("</ul>")]
+    assert "PortalPostureCheckFailing: ssh.key_only on local" in shown and "(2 attempts," in shown
+    assert deliveries()[-1].error.split(":")[0] in shown  # the reason, as audited
