@@ -50,19 +50,20 @@ ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
 _CACHE_ATTR = "_portal_assignments"
 
 
-def _assignments(user) -> list[RoleAssignment]:
+def _assignments(user) -> list:  # rows with .role, .scope, .host_id, .zone, .vm_id
     if user is None or not user.is_authenticated or not user.is_active:
         return []
     cached = getattr(user, _CACHE_ATTR, None)
     if cached is None:
         # unordered: the model's default ordering would join the user table for nothing
+        # plain rows (role, scope, host_id, zone, vm_id), read by attribute: no model objects
         assignments = RoleAssignment.objects.filter(user_id=user.pk).order_by()
-        cached = list(assignments.only("role", "scope", "host_id", "zone", "vm_id"))
+        cached = list(assignments.values_list("role", "scope", "host_id", "zone", "vm_id", named=True))
         setattr(user, _CACHE_ATTR, cached)
     return cached
 
 
-def assignments(user) -> list[RoleAssignment]:
+def assignments(user) -> list:
     """The user's role assignments (cached for the request, like every check here)."""
     return _assignments(user)
 
@@ -73,7 +74,7 @@ def forget(user) -> None:
         delattr(user, _CACHE_ATTR)
 
 
-def _covers(assignment: RoleAssignment, obj) -> bool:
+def _covers(assignment, obj) -> bool:
     if assignment.scope == Scope.GLOBAL:
         return True
     if obj is None:

@@ -52,7 +52,18 @@ class AuditEvent(models.Model):
 
     class Meta:
         ordering = ["-id"]
-        indexes = [models.Index(fields=["actor_name", "created_at"])]
+        # The log pages read newest first by (created_at, id) from a cursor (keyset), alone
+        # or under one of the common filters; each such read walks one of these indexes.
+        indexes = [
+            models.Index(fields=["created_at", "id"], name="audit_time_id_idx"),
+            models.Index(fields=["actor_name", "created_at", "id"], name="audit_actor_time_idx"),
+            models.Index(fields=["target_name", "created_at", "id"], name="audit_target_time_idx"),
+            models.Index(fields=["source_ip", "created_at", "id"], name="audit_ip_time_idx"),
+            models.Index(fields=["target_type", "target_id"], name="audit_target_ref_idx"),
+            models.Index(fields=["request_id"], name="audit_request_idx"),
+        ]
+        # action prefix (LIKE 'encryption.%'): `action` has db_index, for which Django also
+        # builds a varchar_pattern_ops index on PostgreSQL (any collation)
 
     def __str__(self):
         return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.actor_name} {self.action} {self.outcome}"

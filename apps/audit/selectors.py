@@ -1,19 +1,246 @@
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import NamedTuple
+
+from django.db import connection
+from django.db.models import BooleanField, CharField, F, Q, TextField
+from django.db.models.expressions import RawSQL
+from django.db.models.functions import Cast
+from django.http import Http404
+
 from apps.accounts.permissions import require
+from apps.core.models import Job
 
 from .models import AuditEvent
 
 
-def events_filtered(user, params):
-    """The audit log, filtered. It names every user, address and host: only a global audit
-    role reads it (an auditor scoped to one host or zone does not)."""
+@dataclass(frozen=True)
+class EventFilters:
+    """What the audit log page narrows to; every field optional."""
+
+    actor: str | None = None  # the actor's name, exact
+    action: str | None = None  # a prefix: "encryption." or a whole action
+    target: str | None = None  # the target's name, exact
+    q: str | None = None  # words in the target's name
+    host: str | None = None  # events about the host of that name or about its VMs
+    vm: str | None = None  # events about VMs of that name
+    outcome: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    ip: str | None = None  # the client's address
+
+    def apply(self, qs):
+        if self.actor:
+            qs = qs.filter(actor_name=self.actor)
+        if self.action:
+            qs = qs.filter(action__startswith=self.action)
+        if self.target:
+            qs = qs.filter(target_name=self.target)
+        if self.q:
+            qs = qs.filter(target_name__icontains=self.q)
+        if self.host:
+            from apps.vms.models import VirtualMachine
+
+            vm_ids = VirtualMachine.objects.filter(host__name=self.host).order_by()
+            vm_ids = vm_ids.annotate(text_id=Cast("id", CharField())).values("text_id")
+            qs = qs.filter(Q(target_type="host", target_name=self.host)
+                           | Q(target_type="virtualmachine", target_id__in=vm_ids))  # fmt: skip
+        if self.vm:
+            qs = qs.filter(target_type="virtualmachine", target_name=self.vm)
+        if self.outcome:
+            qs = qs.filter(outcome=self.outcome)
+        if self.since:
+            qs = qs.filter(created_at__gte=self.since)
+        if self.until:
+            qs = qs.filter(created_at__lte=self.until)
+        if self.ip:
+            qs = qs.filter(source_ip=self.ip)
+        return qs
+
+    def described(self) -> dict:
+        """The filters in use, for the audit of an export."""
+        return {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in asdict(self).items() if v}
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """A position in the log, newest first: the event at a page's edge and which way to go."""
+
+    created_at: datetime
+    id: int
+    direction: str  # "older" (the next page down) or "newer"
+
+
+@dataclass
+class EventPage:
+    events: list
+    older: Cursor | None  # where the next, older page starts (None at the oldest end)
+    newer: Cursor | None  # where the previous, newer page starts (None at the newest end)
+
+
+NEWEST_FIRST = ("-created_at", "-id")
+OLDEST_FIRST = ("created_at", "id")
+# params as its stored JSON text: shown as is, so a page decodes no JSON
+ROW_FIELDS = ("id", "created_at", "actor_name", "source_ip", "action", "target_name", "outcome", "error", "params_text",
+              "job_id")  # fmt: skip
+
+
+_PARAMS_TEXT = Cast("params", TextField())
+
+
+class EventRow(NamedTuple):
+    """One line of the log page: what the table shows, read as plain values (a page reads
+    no model instances; templates use it as they would an AuditEvent)."""
+
+    id: int
+    created_at: datetime
+    actor_name: str
+    source_ip: str | None
+    action: str
+    target_name: str
+    outcome: str
+    error: str
+    params: str  # JSON text ("{}" when empty)
+    job_id: int | None
+
+    @property
+    def pk(self) -> int:
+        return self.id
+
+
+def _past(created_at, pk, op: str) -> RawSQL:
+    """(created_at, id) beyond a position, as a row comparison: PostgreSQL walks the
+    (created_at, id) index from exactly there (SQLite has row values too, since 3.15)."""
+    qn = connection.ops.quote_name
+    table = qn(AuditEvent._meta.db_table)
+    value = connection.ops.adapt_datetimefield_value(created_at)
+    sql = f"({table}.{qn('created_at')}, {table}.{qn('id')}) {op} (%s, %s)"  # names from the model, op "<" or ">"
+    return RawSQL(sql, (value, pk), output_field=BooleanField())  # noqa: S611  (values go as parameters)
+
+
+def _older_than(created_at, pk) -> RawSQL:
+    return _past(created_at, pk, "<")
+
+
+def _newer_than(created_at, pk) -> RawSQL:
+    return _past(created_at, pk, ">")
+
+
+def _readable_events(user):
+    """The audit log names every user, address and host: only a global audit role reads it
+    (an auditor scoped to one host or zone does not)."""
     require(user, "audit.view", None, action="audit.events.view")
-    qs = AuditEvent.objects.all()
-    if params.get("actor"):
-        qs = qs.filter(actor_name__iexact=params["actor"])
-    if params.get("action"):
-        qs = qs.filter(action__startswith=params["action"])
-    if params.get("outcome") in AuditEvent.Outcome.values:
-        qs = qs.filter(outcome=params["outcome"])
-    if params.get("target"):
-        qs = qs.filter(target_name__icontains=params["target"])
-    return qs
+    return AuditEvent.objects.order_by()
+
+
+def events_page(user, filters: EventFilters, *, cursor: Cursor | None = None, oldest: bool = False,
+                size: int = 50) -> EventPage:  # fmt: skip
+    """One page of the log, newest first, by keyset: a page one step from the cursor (or the
+    newest page, or with `oldest` the oldest one). One query, an index range of `size + 1`
+    rows wherever the page is: no COUNT, no OFFSET."""
+    qs = filters.apply(_readable_events(user)).annotate(params_text=_PARAMS_TEXT).values_list(*ROW_FIELDS)
+    if cursor is not None and cursor.direction == "newer":
+        qs, ascending = qs.filter(_newer_than(cursor.created_at, cursor.id)), True
+    elif cursor is not None:
+        qs, ascending = qs.filter(_older_than(cursor.created_at, cursor.id)), False
+    else:
+        ascending = oldest
+    rows = [EventRow(*r) for r in qs.order_by(*(OLDEST_FIRST if ascending else NEWEST_FIRST))[: size + 1]]
+    more = len(rows) > size
+    rows = rows[:size]
+    if ascending:
+        rows.reverse()
+    if not rows:
+        return EventPage([], None, None)
+    first, last = rows[0], rows[-1]
+    # going down (newest page, or older): a newer page exists if we came from one; an older
+    # page if the read found one more row. Going up (newer, or the oldest page): the reverse.
+    has_newer = more if ascending else cursor is not None
+    has_older = (cursor is not None and not oldest) if ascending else more
+    return EventPage(
+        rows,
+        older=Cursor(last.created_at, last.id, "older") if has_older else None,
+        newer=Cursor(first.created_at, first.id, "newer") if has_newer else None,
+    )
+
+
+EXPORT_COLUMNS = ("id", "created_at", "actor_name", "source_ip", "request_id", "action", "target_type", "target_id",
+                  "target_name", "outcome", "error", "job_id", "params")  # fmt: skip
+
+
+def events_for_export(user, filters: EventFilters, chunk_size: int = 5000) -> Iterator[list[tuple]]:
+    """Every event the filters match, newest first, as chunks of tuples (EXPORT_COLUMNS):
+    read by keyset, `chunk_size` rows per query, so memory stays flat whatever the count.
+    The time comes as ISO 8601 text and params as the stored JSON text (redacted when it
+    was written): a row is written out without parsing either."""
+    columns = ["id", "created_text", *EXPORT_COLUMNS[2:-1], "params_text"]
+    qs = filters.apply(_readable_events(user)).annotate(created_text=Cast("created_at", TextField()),
+                                                        params_text=_PARAMS_TEXT).values_list(*columns)  # fmt: skip
+    position = None
+    while True:
+        chunk = qs
+        if position is not None:
+            chunk = chunk.filter(_older_than(*position))
+        rows = [(r[0], iso_utc(r[1]), *r[2:]) for r in chunk.order_by(*NEWEST_FIRST)[:chunk_size]]
+        if not rows:
+            return
+        yield rows
+        if len(rows) < chunk_size:
+            return
+        position = (datetime.fromisoformat(rows[-1][1]), rows[-1][0])
+
+
+_TZ_SUFFIX = re.compile(r"[+-]\d\d(:\d\d)?$")
+
+
+def iso_utc(text: str) -> str:
+    """A stored time as the database prints it (PostgreSQL: `2026-01-02 03:04:05.6+00` in the
+    connection's zone, UTC; SQLite: `2026-01-02 03:04:05.600000`, UTC) as ISO 8601:
+    `2026-01-02T03:04:05.6+00:00`."""
+    text = text.replace(" ", "T", 1)
+    suffix = _TZ_SUFFIX.search(text)
+    if suffix is None:
+        return text + "+00:00"
+    return text if suffix.group(1) else text + ":00"
+
+
+@dataclass
+class EventDetail:
+    event: AuditEvent
+    job: dict | None  # JOB_FIELDS and host_name
+    same_job: list = field(default_factory=list)
+    same_request: list = field(default_factory=list)
+
+
+RELATED_LIMIT = 100
+JOB_FIELDS = ("id", "kind", "state", "target_name", "actor_name", "error", "log")
+
+
+def event_detail(user, pk: int) -> EventDetail:
+    """One event with its job (and the job's log) and the other events of the same job and
+    of the same request, oldest first (what happened around it): RELATED_LIMIT at most, both
+    lists together."""
+    found = list(_readable_events(user).filter(pk=pk)[:1])
+    if not found:
+        raise Http404("No such audit event.")
+    event = found[0]
+    detail = EventDetail(event, None)
+    if event.job_id is not None:
+        jobs = Job.objects.filter(pk=event.job_id).order_by().values(*JOB_FIELDS, host_name=F("host__name"))
+        detail.job = next(iter(jobs[:1]), None)
+    around = (Q(job_id=event.job_id) if event.job_id is not None else Q()) | (
+        Q(request_id=event.request_id) if event.request_id else Q())  # fmt: skip
+    if around:  # one read for both lists, split here (an event of both is in both)
+        related = (AuditEvent.objects.filter(around).exclude(pk=pk).annotate(params_text=_PARAMS_TEXT)
+                   .values_list(*ROW_FIELDS, "request_id").order_by(*OLDEST_FIRST)[:RELATED_LIMIT])  # fmt: skip
+        for *row, request_id in related:
+            r = EventRow(*row)
+            if event.job_id is not None and r.job_id == event.job_id:
+                detail.same_job.append(r)
+            if event.request_id and request_id == event.request_id:
+                detail.same_request.append(r)
+    return detail

@@ -72,6 +72,8 @@ EXPECTED = {
     "network:apply": ("network.change", "POST"),
     "network:confirm": ("network.change", "POST"),
     "audit:events": ("audit.view", "GET"),
+    "audit:event": ("audit.view", "GET"),
+    "audit:export": ("audit.view", "GET"),
     "reviews:report": ("access_review.view", "GET"),
     "reviews:user": ("access_review.view", "GET"),
     "reviews:vm": ("access_review.view", "GET"),
