@@ -31,8 +31,8 @@ else
   echo "== no PostgreSQL reachable: the PostgreSQL run is skipped on this machine"
 fi
 if [ -n "$PG_URL" ] && [ "${PORTAL_TEST_SQLITE_ALL:-0}" != 1 ]; then
-  echo "== suite on SQLite: its database-facing part (libvirt, worker and e2e tests ran above)"
-  env -u DATABASE_URL $PY -m pytest -m "not libvirt and not worker and not e2e" "$@" || status=$?
+  echo "== suite on SQLite: its database-facing part (libvirt, worker, e2e and slow_host_tool tests ran above)"
+  env -u DATABASE_URL $PY -m pytest -m "not libvirt and not worker and not e2e and not slow_host_tool" "$@" || status=$?
 else
   echo "== suite on SQLite"
   env -u DATABASE_URL $PY -m pytest "$@" || status=$?

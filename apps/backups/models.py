@@ -67,6 +67,14 @@ class BackupPolicy(models.Model):
     def settings_dict(self) -> dict:
         return {f: getattr(self, f) for f in self.EDITABLE}
 
+    def covers(self, vm) -> bool:
+        """Whether this policy's selector names `vm` (as backup_policy_vms selects them)."""
+        if self.selector == self.Selector.ZONE:
+            return vm.zone == self.zone
+        if self.selector == self.Selector.NAMES:
+            return vm.name in (self.vm_names or [])
+        return True
+
 
 class BackupRun(models.Model):
     """One backup of one VM. Only a `succeeded` run is a good backup: a run whose worker was

@@ -39,24 +39,38 @@ def interrupted(run: BackupRun) -> bool:
     return run.state in BackupRun.ACTIVE and run.job is not None and run.job.state in Job.FINISHED
 
 
+def verify_max_age_days(vms) -> dict[int, int]:
+    """How old (days) each VM's last successful verification may be: the strictest
+    `verify_max_age_days` of the enabled policies that cover it, BACKUP_VERIFY_MAX_AGE_DAYS
+    for a VM no policy covers. One query (the policies) whatever the number of VMs."""
+    policies = list(BackupPolicy.objects.filter(enabled=True))
+    out = {}
+    for vm in vms:
+        allowed = [p.verify_max_age_days for p in policies if p.covers(vm)]
+        out[vm.pk] = min(allowed) if allowed else settings.BACKUP_VERIFY_MAX_AGE_DAYS
+    return out
+
+
 @dataclass
 class VmBackupStatus:
     vm: VirtualMachine
     last_good: BackupRun | None
     last_verified: BackupVerification | None
     active: BackupRun | None
+    verify_max_age_days: int = 0  # what its policies allow (0: BACKUP_VERIFY_MAX_AGE_DAYS)
 
     @property
     def verification_overdue(self) -> bool:
         if self.last_verified is None:
             return True
         age = timezone.now() - self.last_verified.checked_at
-        return age > timedelta(days=settings.BACKUP_VERIFY_MAX_AGE_DAYS)
+        return age > timedelta(days=self.verify_max_age_days or settings.BACKUP_VERIFY_MAX_AGE_DAYS)
 
 
 def vm_statuses(user) -> list[VmBackupStatus]:
-    """Each visible VM with its last good backup, last successful verification and the run
-    in progress: three queries whatever the number of VMs."""
+    """Each visible VM with its last good backup, last successful verification, the run in
+    progress and the verification age its policies allow: a fixed number of queries
+    whatever the number of VMs."""
     vms = list(restrict(VirtualMachine.objects.filter(present=True).select_related("host"), user, "backups.view"))
     ids = [vm.pk for vm in vms]
     good: dict[int, BackupRun] = {}
@@ -71,7 +85,8 @@ def vm_statuses(user) -> list[VmBackupStatus]:
     for run in BackupRun.objects.filter(state__in=BackupRun.ACTIVE, vm_id__in=ids).select_related("job"):
         if not interrupted(run):
             active[run.vm_id] = run
-    return [VmBackupStatus(vm, good.get(vm.pk), verified.get(vm.pk), active.get(vm.pk)) for vm in vms]
+    allowed = verify_max_age_days(vms)
+    return [VmBackupStatus(vm, good.get(vm.pk), verified.get(vm.pk), active.get(vm.pk), allowed[vm.pk]) for vm in vms]
 
 
 def recent_runs(user, limit: int = 50) -> list[BackupRun]:
@@ -93,4 +108,4 @@ def vm_status(vm: VirtualMachine) -> VmBackupStatus:
     for run in BackupRun.objects.filter(state__in=BackupRun.ACTIVE, vm=vm).select_related("job"):
         if not interrupted(run):
             active = run
-    return VmBackupStatus(vm, last_good(vm), verified, active)
+    return VmBackupStatus(vm, last_good(vm), verified, active, verify_max_age_days([vm])[vm.pk])

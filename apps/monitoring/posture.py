@@ -315,30 +315,37 @@ def _training() -> tuple[str, str]:
 
 def _backups(host=None) -> tuple[str, str]:
     """Every VM has a good backup (restic: always encrypted) whose latest verification
-    passed within BACKUP_VERIFY_MAX_AGE_DAYS."""
+    passed within the age its backup policies allow (BACKUP_VERIFY_MAX_AGE_DAYS for a VM no
+    policy covers)."""
     from datetime import timedelta
 
-    from django.conf import settings
     from django.utils import timezone
 
     from apps.backups.models import BackupVerification
+    from apps.backups.selectors import verify_max_age_days
     from apps.vms.models import VirtualMachine
 
-    vms = dict(VirtualMachine.objects.filter(present=True, **({"host": host} if host is not None else {}))
-               .values_list("pk", "name"))  # fmt: skip
+    vms = list(VirtualMachine.objects.filter(present=True, **({"host": host} if host is not None else {}))
+               .only("pk", "name", "zone"))  # fmt: skip
     if not vms:
         return Status.UNKNOWN, "no VM is known yet: nothing to back up"
-    since = timezone.now() - timedelta(days=settings.BACKUP_VERIFY_MAX_AGE_DAYS)
-    latest: dict[int, bool] = {}
-    for vm_id, ok in (BackupVerification.objects.filter(run__vm__in=vms, checked_at__gte=since)
-                      .order_by("-checked_at", "-pk").values_list("run__vm_id", "ok")):  # fmt: skip
-        latest.setdefault(vm_id, ok)
-    missing = sorted(name for pk, name in vms.items() if not latest.get(pk))
+    allowed = verify_max_age_days(vms)
+    now = timezone.now()
+    since = now - timedelta(days=max(allowed.values()))
+    latest: dict[int, tuple] = {}
+    rows = (BackupVerification.objects.filter(run__vm__in=vms, checked_at__gte=since)
+            .order_by("-checked_at", "-pk").values_list("run__vm_id", "ok", "checked_at"))  # fmt: skip
+    for vm_id, ok, checked in rows:
+        latest.setdefault(vm_id, (ok, checked))
+    missing = sorted(vm.name for vm in vms
+                     if not (vm.pk in latest and latest[vm.pk][0]
+                             and latest[vm.pk][1] >= now - timedelta(days=allowed[vm.pk])))  # fmt: skip
+    ages = sorted(set(allowed.values()))
+    within = f"{ages[0]} days" if len(ages) == 1 else f"{ages[0]}-{ages[-1]} days (per policy)"
     if missing:
-        return Status.FAIL, (f"{len(missing)} of {len(vms)} VMs have no backup verified in the last "
-                             f"{settings.BACKUP_VERIFY_MAX_AGE_DAYS} days: {', '.join(missing[:10])}")  # fmt: skip
-    return Status.PASS, f"all {len(vms)} VMs have an encrypted backup verified in the last " \
-        f"{settings.BACKUP_VERIFY_MAX_AGE_DAYS} days"
+        return Status.FAIL, (f"{len(missing)} of {len(vms)} VMs have no backup verified within "
+                             f"{within}: {', '.join(missing[:10])}")  # fmt: skip
+    return Status.PASS, f"all {len(vms)} VMs have an encrypted backup verified within {within}"
 
 
 def _zones(host=None) -> tuple[str, str]:

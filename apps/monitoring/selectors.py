@@ -42,6 +42,23 @@ def open_alerts_for(user):
 
 
 
+def failed_deliveries(days: int = 7, limit: int = 10):
+    """The newest notifications that could not be delivered (their audit rows, one per
+    delivery): the Security page shows them, so a mail server or webhook that is down is
+    seen by someone even when no alert reaches them."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from apps.audit.models import AuditEvent
+
+    from .notifications import DELIVER_ACTION
+
+    since = timezone.now() - timedelta(days=days)
+    return list(AuditEvent.objects.filter(action=DELIVER_ACTION, outcome="failed", created_at__gte=since)
+                .order_by("-created_at", "-id")[:limit])  # fmt: skip
+
+
 def latest_lynis(hosts) -> dict[int, LynisScan]:
     """The newest lynis scan of each of these hosts, by host id."""
     latest: dict[int, LynisScan] = {}

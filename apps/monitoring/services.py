@@ -224,7 +224,7 @@ def _run_lynis_job(job: Job, progress: jobs.Progress) -> dict:
     authorize(jobs.job_actor(job), "security.manage", job.host, action=LYNIS_JOB)
     progress(5, "running lynis audit system (this takes a few minutes)")
     with jobs.heartbeat(job):
-        text, _tail = host_checks.lynis_audit(timeout=settings.LYNIS_TIMEOUT)
+        text, _tail = host_checks.lynis_audit(timeout=settings.LYNIS_TIMEOUT, tests=settings.LYNIS_TESTS)
     report = posture.parse_lynis_report(text)
     scan = LynisScan.objects.create(
         host=job.host,

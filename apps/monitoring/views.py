@@ -45,6 +45,7 @@ def security(request):
     context = {
         "hosts": selectors.posture_for(request.user),
         "alerts": selectors.open_alerts_for(request.user),
+        "failed_deliveries": selectors.failed_deliveries(),
         "interval_minutes": settings.POSTURE_CHECK_INTERVAL // 60,
     }
     return render_page(request, "monitoring/security.html", context, partial="results")

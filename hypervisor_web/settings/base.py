@@ -356,6 +356,8 @@ POSTURE_FIREWALL_REVIEW_DAYS = env_int("POSTURE_FIREWALL_REVIEW_DAYS", 90)  # a 
 POSTURE_PLAN_REVIEW_DAYS = env_int("POSTURE_PLAN_REVIEW_DAYS", 365)  # the incident plan is reviewed this often
 AUDIT_RULES_FILE = env("AUDIT_RULES_FILE", "/etc/audit/rules.d/hypervisor-portal.rules")  # the portal installs it
 LYNIS_TIMEOUT = env_int("LYNIS_TIMEOUT", 1200)  # seconds a lynis scan (a job) may take
+# lynis test ids (e.g. "KRNL-6000,SSH-7408") to run instead of the whole audit; empty: every test
+LYNIS_TESTS = [t.strip() for t in (env("LYNIS_TESTS", "") or "").split(",") if t.strip()]
 # Audit chain (apps.audit.chain): its HMAC key lives outside the database, in the key store's
 # directory (0400 file, 0700 directory; web and workers read the same file); anchors of the
 # verified head are written outside the database too ("" turns anchoring off).

@@ -308,18 +308,23 @@ def _run_prune(job: Job, progress: jobs.Progress) -> dict:
 
 def backups_verify_due(now=None) -> list[Job]:
     """Beat: verify the last good backup of every VM whose last successful verification is
-    older than BACKUP_VERIFY_MAX_AGE_DAYS (or missing), as the system."""
+    older than its policies allow (the strictest covering policy's verify_max_age_days;
+    BACKUP_VERIFY_MAX_AGE_DAYS for a VM no policy covers) or missing, as the system."""
     from datetime import timedelta
 
     from django.db.models import Max
 
+    from ..selectors import verify_max_age_days
+
     now = now or timezone.now()
-    cutoff = now - timedelta(days=settings.BACKUP_VERIFY_MAX_AGE_DAYS)
     latest = (BackupRun.objects.filter(state=BackupRun.State.SUCCEEDED, forgotten_at__isnull=True, vm__isnull=False)
               .exclude(snapshot_id="").values("vm_id").annotate(last=Max("pk")))  # fmt: skip
+    latest = list(latest)
+    allowed = verify_max_age_days(VirtualMachine.objects.filter(pk__in=[row["vm_id"] for row in latest]))
     started = []
     for row in latest:
         run = BackupRun.objects.select_related("vm", "host", "repository").get(pk=row["last"])
+        cutoff = now - timedelta(days=allowed.get(row["vm_id"], settings.BACKUP_VERIFY_MAX_AGE_DAYS))
         verified = BackupVerification.objects.filter(run__vm_id=row["vm_id"], ok=True, checked_at__gte=cutoff)
         busy = Job.objects.filter(kind=VERIFY, params__run=run.pk, state__in=[Job.State.QUEUED, Job.State.RUNNING])
         if verified.exists() or busy.exists():

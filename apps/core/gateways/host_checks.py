@@ -11,6 +11,7 @@ settings.HOST_CHECK_PATH (never a user's PATH). Nothing here touches the databas
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,19 +107,26 @@ def is_root() -> bool:
     return os.geteuid() == 0
 
 
-def lynis_audit(*, timeout: float) -> tuple[str, str]:
+LYNIS_TEST_ID = re.compile(r"^[A-Z]{2,8}-[0-9]{4}$")
+
+
+def lynis_audit(*, timeout: float, tests: list[str] | tuple[str, ...] = ()) -> tuple[str, str]:
     """Run `lynis audit system` (Debian's lynis; read-only) with its report and log in a
     private temporary directory; returns (report .dat text, the command's last output
-    lines). GatewayTimeout past `timeout`, CommandMissing when lynis is not installed."""
+    lines). `tests` (lynis test ids such as KRNL-6000) runs only those (`--tests`), else
+    every test. GatewayTimeout past `timeout`, CommandMissing when lynis is not installed."""
     import tempfile
 
+    bad = [t for t in tests if not LYNIS_TEST_ID.match(t)]
+    if bad:
+        raise GatewayError(f"Not lynis test ids: {', '.join(map(repr, bad))} (expected e.g. KRNL-6000).")
     with tempfile.TemporaryDirectory(prefix="portal-lynis-") as tmp:
         report = Path(tmp) / "report.dat"
-        out = run(
-            ["lynis", "audit", "system", "--quick", "--no-colors", "--quiet",
-             "--report-file", str(report), "--logfile", str(Path(tmp) / "lynis.log")],
-            timeout=timeout,
-        )  # fmt: skip
+        argv = ["lynis", "audit", "system", "--quick", "--no-colors", "--quiet",
+                "--report-file", str(report), "--logfile", str(Path(tmp) / "lynis.log")]  # fmt: skip
+        if tests:
+            argv += ["--tests", " ".join(tests)]
+        out = run(argv, timeout=timeout)
         text = read_text(report)
     tail = "\n".join((out.stdout + out.stderr).strip().splitlines()[-5:])
     if out.returncode != 0 or not text:

@@ -51,3 +51,40 @@ def test_run_all_as_a_user_backs_up_the_vms_in_their_scope_and_list_shows_the_la
         command("--no-wait", "prune", "--destination", destination)
     command("--no-wait", "prune", "--destination", destination, "--keep-last", "2")
     assert Job.objects.filter(kind="backups.repository.prune").count() == 1
+
+
+def test_verify_and_restore_in_place_through_the_command(operator, shut_vm_with_data, destination):
+    """`vm_backup verify RUN` and `vm_backup restore RUN --in-place --yes` queue the same jobs
+    as the pages (run here as the worker would); bad arguments are refused with the reason."""
+    import hashlib
+    from pathlib import Path
+
+    from apps.backups import services
+    from apps.backups.models import BackupVerification
+
+    from .conftest import run_job, write_random
+
+    vm, data_path = shut_vm_with_data
+    run = services.backup_start(actor=operator, vm=vm, destination=destination)
+    assert run_job(run.job).state == "succeeded"
+    run.refresh_from_db()
+    assert "(verification overdue)" in command("--as", operator.username, "list", "--vm", vm.name)
+
+    command("--as", operator.username, "--no-wait", "verify", str(run.pk))
+    job = run_job(Job.objects.get(kind="backups.run.verify"))
+    assert job.state == "succeeded", job.error
+    assert job.actor_name == operator.username
+    assert BackupVerification.objects.get(run=run).ok
+    assert "(verification overdue)" not in command("--as", operator.username, "list", "--vm", vm.name)
+
+    with pytest.raises(CommandError, match="Give --name NEW and --pool POOL"):
+        command("--no-wait", "restore", str(run.pk))
+    with pytest.raises(CommandError, match="needs confirmation"):
+        command("--no-wait", "restore", str(run.pk), "--in-place")
+    write_random(data_path, 8)  # the disk changed since the backup
+    command("--as", operator.username, "--no-wait", "restore", str(run.pk), "--in-place", "--yes")
+    job = run_job(Job.objects.get(kind="backups.vm.restore_in_place"))
+    assert job.state == "succeeded", job.error
+    recorded = {d["target"]: d["sha256"] for d in run.disks}["vdb"]
+    assert hashlib.sha256(Path(data_path).read_bytes()).hexdigest() == recorded
+    Path(f"{data_path}.pre-restore-{job.pk}").unlink()  # the replaced disk was kept

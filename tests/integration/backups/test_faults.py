@@ -191,3 +191,38 @@ def test_encrypted_disks_are_backed_up_as_their_containers_and_refused_while_run
     assert copied["vdb"]["path"] == container and copied["vdb"]["encrypted"] and copied["vdb"]["format"] == "raw"
     with pytest.raises(Conflict, match="cannot be copied consistently while running"):
         _disks_to_copy(vm, xml, running=True)
+
+
+def test_a_destination_that_is_not_writable_fails_the_run_with_the_reason_and_writes_nothing(
+    operator, shut_vm_with_data
+):
+    """A read-only file system under the allowed root (root ignores mode bits, not that):
+    the directory itself, then a new directory inside it. The run fails with the reason,
+    nothing is written there, and no run counts as good."""
+    from django.conf import settings
+
+    from apps.audit.models import AuditEvent
+    from tests.conftest import unique
+
+    vm, _ = shut_vm_with_data
+    mountpoint = settings.BACKUP_ALLOWED_ROOTS[0] / unique("ro")
+    mountpoint.mkdir(parents=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m,mode=0700", "tmpfs", str(mountpoint)],
+                             capture_output=True, timeout=30)  # fmt: skip
+    if mounted.returncode != 0:
+        mountpoint.rmdir()
+        pytest.skip(f"this machine cannot mount a read-only tmpfs: {mounted.stderr.decode().strip()}")
+    try:
+        itself = start_and_run(operator, vm, str(mountpoint))
+        assert itself.state == "failed" and not itself.good
+        assert itself.error == f"The destination {mountpoint} is not writable."
+        inside = start_and_run(operator, vm, str(mountpoint / "repo"))
+        assert inside.state == "failed" and not inside.good
+        assert "cannot be created: Read-only file system" in inside.error, inside.error
+        assert list(mountpoint.iterdir()) == []
+        assert selectors.last_good(vm) is None
+        failed = AuditEvent.objects.filter(action="backups.vm.backup", outcome="failed").count()
+        assert failed == 2
+    finally:
+        subprocess.run(["umount", str(mountpoint)], capture_output=True, timeout=30)
+        mountpoint.rmdir()

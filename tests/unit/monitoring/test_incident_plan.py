@@ -22,7 +22,9 @@ def test_an_admin_writes_and_reviews_the_plan_and_the_check_follows(client, admi
     assert plan_check().status == Status.FAIL
     client.force_login(admin)
     page = client.get(reverse("monitoring:incident_plan")).content.decode()
-    assert services.PLAN_TEMPLATE["detect"][:40] in page  # prefilled with the guide's steps
+    assert len(services.PLAN_TEMPLATE) == 4  # the guide's four steps, each prefilled
+    for step, text in services.PLAN_TEMPLATE.items():
+        assert f'name="{step}"' in page and text[:40] in page, step
     response = client.post(reverse("monitoring:incident_plan_save"), {**PLAN, "version": 0})
     assert response.status_code == 302
     plan = IncidentResponsePlan.objects.get()

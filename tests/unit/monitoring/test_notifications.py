@@ -143,3 +143,93 @@ def test_a_posture_alert_is_sent_on_every_configured_channel_after_commit(host, 
         report = services.posture_store(host, [finding(Status.FAIL)])
     assert report.notified == [("ssh.key_only", "firing", "webhook"), ("ssh.key_only", "firing", "alertmanager")]
     assert len(callbacks) == 2  # sent to the workers only once the alert is committed
+
+
+@pytest.mark.django_db
+def test_every_kind_of_alert_reaches_the_signed_webhook_and_alertmanager_through_one_service(
+    receiver, host, settings, monkeypatch, django_capture_on_commit_callbacks
+):
+    """Storage, network (quarantine), backup, audit chain and posture alerts, each raised by
+    its own app's code, leave through notifications.notify: one signed webhook POST and one
+    Alertmanager alert per alert, one audit row per delivery. Deliveries run here, with the
+    workers' own code (deliver). Raised for real: posture (pass -> fail), the audit chain
+    (a broken head), a backup run failed by reconcile; storage and quarantine through their
+    apps' notify functions (their real triggers, a pool filling and a VM quarantined, need
+    libvirt: tests/integration/storage/test_monitoring.py, network/test_quarantine.py)."""
+    import uuid
+
+    from django.utils import timezone
+
+    from apps.audit.models import AuditChainHead
+    from apps.backups.models import BackupRepository, BackupRun
+    from apps.core.models import Job
+    from apps.network.models import Quarantine
+    from apps.network.services import quarantine
+    from apps.storage.models import StorageAlert
+    from apps.storage.services import notify as storage_notify
+    from apps.vms.models import VirtualMachine
+
+    settings.NOTIFY_WEBHOOK_URL = f"{receiver.url}/hook"
+    settings.NOTIFY_WEBHOOK_SECRET = SECRET
+    settings.NOTIFY_ALERTMANAGER_URL = receiver.url
+    settings.NOTIFY_EMAIL_TO = []
+    monkeypatch.setattr(notifications, "_enqueue", lambda c, p: notifications.deliver(c, p, attempts=1, pause=0))
+    vm = VirtualMachine.objects.create(host=host, uuid=uuid.uuid4(), name="web")
+    now = timezone.now()
+
+    def finding(status):
+        return Finding("ssh.key_only", "SSH accepts keys only", "access", status, "seen", "fix")
+
+    services.posture_store(host, [finding(Status.PASS)])
+    services.audit_chain_check()
+    with django_capture_on_commit_callbacks(execute=True):
+        services.posture_store(host, [finding(Status.FAIL)])  # posture
+    with django_capture_on_commit_callbacks(execute=True):
+        AuditChainHead.objects.filter(id=1).update(last_hash="f" * 64)
+        assert services.audit_chain_check() is False  # audit
+    with django_capture_on_commit_callbacks(execute=True):
+        repo = BackupRepository.objects.create(path="/var/backups/hypervisor-portal/n", key_id="n" * 16)
+        job = Job.objects.create(kind="backups.vm.backup", target_type="vm", target_name="web", actor_name="system",
+                                 state="failed", error="worker lost")  # fmt: skip
+        BackupRun.objects.create(vm=vm, vm_name="web", vm_uuid=str(vm.uuid), host=host, repository=repo, job=job,
+                                 state="running")  # fmt: skip
+        from apps.backups.services import backup_runs_reconcile
+
+        assert backup_runs_reconcile() == 1  # backup
+    with django_capture_on_commit_callbacks(execute=True):
+        alert = StorageAlert.objects.create(host=host, vm=vm, level="breach", usage=2, limit=1, percent=200,
+                                            message="web is over its quota", raised_at=now, updated_at=now)  # fmt: skip
+        storage_notify(alert, "raise")  # storage
+    with django_capture_on_commit_callbacks(execute=True):
+        q = Quarantine.objects.create(vm=vm, incident_id="incident-n", actor_name="admin")
+        quarantine._notify(q, vm, "firing", "web was quarantined")  # network
+
+    hooks = [(h, b, json.loads(b)) for p, h, b in receiver.seen if p == "/hook"]
+    managed = [json.loads(b)[0]["labels"] for p, h, b in receiver.seen if p == "/api/v2/alerts"]
+    sources = ["posture", "audit", "backup", "storage", "network"]
+    assert [body["source"] for _, _, body in hooks] == sources
+    assert [labels["source"] for labels in managed] == sources
+    for headers, raw, _ in hooks:  # each body as it arrived, signed
+        assert headers["X-Portal-Signature"] == notifications.sign(SECRET, headers["X-Portal-Timestamp"], raw)
+    assert {labels["alertname"] for labels in managed} >= {"PortalBackupFailed", "PortalVmQuarantined"}
+    rows = deliveries()
+    assert len(rows) == 10 and {e.outcome for e in rows} == {"success"}
+    assert sorted((e.params["source"], e.params["channel"]) for e in rows) == sorted(
+        (s, c) for s in sources for c in ("webhook", "alertmanager")
+    )
+
+
+@pytest.mark.django_db
+def test_a_delivery_that_failed_is_shown_on_the_security_page(client, host, operator, settings):
+    from django.urls import reverse
+
+    settings.NOTIFY_WEBHOOK_URL = f"http://127.0.0.1:{closed_port()}/hook"
+    settings.NOTIFY_TIMEOUT = 2
+    client.force_login(operator)
+    assert 'data-testid="failed-deliveries"' not in client.get(reverse("monitoring:security")).content.decode()
+    assert notifications.deliver("webhook", notifications.asdict(notice()), attempts=2, pause=0) is False
+    page = client.get(reverse("monitoring:security")).content.decode()
+    shown = page[page.index('data-testid="failed-deliveries"'):]
+    shown = shown[: shown.index("</ul>")]
+    assert "PortalPostureCheckFailing: ssh.key_only on local" in shown and "(2 attempts," in shown
+    assert deliveries()[-1].error.split(":")[0] in shown  # the reason, as audited

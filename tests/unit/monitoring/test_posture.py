@@ -233,3 +233,23 @@ def test_check_now_runs_the_checklist_on_this_machine_as_a_job(client, host, adm
         assert live["lsm.qemu_confined"].status == Status.UNKNOWN
     if host_checks.which("auditctl") is None:
         assert live["auditd.rules"].status == Status.UNKNOWN
+    # the update checks answer what dpkg and apt say here, asked again by the test itself
+    import subprocess
+
+    state = subprocess.run(["dpkg-query", "-W", "-f=${Status}", "unattended-upgrades"], capture_output=True, text=True)
+    schedule = live["updates.schedule"]
+    if "install ok installed" not in state.stdout:
+        assert (schedule.status, schedule.evidence) == (Status.FAIL, "unattended-upgrades is not installed")
+    else:
+        assert schedule.status in (Status.PASS, Status.FAIL) and "unattended-upgrades is installed" in schedule.evidence
+    sim = subprocess.run(["apt-get", "-s", "-o", "Debug::NoLocking=1", "upgrade"], capture_output=True, text=True,
+                         timeout=120)  # fmt: skip
+    security = [ln.split()[1] for ln in sim.stdout.splitlines() if ln.startswith("Inst ") and "ecurity" in ln]
+    pending = live["updates.security_pending"]
+    if sim.returncode != 0:
+        assert pending.status == Status.UNKNOWN
+    elif security:
+        assert pending.status == Status.FAIL and pending.evidence.startswith(f"{len(security)} security updates")
+        assert security[0] in pending.evidence
+    else:
+        assert pending.status == Status.PASS

@@ -39,6 +39,14 @@ def test_the_alert_rules_pass_their_unit_tests():
     assert "SUCCESS" in run(promtool(), "test", "rules", "alerts_test.yml")
 
 
+def test_every_alert_rule_has_a_unit_test_that_makes_it_fire():
+    rules = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
+    alerts = {r["alert"] for group in rules["groups"] for r in group["rules"] if "alert" in r}
+    cases = yaml.safe_load((DEPLOY / "prometheus" / "alerts_test.yml").read_text())["tests"]
+    firing = {t["alertname"] for case in cases for t in case.get("alert_rule_test", []) if t.get("exp_alerts")}
+    assert alerts - firing == set(), "alert rules no promtool test makes fire"
+
+
 def test_the_prometheus_config_is_valid_and_scrapes_with_the_token(tmp_path):
     config = (DEPLOY / "prometheus" / "prometheus.yml").read_text()
     parsed = yaml.safe_load(config)
