@@ -24,7 +24,7 @@ from apps.encryption import services
 from apps.encryption.gateways import cryptsetup as cs
 from apps.encryption.models import EncryptedDisk, RetiredKey, UnlockPolicy
 from apps.encryption.services.common import stored_key
-from tests.conftest import PASSWORD
+from tests.conftest import reauthenticate
 
 from .conftest import ProcessWatcher, run_job
 
@@ -74,7 +74,7 @@ def test_switching_to_manual_is_admin_only_reauthenticated_and_audited(client, d
     response = client.post(url, form)
     assert response.status_code == 302 and response["Location"].startswith(reverse("accounts:reauth"))
     assert not UnlockPolicy.objects.exists()
-    assert client.post(reverse("accounts:reauth"), {"password": PASSWORD, "next": "/"}).status_code == 302
+    reauthenticate(client)  # password and the admin's code: refused otherwise
     assert client.post(url, {**form, "passphrase": "too short", "passphrase_again": "too short"}).status_code == 400
     assert client.post(url, form).status_code == 302
     assert UnlockPolicy.objects.get(vm=disk.vm).mode == "manual"

@@ -17,7 +17,7 @@ from apps.encryption import services
 from apps.encryption.gateways import cryptsetup as cs
 from apps.encryption.models import EncryptedDisk, HeaderBackup
 from apps.encryption.services.common import stored_key
-from tests.conftest import PASSWORD, reauthenticate
+from tests.conftest import reauthenticate
 
 from .conftest import run_job
 
@@ -194,7 +194,7 @@ def test_restore_from_the_page_needs_reauthentication_and_the_keys_permission(
     client.force_login(admin)
     response = post(confirm="yes")
     assert response.status_code == 302 and response["Location"].startswith(reverse("accounts:reauth"))
-    client.post(reverse("accounts:reauth"), {"password": PASSWORD, "next": "/"})
+    reauthenticate(client)
     assert post().status_code == 400  # unconfirmed
     assert post(confirm="yes").status_code == 302
     assert cs.test_key(disk.path, stored_key(store, disk))

@@ -4,15 +4,17 @@ actions, scope hiding, HTMX partials, no inline script or style."""
 import re
 
 import pytest
+from django.contrib.auth import get_user_model
 from django.urls import reverse
 
+from apps.accounts.mfa_status import mfa_enabled
 from apps.accounts.models import Role
 from apps.audit.models import AuditEvent
 from apps.core.gateways import libvirt as gw
 from apps.core.models import Host, Job
 from apps.encryption import services
 from apps.encryption.models import EncryptedDisk
-from tests.conftest import PASSWORD, unique
+from tests.conftest import PASSWORD, totp_code, unique
 
 from .conftest import run_job
 
@@ -29,7 +31,12 @@ def disk(shut_vm, operator, test_pool):
 
 
 def _reauth(client, next_url="/encryption/"):
-    return client.post(reverse("accounts:reauth"), {"password": PASSWORD, "next": next_url})
+    """The password typed again, and the current code for a user with two-factor sign-in."""
+    user = get_user_model().objects.get(pk=client.session["_auth_user_id"])
+    data = {"password": PASSWORD, "next": next_url}
+    if mfa_enabled(user):
+        data["code"] = totp_code(user)
+    return client.post(reverse("accounts:reauth"), data)
 
 
 def test_index_lists_disks_with_their_header_facts_and_no_inline_code(client, operator, disk):
