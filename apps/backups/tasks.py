@@ -6,8 +6,12 @@ from . import services
 
 @shared_task(acks_late=True)
 def backups_due():
+    """Beat: start the runs of due policies, then apply the retention of policies whose runs
+    finished (a repository with anything running on it waits for a later beat)."""
     services.backup_runs_reconcile()
-    return len(services.backups_due())
+    started = services.backups_due()
+    services.backups_prune_due()
+    return len(started)
 
 
 @shared_task(acks_late=True)

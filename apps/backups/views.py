@@ -86,7 +86,10 @@ def restore(request, pk: int):
 def restore_in_place(request, pk: int):
     run = selectors.run_for(request.user, pk)
     job = services.backup_restore_in_place(actor=request.user, run=run, confirmed=request.POST.get("confirm") == "yes")
-    return _answer(request, f"Restore of {run.vm_name} in place from backup {run.pk} queued (job {job.pk}).")
+    kept = ", ".join(services.restore_in_place_kept(run, job.pk))
+    return _answer(request, f"Restore of {run.vm_name} in place from backup {run.pk} queued (job {job.pk}). A copy "
+                            f"of each disk before the restore is kept at {kept}: remove it when satisfied (to go "
+                            "back, shut the VM off and rename it over the restored file).")  # fmt: skip
 
 
 @require_POST

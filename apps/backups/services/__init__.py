@@ -14,8 +14,11 @@ from .restore import (
     backup_restore,
     backup_restore_in_place,
     backup_verify,
+    backups_prune_due,
     backups_verify_due,
     policy_retention,
+    repository_busy,
+    restore_in_place_kept,
 )
 
 __all__ = [
@@ -29,8 +32,11 @@ __all__ = [
     "backup_start",
     "backup_verify",
     "backups_due",
+    "backups_prune_due",
     "backups_verify_due",
     "policy_retention",
+    "repository_busy",
     "repository_for",
+    "restore_in_place_kept",
     "validate_destination",
 ]

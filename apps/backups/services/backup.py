@@ -24,7 +24,7 @@ from apps.core.gateways import restic
 from apps.core.models import Job
 from apps.vms.models import VirtualMachine
 
-from ..models import BackupPolicy, BackupRun
+from ..models import BackupPolicy, BackupRepository, BackupRun
 from . import common
 
 KIND = "backups.vm.backup"
@@ -275,8 +275,8 @@ def backups_due(now=None) -> list[BackupRun]:
         due = policy.last_scheduled_at is None or (now - policy.last_scheduled_at).total_seconds() >= (
             policy.interval_hours * 3600
         )
-        if not due:
-            continue
+        if not due or _retention_running(policy):
+            continue  # a retention job holds restic's exclusive lock there: the runs start on a later beat
         BackupPolicy.objects.filter(pk=policy.pk).update(last_scheduled_at=now)
         for vm in backup_policy_vms(policy):
             try:
@@ -284,6 +284,19 @@ def backups_due(now=None) -> list[BackupRun]:
             except PortalError:
                 continue  # audited as a failed request; the next VM still runs
     return started
+
+
+def _retention_running(policy: BackupPolicy) -> bool:
+    from .restore import PRUNE
+
+    try:
+        path = common.validate_destination(policy.destination)
+    except InvalidInput:
+        return False  # its runs are refused with the reason (audited)
+    repository = BackupRepository.objects.filter(path=path).first()
+    return repository is not None and Job.objects.filter(
+        kind=PRUNE, state__in=[Job.State.QUEUED, Job.State.RUNNING], params__repository=repository.pk
+    ).exists()
 
 
 def backup_policy_create(*, actor, name: str, destination: str, selector: str = "all", zone: str = "",

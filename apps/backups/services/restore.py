@@ -184,6 +184,13 @@ def backup_restore_in_place(*, actor, run: BackupRun, confirmed: bool = False) -
                                 params={"run": run.pk})  # fmt: skip
 
 
+def restore_in_place_kept(run: BackupRun, job_id: int) -> list[str]:
+    """Where restore-in-place job `job_id` keeps each disk of the VM as it was before the
+    restore (renamed, not copied: no time, no space). The way back is renaming it over the
+    restored file, the VM shut off; remove it when satisfied."""
+    return [f"{disk['path']}.pre-restore-{job_id}" for disk in run.disks]
+
+
 def _require_shut_off(run: BackupRun) -> None:
     state = gw.domain_state(run.host.uri, run.vm.name)
     if state != "shut off":
@@ -206,12 +213,13 @@ def _run_restore_in_place(job: Job, progress: jobs.Progress) -> dict:
         for disk in run.disks:
             current = Path(disk["path"])
             if current.exists():
-                previous = current.with_name(f"{current.name}.pre-restore-{job.pk}")
+                previous = Path(restore_in_place_kept(run, job.pk)[run.disks.index(disk)])
                 if not previous.exists():  # delivered again: the first attempt kept it already
                     os.rename(current, previous)
                 kept.append(str(previous))
             shutil.move(restored[disk["target"]], current)
-        progress(95, f"disks of {run.vm.name} restored; previous versions kept: {', '.join(kept) or 'none'}")
+        progress(95, f"disks of {run.vm.name} restored; a copy of each disk before the restore is kept at "
+                     f"{', '.join(kept) or '(none: no disk file was there)'}: remove it when satisfied")  # fmt: skip
     finally:
         common.remove_tree(scratch)
     return {"vm": run.vm.name, "snapshot": run.snapshot_id, "previous": kept}
@@ -261,17 +269,20 @@ def _run_verify(job: Job, progress: jobs.Progress) -> dict:
 
 
 def backup_prune(*, actor, repository: BackupRepository, keep_last: int = 0, keep_daily: int = 0,
-                 keep_weekly: int = 0, keep_monthly: int = 0) -> Job:  # fmt: skip
-    """Ask for retention to be applied to every VM's snapshots in the repository (a
-    policy's values, or those given). Forgotten runs are marked; their data is pruned."""
+                 keep_weekly: int = 0, keep_monthly: int = 0, policy: BackupPolicy | None = None) -> Job:  # fmt: skip
+    """Ask for retention to be applied to every VM's snapshots in the repository (the values
+    given), or with `policy` to the snapshots there of the VMs that policy backed up.
+    Forgotten runs are marked; their data is pruned."""
     keep = {"keep_last": keep_last, "keep_daily": keep_daily, "keep_weekly": keep_weekly,
             "keep_monthly": keep_monthly}  # fmt: skip
+    scope = {"policy": policy.pk} if policy is not None else {}
     with audited(actor=actor, action=f"{PRUNE}.request", target=repository, perm="backups.run",
-                 params={"repository": repository.path, **keep}, atomic=True):  # fmt: skip
+                 params={"repository": repository.path, **keep, **({"policy": policy.name} if policy else {})},
+                 atomic=True):  # fmt: skip
         if any(v < 0 for v in keep.values()) or not any(keep.values()):
             raise InvalidInput("Retention must keep at least one backup (keep-last, -daily, -weekly or -monthly).")
         return jobs.job_enqueue(actor=actor, kind=PRUNE, target=repository, params={"repository": repository.pk,
-                                                                                     **keep})  # fmt: skip
+                                                                                     **keep, **scope})  # fmt: skip
 
 
 def policy_retention(policy: BackupPolicy) -> dict[str, int]:
@@ -283,9 +294,27 @@ def policy_retention(policy: BackupPolicy) -> dict[str, int]:
 def _run_prune(job: Job, progress: jobs.Progress) -> dict:
     authorize(jobs.job_actor(job), "backups.run", action=job.kind)
     repository = BackupRepository.objects.get(pk=job.params["repository"])
+    try:
+        return _prune(job, repository, progress)
+    except Exception as exc:  # retention that does not run lets the repository grow: say so
+        from apps.monitoring import notifications
+
+        reason = getattr(exc, "message", "") or f"Internal error ({type(exc).__name__}); see the worker log."
+        notifications.notify(notifications.Notice(
+            source="backup", name="PortalBackupRetentionFailed", subject=repository.path, host="",
+            level="warning", state="firing",
+            message=f"Retention of the backup repository {repository.path} (job {job.pk}) failed: {reason[:300]}",
+        ))  # fmt: skip
+        raise
+
+
+def _prune(job: Job, repository: BackupRepository, progress: jobs.Progress) -> dict:
     keep = {k: int(job.params[k]) for k in ("keep_last", "keep_daily", "keep_weekly", "keep_monthly")}
     handle = common.open_repository(repository)
-    uuids = sorted(set(repository.runs.exclude(snapshot_id="").values_list("vm_uuid", flat=True)))
+    runs = repository.runs.exclude(snapshot_id="")
+    if job.params.get("policy"):
+        runs = runs.filter(policy_id=job.params["policy"])  # a policy's retention: its VMs only
+    uuids = sorted(set(runs.values_list("vm_uuid", flat=True)))
     removed: list[str] = []
     for index, vm_uuid in enumerate(uuids):
         removed += common.with_stale_locks_removed(handle, lambda u=vm_uuid: restic.forget(
@@ -299,7 +328,7 @@ def _run_prune(job: Job, progress: jobs.Progress) -> dict:
             common.with_stale_locks_removed(keys_handle, lambda u=vm_uuid, h=keys_handle: restic.forget(
                 h, tags=[f"vm:{u}", "luks-keys"], timeout=settings.BACKUP_COMMAND_TIMEOUT, **keep))  # fmt: skip
     forgotten = 0
-    for run in repository.runs.filter(forgotten_at__isnull=True).exclude(snapshot_id=""):
+    for run in repository.runs.filter(forgotten_at__isnull=True, vm_uuid__in=uuids).exclude(snapshot_id=""):
         if any(full.startswith(run.snapshot_id) for full in removed):
             BackupRun.objects.filter(pk=run.pk).update(forgotten_at=timezone.now())
             forgotten += 1
@@ -333,4 +362,45 @@ def backups_verify_due(now=None) -> list[Job]:
             started.append(backup_verify(actor=None, run=run))
         except (Conflict, NotFound, InvalidInput):
             continue  # audited as a failed request
+    return started
+
+
+def repository_busy(repository: BackupRepository) -> str:
+    """Why restic's exclusive lock (prune) should not be taken on `repository` now: a
+    backup run, a restore, a verification or a retention job on it queued or running; ""
+    when it is free."""
+    active = [Job.State.QUEUED, Job.State.RUNNING]
+    if BackupRun.objects.filter(repository=repository, state__in=BackupRun.ACTIVE).exists():
+        return "a backup run"
+    if Job.objects.filter(kind=PRUNE, state__in=active, params__repository=repository.pk).exists():
+        return "a retention job"
+    reading = Job.objects.filter(kind__in=[RESTORE, RESTORE_IN_PLACE, VERIFY], state__in=active)
+    run_ids = {r for r in reading.values_list("params__run", flat=True) if r is not None}
+    if run_ids and BackupRun.objects.filter(pk__in=run_ids, repository=repository).exists():
+        return "a restore or verification"
+    return ""
+
+
+def backups_prune_due() -> list[Job]:
+    """Beat: apply each enabled policy's retention (its keep-last/daily/weekly/monthly, to
+    the VMs it backed up) in each repository where a run of the policy succeeded since the
+    policy's last successful retention there, as the system. Pruning takes restic's
+    exclusive lock: while anything runs on that repository (its backups first), it waits
+    for a later beat. A failed retention is tried again on the next beat (and alerts)."""
+    started = []
+    for policy in BackupPolicy.objects.filter(enabled=True):
+        finished = BackupRun.objects.filter(policy=policy, state=BackupRun.State.SUCCEEDED, forgotten_at__isnull=True)
+        for repository in BackupRepository.objects.filter(pk__in=finished.values("repository_id")):
+            last = (Job.objects.filter(kind=PRUNE, state=Job.State.SUCCEEDED, params__policy=policy.pk,
+                                       params__repository=repository.pk).order_by("-created_at").first())  # fmt: skip
+            newer = finished.filter(repository=repository)
+            if last is not None:
+                newer = newer.filter(finished_at__gt=last.created_at)
+            if not newer.exists() or repository_busy(repository):
+                continue
+            try:
+                started.append(backup_prune(actor=None, repository=repository, policy=policy,
+                                            **policy_retention(policy)))  # fmt: skip
+            except (Conflict, NotFound, InvalidInput):
+                continue  # audited as a failed request
     return started

@@ -7,7 +7,7 @@ permissions and audit as the Backups page. The actor is the system user unless -
   vm_backup restore RUN --name NEW --pool POOL restore backup RUN as a new VM
   vm_backup restore RUN --in-place --yes       put the (shut-off) VM's disks back as they were
   vm_backup verify RUN                         restore into scratch, compare checksums, restic check
-  vm_backup prune --destination DIR --keep-last N [--keep-daily N ...]   (or --policy NAME)
+  vm_backup prune --destination DIR --keep-last N [--keep-daily N ...]   (or --policy NAME: its VMs, as beat)
   vm_backup policy-add NAME --destination DIR [--zone Z | --vms A,B] [--every HOURS] [--keep-* N]
 
 Jobs are queued for the workers and followed until they end (--no-wait returns at once)."""
@@ -139,6 +139,8 @@ class Command(BaseCommand):
         run = self._run_row(actor, o["run"])
         if o["in_place"]:
             job = services.backup_restore_in_place(actor=actor, run=run, confirmed=o["yes"])
+            kept = ", ".join(services.restore_in_place_kept(run, job.pk))
+            self.stdout.write(f"A copy of each disk before the restore is kept at {kept}: remove it when satisfied.")
         elif not (o["name"] and o["pool"]):
             raise CommandError("Give --name NEW and --pool POOL, or --in-place --yes.")
         else:
@@ -162,7 +164,9 @@ class Command(BaseCommand):
             raise CommandError(f"The portal has no backup repository at {path}.")
         keep = services.policy_retention(policy) if policy else {}
         keep.update({k: o[k] for k in KEEP if o.get(k) is not None})
-        job = services.backup_prune(actor=actor, repository=repository, **{k: keep.get(k) or 0 for k in KEEP})
+        scope = policy if policy and path == services.validate_destination(policy.destination) else None
+        job = services.backup_prune(actor=actor, repository=repository, policy=scope,  # as beat: the policy's VMs
+                                    **{k: keep.get(k) or 0 for k in KEEP})  # fmt: skip
         if not self._follow(job, o):
             raise CommandError("The prune failed.")
 
