@@ -82,9 +82,49 @@ def test_verify_and_restore_in_place_through_the_command(operator, shut_vm_with_
     with pytest.raises(CommandError, match="needs confirmation"):
         command("--no-wait", "restore", str(run.pk), "--in-place")
     write_random(data_path, 8)  # the disk changed since the backup
-    command("--as", operator.username, "--no-wait", "restore", str(run.pk), "--in-place", "--yes")
+    said = command("--as", operator.username, "--no-wait", "restore", str(run.pk), "--in-place", "--yes")
     job = run_job(Job.objects.get(kind="backups.vm.restore_in_place"))
+    assert f"{data_path}.pre-restore-{job.pk}" in said and "remove it when satisfied" in said, said
     assert job.state == "succeeded", job.error
     recorded = {d["target"]: d["sha256"] for d in run.disks}["vdb"]
     assert hashlib.sha256(Path(data_path).read_bytes()).hexdigest() == recorded
     Path(f"{data_path}.pre-restore-{job.pk}").unlink()  # the replaced disk was kept
+
+
+def test_restore_as_a_new_vm_through_the_command(operator, shut_vm_with_data, destination, libvirt_uri, test_pool):
+    """`vm_backup restore RUN --name NEW --pool POOL` defines NEW on disks equal to those
+    recorded at backup time, as the job of the page does; a taken name is refused."""
+    import hashlib
+    from pathlib import Path
+
+    from apps.backups import services
+    from apps.core.gateways import libvirt as gw
+    from apps.vms.models import VirtualMachine
+    from tests.conftest import unique
+
+    from .conftest import run_job
+
+    vm, _ = shut_vm_with_data
+    run = services.backup_start(actor=operator, vm=vm, destination=destination)
+    assert run_job(run.job).state == "succeeded"
+    run.refresh_from_db()
+    with pytest.raises(CommandError, match="exists; choose a new name"):
+        command("--as", operator.username, "restore", str(run.pk), "--name", vm.name, "--pool", test_pool)
+    new_name = unique("cmd-restored")
+    try:
+        command("--as", operator.username, "--no-wait", "restore", str(run.pk), "--name", new_name,
+                "--pool", test_pool)  # fmt: skip
+        job = run_job(Job.objects.get(kind="backups.vm.restore"))
+        assert job.state == "succeeded", job.error
+        assert job.actor_name == operator.username and job.params["new_name"] == new_name
+        disks = {d["target"]: d["path"] for d in gw.domain_disks_parse(gw.domain_xml_defined(libvirt_uri, new_name))}
+        for disk in run.disks:
+            assert hashlib.sha256(Path(disks[disk["target"]]).read_bytes()).hexdigest() == disk["sha256"]
+        assert VirtualMachine.objects.filter(host=vm.host, name=new_name, present=True).exists()
+    finally:
+        try:
+            gw.domain_undefine(libvirt_uri, new_name)
+        except Exception:
+            pass
+        for path in Path(gw.pool_path(libvirt_uri, test_pool)).glob(f"{new_name}-*"):
+            path.unlink()

@@ -67,3 +67,35 @@ def test_a_policys_daily_and_monthly_retention_keeps_the_newest_of_each_day_and_
         run.refresh_from_db()
         assert run.good == (when != "2026-06-01 10:00:00"), when
     restic.check(handle, timeout=60)
+
+
+# ISO weeks 23, 23, 24, 24 (Monday, Wednesday, Monday, Thursday)
+WEEKS = ["2026-06-01 08:00:00", "2026-06-03 08:00:00", "2026-06-08 08:00:00", "2026-06-11 08:00:00"]
+
+
+def test_weekly_retention_keeps_the_newest_of_each_of_the_last_weeks(operator, host, destination, tmp_path):
+    vm = VirtualMachine.objects.create(host=host, uuid=uuid.uuid4(), name="weekly")
+    repository = services.repository_for(destination)
+    handle = common.open_repository(repository, initialize=True)
+    data = tmp_path / "disk.img"
+    runs = {}
+    for when in WEEKS:
+        data.write_bytes(os.urandom(64 << 10))
+        snap = snapshot_at(handle, str(data), when, f"vm:{vm.uuid}")
+        runs[when] = BackupRun.objects.create(vm=vm, vm_name=vm.name, vm_uuid=str(vm.uuid), host=host,
+                                              repository=repository, state="succeeded",
+                                              snapshot_id=snap[:8])  # fmt: skip
+    policy = BackupPolicy.objects.create(name="weekly", destination=destination, keep_last=0, keep_daily=0,
+                                         keep_weekly=2, keep_monthly=0)  # fmt: skip
+
+    job = run_job(services.backup_prune(actor=operator, repository=repository, **services.policy_retention(policy)))
+
+    assert job.state == "succeeded", job.error
+    # the newest of each week: 06-11 (not 06-08, which keep-last 2 would keep) and 06-03 (not 06-01)
+    kept = {WEEKS[1], WEEKS[3]}
+    assert job.result == {"removed_snapshots": 2, "forgotten_runs": 2}
+    assert {s.short_id for s in restic.snapshots(handle, tags=[f"vm:{vm.uuid}"])} == {runs[t].snapshot_id
+                                                                                      for t in kept}  # fmt: skip
+    for when, run in runs.items():
+        run.refresh_from_db()
+        assert run.good == (when in kept), when

@@ -107,3 +107,27 @@ def test_prune_needs_reauthentication_and_confirmation(client, admin, destinatio
     response = client.post(url, {"keep_last": "2", "confirm": "yes"}, **HX)
     assert response.status_code == 200
     assert AuditEvent.objects.filter(action="backups.repository.prune", outcome="requested").count() == 1
+
+
+def test_restore_in_place_from_the_page_names_where_the_disk_before_it_is_kept(
+    client, operator, shut_vm_with_data, destination
+):
+    """The "snapshot first" of a restore in place is the disk file itself, renamed aside (no
+    copy, no space): the page says where, and to remove it when satisfied."""
+    from apps.backups import services
+    from apps.core.models import Job
+
+    vm, data_path = shut_vm_with_data
+    run = BackupRun.objects.create(vm=vm, vm_name=vm.name, vm_uuid=str(vm.uuid), host=vm.host, state="succeeded",
+                                   repository=services.repository_for(destination), snapshot_id="0123abcd",
+                                   disks=[{"target": "vdb", "path": data_path}])  # fmt: skip
+    client.force_login(operator)
+    reauthenticate(client)
+    page = client.get(reverse("backups:index")).content.decode()
+    assert "A copy of each current disk is kept beside it as &lt;disk&gt;.pre-restore-&lt;job&gt;" in page
+
+    response = client.post(reverse("backups:restore_in_place", args=[run.pk]), {"confirm": "yes"}, **HX)
+
+    assert response.status_code == 200
+    job = Job.objects.get(kind="backups.vm.restore_in_place")
+    assert f"kept at {data_path}.pre-restore-{job.pk}: remove it when satisfied" in response.content.decode()
