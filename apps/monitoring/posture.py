@@ -137,7 +137,7 @@ def _sshd_key_only() -> tuple[str, str]:
         # e.g. "Missing privilege separation directory: /run/sshd" (no SSH server ever started
         # here), "no hostkeys available", a syntax error in the config file
         lines = [ln for ln in (out.stderr or out.stdout).splitlines() if ln.strip()]
-        return Status.UNKNOWN, f"sshd -T failed: {lines[-1] if lines else f'exit status {out.returncode}'}"
+        return Status.UNKNOWN, f"sshd -T failed: {'; '.join(lines[-3:]) if lines else f'exit status {out.returncode}'}"
     conf = {}
     for line in out.stdout.splitlines():
         key, _, value = line.strip().partition(" ")
