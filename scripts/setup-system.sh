@@ -27,6 +27,33 @@ if [ ${#missing[@]} -gt 0 ]; then
   as_root pkill -x libvirtd 2>/dev/null || true
 fi
 
+# Packages the security posture checks read: `sshd -T` (SSH key-only), `auditctl -s/-l` and
+# `augenrules` (auditd and its rules). This script never runs an SSH server or auditd: they are
+# installed with a policy-rc.d that forbids starting services (a host that wants them starts
+# them itself), and apart from the packages above, so installing them never restarts libvirtd.
+POSTURE_PACKAGES=(openssh-server auditd)
+missing=()
+for pkg in "${POSTURE_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup-system: installing ${missing[*]} (their services are not started)"
+  as_root apt-get update -qq
+  policy=/usr/sbin/policy-rc.d
+  saved=""
+  if [ -e "$policy" ]; then saved=$(as_root mktemp) && as_root cp -p "$policy" "$saved"; fi
+  printf '#!/bin/sh\nexit 101\n' | as_root tee "$policy" >/dev/null
+  as_root chmod 0755 "$policy"
+  status=0
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
+    || status=$?
+  if [ -n "$saved" ]; then as_root mv "$saved" "$policy"; else as_root rm -f "$policy"; fi
+  [ "$status" = 0 ] || { echo "setup-system: installing ${missing[*]} failed" >&2; exit "$status"; }
+fi
+# `sshd -T` wants sshd's privilege separation directory, which ssh.service makes when it starts
+# (it never does here): an empty root-owned directory, as Debian's unit creates it
+as_root install -d -m 0755 /run/sshd
+
 # libvirt's qemu driver needs these users and directories
 getent group kvm >/dev/null || as_root groupadd -r kvm
 getent group libvirt-qemu >/dev/null || as_root groupadd -r libvirt-qemu

@@ -50,7 +50,8 @@ class Family(Metric):
         self.rows: list[tuple[tuple[str, ...], float]] = []
 
     def add_metric(self, labels, value) -> None:
-        labels = tuple(labels)
+        if labels.__class__ is not tuple:  # a scrape adds tens of thousands of rows: tuples pass as they are
+            labels = tuple(labels)
         if len(labels) != len(self.labelnames):
             raise ValueError(f"{self.name} takes the labels {self.labelnames}, got {labels}")
         self.rows.append((labels, value))
@@ -149,8 +150,8 @@ class DatabaseCollector:
             "pk", "host__name", "name", "zone", "last_state", "vcpus", "memory_kib", "disk_capacity", "disk_allocation"
         )
         for pk, host, name, zone, last_state, n_cpu, mem_kib, cap, alloc in rows.iterator(chunk_size=2000):
-            lv = [host, name, zone]
-            state.add_metric([*lv, last_state or "unknown"], 1)
+            lv = (host, name, zone)
+            state.add_metric((host, name, zone, last_state or "unknown"), 1)
             vcpus.add_metric(lv, n_cpu)
             memory.add_metric(lv, mem_kib * 1024)
             p, a = disks.get(pk, (cap, alloc))
@@ -549,6 +550,8 @@ def _escape_label_value(value: str) -> str:
 
 
 def _float(value: float) -> str:
+    if value.__class__ is int:  # counts and bytes: never NaN or infinite
+        return repr(float(value))
     value = float(value)
     if value != value:
         return "NaN"

@@ -120,11 +120,24 @@ def _ip_forward() -> tuple[str, str]:
 # ------------------------------------------------------------------ SSH
 
 
+def _sshd_argv() -> list[str]:
+    """`sshd -T` (the effective configuration, read-only: it starts no server), of
+    POSTURE_SSHD_CONFIG (-f) and with POSTURE_SSHD_HOST_KEY (-h) when they are set."""
+    argv = ["sshd", "-T"]
+    if settings.POSTURE_SSHD_CONFIG:
+        argv += ["-f", str(settings.POSTURE_SSHD_CONFIG)]
+    if settings.POSTURE_SSHD_HOST_KEY:
+        argv += ["-h", str(settings.POSTURE_SSHD_HOST_KEY)]
+    return argv
+
+
 def _sshd_key_only() -> tuple[str, str]:
-    out = hc.run(["sshd", "-T"])
+    out = hc.run(_sshd_argv())
     if out.returncode != 0:
-        lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
-        return Status.UNKNOWN, f"sshd -T failed: {lines[-1] if lines else f'exit status {out.returncode}'}"
+        # e.g. "Missing privilege separation directory: /run/sshd" (no SSH server ever started
+        # here), "no hostkeys available", a syntax error in the config file
+        lines = [ln for ln in (out.stderr or out.stdout).splitlines() if ln.strip()]
+        return Status.UNKNOWN, f"sshd -T failed: {'; '.join(lines[-3:]) if lines else f'exit status {out.returncode}'}"
     conf = {}
     for line in out.stdout.splitlines():
         key, _, value = line.strip().partition(" ")
@@ -167,6 +180,10 @@ def _auditd_rules() -> tuple[str, str]:
     if not pid or pid.group(1) == "0":
         return Status.FAIL, "auditd is not running (auditctl -s: pid 0)"
     rules = hc.run(["auditctl", "-l"])
+    if rules.returncode != 0:  # e.g. EPERM: the kernel refuses audit netlink to this process
+        lines = [ln for ln in (rules.stderr or rules.stdout).splitlines() if ln.strip()]
+        reason = lines[-1] if lines else f"exit status {rules.returncode}"
+        return Status.UNKNOWN, f"auditctl -l failed ({reason}): the audit rules cannot be read here"
     watched = set()
     for line in rules.stdout.splitlines():
         m = re.search(r"-w\s+(\S+)", line) or re.search(r"dir=(\S+)", line) or re.search(r"path=(\S+)", line)

@@ -22,7 +22,10 @@ content, so the first apply and every later one are the same document):
   allows), and from zones without host access to the host; a zone with host access reaches
   the whole host or only the host services it lists (ssh, dns, ...). The host's replies to
   what a VM may reach on it are marked (HOST_REPLY_MARK) on their way out, so the bridge
-  table, which sees no connection state, lets them past the VM's own inbound policy.
+  table, which sees no connection state, lets them past the VM's own inbound policy; so are
+  routed replies (conntrack: the reply direction of a flow that left the zone, e.g. by a
+  vpn-only uplink). No NAT, but for a zone whose policy asks for it (`nat`): what leaves its
+  bridge by its uplink is masqueraded as the uplink's address (a postrouting nat chain).
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ class ZoneSpec:
     host_access: bool = False
     host_services: tuple[tuple[str, str, int], ...] = ()  # (name, protocol, port); empty: the whole host
     uplink: str = ""
+    nat: bool = False  # masquerade what leaves by the uplink (only with an uplink)
     rules: tuple[RuleSpec, ...] = ()
 
 
@@ -286,9 +290,11 @@ def _bridge_table(rs: Ruleset) -> list[dict]:
                                                 {"accept": None}], "vpn replies"))  # fmt: skip
             cmds.append(_rule(B, t, chain, [{"jump": {"target": f"zone{zone.id}-{direction}"}}]))
             if zone.kind == "vpn-only" and direction == "out" and zone.uplink:
-                # a vpn-only VM's frames leave the bridge only by the uplink (to the host they
-                # have no output port, the match breaks, and the inet table decides)
-                cmds.append(_rule(B, t, chain, [_match({"meta": {"key": "oifname"}}, zone.uplink, "!="),
+                # a vpn-only VM's frames leave the bridge only by the uplink; frames to the host
+                # itself (pkttype host: routed or for the host) pass on, and the inet table lets
+                # them out by the uplink only (at the bridge's input hook oifname is empty)
+                cmds.append(_rule(B, t, chain, [_match({"meta": {"key": "pkttype"}}, "host", "!="),
+                                                _match({"meta": {"key": "oifname"}}, zone.uplink, "!="),
                                                 {"counter": None}, {"drop": None}], "vpn-only"))  # fmt: skip
             policy = zone.policy_in if direction == "in" else zone.policy_out
             # the policy ends the chain either way: an out chain that only returned would meet
@@ -315,6 +321,12 @@ def _inet_table(rs: Ruleset) -> list[dict]:
         {"add": {"map": {"family": F, "table": t, "name": "zone_host", "type": "ifname", "map": "verdict"}}},
         {"add": {"set": {"family": F, "table": t, "name": "zone_bridges", "type": "ifname"}}},
         _chain(F, t, "forward", "forward", 0),
+        # routed replies into a zone (the flow left the zone, allowed): marked like the host's
+        # own replies, so the bridge table, which has no conntrack, lets them reach the VM
+        _rule(F, t, "forward", [_match({"meta": {"key": "oifname"}}, "@zone_bridges"), established,
+                                _match({"ct": {"key": "direction"}}, "reply"),
+                                {"mangle": {"key": {"meta": {"key": "mark"}},
+                                            "value": {"|": [{"meta": {"key": "mark"}}, HOST_REPLY_MARK]}}}]),
         _rule(F, t, "forward", [established, {"accept": None}]),
         _rule(F, t, "forward", [{"vmap": {"key": {"meta": {"key": "iifname"}}, "data": "@zone_fwd"}}]),
         # into a zone from anywhere else (not a reply, not a pair a rule allows): dropped
@@ -355,6 +367,14 @@ def _inet_table(rs: Ruleset) -> list[dict]:
         cmds.append(_rule(F, t, chain, [{"counter": None}, {"drop": None}], f"zone {z.name}: default deny"))
         fwd_elems.append([z.bridge, {"jump": {"target": chain}}])
         host_elems.append([z.bridge, _host_verdict(t, z, cmds)])
+    nat = [z for z in rs.zones if z.nat and z.uplink]
+    if nat:  # only a zone whose policy says so is masqueraded, and only out of its uplink
+        cmds.append({"add": {"chain": {"family": F, "table": t, "name": "nat", "type": "nat", "hook": "postrouting",
+                                       "prio": 100, "policy": "accept"}}})  # fmt: skip
+        for z in nat:
+            cmds.append(_rule(F, t, "nat", [_match({"meta": {"key": "iifname"}}, z.bridge),
+                                            _match({"meta": {"key": "oifname"}}, z.uplink), {"counter": None},
+                                            {"masquerade": None}], f"zone {z.name}: nat"))  # fmt: skip
     if bridges:
         cmds.append({"add": {"element": {"family": F, "table": t, "name": "zone_bridges", "elem": sorted(bridges)}}})
         cmds.append({"add": {"element": {"family": F, "table": t, "name": "zone_fwd", "elem": fwd_elems}}})

@@ -57,6 +57,13 @@ class ZoneEditForm(forms.Form):
     host_services = forms.MultipleChoiceField(choices=[(s, s) for s in HOST_SERVICES], required=False,
                                               help_text="with host access: only these (none ticked: every service)")
     uplink = forms.CharField(max_length=15, required=False, validators=[v.check_iface])
+    nat = forms.BooleanField(required=False, help_text="masquerade what leaves by the uplink (needs an uplink)")
+
+    def clean(self):
+        data = super().clean()
+        if data.get("nat") and not data.get("uplink"):
+            self.add_error("nat", "NAT needs the uplink the zone's traffic is masqueraded out of.")
+        return data
 
 
 class RuleForm(forms.Form):

@@ -60,6 +60,8 @@ class Zone(models.Model):
     bridge = models.CharField(max_length=15, validators=[v.check_iface])
     uplink = models.CharField(max_length=15, blank=True, validators=[v.check_iface],
                               help_text="vpn-only: the only interface its traffic may leave by")  # fmt: skip
+    nat = models.BooleanField(default=False, help_text="masquerade what leaves by the uplink as the uplink's "
+                                                       "address (needs an uplink); off: no NAT at all")  # fmt: skip
     ipv4_cidr = models.CharField(max_length=43, blank=True, help_text="the network's IPv4 subnet (host: first address)")
     ipv6_cidr = models.CharField(max_length=43, blank=True, help_text="the network's IPv6 subnet")
     policy_in = models.CharField(max_length=6, choices=Verdict.choices, default=Verdict.DROP)
@@ -92,6 +94,8 @@ class Zone(models.Model):
             net = v.parse_cidr(getattr(self, f), "subnet")
             if net is not None and net.version != (4 if f == "ipv4_cidr" else 6):
                 raise ValidationError({f: f"{net} is not an IPv{4 if f == 'ipv4_cidr' else 6} subnet."})
+        if self.nat and not self.uplink:
+            raise ValidationError({"nat": "NAT needs the uplink the zone's traffic is masqueraded out of."})
         if self.uplink and self.uplink == self.bridge:
             raise ValidationError({"uplink": "The uplink must be another interface than the zone's bridge."})
 

@@ -60,7 +60,7 @@ def _zone_page(request, zone, status=200, partial="rules", **forms):
                "counters": counters, "rule_form": forms.get("rule_form") or RuleForm(),
                "edit_form": forms.get("edit_form") or ZoneEditForm(initial={
                    "description": zone.description, "policy_in": zone.policy_in, "policy_out": zone.policy_out,
-                   "host_access": zone.host_access, "uplink": zone.uplink,
+                   "host_access": zone.host_access, "uplink": zone.uplink, "nat": zone.nat,
                    "host_services": zone.host_services})}  # fmt: skip
     return render_page(request, "network/zone.html", context, partial=partial, status=status)
 
@@ -159,9 +159,8 @@ def vm_move(request, host: str, name: str):
                 params=_params(form), error=errors_text(form))  # fmt: skip
         raise InvalidInput(errors_text(form))
     zone = selectors.zone_for(request.user, host, form.cleaned_data["zone"])
-    now = services.vm_zone_move(actor=request.user, vm=vm, zone=zone)
-    messages.success(request, f"{vm.name} moved to zone {zone.name}" + (" now." if now else
-                     "; its running interfaces move at its next start."))  # fmt: skip
+    applies = services.vm_zone_move(actor=request.user, vm=vm, zone=zone)
+    messages.success(request, f"{vm.name} moved to zone {zone.name}{services.MOVE_MESSAGES[applies]}")
     return redirect("network:vm", host, name)
 
 

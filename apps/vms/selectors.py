@@ -102,7 +102,12 @@ def _filtered(user, filters: VmFilters) -> QuerySet[VirtualMachine]:
     if filters.quarantined:  # the network app's active quarantines, asked by relation
         active = VirtualMachine.objects.filter(quarantines__isnull=False, quarantines__released_at__isnull=True)
         qs = qs.filter(pk__in=active.values("pk"))
-    # at most one active quarantine per VM (a constraint): the join adds no rows
+    return qs
+
+
+def _with_quarantine(qs: QuerySet[VirtualMachine]) -> QuerySet[VirtualMachine]:
+    """The rows with their active quarantine joined (only the page's rows need it, not the
+    count). At most one active quarantine per VM (a constraint): the join adds no rows."""
     active_only = Q(quarantines__released_at__isnull=True)
     return qs.annotate(active_quarantine=FilteredRelation("quarantines", condition=active_only))
 
@@ -129,7 +134,8 @@ def vm_listing(user, filters: VmFilters, page_number=None, since: str | None = N
     order = SORTS[filters.sort]
     if filters.descending:
         order = tuple(f"-{f}" for f in order)
-    page = values_page(qs.order_by(*order), page_number, PAGE_SIZE, *ROW_FIELDS, total=seen["n"], **ROW_EXPRESSIONS)
+    rows = _with_quarantine(qs).order_by(*order)
+    page = values_page(rows, page_number, PAGE_SIZE, *ROW_FIELDS, total=seen["n"], **ROW_EXPRESSIONS)
     detail_url = url_maker("vms:detail", 2)
     for row in page.object_list:  # what the template would otherwise work out per row, with filters
         row["url"] = detail_url(row["host_name"], row["name"])

@@ -351,6 +351,10 @@ POSTURE_IP_FORWARD = env("POSTURE_IP_FORWARD", "0")  # "0", "1" or "any": the ho
 POSTURE_SCRAPE_MAX_AGE = env_int("POSTURE_SCRAPE_MAX_AGE", 900)  # seconds: older means monitoring is off
 _WATCHED = "/etc/libvirt,/var/lib/libvirt,/etc/hypervisor-portal"  # auditd should watch these
 POSTURE_AUDIT_WATCH_PATHS = [p for p in (env("POSTURE_AUDIT_WATCH_PATHS", _WATCHED) or "").split(",") if p.strip()]
+# the SSH check reads `sshd -T` of this config file (empty: sshd's own, /etc/ssh/sshd_config),
+# with this host key (empty: the config's HostKey lines) when the worker cannot read the host's keys
+POSTURE_SSHD_CONFIG = env("POSTURE_SSHD_CONFIG", "")
+POSTURE_SSHD_HOST_KEY = env("POSTURE_SSHD_HOST_KEY", "")
 HOST_CHECK_PATH = env("HOST_CHECK_PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
 POSTURE_FIREWALL_REVIEW_DAYS = env_int("POSTURE_FIREWALL_REVIEW_DAYS", 90)  # a confirmed apply at least this often
 POSTURE_PLAN_REVIEW_DAYS = env_int("POSTURE_PLAN_REVIEW_DAYS", 365)  # the incident plan is reviewed this often

@@ -370,7 +370,7 @@ def test_a_vms_history_reads_its_events_by_the_target_index_in_order(db, setting
     from apps.accounts.models import Role, RoleAssignment
 
     reader = get_user_model().objects.create_user("hist-reader", password="x-very-long-pass-1")
-    RoleAssignment.objects.create(user=reader, role=Role.VIEWER, scope="global")
+    RoleAssignment.objects.create(user=reader, role=Role.AUDITOR, scope="global")
     mine = record(actor=None, action="vms.vm.start", target=vm, outcome="success")
     with CaptureQueriesContext(connection) as ctx:
         history = vm_history(actor=reader, vm=vm)

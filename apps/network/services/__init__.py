@@ -20,12 +20,13 @@ from .firewall import (
 from .nics import vm_zones
 from .quarantine import vm_quarantine, vm_release
 from .rules import rule_add, rule_delete
-from .zones import vm_zone_move, zone_create, zone_delete, zone_edit
+from .zones import MOVE_MESSAGES, vm_zone_move, zone_create, zone_delete, zone_edit
 
 __all__ = [
     "ApplyPreview", "firewall_apply", "firewall_check", "firewall_confirm", "firewall_counters", "firewall_enforce",
     "firewall_preview", "firewall_restore", "firewall_rollback_due", "networks_for", "rule_add",
-    "rule_delete", "vm_quarantine", "vm_release", "vm_zone_move", "vm_zones", "zone_create", "zone_delete", "zone_edit",
+    "MOVE_MESSAGES", "rule_delete", "vm_quarantine", "vm_release", "vm_zone_move", "vm_zones", "zone_create",
+    "zone_delete", "zone_edit",
 ]  # fmt: skip
 
 

@@ -58,7 +58,7 @@ def policy_spec(host: Host) -> dict:
     zones = [
         {"id": z.pk, "name": z.name, "kind": z.kind, "bridge": z.bridge, "network": z.network_name,
          "policy_in": z.policy_in, "policy_out": z.policy_out, "host_access": z.host_access,
-         "host_services": list(z.host_services), "uplink": z.uplink,
+         "host_services": list(z.host_services), "uplink": z.uplink, "nat": z.nat,
          "rules": zone_rules.get(z.pk, [])}  # fmt: skip
         for z in Zone.objects.filter(host=host)
     ]
@@ -99,6 +99,7 @@ def build_ruleset(host: Host, spec: dict | None = None) -> compiler.Ruleset:
     zone_specs = [
         compiler.ZoneSpec(id=z["id"], name=z["name"], kind=z["kind"], bridge=z["bridge"], policy_in=z["policy_in"],
                           policy_out=z["policy_out"], host_access=z["host_access"], uplink=z["uplink"],
+                          nat=bool(z.get("nat")),
                           host_services=_host_services(z.get("host_services")),
                           rules=tuple(_rule(r) for r in z["rules"]))  # fmt: skip
         for z in spec["zones"]

@@ -76,16 +76,19 @@ def _run_zone_create(job: Job, progress: jobs.Progress) -> dict:
 
 
 def zone_edit(*, actor, zone: Zone, description: str, policy_in: str, policy_out: str, host_access: bool,
-              uplink: str = "", host_services: list[str] | None = None) -> Zone:  # fmt: skip
+              uplink: str = "", host_services: list[str] | None = None, nat: bool | None = None) -> Zone:  # fmt: skip
     """Description and policy (enforced by the next apply). Name, bridge and network stay.
-    host_services: with host access, only these services of the host (None: unchanged)."""
+    host_services: with host access, only these services of the host (None: unchanged).
+    nat: masquerade what leaves by the uplink (needs one; None: unchanged)."""
     host_services = sorted(zone.host_services if host_services is None else host_services)
-    params = {"policy_in": policy_in, "policy_out": policy_out, "host_access": host_access, "uplink": uplink,
+    nat = zone.nat if nat is None else nat
+    params = {"nat": nat,
+              "policy_in": policy_in, "policy_out": policy_out, "host_access": host_access, "uplink": uplink,
               "host_services": host_services}  # fmt: skip
     with audited(actor=actor, action="network.zone.edit", target=zone, obj=zone.host, perm="network.zones",
                  params=params, atomic=True):  # fmt: skip
         zone.description, zone.policy_in, zone.policy_out = description, policy_in, policy_out
-        zone.host_access, zone.uplink, zone.host_services = host_access, uplink, host_services
+        zone.host_access, zone.uplink, zone.host_services, zone.nat = host_access, uplink, host_services, nat
         try:
             zone.full_clean()
         except ValidationError as exc:
@@ -129,11 +132,13 @@ def _run_zone_delete(job: Job, progress: jobs.Progress) -> dict:
     return {"network": name}
 
 
-def vm_zone_move(*, actor, vm, zone: Zone) -> bool:
+def vm_zone_move(*, actor, vm, zone: Zone) -> str:
     """Move a VM to another zone: its interfaces are attached to the zone's network (live
     where libvirt allows, else at its next start) and its zone label, which role scopes
-    use, changes in the same audited change; its rules move with it. True when the move holds
-now (moved live, or the VM is off), False when a running VM moves at its next start."""
+    use, changes in the same audited change; its rules move with it. Returns when the move
+applies: MOVED_LIVE (now), MOVED_AT_START (a shut-off VM: its persistent definition names
+the zone's network, it joins at its next start) or MOVED_AT_RESTART (a running VM libvirt
+could not move live: it stays on the old network until its next start)."""
     from apps.accounts.permissions import authorize
     from apps.vms.models import VirtualMachine
 
@@ -158,5 +163,14 @@ now (moved live, or the VM is off), False when a running VM moves at its next st
         if moved_live or not running:  # what libvirt now shows (a running VM not moved live: next start)
             interfaces_refresh(vm.host, vm)
         FirewallRule.objects.filter(vm=vm).update(zone=zone)
-        ev.params.update(live=moved_live, interfaces=[n.mac for n in moving])
-    return moved_live or not running
+        applies = MOVED_LIVE if moved_live else MOVED_AT_RESTART if running else MOVED_AT_START
+        ev.params.update(live=moved_live, applies=applies, interfaces=[n.mac for n in moving])
+    return applies
+
+
+MOVED_LIVE, MOVED_AT_START, MOVED_AT_RESTART = "now", "at next start", "at next restart"
+MOVE_MESSAGES = {
+    MOVED_LIVE: " now.",
+    MOVED_AT_START: "; it is shut off: its interfaces join the zone's network at its next start.",
+    MOVED_AT_RESTART: "; its running interfaces move at its next start.",
+}

@@ -1,6 +1,7 @@
 """Run inside a test network namespace: `python probe.py tcp|udp|ping ADDR [PORT]` exits 0
-when the peer answered within a second, 1 otherwise; `python probe.py serve PORT...` answers
-TCP connects and UDP datagrams on those ports (IPv4 and IPv6) until killed."""
+when the peer answered within a second, 1 otherwise; `python probe.py whoami ADDR PORT` prints
+the source address the peer saw (UDP); `python probe.py serve PORT...` answers TCP connects and
+UDP datagrams on those ports (IPv4 and IPv6; to "who?" the sender's address) until killed."""
 
 import os
 import select
@@ -57,6 +58,17 @@ def udp(addr: str, port: int) -> bool:
         return False
 
 
+def whoami(addr: str, port: int) -> bool:
+    sock = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET, socket.SOCK_DGRAM)
+    sock.settimeout(0.5)
+    try:
+        sock.sendto(b"who?", (addr, port))
+        print(sock.recv(64).decode())
+        return True
+    except OSError:
+        return False
+
+
 def serve(ports: list[int]) -> None:
     socks = []
     for port in ports:
@@ -75,7 +87,7 @@ def serve(ports: list[int]) -> None:
                 s.accept()[0].close()
             else:
                 data, peer = s.recvfrom(64)
-                s.sendto(data, peer)
+                s.sendto(peer[0].removeprefix("::ffff:").encode() if data == b"who?" else data, peer)
 
 
 if __name__ == "__main__":
@@ -83,5 +95,6 @@ if __name__ == "__main__":
     if verb == "serve":
         serve([int(p) for p in args])
     ok = {"ping": lambda: ping(args[0]), "tcp": lambda: tcp(args[0], int(args[1])),
-          "udp": lambda: udp(args[0], int(args[1]))}[verb]()
+          "udp": lambda: udp(args[0], int(args[1])),
+          "whoami": lambda: whoami(args[0], int(args[1]))}[verb]()
     sys.exit(0 if ok else 1)

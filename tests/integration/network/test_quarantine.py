@@ -100,13 +100,13 @@ def test_quarantine_release_and_move(vm, operator, viewer, nft_table, test_netwo
                                 bridge=f"pzm{uuid.uuid4().hex[:8]}", network_name=f"tmove-{uuid.uuid4().hex[:6]}")
     gw.network_ensure_zone(vm.host.uri, other.network_name, other.bridge)
     try:
-        assert services.vm_zone_move(actor=operator, vm=vm, zone=other) is True
+        assert services.vm_zone_move(actor=operator, vm=vm, zone=other) == "now"
         vm.refresh_from_db()
         assert vm.zone == other.name
         assert {i.network for i in gw.domain_get(vm.host.uri, vm.name).interfaces} == {other.network_name}
         assert [z.name for z in services.vm_zones(vm)] == [other.name]
         ev = AuditEvent.objects.get(action="network.vm.move", outcome="success")
-        assert ev.params["live"] is True and ev.params["to"] == other.name
+        assert ev.params["live"] is True and ev.params["applies"] == "now" and ev.params["to"] == other.name
         services.vm_zone_move(actor=operator, vm=vm, zone=Zone.objects.get(name="qzone"))
     finally:
         gw.network_remove(vm.host.uri, other.network_name)

@@ -108,3 +108,24 @@ def test_apply_confirm_and_delete_from_the_command_line(host, admin, nft_table):
     run("--as", admin.username, "delete", str(rule.pk))
     assert not FirewallRule.objects.filter(pk=rule.pk).exists()
     assert AuditEvent.objects.filter(action="network.rule.delete", outcome="success").exists()
+
+
+def test_nat_is_a_zone_policy_the_command_sets(host, admin):
+    from apps.network.services.firewall import _document
+
+    zone = Zone.objects.create(host=host, name=f"n{uuid.uuid4().hex[:6]}", kind="secure",
+                               bridge=f"nob{uuid.uuid4().hex[:6]}", network_name=f"n{uuid.uuid4().hex[:6]}")
+    assert "masquerade" not in str(_document(host))  # no NAT unless the policy says so
+    with pytest.raises(CommandError, match="NAT needs the uplink"):
+        run("--as", admin.username, "zone", "edit", zone.name, "--nat", "yes")
+    assert AuditEvent.objects.filter(action="network.zone.edit", outcome="failed").exists()
+    run("--as", admin.username, "zone", "edit", zone.name, "--uplink", "vpn0", "--nat", "yes")
+    zone.refresh_from_db()
+    assert zone.nat and zone.uplink == "vpn0" and " nat " in run("zone", "list")
+    rules = [c["add"]["rule"] for c in _document(host)["nftables"] if "rule" in c.get("add", {})]
+    nat = [r for r in rules if r["chain"] == "nat"]
+    assert [r["expr"][:2] for r in nat] == [[{"match": {"op": "==", "left": {"meta": {"key": "iifname"}},
+                                                        "right": zone.bridge}},
+                                             {"match": {"op": "==", "left": {"meta": {"key": "oifname"}},
+                                                        "right": "vpn0"}}]]  # fmt: skip
+    assert AuditEvent.objects.filter(action="network.zone.edit", outcome="success", params__nat=True).exists()

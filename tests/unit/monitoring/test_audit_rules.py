@@ -18,7 +18,8 @@ def rules(tmp_path, settings):
     settings.POSTURE_AUDIT_WATCH_PATHS = ["/etc/libvirt", "/etc/hypervisor-portal"]
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    settings.HOST_CHECK_PATH = str(bin_dir)  # no augenrules here, unless a test puts one
+    # only this directory: the real augenrules is hidden, a test puts a stand-in when it needs one
+    settings.HOST_CHECK_PATH = str(bin_dir)
     return settings.AUDIT_RULES_FILE, bin_dir
 
 
@@ -63,11 +64,22 @@ def test_an_unconfirmed_or_stale_install_changes_nothing_and_is_audited(client, 
 
 @pytest.mark.django_db
 def test_the_rules_are_loaded_with_augenrules_when_it_exists(client, host, admin, rules):
+    """A stand-in augenrules, though Debian's (auditd) is installed here: the real one reads
+    only /etc/audit/rules.d (not the test's AUDIT_RULES_FILE; it has no option for another
+    directory), rewrites /etc/audit/audit.rules and, with --load, runs `auditctl -R`, which
+    replaces the kernel's audit rules for the whole shared machine. So this checks only that
+    the job runs `augenrules --load` after writing the file and reports its failure."""
     path, bin_dir = rules
     augenrules = bin_dir / "augenrules"
-    augenrules.write_text('#!/bin/sh\n[ "$1" = "--load" ] || exit 2\necho "No change"\n')
+    augenrules.write_text(f'#!/bin/sh\n[ "$1" = "--load" ] || exit 2\n[ -f "{path}" ] || exit 3\necho "No change"\n')
     augenrules.chmod(augenrules.stat().st_mode | stat.S_IXUSR)
     job = services.audit_rules_install_request(actor=admin, seen_sha256=services.audit_rules_diff().wanted_sha256)
     jobs.job_run(job.pk)
     job.refresh_from_db()
     assert job.state == "succeeded" and job.result["loaded"] == "loaded with augenrules --load"
+    refused = "echo 'Error sending add rule data request (Operation not permitted)' >&2; exit 1\n"
+    augenrules.write_text("#!/bin/sh\n" + refused)
+    job = services.audit_rules_install_request(actor=admin, seen_sha256=services.audit_rules_diff().wanted_sha256)
+    jobs.job_run(job.pk)
+    job.refresh_from_db()
+    assert job.state == "failed" and "augenrules --load failed" in job.error and "Operation not permitted" in job.error

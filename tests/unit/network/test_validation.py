@@ -2,7 +2,7 @@
 
 import pytest
 
-from apps.network.forms import RuleForm, ZoneForm
+from apps.network.forms import RuleForm, ZoneEditForm, ZoneForm
 from apps.network.models import Zone
 
 GOOD_RULE = {"direction": "in", "protocol": "tcp", "ports": "22", "remote": "", "action": "accept", "comment": "ssh"}
@@ -61,6 +61,12 @@ def test_vpn_only_needs_an_uplink_and_custom_its_policy():
     assert "uplink" in ZoneForm({"name": "v", "kind": "vpn-only"}).errors
     errors = ZoneForm({"name": "c", "kind": "custom"}).errors
     assert "policy_in" in errors and "policy_out" in errors
+
+
+def test_nat_needs_an_uplink():
+    base = {"policy_in": "drop", "policy_out": "accept", "nat": "on"}
+    assert "nat" in ZoneEditForm(base).errors
+    assert ZoneEditForm({**base, "uplink": "vpn0"}).is_valid()
 
 
 def test_kinds_imply_their_policy():

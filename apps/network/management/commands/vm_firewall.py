@@ -74,6 +74,8 @@ class Command(BaseCommand):
         for opt in ("description", "uplink", "policy-in", "policy-out"):
             p.add_argument(f"--{opt}", default=None)
         p.add_argument("--host-access", choices=["yes", "no"], default=None)
+        p.add_argument("--nat", choices=["yes", "no"], default=None,
+                       help="masquerade what leaves by the uplink (needs --uplink)")
         p.add_argument("--host-services", default=None, help="with host access, only these (comma separated: "
                                                              "ssh,dns,dhcp,ntp,http,https,ping; '' for every one)")
         p = z.add_parser("delete")
@@ -107,9 +109,8 @@ class Command(BaseCommand):
                 zone = Zone.objects.filter(host=host, name=o["zone"]).first()
                 if zone is None:
                     raise NotFound(f"No zone named {o['zone']!r} on {host}.")
-                now = services.vm_zone_move(actor=actor, vm=vm, zone=zone)
-                return self.stdout.write(f"{vm.name} moved to zone {zone.name}" + (
-                    "" if now else "; its running interfaces move at its next start"))  # fmt: skip
+                applies = services.vm_zone_move(actor=actor, vm=vm, zone=zone)
+                return self.stdout.write(f"{vm.name} moved to zone {zone.name}{services.MOVE_MESSAGES[applies]}")
             if verb == "quarantine":
                 job = services.vm_quarantine(actor=actor, vm=vm, reason=o["reason"])
                 return self._follow_quarantine(job, o)
@@ -215,7 +216,7 @@ class Command(BaseCommand):
             for z in Zone.objects.filter(host=host):
                 self.stdout.write(f"{z.name:<20} {z.kind:<10} bridge={z.bridge} network={z.network_name} "
                                   f"({z.network_state}) in={z.policy_in} out={z.policy_out} "
-                                  f"host={_host_access(z)} {z.description}")  # fmt: skip
+                                  f"host={_host_access(z)}{' nat' if z.nat else ''} {z.description}")  # fmt: skip
             return
         if verb == "create":
             data = {k.replace("-", "_"): o.get(k.replace("-", "_")) for k in
@@ -238,6 +239,7 @@ class Command(BaseCommand):
                     "uplink": zone.uplink if o["uplink"] is None else o["uplink"],
                     "policy_in": o["policy_in"] or zone.policy_in, "policy_out": o["policy_out"] or zone.policy_out,
                     "host_access": zone.host_access if o["host_access"] is None else o["host_access"] == "yes",
+                    "nat": zone.nat if o["nat"] is None else o["nat"] == "yes",
                     "host_services": zone.host_services if o["host_services"] is None else
                     [s.strip() for s in o["host_services"].split(",") if s.strip()]}  # fmt: skip
             form = ZoneEditForm(data)
