@@ -89,6 +89,8 @@ class Command(BaseCommand):
         self.stdout.write(f"Demo users (also in {Path(settings.VAR_DIR) / 'demo-credentials.txt'}, mode 0600):")
         for user, password in creds.items():
             self.stdout.write(f"  {user:10s} {password}")
+        if "admin" in creds:  # admins must use two-factor sign-in: say so before the browser does
+            self.stdout.write("  (admin enrols two-factor sign-in at its first sign-in: any TOTP app, e.g. Aegis)")
 
     def _say(self, notice: str) -> None:
         self.notices.append(notice)
