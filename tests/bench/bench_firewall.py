@@ -98,6 +98,8 @@ def _by_hand(table: str, rs) -> str:
     out += ["}", f"table inet {table} {{", "  map zone_fwd { type ifname : verdict; }",
             "  map zone_host { type ifname : verdict; }", "  set zone_bridges { type ifname; }",
             "  chain forward {", "    type filter hook forward priority 0; policy accept;",
+            "    oifname @zone_bridges ct state established,related ct direction reply "
+            f"meta mark set meta mark | {HOST_REPLY_MARK:#010x}",
             "    ct state established,related accept", "    iifname vmap @zone_fwd",
             '    oifname @zone_bridges counter drop comment "into zone"', "  }",
             "  chain input {", "    type filter hook input priority 0; policy accept;",
