@@ -23,6 +23,7 @@ class ZoneForm(forms.Form):
     policy_in = forms.ChoiceField(choices=Verdict.choices, required=False, help_text="custom zones")
     policy_out = forms.ChoiceField(choices=Verdict.choices, required=False, help_text="custom zones")
     host_access = forms.BooleanField(required=False, help_text="custom zones: VMs may reach the host")
+    nat = forms.BooleanField(required=False, help_text="masquerade what leaves by the uplink (needs an uplink)")
 
     def _subnet(self, field: str, version: int) -> str:
         net = v.parse_cidr(self.cleaned_data.get(field, ""), "subnet")
@@ -42,6 +43,8 @@ class ZoneForm(forms.Form):
         data = super().clean()
         if data.get("kind") == Zone.Kind.VPN_ONLY and not data.get("uplink"):
             self.add_error("uplink", "A vpn-only zone needs the uplink its traffic leaves by.")
+        if data.get("nat") and not data.get("uplink"):
+            self.add_error("nat", "NAT needs the uplink the zone's traffic is masqueraded out of.")
         if data.get("kind") == Zone.Kind.CUSTOM:
             for f in ("policy_in", "policy_out"):
                 if not data.get(f):

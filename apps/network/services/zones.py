@@ -26,12 +26,14 @@ def _default_bridge(host: Host, name: str) -> str:
 
 def zone_create(*, actor, host: Host, name: str, kind: str, description: str = "", network_name: str = "",
                 bridge: str = "", uplink: str = "", ipv4_cidr: str = "", ipv6_cidr: str = "",
-                policy_in: str = "", policy_out: str = "", host_access: bool = False) -> tuple[Zone, Job]:  # fmt: skip
+                policy_in: str = "", policy_out: str = "", host_access: bool = False,
+                nat: bool = False) -> tuple[Zone, Job]:  # fmt: skip
     """Typed values from ZoneForm. The zone row exists at once (network_state pending); the
     job defines and starts its isolated libvirt network."""
+    params = {"kind": kind, "host": host.name, "nat": nat}
     with audited(actor=actor, action="network.zone.create", target=("zone", "", name), obj=host,
-                 perm="network.zones", params={"kind": kind, "host": host.name}, atomic=True) as ev:  # fmt: skip
-        zone = Zone(host=host, name=name, kind=kind, description=description,
+                 perm="network.zones", params=params, atomic=True) as ev:  # fmt: skip
+        zone = Zone(host=host, name=name, kind=kind, description=description, nat=nat,
                     network_name=network_name or f"portal-{name}"[:63], bridge=bridge or _default_bridge(host, name),
                     uplink=uplink, ipv4_cidr=ipv4_cidr, ipv6_cidr=ipv6_cidr)  # fmt: skip
         if kind == Zone.Kind.CUSTOM:

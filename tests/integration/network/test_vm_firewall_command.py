@@ -129,3 +129,12 @@ def test_nat_is_a_zone_policy_the_command_sets(host, admin):
                                              {"match": {"op": "==", "left": {"meta": {"key": "oifname"}},
                                                         "right": "vpn0"}}]]  # fmt: skip
     assert AuditEvent.objects.filter(action="network.zone.edit", outcome="success", params__nat=True).exists()
+
+    # chosen when the zone is made, too: refused without an uplink, kept with one
+    made = f"m{uuid.uuid4().hex[:6]}"
+    with pytest.raises(CommandError, match="NAT needs the uplink"):
+        run("--as", admin.username, "zone", "create", made, "--kind", "secure", "--nat")
+    assert not Zone.objects.filter(name=made).exists()
+    run("--as", admin.username, "zone", "create", made, "--kind", "secure", "--uplink", "vpn1", "--nat")
+    assert Zone.objects.get(host=host, name=made).nat
+    assert AuditEvent.objects.filter(action="network.zone.create", outcome="success", params__nat=True).exists()

@@ -67,6 +67,9 @@ def test_nat_needs_an_uplink():
     base = {"policy_in": "drop", "policy_out": "accept", "nat": "on"}
     assert "nat" in ZoneEditForm(base).errors
     assert ZoneEditForm({**base, "uplink": "vpn0"}).is_valid()
+    assert "nat" in ZoneForm({"name": "n", "kind": "secure", "nat": "on"}).errors  # when the zone is made too
+    made = ZoneForm({"name": "n", "kind": "secure", "nat": "on", "uplink": "vpn0"})
+    assert made.is_valid() and made.cleaned_data["nat"] is True
 
 
 def test_kinds_imply_their_policy():

@@ -69,6 +69,7 @@ class Command(BaseCommand):
                     "policy-out"):  # fmt: skip
             p.add_argument(f"--{opt}", default="")
         p.add_argument("--host-access", action="store_true")
+        p.add_argument("--nat", action="store_true", help="masquerade what leaves by the uplink (needs --uplink)")
         p = z.add_parser("edit")
         p.add_argument("name")
         for opt in ("description", "uplink", "policy-in", "policy-out"):
@@ -222,7 +223,7 @@ class Command(BaseCommand):
             data = {k.replace("-", "_"): o.get(k.replace("-", "_")) for k in
                     ("description", "network-name", "bridge", "uplink", "ipv4-cidr", "ipv6-cidr", "policy-in",
                      "policy-out")}  # fmt: skip
-            data.update(name=o["name"], kind=o["kind"], host_access=o["host_access"])
+            data.update(name=o["name"], kind=o["kind"], host_access=o["host_access"], nat=o["nat"])
             form = ZoneForm(data)
             if not form.is_valid():
                 refused(actor=actor, action="network.zone.create", target=("zone", "", o["name"][:100]), obj=host,
