@@ -119,6 +119,9 @@ class ZoneMoveForm(forms.Form):
 
 class QuarantineForm(forms.Form):
     reason = forms.CharField(max_length=200, required=False, validators=[v.check_text])
+    confirm = forms.ChoiceField(choices=[("yes", "yes")], error_messages={
+        "required": "Quarantining a VM cuts it off and suspends it: it needs confirmation.",
+        "invalid_choice": "Quarantining a VM cuts it off and suspends it: it needs confirmation."})  # fmt: skip
 
 
 class ReleaseForm(forms.Form):

@@ -218,8 +218,6 @@ def vm_quarantine(request, host: str, name: str):
         refused(actor=request.user, action="network.vm.quarantine", target=vm, perm="network.change",
                 params=_params(form), error=errors_text(form))  # fmt: skip
         return _vm_page(request, vm, status=400, quarantine_form=form)
-    if request.POST.get("confirm") != "yes":
-        raise InvalidInput(f"Quarantining {vm.name} needs confirmation.")
     job = services.vm_quarantine(actor=request.user, vm=vm, reason=form.cleaned_data["reason"])
     return job_started(request, job, f"Quarantine of {vm.name} started ({job.params['incident']}).",
                        back=reverse("network:vm", args=[host, name]))  # fmt: skip

@@ -90,6 +90,10 @@ def test_the_quarantine_page_enqueues_a_job_and_shows_it(client, operator, host,
     client.force_login(operator)
     reauthenticate(client)
     url = reverse("network:quarantine", args=[host.name, vm.name])
+    unconfirmed = client.post(url, {"reason": "beaconing"})  # refused, audited, nothing queued
+    assert unconfirmed.status_code == 400 and "needs confirmation" in unconfirmed.content.decode()
+    assert AuditEvent.objects.filter(action="network.vm.quarantine", outcome="failed").exists()
+    assert not jobs.Job.objects.filter(kind="network.vm.quarantine", target_id=str(vm.pk)).exists()
     response = client.post(url, {"reason": "beaconing", "confirm": "yes"})
     job = jobs.Job.objects.get(kind="network.vm.quarantine", target_id=str(vm.pk))
     assert response.status_code == 302 and response["Location"].endswith(f"?job={job.pk}")

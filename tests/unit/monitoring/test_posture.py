@@ -62,18 +62,19 @@ def test_a_hanging_command_is_unknown_timed_out_and_stalls_nothing(bin_dir, sett
 @pytest.fixture
 def sshd_config(tmp_path, settings):
     """Writes an sshd config file for the real `sshd -T -f FILE -h KEY`, with a host key made
-    here by ssh-keygen. sshd -T also wants its privilege separation directory /run/sshd, which
+    here by ssh-keygen (the project's setup installs openssh-server: its absence fails, with the fix,
+    as promtool's does). sshd -T also wants its privilege separation directory /run/sshd, which
     scripts/setup-system.sh makes (ssh.service would, but never runs here); made here too if
     missing, and left (an empty directory another run may be using)."""
     import subprocess
 
     if host_checks.which("sshd") is None or host_checks.which("ssh-keygen") is None:
-        pytest.skip("openssh-server is not installed: run scripts/setup-system.sh")
+        pytest.fail("openssh-server is not installed (the project installs it): run scripts/setup-system.sh")
     key = tmp_path / "ssh_host_ed25519_key"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True, timeout=10)
     if not Path("/run/sshd").is_dir():
         if not host_checks.is_root():
-            pytest.skip("/run/sshd is missing and only root may make it: run scripts/setup-system.sh")
+            pytest.fail("/run/sshd is missing and only root may make it: run scripts/setup-system.sh (it makes it)")
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
     settings.POSTURE_SSHD_HOST_KEY = str(key)
 
