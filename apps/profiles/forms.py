@@ -9,6 +9,16 @@ from apps.core.errors import InvalidInput
 from apps.core.validators import validate_name
 
 
+def _json_object(text: str, what: str) -> dict:
+    """The text as a JSON object, or the parser's complaint as the field's error."""
+    from .services import parse_json
+
+    try:
+        return parse_json(text, what)
+    except InvalidInput as exc:
+        raise forms.ValidationError(exc.message, code="invalid")
+
+
 def _name(what: str):
     def check(value):
         try:
@@ -22,6 +32,9 @@ def _name(what: str):
 class ProfileForm(forms.Form):
     description = forms.CharField(label="Description", max_length=200, required=False)
     spec = forms.CharField(label="Profile JSON", max_length=20_000, widget=forms.Textarea(attrs={"rows": 18}))
+
+    def clean_spec(self) -> dict:
+        return _json_object(self.cleaned_data["spec"], "profile")
 
 
 class ProfileImportForm(forms.Form):
@@ -37,6 +50,21 @@ class VmCreateForm(forms.Form):
                                    max_value=1 << 20, required=False)  # fmt: skip
     overrides = forms.CharField(label="Overrides (JSON)", max_length=20_000, required=False,
                                 widget=forms.Textarea(attrs={"rows": 6}))  # fmt: skip
+    host = forms.CharField(label="Host", max_length=63, required=False)
+
+    def clean_overrides(self) -> dict | None:
+        text = self.cleaned_data["overrides"]
+        return _json_object(text, "overrides") if text else None
+
+    def clean_host(self):
+        """The named host; none named: the first (a one-host portal's form may leave it out)."""
+        from apps.core.models import Host
+
+        name = self.cleaned_data["host"]
+        host = Host.objects.filter(name=name).first() if name else Host.objects.order_by("pk").first()
+        if host is None:
+            raise forms.ValidationError(f"No host named {name!r}." if name else "No host is known to the portal.")
+        return host
 
 
 class VmResourcesForm(forms.Form):

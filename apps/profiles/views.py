@@ -6,7 +6,6 @@ from django.shortcuts import redirect
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
-from apps.core.errors import NotFound
 from apps.core.forms import validated
 from apps.core.models import Host
 from apps.core.views_util import job_started, permission_required, render_page
@@ -35,8 +34,7 @@ def profile_detail(request, name: str):
 def profile_save(request, name: str):
     form = validated(ProfileForm(request.POST), actor=request.user, action="profiles.profile.save",
                      perm="profiles.change")  # fmt: skip
-    spec = services.parse_json(form.cleaned_data["spec"])
-    profile = services.profile_save(actor=request.user, name=name, spec=spec,
+    profile = services.profile_save(actor=request.user, name=name, spec=form.cleaned_data["spec"],
                                     description=form.cleaned_data["description"])  # fmt: skip
     messages.success(request, f"Profile {profile.name} saved as version {profile.version}.")
     return redirect("profiles:detail", profile.name)
@@ -72,13 +70,10 @@ def vm_new(request):
 def vm_create(request):
     form = validated(VmCreateForm(request.POST), actor=request.user, action="vms.vm.create", perm="vms.create")
     data = form.cleaned_data
-    host = Host.objects.filter(name=request.POST.get("host", "")).first() or Host.objects.order_by("pk").first()
-    if host is None:
-        raise NotFound("No host is known to the portal.")
+    host = data["host"]
     profile = services.profile_get(actor=request.user, name=data["profile"])
-    overrides = services.parse_json(data["overrides"], "overrides") if data["overrides"] else None
     job = provision.vm_create(actor=request.user, host=host, name=data["name"], profile=profile,
-                              overrides=overrides, pool=data["pool"], iso=data["iso"],
+                              overrides=data["overrides"], pool=data["pool"], iso=data["iso"],
                               quota_gib=data["quota_gib"])  # fmt: skip
     back = reverse("vms:detail", args=[host.name, data["name"]])
     return job_started(request, job, f"Creating {data['name']} from profile {profile.name}.", back)

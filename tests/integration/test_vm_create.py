@@ -378,6 +378,12 @@ def test_the_pages_follow_the_roles_and_scopes(db, client, host, personas, make_
     assert page.status_code == 200 and b"creating" in page.content
     bad = client.post(url, {**form, "name": unique("page"), "overrides": '{"vcpus": 2'})
     assert bad.status_code == 400 and b"not valid JSON" in bad.content
+    assert AuditEvent.objects.filter(action="vms.vm.create", outcome="failed",
+                                     error__contains="not valid JSON").exists()  # fmt: skip
+    elsewhere = client.post(url, {**form, "name": unique("page"), "host": "no-such-host"})  # never another host
+    assert elsewhere.status_code == 400 and b"No host named" in elsewhere.content
+    assert not Job.objects.filter(kind="vms.vm.create", target_name__startswith="page-").exclude(
+        target_id=str(vm.pk)).exists()  # fmt: skip
 
     resources = reverse("profiles:vm_resources", args=[host.name, vm.name])
     refused = client.post(resources, {"vcpus": 0, "memory_mb": 8})
@@ -413,6 +419,12 @@ def test_profiles_are_versioned_admin_edited_and_round_trip_as_json(db, client, 
     assert list(hardened.versions.values_list("version", flat=True)) == [2, 1]
     bad = client.post(save, {"spec": json.dumps({**spec, "tpm": {"model": "tpm-x"}})})
     assert bad.status_code == 400 and b"tpm.model" in bad.content
+    broken = client.post(save, {"spec": "{not json"})  # refused by the form: audited, nothing saved
+    assert broken.status_code == 400 and b"not valid JSON" in broken.content
+    assert AuditEvent.objects.filter(action="profiles.profile.save", outcome="failed",
+                                     error__contains="not valid JSON").exists()  # fmt: skip
+    hardened.refresh_from_db()
+    assert hardened.version == 2
     hardened.refresh_from_db()
     assert hardened.version == 2
     assert AuditEvent.objects.filter(action="profiles.profile.save", outcome="failed").exists()
