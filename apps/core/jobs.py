@@ -44,18 +44,25 @@ Handler = Callable[[Job, Progress], dict | None]
 _HANDLERS: dict[str, Handler] = {}
 _LONG_KINDS: set[str] = set()
 _LOST_HINTS: dict[str, str] = {}
+_ON_LOST: dict[str, Callable[[Job], None]] = {}
 SYSTEM_ACTOR = "system"
 
 
-def handler(kind: str, *, long: bool = False, lost_hint: str = ""):
+def handler(kind: str, *, long: bool = False, lost_hint: str = "", on_lost: Callable[[Job], None] | None = None):
     """Register the function that does the work of jobs of this kind. long=True: the job may
     block for hours (it must keep its heartbeat with `heartbeat`) and runs in the task with
     the long time limits. `lost_hint` tells the operator what to do when the job's worker
-    was lost (e.g. how to resume); it ends the job's error."""
+    was lost (e.g. how to resume); it ends the job's error. `on_lost(job)` puts right what
+    a lost job may have left half done, once the job is marked failed (by the worker that
+    starts again or the stale-job reaper); it records what it did itself."""
 
     def register(fn: Handler) -> Handler:
         _HANDLERS[kind] = fn
         _LOST_HINTS[kind] = lost_hint
+        if on_lost is not None:
+            _ON_LOST[kind] = on_lost
+        else:
+            _ON_LOST.pop(kind, None)
         if long:
             _LONG_KINDS.add(kind)
         else:
@@ -225,6 +232,12 @@ def job_fail_lost(job: Job, reason: str) -> None:
             reason = f"{reason} {_LOST_HINTS[locked.kind]}"
         locked.log = [*locked.log, {"at": timezone.now().isoformat(timespec="seconds"), "msg": reason}]
         _finish(locked, Job.State.FAILED, error=reason)
+    clean_up = _ON_LOST.get(locked.kind)
+    if clean_up is not None:  # outside the row lock: it may call libvirt
+        try:
+            clean_up(locked)
+        except Exception:  # the job is failed either way; its hint says what to check
+            log.exception("clean-up after the lost job %s failed", locked.pk)
 
 
 def jobs_reap_stale(now=None) -> int:

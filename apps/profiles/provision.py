@@ -288,7 +288,32 @@ def limits_apply(uri: str, vm_name: str, limits: dict, targets: list[str]) -> bo
     )  # fmt: skip
 
 
-@jobs.handler("vms.vm.create", long=True, lost_hint="the VM may be half made: delete it and create it again")
+def _create_lost(job: Job) -> None:
+    """A create job whose worker was lost (killed, restarted) left the VM half made: remove
+    what it may have made, as its own failure would have (the domain and its disks, the
+    plain disks made before the domain was defined, the varstore with the profile's keys),
+    and record it. Each step tolerates what is not there."""
+    from apps.core.gateways import firmware
+
+    from .secure_boot import vars_path
+
+    vm = VirtualMachine.objects.select_related("host").filter(pk=job.target_id).first()
+    if vm is None:
+        return
+    origin = VmOrigin.objects.filter(vm=vm).first()
+    with audited(actor=None, action="vms.vm.create.clean_up", target=vm, params={"job": job.pk}) as ev:
+        result = vm_delete_now(vm, actor=None, with_disks=True, job=job)
+        for index, disk in enumerate((origin.spec if origin else {}).get("disks", [])):
+            pool = disk.get("pool") or job.params.get("pool", "")
+            if pool and not disk.get("encrypted"):
+                gw.volume_delete_if_exists(vm.host.uri, pool, f"{vm.name}-disk{index}.qcow2")
+        firmware.vars_remove(vars_path(vm.name))
+        VirtualMachine.objects.filter(pk=vm.pk).update(present=False, last_state="failed")
+        ev.params["removed"] = result["deleted_disks"]
+
+
+@jobs.handler("vms.vm.create", long=True, on_lost=_create_lost,
+              lost_hint="What it had made is removed: create the VM again.")  # fmt: skip
 def _run_create(job: Job, progress: jobs.Progress) -> dict:
     vm = VirtualMachine.objects.select_related("host").get(pk=job.target_id)
     actor = jobs.job_actor(job)

@@ -214,6 +214,47 @@ def test_a_vm_boots_with_the_profiles_own_secure_boot_keys_enrolled_in_its_varst
     assert not Path(nvram.text).exists()
 
 
+class _WorkerKilled(BaseException):
+    """Stands for the worker process dying mid-job: nothing after it runs, no undo either."""
+
+
+@pytest.mark.parametrize("killed_at", ["domain_define", "domain_start"])
+def test_a_create_whose_worker_was_lost_is_cleaned_up_when_it_is_marked_failed(
+    killed_at, db, host, operator, test_pool, cleanup, libvirt_uri, monkeypatch
+):
+    monkeypatch.setattr(jobs, "_send", lambda job_id: None)  # queued only: the "worker" below runs it
+    name = unique("lost")
+    cleanup.append(name)
+    job = provision.vm_create(actor=operator, host=host, name=name, profile=profile("minimal"), pool=test_pool,
+                              overrides={"disks": [{"size_mb": 16}]})  # fmt: skip
+    Job.objects.filter(pk=job.pk).update(state=Job.State.RUNNING, worker="w-killed")
+    job.refresh_from_db()
+    vm = VirtualMachine.objects.get(host=host, name=name)
+    real = getattr(gw, killed_at)
+
+    def killed(uri, arg):
+        if killed_at == "domain_start":
+            real(uri, arg)  # defined; the worker dies as it starts it
+        raise _WorkerKilled
+
+    monkeypatch.setattr(gw, killed_at, killed)
+    with pytest.raises(_WorkerKilled):
+        provision._create(vm, vm.origin.spec, job, None, lambda percent, message="": None, [])
+    monkeypatch.undo()
+    made = [v.name for v in gw.pool_get(libvirt_uri, test_pool).volumes if v.name.startswith(f"{name}-")]
+    assert made == [f"{name}-disk0.qcow2"]  # what the lost worker left
+
+    assert jobs.jobs_recover_worker("w-killed") == 1  # the worker starts again
+    job.refresh_from_db()
+    assert job.state == "failed" and "What it had made is removed" in job.error
+    assert not [v for v in gw.pool_get(libvirt_uri, test_pool).volumes if v.name.startswith(f"{name}-")]
+    with pytest.raises(NotFound):
+        gw.domain_get(libvirt_uri, name)
+    assert VirtualMachine.objects.get(pk=vm.pk).present is False
+    cleaned = AuditEvent.objects.get(action="vms.vm.create.clean_up")
+    assert cleaned.outcome == "success" and cleaned.actor_name == "system"
+
+
 def test_a_failure_part_way_removes_what_was_created(
     transactional_db, jobs_run_here, host, operator, test_pool, cleanup, libvirt_uri, monkeypatch
 ):
