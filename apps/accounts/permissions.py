@@ -12,7 +12,11 @@ offering `scope_path()` -> (host_id, zone, vm_id)."""
 
 from __future__ import annotations
 
+from collections import namedtuple
+
 from django.core.exceptions import PermissionDenied
+
+from apps.core.prepared import Prepared
 
 from .models import Role, RoleAssignment, Scope
 
@@ -48,6 +52,15 @@ ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
 }
 
 _CACHE_ATTR = "_portal_assignments"
+Assignment = namedtuple("Assignment", "role scope host_id zone vm_id")
+
+
+def _assignments_of(shape, p):
+    # unordered: the model's default ordering would join the user table for nothing
+    return RoleAssignment.objects.filter(user_id=p["user"]).order_by().values(*Assignment._fields)
+
+
+_ASSIGNMENTS_READ = Prepared(RoleAssignment, _assignments_of)
 
 
 def _assignments(user) -> list:  # rows with .role, .scope, .host_id, .zone, .vm_id
@@ -55,10 +68,8 @@ def _assignments(user) -> list:  # rows with .role, .scope, .host_id, .zone, .vm
         return []
     cached = getattr(user, _CACHE_ATTR, None)
     if cached is None:
-        # unordered: the model's default ordering would join the user table for nothing
-        # plain rows (role, scope, host_id, zone, vm_id), read by attribute: no model objects
-        assignments = RoleAssignment.objects.filter(user_id=user.pk).order_by()
-        cached = list(assignments.values_list("role", "scope", "host_id", "zone", "vm_id", named=True))
+        # plain rows read by attribute: no model objects (read on every request: prepared)
+        cached = [Assignment(**row) for row in _ASSIGNMENTS_READ.rows((), {"user": user.pk})]
         setattr(user, _CACHE_ATTR, cached)
     return cached
 
@@ -135,23 +146,41 @@ def permissions_of(user) -> set[str]:
     return perms
 
 
-def scope_filter(user, perm: str):
-    """A Q object restricting VirtualMachine rows to those `perm` covers, or None for all."""
-    from django.db.models import Q
+_SCOPE_FIELDS = {Scope.HOST: "host_id", Scope.ZONE: "zone", Scope.VM: "pk"}
 
-    q = Q(pk__in=[])
+
+def scope_parts(user, perm: str) -> tuple[tuple | None, dict]:
+    """The VM rows `perm` covers for `user` as a shape and its values: (None, {}) for every
+    row; else the kinds of the user's scopes in order ("host", "zone", "vm") and their values
+    as scope0, scope1, ... (what `scope_q` and a prepared read take)."""
+    kinds: list[str] = []
+    values: dict = {}
     for a in _assignments(user):
         if perm not in ROLE_PERMISSIONS[a.role]:
             continue
         if a.scope == Scope.GLOBAL:
-            return None
-        if a.scope == Scope.HOST:
-            q |= Q(host_id=a.host_id)
-        elif a.scope == Scope.ZONE:
-            q |= Q(zone=a.zone)
-        elif a.scope == Scope.VM:
-            q |= Q(pk=a.vm_id)
+            return None, {}
+        value = {Scope.HOST: a.host_id, Scope.ZONE: a.zone, Scope.VM: a.vm_id}.get(a.scope)
+        if value is not None:  # (a scope without its object covers nothing)
+            values[f"scope{len(kinds)}"] = value
+            kinds.append(a.scope)
+    return tuple(kinds), values
+
+
+def scope_q(kinds: tuple, values):
+    """A Q object for the VM rows of these scopes (from `scope_parts`); no kinds: no rows."""
+    from django.db.models import Q
+
+    q = Q(pk__in=[])
+    for i, kind in enumerate(kinds):
+        q |= Q(**{_SCOPE_FIELDS[kind]: values[f"scope{i}"]})
     return q
+
+
+def scope_filter(user, perm: str):
+    """A Q object restricting VirtualMachine rows to those `perm` covers, or None for all."""
+    kinds, values = scope_parts(user, perm)
+    return None if kinds is None else scope_q(kinds, values)
 
 
 def restrict(queryset, user, perm: str):

@@ -18,16 +18,25 @@ def _number(page_number) -> int:
         return 1
 
 
+def page_to_show(page_number, total: int, per_page: int) -> int:
+    """The page to show: a number past the end gives the last page, a bad one the first."""
+    return min(_number(page_number), max(1, -(-total // per_page)))
+
+
+def page_of(rows: list, number: int, per_page: int, total: int) -> Page:
+    """A Page of rows already read (page `number` of `total`)."""
+    paginator = Paginator((), per_page)
+    paginator.__dict__["count"] = total  # a cached_property, answered here
+    return Page(rows, number, paginator)
+
+
 def values_page(queryset: QuerySet, page_number, per_page: int, *fields, total: int | None = None,
                 **expressions) -> Page:  # fmt: skip
     """Page `page_number` of `queryset` (already ordered): dicts of `fields` and `expressions`.
     `total`: the queryset's count when the caller has it already."""
     if total is None:
         total = queryset.order_by().count()
-    last = max(1, -(-total // per_page))
-    number = min(_number(page_number), last)
+    number = page_to_show(page_number, total, per_page)
     start = (number - 1) * per_page
     rows = list(queryset.values(*fields, **expressions)[start : start + per_page]) if total else []
-    paginator = Paginator((), per_page)
-    paginator.__dict__["count"] = total  # a cached_property, answered above
-    return Page(rows, number, paginator)
+    return page_of(rows, number, per_page, total)

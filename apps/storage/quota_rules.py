@@ -9,6 +9,7 @@ from decimal import Decimal
 
 from django.conf import settings
 
+from apps.core.prepared import Prepared
 from apps.core.units import format_bytes
 
 from .models import GIB, PoolLimit, StorageDefaults, VmQuota
@@ -31,10 +32,17 @@ def defaults_from_settings() -> dict:
     }
 
 
+def _saved_defaults(shape, p):
+    return StorageDefaults.objects.filter(id=1).values()
+
+
+_DEFAULTS_READ = Prepared(StorageDefaults, _saved_defaults)  # read by every storage page
+
+
 def defaults_read() -> StorageDefaults:
     """The portal-wide defaults: the saved row, or (none saved yet) an unsaved one from the
     settings, version 1 like the row its first save creates. Never writes."""
-    row = StorageDefaults.objects.filter(id=1).first()
+    row = _DEFAULTS_READ.first((), {})
     return row if row is not None else StorageDefaults(id=1, version=1, **defaults_from_settings())
 
 
@@ -54,13 +62,13 @@ class EffectiveQuota:
 def effective_quota(quota: VmQuota | None, defaults: StorageDefaults) -> EffectiveQuota:
     if quota is None:
         return EffectiveQuota(defaults.quota_bytes, defaults.alert_percent, defaults.breach_action, False, 0)
-    return EffectiveQuota(
-        quota.limit_bytes or defaults.quota_bytes,
-        quota.alert_percent or defaults.alert_percent,
-        quota.breach_action or defaults.breach_action,
-        quota.limit_bytes is not None,
-        quota.version,
-    )
+    return quota_with_defaults(quota.limit_bytes, quota.alert_percent, quota.breach_action, quota.version, defaults)
+
+
+def quota_with_defaults(limit_bytes, alert_percent, breach_action, version, defaults) -> EffectiveQuota:
+    """A VM's own quota (from its row's values) with the defaults where it has none."""
+    return EffectiveQuota(limit_bytes or defaults.quota_bytes, alert_percent or defaults.alert_percent,
+                          breach_action or defaults.breach_action, limit_bytes is not None, version)  # fmt: skip
 
 
 def quota_of(vm) -> VmQuota | None:

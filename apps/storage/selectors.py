@@ -8,14 +8,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from django.core.paginator import Page
-from django.db.models import F, FilteredRelation, Q
+from django.db.models import Count, F, FilteredRelation, OuterRef, Q, Subquery
 from django.utils import timezone
 
-from apps.accounts.permissions import authorize, has_perm, restrict
+from apps.accounts.permissions import authorize, has_perm, restrict, scope_parts, scope_q
 from apps.core.errors import NotFound
 from apps.core.gateways import libvirt as gw
 from apps.core.models import Host
-from apps.core.paging import values_page
+from apps.core.paging import page_of, page_to_show
+from apps.core.prepared import Prepared, totals
 from apps.core.urlmaker import url_maker
 from apps.core.validators import validate_name
 from apps.vms.models import VirtualMachine
@@ -28,6 +29,7 @@ from .quota_rules import (
     defaults_read,
     effective_pool_limit,
     effective_quota,
+    quota_with_defaults,
 )
 from .trends import pool_samples, trend, vm_samples
 
@@ -133,15 +135,46 @@ _USAGE_EXPRESSIONS = {
 }
 
 
-def _usage_row(row: dict, defaults, vm_url) -> VmUsageRow:
+def _usage_row(row: dict, defaults, default_quota: EffectiveQuota, vm_url) -> VmUsageRow:
     if row["quota_version"] is None:  # no quota of its own: the defaults
-        quota = effective_quota(None, defaults)
+        quota = default_quota
     else:
-        own = VmQuota(limit_bytes=row["quota_limit"], alert_percent=row["quota_alert"],
-                      breach_action=row["quota_action"], version=row["quota_version"])  # fmt: skip
-        quota = effective_quota(own, defaults)
+        quota = quota_with_defaults(row["quota_limit"], row["quota_alert"], row["quota_action"], row["quota_version"],
+                                    defaults)  # fmt: skip
     return VmUsageRow(row["name"], vm_url(row["host_name"], row["name"]), row["disks_state"],
                       row["provisioned"], row["allocation"], quota, row["alert_level"])  # fmt: skip
+
+
+def _hosts(shape, p):
+    return Host.objects.order_by("name").values("id", "name", "uri", "collected_at", "unreachable_since",
+                                                "collect_error")  # fmt: skip
+
+
+def _pools(hosts, p):  # the pools of hosts host0, host1, ... with their own limits (None: none set)
+    own = PoolLimit.objects.filter(host_id=OuterRef("host_id"), pool=OuterRef("name"))
+    pools = PoolState.objects.filter(host_id__in=[p[f"host{i}"] for i in range(hosts)]).order_by("name")
+    return pools.annotate(limit_overcommit=Subquery(own.values("max_overcommit")),
+                          limit_reserve=Subquery(own.values("reserve_percent"))).values()  # fmt: skip
+
+
+def _vms_shown(kinds, p):  # the present VMs of these scopes (`scope_parts`), in host and name order
+    qs = VirtualMachine.objects.filter(present=True)
+    return (qs if kinds is None else qs.filter(scope_q(kinds, p))).order_by("host__name", "name")
+
+
+def _vm_count(kinds, p):
+    return totals(_vms_shown(kinds, p), n=Count("pk"))
+
+
+def _usage_rows(kinds, p):
+    open_alert = FilteredRelation("storagealert", condition=Q(storagealert__state="open"))
+    return _vms_shown(kinds, p).annotate(open_alert=open_alert).values(*_USAGE_FIELDS, **_USAGE_EXPRESSIONS)
+
+
+_HOSTS_READ = Prepared(Host, _hosts)
+_POOLS_READ = Prepared(PoolState, _pools)
+_VM_COUNT_READ = Prepared(VirtualMachine, _vm_count)
+_USAGE_READ = Prepared(VirtualMachine, _usage_rows)
 
 
 def _overview(user, vm_rows: list[dict]) -> list[HostStorage]:
@@ -150,54 +183,52 @@ def _overview(user, vm_rows: list[dict]) -> list[HostStorage]:
     defaults = defaults_read()
     by_host: dict[int, list[VmUsageRow]] = {}
     vm_url = url_maker("storage:vm", 2)
+    default_quota = effective_quota(None, defaults)
     for row in vm_rows:
         rows = by_host.setdefault(row["host_id"], [])
         if row["disks_state"] is not None:  # the collector has read its disks
-            rows.append(_usage_row(row, defaults, vm_url))
+            rows.append(_usage_row(row, defaults, default_quota, vm_url))
     pool_hosts, hosts = [], []
-    for host in Host.objects.all():
+    for host in _HOSTS_READ.objects((), {}):
         if user is None or has_perm(user, "storage.view", host):
             pool_hosts.append(host.pk)
         elif host.pk not in by_host:
             continue
         hosts.append(host)
-    pools: dict[int, list[PoolState]] = {}
-    limits = {(pl.host_id, pl.pool): pl for pl in PoolLimit.objects.filter(host_id__in=pool_hosts)}
-    for p in PoolState.objects.filter(host_id__in=pool_hosts).order_by("name"):
-        pools.setdefault(p.host_id, []).append(p)
+    pools: dict[int, list[tuple[PoolState, EffectivePoolLimit]]] = {}
+    for row in _POOLS_READ.rows(len(pool_hosts), {f"host{i}": pk for i, pk in enumerate(pool_hosts)}):
+        own = PoolLimit(max_overcommit=row.pop("limit_overcommit"), reserve_percent=row.pop("limit_reserve"))
+        pool = PoolState.from_db("default", list(row), list(row.values()))
+        pools.setdefault(pool.host_id, []).append((pool, effective_pool_limit(own, defaults)))
     result = []
     for host in hosts:
         entry = HostStorage(host, vms=by_host.get(host.pk, []), error=_stale_note(host))
-        entry.pools = [PoolRow(host, p, effective_pool_limit(limits.get((host.pk, p.name)), defaults))
-                       for p in pools.get(host.pk, ())]  # fmt: skip
+        entry.pools = [PoolRow(host, pool, limit) for pool, limit in pools.get(host.pk, ())]
         result.append(entry)
     return result
-
-
-def _visible_vms_everywhere(user):
-    qs = VirtualMachine.objects.filter(present=True)
-    return restrict(qs, user, "storage.view").order_by("host__name", "name")
-
-
-def _with_open_alert(qs):
-    return qs.annotate(open_alert=FilteredRelation("storagealert", condition=Q(storagealert__state="open")))
 
 
 def overview_for(user) -> list[HostStorage]:
     """Pools and every VM's quota row of every host the user may see (user None: the
     system, all), from the database, no libvirt call (the `storage_quota list` command)."""
     authorize(user, "storage.view", anywhere=True, action="storage.pools.view")
-    rows = _with_open_alert(_visible_vms_everywhere(user)).values(*_USAGE_FIELDS, **_USAGE_EXPRESSIONS)
-    return _overview(user, list(rows))
+    return _overview(user, _USAGE_READ.rows(*_storage_scope(user)))
+
+
+def _storage_scope(user) -> tuple[tuple | None, dict]:
+    return (None, {}) if user is None else scope_parts(user, "storage.view")
 
 
 def overview_page(user, page_number=None) -> tuple[list[HostStorage], Page]:
     """The storage page: pools of every host, and one page of VM quota rows (host, name
     order), so a host of thousands of VMs draws fifty."""
     authorize(user, "storage.view", anywhere=True, action="storage.pools.view")
-    qs = _with_open_alert(_visible_vms_everywhere(user))
-    page = values_page(qs, page_number, OVERVIEW_VMS_PER_PAGE, *_USAGE_FIELDS, **_USAGE_EXPRESSIONS)
-    return _overview(user, page.object_list), page
+    kinds, values = _storage_scope(user)
+    total = _VM_COUNT_READ.one(kinds, values)["n"] if kinds != () else 0
+    number = page_to_show(page_number, total, OVERVIEW_VMS_PER_PAGE)
+    rows = _USAGE_READ.rows(kinds, values, limit=OVERVIEW_VMS_PER_PAGE,
+                            offset=(number - 1) * OVERVIEW_VMS_PER_PAGE) if total else []  # fmt: skip
+    return _overview(user, rows), page_of(rows, number, OVERVIEW_VMS_PER_PAGE, total)
 
 
 @dataclass(frozen=True)
@@ -266,26 +297,62 @@ class PoolDetail:
     stale: str = ""
 
 
+def _host_named(shape, p):
+    return Host.objects.filter(name=p["name"]).values("id", "name", "uri", "collected_at", "unreachable_since",
+                                                      "collect_error")  # fmt: skip
+
+
+def _pool_of_host(shape, p):
+    return PoolState.objects.filter(host_id=p["host"], name=p["pool"]).values()
+
+
+def _limit_of_pool(shape, p):
+    return PoolLimit.objects.filter(host_id=p["host"], pool=p["pool"]).values()
+
+
+def _volume_count(shape, p):
+    return totals(VolumeState.objects.filter(host_id=p["host"], pool=p["pool"]), n=Count("pk"))
+
+
+def _volume_rows(shape, p):  # a volume's name and sizes, and its VM's name (vm_name)
+    volumes = VolumeState.objects.filter(host_id=p["host"], pool=p["pool"]).order_by("name")
+    return volumes.values("name", "capacity", "allocation", vm_name=F("vm__name"))
+
+
+def _pool_alerts(shape, p):
+    return StorageAlert.objects.filter(host_id=p["host"], pool=p["pool"], vm__isnull=True).values()
+
+
+_HOST_NAMED_READ = Prepared(Host, _host_named)
+_POOL_READ = Prepared(PoolState, _pool_of_host)
+_POOL_LIMIT_READ = Prepared(PoolLimit, _limit_of_pool)
+_VOLUME_COUNT_READ = Prepared(VolumeState, _volume_count)
+_VOLUME_ROWS_READ = Prepared(VolumeState, _volume_rows)
+_POOL_ALERTS_READ = Prepared(StorageAlert, _pool_alerts)
+
+
 def pool_detail(user, host_name: str, pool: str, page_number=None) -> PoolDetail:
     validate_name(host_name, "host name")
     validate_name(pool, "pool name")
-    host = Host.objects.filter(name=host_name).first()
+    host = _HOST_NAMED_READ.first((), {"name": host_name})
     if host is None or not has_perm(user, "storage.view", host):
         raise NotFound(f"No host named {host_name!r} that you can see.")
     authorize(user, "storage.view", host, action="storage.pool.view")
-    info = PoolState.objects.filter(host=host, name=pool).first()
+    which = {"host": host.pk, "pool": pool}
+    info = _POOL_READ.first((), which)
     if info is None:
         raise NotFound(f"Host {host_name} has no storage pool named {pool!r}.")
-    limit_row = PoolLimit.objects.filter(host=host, pool=pool).first()
-    volumes = VolumeState.objects.filter(host=host, pool=pool).order_by("name")
+    limit_row = _POOL_LIMIT_READ.first((), which)
+    total = _VOLUME_COUNT_READ.one((), which)["n"]
+    number = page_to_show(page_number, total, VOLUMES_PER_PAGE)
+    rows = _VOLUME_ROWS_READ.rows((), which, limit=VOLUMES_PER_PAGE, offset=(number - 1) * VOLUMES_PER_PAGE)
     now = timezone.now()
     return PoolDetail(
         row=PoolRow(host, info, effective_pool_limit(limit_row, defaults_read())),
-        volumes=values_page(volumes, page_number, VOLUMES_PER_PAGE, "name", "capacity", "allocation",
-                            vm_name=F("vm__name")),
+        volumes=page_of(rows, number, VOLUMES_PER_PAGE, total),
         limit_row=limit_row,
         trend=trend(pool_samples(host, pool, now=now), now=now),
-        alerts=list(StorageAlert.objects.filter(host=host, pool=pool, vm__isnull=True)[:10]),
+        alerts=_POOL_ALERTS_READ.objects((), which, limit=10),
         stale=_stale_note(host),
     )
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from apps.core.prepared import Prepared
+
 from .models import UsageSample
 
 
@@ -43,9 +45,13 @@ def vm_samples(vm, *, now: datetime, days: int = 30):
     return list(UsageSample.objects.filter(vm=vm, at__gte=now - timedelta(days=days)).order_by("at"))
 
 
+def _pool_sample_rows(shape, p):
+    rows = UsageSample.objects.filter(host_id=p["host"], vm__isnull=True, pool=p["pool"], at__gte=p["since"])
+    return rows.order_by("at").values()
+
+
+_POOL_SAMPLES_READ = Prepared(UsageSample, _pool_sample_rows)
+
+
 def pool_samples(host, pool: str, *, now: datetime, days: int = 30):
-    return list(
-        UsageSample.objects.filter(host=host, vm__isnull=True, pool=pool, at__gte=now - timedelta(days=days)).order_by(
-            "at"
-        )
-    )
+    return _POOL_SAMPLES_READ.objects((), {"host": host.pk, "pool": pool, "since": now - timedelta(days=days)})

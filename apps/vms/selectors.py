@@ -9,9 +9,10 @@ from django.core.paginator import Page
 from django.db.models import Count, F, FilteredRelation, Max, Q, QuerySet
 from django.utils.text import slugify
 
-from apps.accounts.permissions import restrict, scope_filter
+from apps.accounts.permissions import restrict, scope_parts, scope_q
 from apps.core.models import Host
-from apps.core.paging import values_page
+from apps.core.paging import page_of, page_to_show
+from apps.core.prepared import Prepared, totals
 from apps.core.units import format_bytes
 from apps.core.urlmaker import url_maker
 
@@ -79,30 +80,59 @@ ROW_EXPRESSIONS = {"host_name": F("host__name"), "unlock_mode": F("unlock_policy
                    "quarantined": F("active_quarantine__id")}  # fmt: skip
 
 
-def _filtered(user, filters: VmFilters) -> QuerySet[VirtualMachine]:
-    allowed = scope_filter(user, "vms.view")
+def _listing_shape(user, filters: VmFilters) -> tuple[tuple, dict]:
+    """The VM list's query as a shape (the user's kinds of scope, which filters are set) and
+    its values (the scopes' values, the filters'), for its prepared reads."""
+    kinds, values = scope_parts(user, "vms.view")
+    for name in ("q", "host", "zone", "state"):
+        if getattr(filters, name):
+            values[name] = getattr(filters, name)
+    flags = (bool(filters.q), bool(filters.host), bool(filters.zone), bool(filters.state), filters.encrypted,
+             filters.over_quota, filters.quarantined)  # fmt: skip
+    return (kinds, flags), values
+
+
+def _matching(shape, p) -> QuerySet[VirtualMachine]:
+    """The present VMs in the user's scope that the filters let through."""
+    kinds, (q, host, zone, state, encrypted, over_quota, quarantined) = shape
     qs = VirtualMachine.objects.filter(present=True)
-    if allowed is not None:
-        qs = qs.filter(allowed)
-    if filters.q:
-        qs = qs.filter(name__icontains=filters.q)
-    if filters.host:
-        qs = qs.filter(host__name=filters.host)
-    if filters.zone:
-        qs = qs.filter(zone=filters.zone)
-    if filters.state:
-        qs = qs.filter(last_state=filters.state)
-    if filters.encrypted:
+    if kinds is not None:
+        qs = qs.filter(scope_q(kinds, p))
+    if q:
+        qs = qs.filter(name__icontains=p["q"])
+    if host:
+        qs = qs.filter(host__name=p["host"])
+    if zone:
+        qs = qs.filter(zone=p["zone"])
+    if state:
+        qs = qs.filter(last_state=p["state"])
+    if encrypted:
         # the encryption and storage apps own these rows: asked by relation, as subqueries
-        encrypted = VirtualMachine.objects.filter(encrypted_disks__isnull=False).values("pk")
-        qs = qs.filter(pk__in=encrypted) if filters.encrypted == "yes" else qs.exclude(pk__in=encrypted)
-    if filters.over_quota:  # an open breach: allocation at or over the hard limit
+        with_disks = VirtualMachine.objects.filter(encrypted_disks__isnull=False).values("pk")
+        qs = qs.filter(pk__in=with_disks) if encrypted == "yes" else qs.exclude(pk__in=with_disks)
+    if over_quota:  # an open breach: allocation at or over the hard limit
         qs = qs.filter(pk__in=VirtualMachine.objects.filter(storagealert__state="open",
                                                             storagealert__level="breach").values("pk"))  # fmt: skip
-    if filters.quarantined:  # the network app's active quarantines, asked by relation
+    if quarantined:  # the network app's active quarantines, asked by relation
         active = VirtualMachine.objects.filter(quarantines__isnull=False, quarantines__released_at__isnull=True)
         qs = qs.filter(pk__in=active.values("pk"))
     return qs
+
+
+def _count_and_newest(shape, p):
+    return totals(_matching(shape, p), n=Count("pk"), seen=Max("last_seen"))
+
+
+def _list_rows(shape, p):
+    matching, sort, descending = shape
+    order = SORTS[sort]
+    if descending:
+        order = tuple(f"-{f}" for f in order)
+    return _with_quarantine(_matching(matching, p)).order_by(*order).values(*ROW_FIELDS, **ROW_EXPRESSIONS)
+
+
+_COUNT_READ = Prepared(VirtualMachine, _count_and_newest)
+_ROWS_READ = Prepared(VirtualMachine, _list_rows)
 
 
 def _with_quarantine(qs: QuerySet[VirtualMachine]) -> QuerySet[VirtualMachine]:
@@ -115,7 +145,7 @@ def _with_quarantine(qs: QuerySet[VirtualMachine]) -> QuerySet[VirtualMachine]:
 @dataclass(frozen=True)
 class VmListing:
     version: str  # changes whenever what this listing shows may have changed
-    stale_hosts: list[Host]
+    stale_hosts: list[dict]  # id, name, unreachable_since, collect_error, collected_at
     page: Page | None  # None when the version is the one the open page already has
 
 
@@ -125,17 +155,16 @@ def vm_listing(user, filters: VmFilters, page_number=None, since: str | None = N
     only with a typed passphrase) and its page's "url"). Three queries: the stale hosts, the
     count and newest change of the matching VMs (the pager's total and the token at once),
     the page. An open page polling with `since` gets no page when nothing changed."""
-    qs = _filtered(user, filters)
+    shape, values = _listing_shape(user, filters)
     stale = stale_hosts(user)
-    seen = qs.order_by().aggregate(n=Count("pk"), seen=Max("last_seen"))
-    version = _version([seen["n"], seen["seen"], *((h.pk, h.unreachable_since) for h in stale)])
+    seen = (_COUNT_READ.rows(shape, values) or [{"n": 0, "seen": None}])[0]
+    version = _version([seen["n"], seen["seen"], *((h["id"], h["unreachable_since"]) for h in stale)])
     if since is not None and since == version:
         return VmListing(version, stale, None)
-    order = SORTS[filters.sort]
-    if filters.descending:
-        order = tuple(f"-{f}" for f in order)
-    rows = _with_quarantine(qs).order_by(*order)
-    page = values_page(rows, page_number, PAGE_SIZE, *ROW_FIELDS, total=seen["n"], **ROW_EXPRESSIONS)
+    number = page_to_show(page_number, seen["n"], PAGE_SIZE)
+    rows = _ROWS_READ.rows((shape, filters.sort, filters.descending), values, limit=PAGE_SIZE,
+                           offset=(number - 1) * PAGE_SIZE) if seen["n"] else []  # fmt: skip
+    page = page_of(rows, number, PAGE_SIZE, seen["n"])
     detail_url = url_maker("vms:detail", 2)
     for row in page.object_list:  # what the template would otherwise work out per row, with filters
         row["url"] = detail_url(row["host_name"], row["name"])
@@ -148,22 +177,49 @@ def vm_listing(user, filters: VmFilters, page_number=None, since: str | None = N
 _STATE_CLASS = {state: f"state-{slugify(state)}" for state in STATES}
 
 
+def _states(kinds, p):
+    rows = VirtualMachine.objects.filter(present=True)  # no join: states only
+    if kinds is not None:
+        rows = rows.filter(scope_q(kinds, p))
+    return rows.order_by().values("last_state").annotate(n=Count("id"))
+
+
+_STATES_READ = Prepared(VirtualMachine, _states)
+
+
 def vm_state_counts(user) -> list[tuple[str, int]]:
     """(state, count) of the VMs the user sees: one aggregate query."""
-    rows = restrict(VirtualMachine.objects.filter(present=True), user, "vms.view")  # no join: states only
-    rows = rows.order_by().values("last_state").annotate(n=Count("id"))
-    return sorted((r["last_state"] or "unknown", r["n"]) for r in rows)
+    return sorted((r["last_state"] or "unknown", r["n"]) for r in _STATES_READ.rows(*scope_parts(user, "vms.view")))
 
 
-def stale_hosts(user) -> list[Host]:
-    """Hosts of the user's VMs whose picture may be out of date (unreachable or never read).
-    Stale hosts are few: they are read first, then kept if the user sees a VM on them."""
-    stale = Host.objects.filter(Q(unreachable_since__isnull=False) | Q(collected_at=None))
-    hosts = list(stale.only("name", "unreachable_since", "collect_error", "collected_at"))
-    if not hosts or scope_filter(user, "vms.view") is None:  # none, or the user sees every VM
+def _stale(shape, p):
+    stale = Host.objects.filter(Q(unreachable_since__isnull=False) | Q(collected_at=None)).order_by("name")
+    return stale.values("id", "name", "unreachable_since", "collect_error", "collected_at")
+
+
+def _hosts_seen(shape, p):
+    kinds, hosts = shape  # the stale hosts' ids are values host0, host1, ...
+    seen = VirtualMachine.objects.filter(present=True, host_id__in=[p[f"host{i}"] for i in range(hosts)])
+    if kinds is not None:
+        seen = seen.filter(scope_q(kinds, p))
+    return seen.order_by().values("host_id").distinct()
+
+
+_STALE_READ = Prepared(Host, _stale)
+_HOSTS_SEEN_READ = Prepared(VirtualMachine, _hosts_seen)
+
+
+def stale_hosts(user) -> list[dict]:
+    """Hosts of the user's VMs whose picture may be out of date (unreachable or never read):
+    dicts of id, name, unreachable_since, collect_error, collected_at. Stale hosts are few:
+    they are read first, then kept if the user sees a VM on them."""
+    hosts = _STALE_READ.rows((), {})
+    kinds, values = scope_parts(user, "vms.view")
+    if not hosts or kinds is None:  # none, or the user sees every VM
         return hosts
-    seen = set(vms_visible_to(user).filter(host__in=hosts).order_by().values_list("host_id", flat=True).distinct())
-    return [h for h in hosts if h.pk in seen]
+    values.update({f"host{i}": h["id"] for i, h in enumerate(hosts)})
+    seen = {r["host_id"] for r in _HOSTS_SEEN_READ.rows((kinds, len(hosts)), values)}
+    return [h for h in hosts if h["id"] in seen]
 
 
 def _version(parts: list) -> str:

@@ -160,7 +160,7 @@ REAUTH_FAILURE_LIMIT = env_int("REAUTH_FAILURE_LIMIT", 5)  # counted apart from 
 # `manage.py axes_reset_username NAME` lifts a lockout early.
 AUTHENTICATION_BACKENDS = [
     "axes.backends.AxesStandaloneBackend",
-    "django.contrib.auth.backends.ModelBackend",
+    "apps.accounts.backends.PortalModelBackend",  # ModelBackend, the user read prepared
 ]
 AXES_HANDLER = "axes.handlers.cache.AxesCacheHandler"
 AXES_FAILURE_LIMIT = "apps.accounts.throttle.login_failure_limit"  # reads LOGIN_FAILURE_LIMIT

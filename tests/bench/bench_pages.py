@@ -150,7 +150,7 @@ def _sql(cur, statements):
 
 
 def run(args) -> dict:
-    from django.contrib.auth import get_user_model
+    from django.contrib.auth import BACKEND_SESSION_KEY, get_user_model, load_backend
 
     from apps.accounts.models import RoleAssignment
     from apps.core import selectors as core_selectors
@@ -218,8 +218,10 @@ def run(args) -> dict:
     libvirt_connection.call = lambda uri, what, fn: calls.append(what) or real_call(uri, what, fn)
     results = {}
 
-    def fresh_user():
-        return get_user_model().objects.get(pk=user.pk)  # as a request loads it: no cached role assignments
+    backend = load_backend(client.session[BACKEND_SESSION_KEY])  # the one that signed the user in
+
+    def fresh_user():  # as a request's session loads it (no cached role assignments)
+        return backend.get_user(user.pk)
 
     def measure(label, url, params, bare, portal, check):
         with connection.cursor() as cur:

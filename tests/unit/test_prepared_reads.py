@@ -1,0 +1,135 @@
+"""Prepared reads (apps/core/prepared.py): the SQL the ORM wrote for a shape runs again with
+other values and gives what the ORM gives; a value the SQL would transform or bake in makes
+the shape an ORM read; a build that could capture a value is refused. And the scoped reads
+built on them give each user their own rows when users share a shape."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+import pytest
+from django.db.models import Count, F, Max
+from django.utils import timezone
+
+from apps.accounts.models import Role, RoleAssignment
+from apps.accounts.permissions import scope_parts, scope_q
+from apps.core.models import Host
+from apps.core.prepared import _ORM, Prepared, totals
+from apps.vms import selectors
+from apps.vms.models import VirtualMachine
+
+pytestmark = pytest.mark.django_db
+
+
+def _vms(shape, p):
+    kinds, by_state, by_seen = shape
+    qs = VirtualMachine.objects.filter(present=True, host__name=p["host"])
+    if kinds is not None:
+        qs = qs.filter(scope_q(kinds, p))
+    if by_state:
+        qs = qs.filter(last_state=p["state"])
+    if by_seen:
+        qs = qs.filter(last_seen__gte=p["since"])
+    return qs.order_by("name").values("name", "last_seen", "uuid", host_name=F("host__name"))
+
+
+def _named_like(shape, p):
+    return VirtualMachine.objects.filter(name__icontains=p["q"]).order_by("name").values("name")
+
+
+def _counts(shape, p):
+    return totals(VirtualMachine.objects.filter(host__name=p["host"]), n=Count("pk"), seen=Max("last_seen"))
+
+
+VMS = Prepared(VirtualMachine, _vms)
+
+
+@pytest.fixture
+def two_hosts():
+    now = timezone.now()
+    hosts = [Host.objects.create(name=f"prep-{i}", uri=f"test:///prep{i}") for i in range(2)]
+    for h, host in enumerate(hosts):
+        for i in range(6):
+            VirtualMachine.objects.create(host=host, uuid=uuid.uuid4(), name=f"p{h}-vm{i}", zone=f"z{i % 2}",
+                                          last_state=("running", "shut off")[i % 2],
+                                          last_seen=now - timedelta(hours=i))  # fmt: skip
+    return hosts
+
+
+def _orm(shape, values):
+    return list(_vms(shape, values))
+
+
+def test_a_prepared_read_gives_what_the_orm_gives_for_every_value(two_hosts):
+    now = timezone.now()
+    cases = [
+        ((None, False, False), {"host": "prep-0"}),
+        ((None, False, False), {"host": "prep-1"}),
+        ((None, True, False), {"host": "prep-0", "state": "running"}),
+        ((None, True, False), {"host": "prep-1", "state": "shut off"}),
+        ((None, True, True), {"host": "prep-1", "state": "running", "since": now - timedelta(hours=3, minutes=1)}),
+        ((("zone",), False, False), {"host": "prep-0", "scope0": "z1"}),
+        ((("host", "zone"), False, False), {"host": "prep-1", "scope0": two_hosts[0].pk, "scope1": "z0"}),
+        ((("host", "zone"), False, False), {"host": "prep-1", "scope0": two_hosts[1].pk, "scope1": "z0"}),
+    ]
+    for shape, values in cases:
+        assert VMS.rows(shape, values) == _orm(shape, values), (shape, values)
+        assert VMS.rows(shape, values, limit=2, offset=1) == _orm(shape, values)[1:3]
+    assert any(VMS.rows(shape, values) for shape, values in cases)  # not all empty
+    assert _ORM not in VMS._compiled.values()  # every one of these shapes was prepared, none fell back
+
+
+def test_a_value_the_sql_transforms_falls_back_to_the_orm_with_the_same_result(two_hosts):
+    read = Prepared(VirtualMachine, _named_like)
+    assert [r["name"] for r in read.rows((), {"q": "VM3"})] == ["p0-vm3", "p1-vm3"]  # icontains: %vm3%
+    assert list(read._compiled.values()) == [_ORM]
+    assert [r["name"] for r in read.rows((), {"q": "1-vm"})] == [f"p1-vm{i}" for i in range(6)]
+
+
+def test_an_aggregate_over_nothing_gives_its_empty_row(two_hosts):
+    read = Prepared(VirtualMachine, _counts)
+    assert read.one((), {"host": "prep-0"})["n"] == 6
+    assert read.one((), {"host": "nowhere"}) == {"n": 0, "seen": None}
+
+
+def test_no_scope_reads_nothing():
+    assert VMS.rows(((), False, False), {"host": "prep-0"}) == []
+
+
+def test_a_build_that_could_capture_a_value_is_refused():
+    host = "prep-0"
+
+    def captures(shape, p):
+        return VirtualMachine.objects.filter(host__name=host).values("name")
+
+    def defaulted(shape, p, host=host):
+        return VirtualMachine.objects.filter(host__name=host).values("name")
+
+    for build in (captures, defaulted):
+        with pytest.raises(TypeError, match="shape and values"):
+            Prepared(VirtualMachine, build)
+    with pytest.raises(TypeError, match="in the shape"):
+        VMS.rows((None, False, False), {"host": True})
+
+
+def test_users_sharing_a_shape_each_see_only_their_own_vms(two_hosts, django_user_model):
+    """Two operators scoped to one host each share the VM list's prepared SQL: each gets
+    their own host's VMs (the scope is a value), and a zone-scoped user gets the zone's."""
+    users = []
+    for h, host in enumerate(two_hosts):
+        user = django_user_model.objects.create_user(f"prep-op{h}", password="x" * 16)
+        RoleAssignment.objects.create(user=user, role=Role.OPERATOR, scope="host", host=host)
+        users.append(user)
+    zoned = django_user_model.objects.create_user("prep-zone", password="x" * 16)
+    RoleAssignment.objects.create(user=zoned, role=Role.VIEWER, scope="zone", zone="z1")
+    assert scope_parts(users[0], "vms.view")[0] == scope_parts(users[1], "vms.view")[0] == ("host",)
+
+    def names(user):
+        fresh = django_user_model.objects.get(pk=user.pk)
+        return [r["name"] for r in selectors.vm_listing(fresh, selectors.VmFilters()).page]
+
+    assert names(users[0]) == [f"p0-vm{i}" for i in range(6)]
+    assert names(users[1]) == [f"p1-vm{i}" for i in range(6)]
+    assert names(zoned) == ["p0-vm1", "p0-vm3", "p0-vm5", "p1-vm1", "p1-vm3", "p1-vm5"]
+    assert names(users[0]) == [f"p0-vm{i}" for i in range(6)]  # again, the SQL now prepared
