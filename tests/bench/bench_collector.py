@@ -77,9 +77,10 @@ def run(args) -> dict:
             bare.append(seen.get(kind, time.perf_counter()) - t0)
         b, p = statistics.median(bare), statistics.median(portal)
         return {
-            "name": "outside change visible in the database",
+            "name": "outside change visible in the database (s, slowest)",
             "target": "<= 5 s",
-            "ratio": p / b,
+            "ratio": max(portal),  # the target is in seconds: the slowest round against it
+            "against the bare event (median ratio)": round(p / b, 2),
             "bare libvirt event (median s)": round(b, 3),
             "portal database row (median s)": round(p, 3),
             "slowest (s)": round(max(portal), 3),
