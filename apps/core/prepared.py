@@ -17,9 +17,9 @@ the mapping `p` and only reach the SQL as parameters. The first read of a shape 
 queryset with placeholder values, once per value and once more, and checks that the SQL
 text stays the same and that each value lands in parameters of its own, unchanged (or
 adapted as a datetime): then later reads bind the real values. A value the SQL would
-transform (a `__icontains` pattern), bake into the text, or not use, makes that shape an
-ordinary ORM read every time: the result is the same, only slower. A shape the ORM finds
-empty (an `__in` of nothing) reads nothing.
+transform (a `__icontains` pattern, an escaped `__iexact` on SQLite), bake into the text, or
+not use, and a shape the ORM finds empty (an `__in` of nothing), make that shape an ordinary
+ORM read every time: the result is the same, only slower.
 
 Results are dicts of a `.values()` queryset, with the ORM's converters applied."""
 
@@ -35,7 +35,6 @@ from django.db import connections, router
 from django.db.models.query import ValuesIterable
 
 _ORM = object()  # the shape is read through the ORM each time
-_EMPTY = object()  # the shape matches nothing
 
 
 @dataclass(frozen=True)
@@ -52,8 +51,8 @@ def _placeholder(value, k: int, variant: int):
         raise TypeError("booleans and None change the SQL: put them in the shape")
     if isinstance(value, int):
         return 1_900_000_000 + k * 10 + variant  # within any integer column's range
-    if isinstance(value, str):
-        return f"\x1fprepared-{k}-{variant}\x1f"
+    if isinstance(value, str):  # with what a LIKE escape would change: such a lookup is seen
+        return f"\x1fprepared_{k}%{variant}\\\x1f"
     if isinstance(value, dt.datetime):
         return dt.datetime(1901, 1, 1, tzinfo=value.tzinfo) + dt.timedelta(seconds=k, microseconds=variant + 1)
     if isinstance(value, uuid.UUID):
@@ -75,8 +74,6 @@ class Prepared:
         compiled = self._compiled.get(key)
         if compiled is None:
             compiled = self._compiled[key] = self._compile(alias, shape, values)
-        if compiled is _EMPTY:
-            return []
         if compiled is _ORM:
             qs = self.build(shape, values)
             return list(qs if limit is None else qs[offset : offset + limit])
@@ -118,8 +115,8 @@ class Prepared:
                 raise TypeError("a prepared read is an unsliced .values() queryset")
             compiler = qs.query.get_compiler(using=alias)
             sql, params = compiler.as_sql()
-        except EmptyResultSet:
-            return _EMPTY
+        except EmptyResultSet:  # nothing matches (an __in of nothing, a value out of a column's range)
+            return _ORM  # which may hang on the values: the ORM decides each time
         # per parameter: (name, adapter) where a value goes, (None, the constant) elsewhere
         owner: list = [None] * len(params)
         for k, name in enumerate(names):

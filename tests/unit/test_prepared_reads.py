@@ -87,6 +87,34 @@ def test_a_value_the_sql_transforms_falls_back_to_the_orm_with_the_same_result(t
     assert [r["name"] for r in read.rows((), {"q": "1-vm"})] == [f"p1-vm{i}" for i in range(6)]
 
 
+def _named_exactly(shape, p):
+    return VirtualMachine.objects.filter(name__iexact=p["name"]).order_by("name").values("name")
+
+
+def _small_numbers(shape, p):  # a small-integer column: a placeholder is out of its range
+    from apps.storage.models import PoolLimit
+
+    return PoolLimit.objects.filter(reserve_percent=p["reserve"]).values("pool")
+
+
+def test_an_escaped_value_is_never_bound_unescaped(two_hosts):
+    """SQLite's iexact is a LIKE with the value's _ and % escaped: bound as it came, "p0_vm1"
+    would match "p0-vm1". Such a shape is read by the ORM (PostgreSQL's UPPER = UPPER takes
+    the value as it is, and prepares)."""
+    read = Prepared(VirtualMachine, _named_exactly)
+    assert read.rows((), {"name": "p0_vm1"}) == []
+    assert read.rows((), {"name": "P0-VM1"}) == [{"name": "p0-vm1"}]
+
+
+def test_a_value_outside_its_columns_range_is_left_to_the_orm(two_hosts):
+    from apps.storage.models import PoolLimit
+
+    PoolLimit.objects.create(host=two_hosts[0], pool="default", reserve_percent=10)
+    read = Prepared(PoolLimit, _small_numbers)
+    assert read.rows((), {"reserve": 10}) == [{"pool": "default"}]
+    assert read.rows((), {"reserve": 11}) == []
+
+
 def test_an_aggregate_over_nothing_gives_its_empty_row(two_hosts):
     read = Prepared(VirtualMachine, _counts)
     assert read.one((), {"host": "prep-0"})["n"] == 6
