@@ -183,18 +183,37 @@ def scope_filter(user, perm: str):
     return None if kinds is None else scope_q(kinds, values)
 
 
+def hosts_covered(user, perm: str) -> list[int] | None:
+    """The hosts `perm` covers as objects for `user` (host-scoped assignments; a zone or VM
+    scope covers VMs, not their host): their ids, or None for every host."""
+    ids = set()
+    for a in _assignments(user):
+        if perm not in ROLE_PERMISSIONS[a.role]:
+            continue
+        if a.scope == Scope.GLOBAL:
+            return None
+        if a.scope == Scope.HOST and a.host_id is not None:
+            ids.add(a.host_id)
+    return sorted(ids)
+
+
 def restrict(queryset, user, perm: str):
     """The rows of `queryset` that `perm` covers for `user` (None: the system, all rows).
     The model says how it reaches its VM with `scope_vm_path` ("" for VirtualMachine
     itself, "vm" for a row with a `vm` foreign key)."""
     if user is None:
         return queryset
+    return restrict_to(queryset, *scope_parts(user, perm))
+
+
+def restrict_to(queryset, kinds: tuple | None, values):
+    """`restrict` from a scope's parts (`scope_parts`), for a prepared read's build."""
     path = getattr(queryset.model, "scope_vm_path", None)
     if path is None:
         raise TypeError(f"{queryset.model.__name__} has no scope_vm_path: it cannot be restricted by VM scope")
-    q = scope_filter(user, perm)
-    if q is None:
+    if kinds is None:
         return queryset
+    q = scope_q(kinds, values)
     if path:
         q = _prefixed(q, path)
     return queryset.filter(q)

@@ -11,7 +11,7 @@ from django.core.paginator import Page
 from django.db.models import Count, F, FilteredRelation, OuterRef, Q, Subquery
 from django.utils import timezone
 
-from apps.accounts.permissions import authorize, has_perm, restrict, scope_parts, scope_q
+from apps.accounts.permissions import authorize, has_perm, hosts_covered, restrict_to, scope_parts, scope_q
 from apps.core.errors import NotFound
 from apps.core.gateways import libvirt as gw
 from apps.core.models import Host
@@ -388,6 +388,23 @@ def defaults_for(user):
     return defaults_read()
 
 
+def _alerts_in_scope(queryset, kinds, hosts, p):
+    """Alerts on the VMs of these scopes, and pool alerts of hosts host0, host1, ... (all for
+    hosts None): what `alerts_visible_to` and the badge read."""
+    on_vms = restrict_to(queryset.filter(vm__isnull=False), kinds, p)
+    on_pools = queryset.filter(vm__isnull=True)
+    if hosts is not None:
+        on_pools = on_pools.filter(host_id__in=[p[f"host{i}"] for i in range(hosts)])
+    return on_vms | on_pools
+
+
+def _alert_parts(user) -> tuple[tuple, dict]:
+    kinds, values = scope_parts(user, "storage.view")
+    hosts = hosts_covered(user, "storage.view")
+    values.update({f"host{i}": pk for i, pk in enumerate(hosts or ())})
+    return (kinds, None if hosts is None else len(hosts)), values
+
+
 def alerts_visible_to(user, *, open_only: bool = False):
     """Alerts on VMs the user may see (pool alerts for hosts they may see)."""
     qs = StorageAlert.objects.select_related("vm", "host", "vm__host")
@@ -395,13 +412,21 @@ def alerts_visible_to(user, *, open_only: bool = False):
         qs = qs.filter(state=StorageAlert.State.OPEN)
     if user is None:
         return qs
-    host_ids = [h.pk for h in Host.objects.all() if has_perm(user, "storage.view", h)]
-    on_vms = restrict(qs.filter(vm__isnull=False), user, "storage.view")
-    return on_vms | qs.filter(vm__isnull=True, host_id__in=host_ids)
+    (kinds, hosts), values = _alert_parts(user)
+    return _alerts_in_scope(qs, kinds, hosts, values)
+
+
+def _unacknowledged(shape, p):
+    kinds, hosts = shape
+    alerts = StorageAlert.objects.filter(state=StorageAlert.State.OPEN, acknowledged_at__isnull=True)
+    return totals(_alerts_in_scope(alerts, kinds, hosts, p), n=Count("pk"))
+
+
+_BADGE_READ = Prepared(StorageAlert, _unacknowledged)
 
 
 def alert_badge_count(user) -> int:
-    """Open alerts nobody acknowledged yet (the badge in the navigation)."""
+    """Open alerts nobody acknowledged yet (the badge in the navigation, on every page)."""
     if user is None or not has_perm(user, "storage.view", anywhere=True):
         return 0
-    return alerts_visible_to(user, open_only=True).filter(acknowledged_at__isnull=True).count()
+    return _BADGE_READ.one(*_alert_parts(user))["n"]

@@ -161,3 +161,36 @@ def test_users_sharing_a_shape_each_see_only_their_own_vms(two_hosts, django_use
     assert names(users[1]) == [f"p1-vm{i}" for i in range(6)]
     assert names(zoned) == ["p0-vm1", "p0-vm3", "p0-vm5", "p1-vm1", "p1-vm3", "p1-vm5"]
     assert names(users[0]) == [f"p0-vm{i}" for i in range(6)]  # again, the SQL now prepared
+
+
+def test_alerts_and_the_badge_follow_each_users_scope(two_hosts, django_user_model):
+    """Pool alerts reach users of their host (or global); VM alerts users whose scope covers
+    the VM; the navigation badge (a prepared count) agrees with the Alerts page's list."""
+    from apps.storage import selectors as storage_selectors
+    from apps.storage.models import StorageAlert
+
+    now = timezone.now()
+    h0, h1 = two_hosts
+    vm = VirtualMachine.objects.get(name="p1-vm1")  # zone z1 on host 1
+    for host, on_vm, pool in ((h0, None, "default"), (h1, None, "default"), (h1, vm, "")):
+        StorageAlert.objects.create(host=host, vm=on_vm, pool=pool, level="warning", usage=1, limit=2, percent=80,
+                                    raised_at=now, updated_at=now, message="m")  # fmt: skip
+
+    def user(name, **scope):
+        u = django_user_model.objects.create_user(name, password="x" * 16)
+        RoleAssignment.objects.create(user=u, role=Role.VIEWER, **scope)
+        return django_user_model.objects.get(pk=u.pk)
+
+    cases = {
+        "everyone": (user("al-global", scope="global"), 3),
+        "host 0": (user("al-h0", scope="host", host=h0), 1),  # its pool alert only
+        "host 1": (user("al-h1", scope="host", host=h1), 2),  # its pool alert and its VM's
+        "zone z1": (user("al-z1", scope="zone", zone="z1"), 1),  # the VM's alert, no pool alert
+        "zone z0": (user("al-z0", scope="zone", zone="z0"), 0),
+    }
+    for label, (u, expected) in cases.items():
+        listed = storage_selectors.alerts_visible_to(u, open_only=True)
+        assert listed.count() == expected, label
+        assert storage_selectors.alert_badge_count(u) == expected, label
+    zone_user = cases["zone z1"][0]
+    assert [a.vm_id for a in storage_selectors.alerts_visible_to(zone_user)] == [vm.pk]
