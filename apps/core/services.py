@@ -27,6 +27,9 @@ def host_create(*, actor, name: str, uri: str, description: str = "", check: boo
             raise InvalidInput(f"Invalid libvirt URI {uri!r}: expected e.g. qemu:///system or qemu+ssh://host/system.")
         if Host.objects.filter(name=name).exists():
             raise Conflict(f"A host named {name!r} already exists.")
+        same = Host.objects.filter(uri=uri).values_list("name", flat=True).first()
+        if same is not None:  # one libvirt daemon, one host: its VMs would be read and listed twice
+            raise Conflict(f"Host {same!r} already reads {uri}: a libvirt daemon is added once.")
         if check:
             gw.host_version(uri)
         with transaction.atomic():

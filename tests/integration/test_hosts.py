@@ -42,3 +42,13 @@ def test_host_add_command(admin):
     assert Host.objects.filter(name="lab-4").exists()
     with pytest.raises(CommandError, match="already exists"):
         call_command("host_add", "lab-4", "test:///default", "--as", admin.username)
+
+
+def test_a_libvirt_daemon_is_added_once(admin):
+    """Two host rows on one URI would read the same daemon twice and list its VMs twice."""
+    host_create(actor=admin, name="lab-5", uri="test:///default")
+    with pytest.raises(Exception, match="Host 'lab-5' already reads test:///default"):
+        host_create(actor=admin, name="lab-6", uri="test:///default")
+    assert list(Host.objects.values_list("name", flat=True)) == ["lab-5"]
+    refused = AuditEvent.objects.get(action="core.host.create", outcome="failed")
+    assert refused.target_name == "lab-6"
