@@ -94,7 +94,7 @@ class Prepared:
         gives them); the read's `.values()` names fields by their attname (host_id, not host)."""
         alias = router.db_for_read(self.model)
         rows = self.rows(shape, values, limit=limit, offset=offset)
-        return [self.model.from_db(alias, list(row), list(row.values())) for row in rows]
+        return as_objects(self.model, rows, alias)
 
     def first(self, shape, values: Mapping):
         """The first row's object, or None."""
@@ -137,6 +137,19 @@ class Prepared:
         names_out = tuple(query.selected or (*query.extra_select, *query.values_select, *query.annotation_select))
         fields = [s[0] for s in compiler.select[: compiler.col_count]]
         return _Compiled(sql, slots, names_out, tuple(compiler.get_converters(fields).items()))
+
+
+def as_objects(model, rows: list[dict], alias: str = "default") -> list:
+    """Model objects from dicts of some of its fields by attname, the others deferred. The
+    values go in the model's field order, whatever the order of the dict (Model.from_db
+    takes them so)."""
+    if not rows:
+        return []
+    names = [f.attname for f in model._meta.concrete_fields if f.attname in rows[0]]
+    if len(names) != len(rows[0]):
+        unknown = sorted(set(rows[0]) - set(names))
+        raise TypeError(f"{model.__name__} has no fields {unknown} (a read names fields by attname)")
+    return [model.from_db(alias, names, [row[n] for n in names]) for row in rows]
 
 
 def _adapter(connection, placeholder, seen: set):

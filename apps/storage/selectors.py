@@ -16,7 +16,7 @@ from apps.core.errors import NotFound
 from apps.core.gateways import libvirt as gw
 from apps.core.models import Host
 from apps.core.paging import page_of, page_to_show
-from apps.core.prepared import Prepared, totals
+from apps.core.prepared import Prepared, as_objects, totals
 from apps.core.urlmaker import url_maker
 from apps.core.validators import validate_name
 from apps.vms.models import VirtualMachine
@@ -196,9 +196,9 @@ def _overview(user, vm_rows: list[dict]) -> list[HostStorage]:
             continue
         hosts.append(host)
     pools: dict[int, list[tuple[PoolState, EffectivePoolLimit]]] = {}
-    for row in _POOLS_READ.rows(len(pool_hosts), {f"host{i}": pk for i, pk in enumerate(pool_hosts)}):
-        own = PoolLimit(max_overcommit=row.pop("limit_overcommit"), reserve_percent=row.pop("limit_reserve"))
-        pool = PoolState.from_db("default", list(row), list(row.values()))
+    rows = _POOLS_READ.rows(len(pool_hosts), {f"host{i}": pk for i, pk in enumerate(pool_hosts)})
+    limits = [PoolLimit(max_overcommit=r.pop("limit_overcommit"), reserve_percent=r.pop("limit_reserve")) for r in rows]
+    for pool, own in zip(as_objects(PoolState, rows), limits, strict=True):
         pools.setdefault(pool.host_id, []).append((pool, effective_pool_limit(own, defaults)))
     result = []
     for host in hosts:

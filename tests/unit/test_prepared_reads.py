@@ -194,3 +194,22 @@ def test_alerts_and_the_badge_follow_each_users_scope(two_hosts, django_user_mod
         assert storage_selectors.alert_badge_count(u) == expected, label
     zone_user = cases["zone z1"][0]
     assert [a.vm_id for a in storage_selectors.alerts_visible_to(zone_user)] == [vm.pk]
+
+
+def test_objects_of_some_fields_get_each_value_in_its_own_field(django_user_model):
+    """A prepared read of some fields, in another order than the model's, made into model
+    objects: each value lands in its field (Model.from_db takes values in field order)."""
+    from apps.core import selectors as core_selectors
+    from apps.core.models import Job
+    from apps.core.prepared import as_objects
+
+    admin = django_user_model.objects.create_user("prep-admin", password="x" * 16)
+    RoleAssignment.objects.create(user=admin, role=Role.ADMIN, scope="global")
+    Job.objects.create(kind="vms.vm.start", target_type="virtualmachine", target_id="1", target_name="web-1",
+                       actor_name="alice", state="running", progress=42, error="")  # fmt: skip
+    (job,) = core_selectors.dashboard_for(django_user_model.objects.get(pk=admin.pk)).jobs
+    assert (job.kind, job.target_name, job.actor_name, job.state, job.progress, job.error) == (
+        "vms.vm.start", "web-1", "alice", "running", 42, "")
+    assert not job.finished
+    with pytest.raises(TypeError, match="no fields"):
+        as_objects(Job, [{"id": 1, "target": 2}])
