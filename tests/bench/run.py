@@ -67,10 +67,14 @@ def _fresh_database(workdir: Path, postgres: str | None):
     connections.close_all()
     if postgres:
         name, drop = _postgres_scratch(postgres)
+        os.environ["DATABASE_URL"] = f"{postgres.rpartition('/')[0]}/{name}"
     else:
         path = workdir / f"bench-{uuid.uuid4().hex[:8]}.sqlite3"
         name, drop = str(path), path.unlink
-    connections["default"].settings_dict["NAME"] = name  # as Django's test runner switches databases
+        os.environ["DATABASE_URL"] = f"sqlite:///{path}"
+    # this process, as Django's test runner switches databases; the processes a benchmark
+    # starts (the collector, gunicorn) by DATABASE_URL
+    connections["default"].settings_dict["NAME"] = name
     call_command("migrate", verbosity=0, interactive=False)
     return _closing(drop)
 
