@@ -30,7 +30,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from django.core.exceptions import EmptyResultSet
+from django.core.exceptions import EmptyResultSet, ValidationError
 from django.db import connections, router
 from django.db.models.query import ValuesIterable
 
@@ -79,8 +79,9 @@ class Prepared:
             return list(qs if limit is None else qs[offset : offset + limit])
         params = [adapt(values[name]) if name is not None else adapt for name, adapt in compiled.slots]
         sql = compiled.sql
-        if limit is not None:
-            sql, params = f"{sql} LIMIT %s OFFSET %s", [*params, limit, offset]
+        if limit is not None:  # (no OFFSET 0: a keyset read shows it has none)
+            sql, params = (f"{sql} LIMIT %s OFFSET %s", [*params, limit, offset]) if offset else (
+                f"{sql} LIMIT %s", [*params, limit])
         with connections[alias].cursor() as cursor:
             cursor.execute(sql, params)
             found = cursor.fetchall()
@@ -107,16 +108,21 @@ class Prepared:
         return row
 
     def _compile(self, alias: str, shape, values: Mapping):
+        try:
+            return self._compiled_for(alias, shape, values)
+        except (EmptyResultSet, ValueError, ValidationError):
+            # nothing matches (an __in of nothing, a value out of a column's range), or a
+            # field refuses a stand-in (an IP address field): the ORM decides each time
+            return _ORM
+
+    def _compiled_for(self, alias: str, shape, values: Mapping):
         names = list(values)
         base = {n: _placeholder(values[n], k, 0) for k, n in enumerate(names)}
-        try:
-            qs = self.build(shape, base)
-            if qs._iterable_class is not ValuesIterable or qs.query.is_sliced:
-                raise TypeError("a prepared read is an unsliced .values() queryset")
-            compiler = qs.query.get_compiler(using=alias)
-            sql, params = compiler.as_sql()
-        except EmptyResultSet:  # nothing matches (an __in of nothing, a value out of a column's range)
-            return _ORM  # which may hang on the values: the ORM decides each time
+        qs = self.build(shape, base)
+        if qs._iterable_class is not ValuesIterable or qs.query.is_sliced:
+            raise TypeError("a prepared read is an unsliced .values() queryset")
+        compiler = qs.query.get_compiler(using=alias)
+        sql, params = compiler.as_sql()
         # per parameter: (name, adapter) where a value goes, (None, the constant) elsewhere
         owner: list = [None] * len(params)
         for k, name in enumerate(names):

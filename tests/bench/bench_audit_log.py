@@ -183,8 +183,12 @@ def run(args) -> dict:
     results: dict[str, str] = {}
     ratios: dict[str, float] = {}
 
-    def fresh_user():
-        return User.objects.get(pk=auditor.pk)  # as a request loads it: no cached role assignments
+    from django.contrib.auth import BACKEND_SESSION_KEY, load_backend
+
+    backend = load_backend(client.session[BACKEND_SESSION_KEY])  # the one that signed the auditor in
+
+    def fresh_user():  # as a request's session loads it (no cached role assignments)
+        return backend.get_user(auditor.pk)
 
     signed_in = fresh_user()
     from apps.accounts.permissions import has_perm
