@@ -271,27 +271,47 @@ RELATED_LIMIT = 100
 JOB_FIELDS = ("id", "kind", "state", "target_name", "actor_name", "error", "log")
 
 
+def _event_by_pk(shape, p):
+    return AuditEvent.objects.filter(pk=p["pk"]).values()
+
+
+def _job_line(shape, p):
+    return Job.objects.filter(pk=p["job"]).order_by().values(*JOB_FIELDS, host_name=F("host__name"))
+
+
+def _around(shape, p):
+    """Events of the same job and/or request (shape: which), but the event itself, oldest first."""
+    by_job, by_request = shape
+    around = (Q(job_id=p["job"]) if by_job else Q()) | (Q(request_id=p["request"]) if by_request else Q())
+    related = AuditEvent.objects.filter(around).exclude(pk=p["pk"]).annotate(params_text=_PARAMS_TEXT)
+    return related.values(*ROW_FIELDS, "request_id").order_by(*OLDEST_FIRST)
+
+
+_EVENT_READ = Prepared(AuditEvent, _event_by_pk)
+_JOB_READ = Prepared(Job, _job_line)
+_AROUND_READ = Prepared(AuditEvent, _around)
+
+
 def event_detail(user, pk: int) -> EventDetail:
     """One event with its job (and the job's log) and the other events of the same job and
     of the same request, oldest first (what happened around it): RELATED_LIMIT at most, both
-    lists together."""
-    found = list(_readable_events(user).filter(pk=pk)[:1])
-    if not found:
+    lists together. Prepared reads (apps/core/prepared.py)."""
+    _readable_events(user)  # the permission check
+    event = _EVENT_READ.first((), {"pk": pk})
+    if event is None:
         raise Http404("No such audit event.")
-    event = found[0]
     detail = EventDetail(event, None)
     if event.job_id is not None:
-        jobs = Job.objects.filter(pk=event.job_id).order_by().values(*JOB_FIELDS, host_name=F("host__name"))
-        detail.job = next(iter(jobs[:1]), None)
-    around = (Q(job_id=event.job_id) if event.job_id is not None else Q()) | (
-        Q(request_id=event.request_id) if event.request_id else Q())  # fmt: skip
-    if around:  # one read for both lists, split here (an event of both is in both)
-        related = (AuditEvent.objects.filter(around).exclude(pk=pk).annotate(params_text=_PARAMS_TEXT)
-                   .values_list(*ROW_FIELDS, "request_id").order_by(*OLDEST_FIRST)[:RELATED_LIMIT])  # fmt: skip
-        for *row, request_id in related:
-            r = EventRow(*row)
-            if event.job_id is not None and r.job_id == event.job_id:
+        detail.job = next(iter(_JOB_READ.rows((), {"job": event.job_id}, limit=1)), None)
+    by_job, by_request = event.job_id is not None, bool(event.request_id)
+    if by_job or by_request:  # one read for both lists, split here (an event of both is in both)
+        values = {"pk": event.pk, **({"job": event.job_id} if by_job else {}),
+                  **({"request": event.request_id} if by_request else {})}  # fmt: skip
+        for found in _AROUND_READ.rows((by_job, by_request), values, limit=RELATED_LIMIT):
+            request_id = found.pop("request_id")
+            r = EventRow(*found.values())
+            if by_job and r.job_id == event.job_id:
                 detail.same_job.append(r)
-            if event.request_id and request_id == event.request_id:
+            if by_request and request_id == event.request_id:
                 detail.same_request.append(r)
     return detail

@@ -35,6 +35,7 @@ from django.db import connections, router
 from django.db.models.query import ValuesIterable
 
 _ORM = object()  # the shape is read through the ORM each time
+_INT64 = (-(2**63), 2**63 - 1)
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,8 @@ class Prepared:
         compiled = self._compiled.get(key)
         if compiled is None:
             compiled = self._compiled[key] = self._compile(alias, shape, values)
-        if compiled is _ORM:
+        if compiled is _ORM or any(type(v) is int and not _INT64[0] <= v <= _INT64[1] for v in values.values()):
+            # (an integer no column holds, from a URL: the ORM knows nothing matches)
             qs = self.build(shape, values)
             return list(qs if limit is None else qs[offset : offset + limit])
         params = [adapt(values[name]) if name is not None else adapt for name, adapt in compiled.slots]

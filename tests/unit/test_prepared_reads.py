@@ -213,3 +213,24 @@ def test_objects_of_some_fields_get_each_value_in_its_own_field(django_user_mode
     assert not job.finished
     with pytest.raises(TypeError, match="no fields"):
         as_objects(Job, [{"id": 1, "target": 2}])
+
+
+def test_an_integer_no_column_holds_finds_nothing(client, django_user_model):
+    """A URL's integer past 64 bits reaches a prepared read as a plain "not found"."""
+    from django.urls import reverse
+
+    from apps.core.models import Job
+
+    auditor = django_user_model.objects.create_user("prep-auditor", password="x" * 16)
+    RoleAssignment.objects.create(user=auditor, role=Role.AUDITOR, scope="global")
+    client.force_login(auditor)
+    url = reverse("audit:event", args=[2**70])
+    assert client.get(url).status_code == 404
+    read = Prepared(Job, _job_by_pk)
+    assert read.rows((), {"pk": 2**70}) == [] and read.rows((), {"pk": -(2**64)}) == []
+
+
+def _job_by_pk(shape, p):
+    from apps.core.models import Job
+
+    return Job.objects.filter(pk=p["pk"]).values("id")
