@@ -184,22 +184,17 @@ def report_flags(user, assignments, denied: int, *, mfa: bool, quarantined: Sens
 
 def _grants() -> dict[int, list[Grant]]:
     """user id -> their assignments, with scope labels named as RoleAssignment.scope_label
-    names them (hosts and VMs read once, by id)."""
-    from apps.core.models import Host
-    from apps.vms.models import VirtualMachine
-
-    rows = list(RoleAssignment.objects.order_by("role", "scope", "id").values_list(
-        "user_id", "role", "scope", "host_id", "zone", "vm_id"))  # fmt: skip
-    hosts = dict(Host.objects.filter(pk__in={r[3] for r in rows if r[3]}).values_list("pk", "name"))
-    vms = dict(VirtualMachine.objects.filter(pk__in={r[5] for r in rows if r[5]}).values_list("pk", "name"))
+    names them (their hosts' and VMs' names joined in the same read)."""
+    rows = RoleAssignment.objects.order_by("role", "scope", "id").values_list(
+        "user_id", "role", "scope", "host_id", "zone", "vm_id", "host__name", "vm__name")  # fmt: skip
     out: dict[int, list[Grant]] = {}
-    for user_id, role, scope, host_id, zone, vm_id in rows:
+    for user_id, role, scope, host_id, zone, vm_id, host_name, vm_name in rows:
         if scope == Scope.HOST:
-            label = f"host {hosts.get(host_id)}"
+            label = f"host {host_name}"
         elif scope == Scope.ZONE:
             label = f"zone {zone}"
         elif scope == Scope.VM:
-            label = f"VM {vms.get(vm_id)}"
+            label = f"VM {vm_name}"
         else:
             label = "everything"
         out.setdefault(user_id, []).append(Grant(role, scope, host_id, zone, vm_id, label))
