@@ -17,9 +17,9 @@ the mapping `p` and only reach the SQL as parameters. The first read of a shape 
 queryset with placeholder values, once per value and once more, and checks that the SQL
 text stays the same and that each value lands in parameters of its own, unchanged (or
 adapted as a datetime): then later reads bind the real values. A value the SQL would
-transform (a `__icontains` pattern, an escaped `__iexact` on SQLite), bake into the text, or
-not use, and a shape the ORM finds empty (an `__in` of nothing), make that shape an ordinary
-ORM read every time: the result is the same, only slower.
+transform other than by a LIKE's escape and wildcards, bake into the text, or not use, a
+field that refuses a stand-in, and a shape the ORM finds empty (an `__in` of nothing), make
+that shape an ordinary ORM read every time: the result is the same, only slower.
 
 Results are dicts of a `.values()` queryset, with the ORM's converters applied."""
 
@@ -161,16 +161,28 @@ def as_objects(model, rows: list[dict], alias: str = "default") -> list:
 
 
 def _adapter(connection, placeholder, seen: set):
-    """How a value becomes its parameter, if the placeholder came through as one of those."""
-    if seen == {placeholder}:
-        return _same
-    if isinstance(placeholder, dt.datetime):
-        adapted = connection.ops.adapt_datetimefield_value(placeholder)
-        if seen == {adapted}:
-            return connection.ops.adapt_datetimefield_value
-    if isinstance(placeholder, uuid.UUID) and seen == {placeholder.hex}:
-        return _hex
+    """How a value becomes its parameter, if the placeholder came through as one of those:
+    as it is, adapted as a datetime or UUID, or escaped for a LIKE (a startswith, endswith,
+    contains or iexact lookup; the stand-in carries the characters each escape changes, so
+    only the transform the ORM applied gives it back)."""
+    for adapt in _adapters(connection, placeholder):
+        if seen == {adapt(placeholder)}:
+            return adapt
     return None
+
+
+def _adapters(connection, placeholder):
+    yield _same
+    if isinstance(placeholder, dt.datetime):
+        yield connection.ops.adapt_datetimefield_value
+    elif isinstance(placeholder, uuid.UUID):
+        yield _hex
+    elif isinstance(placeholder, str):
+        like = connection.ops.prep_for_like_query
+        yield connection.ops.prep_for_iexact_query
+        yield lambda value: f"{like(value)}%"
+        yield lambda value: f"%{like(value)}"
+        yield lambda value: f"%{like(value)}%"
 
 
 def _converted(rows, converters, connection):

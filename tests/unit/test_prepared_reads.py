@@ -9,7 +9,7 @@ import uuid
 from datetime import timedelta
 
 import pytest
-from django.db.models import Count, F, Max
+from django.db.models import Count, F, Max, Q
 from django.utils import timezone
 
 from apps.accounts.models import Role, RoleAssignment
@@ -80,11 +80,25 @@ def test_a_prepared_read_gives_what_the_orm_gives_for_every_value(two_hosts):
     assert _ORM not in VMS._compiled.values()  # every one of these shapes was prepared, none fell back
 
 
-def test_a_value_the_sql_transforms_falls_back_to_the_orm_with_the_same_result(two_hosts):
+def test_a_like_pattern_is_bound_escaped_as_the_orm_escapes_it(two_hosts):
+    """icontains: the value is escaped and wrapped in wildcards, as the ORM does, so _ and %
+    stay literal (bound unescaped, "p0_vm1" would match "p0-vm1" and "%" everything)."""
     read = Prepared(VirtualMachine, _named_like)
-    assert [r["name"] for r in read.rows((), {"q": "VM3"})] == ["p0-vm3", "p1-vm3"]  # icontains: %vm3%
-    assert list(read._compiled.values()) == [_ORM]
+    assert [r["name"] for r in read.rows((), {"q": "VM3"})] == ["p0-vm3", "p1-vm3"]
+    assert _ORM not in read._compiled.values()  # prepared
     assert [r["name"] for r in read.rows((), {"q": "1-vm"})] == [f"p1-vm{i}" for i in range(6)]
+    for literal in ("p0_vm1", "%", "_", "vm\\", "p0%vm1"):
+        assert read.rows((), {"q": literal}) == list(_named_like((), {"q": literal})) == [], literal
+
+
+def _about(shape, p):  # one value in two lookups transformed differently: the ORM's each time
+    return VirtualMachine.objects.filter(Q(name=p["n"]) | Q(name__startswith=f"{p['n']}-")).values("name")
+
+
+def test_a_value_transformed_two_ways_is_left_to_the_orm(two_hosts):
+    read = Prepared(VirtualMachine, _about)
+    assert sorted(r["name"] for r in read.rows((), {"n": "p1"})) == [f"p1-vm{i}" for i in range(6)]
+    assert list(read._compiled.values()) == [_ORM]
 
 
 def _named_exactly(shape, p):
