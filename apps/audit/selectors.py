@@ -192,6 +192,8 @@ def events_page(user, filters: EventFilters, *, cursor: Cursor | None = None, ol
     rows wherever the page is: no COUNT, no OFFSET. A prepared read (apps/core/prepared.py)."""
     _readable_events(user)  # the permission check
     values = {name: getattr(filters, name) for name in _FILTER_NAMES if getattr(filters, name)}
+    if "ip" in values:  # as the ORM would bind it (an IPv6 address in its short form), on any database
+        values["ip"] = AuditEvent._meta.get_field("source_ip").get_prep_value(values["ip"])
     which = tuple(name in values for name in _FILTER_NAMES)
     if cursor is None:
         direction, ascending = None, oldest
