@@ -52,16 +52,13 @@ def _setup_django(workdir: Path, postgres: str | None):
         drop = path.unlink
     os.environ["PORTAL_VAR_DIR"] = str(workdir)
     import django
-    from django.core.management import call_command
 
     django.setup()
-    call_command("migrate", verbosity=0, interactive=False)
-    return _closing(drop)
+    return _migrated(_closing(drop))
 
 
 def _fresh_database(workdir: Path, postgres: str | None):
     """Point Django at a new scratch database, migrated; returns its dropper."""
-    from django.core.management import call_command
     from django.db import connections
 
     connections.close_all()
@@ -75,8 +72,19 @@ def _fresh_database(workdir: Path, postgres: str | None):
     # this process, as Django's test runner switches databases; the processes a benchmark
     # starts (the collector, gunicorn) by DATABASE_URL
     connections["default"].settings_dict["NAME"] = name
-    call_command("migrate", verbosity=0, interactive=False)
-    return _closing(drop)
+    return _migrated(_closing(drop))
+
+
+def _migrated(drop):
+    """Migrate the new database; a failed migration drops it before the error goes on."""
+    from django.core.management import call_command
+
+    try:
+        call_command("migrate", verbosity=0, interactive=False)
+    except BaseException:
+        drop()
+        raise
+    return drop
 
 
 def _closing(drop):
