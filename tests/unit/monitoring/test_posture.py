@@ -109,7 +109,7 @@ def test_an_sshd_config_sshd_rejects_is_unknown_with_sshds_reason(sshd_config):
 def _real_auditctl():
     path = host_checks.which("auditctl")
     if path is None:
-        pytest.skip("auditd is not installed: run scripts/setup-system.sh")
+        pytest.fail("auditd is not installed (the project installs it): run scripts/setup-system.sh")
     return path
 
 
@@ -139,7 +139,7 @@ def test_auditctl_without_the_audit_capabilities_is_unknown_with_its_reason(bin_
     auditctl = _real_auditctl()
     setpriv = host_checks.which("setpriv")
     if setpriv is None:
-        pytest.skip("setpriv (util-linux) is not installed")
+        pytest.fail("setpriv is missing: util-linux, an essential Debian package, is not installed")
     bin_dir("auditctl", f'exec {setpriv} --bounding-set=-audit_control,-audit_read,-audit_write {auditctl} "$@"\n')
     (f,) = posture.evaluate([_check("auditd.rules")])
     assert f.status == Status.UNKNOWN, f.evidence
