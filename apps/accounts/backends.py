@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.backends import ModelBackend
+from django.core.exceptions import ValidationError
 
 from apps.core.prepared import Prepared
 
@@ -21,7 +22,7 @@ class PortalModelBackend(ModelBackend):
     def get_user(self, user_id):
         try:
             pk = get_user_model()._meta.pk.to_python(user_id)
-        except Exception:  # a session with a malformed id: nobody
+        except (ValidationError, TypeError, ValueError):  # a session with a malformed id: nobody
             return None
         user = _USER_READ.first((), {"pk": pk})
         return user if self.user_can_authenticate(user) else None

@@ -7,9 +7,9 @@ ORM as the one author of its SQL but asks it once per process and per *shape*:
     def _build(shape, p):        # module level: no closure, no defaults
         kinds, by_state = shape
         qs = VirtualMachine.objects.filter(scope_q(kinds, p))
-        return qs.filter(last_state=p["state"]) if by_state else qs
-    _read = Prepared(_build)
-    rows = _read.rows(shape, {"state": "running", ...}, limit=50, offset=0)
+        return (qs.filter(last_state=p["state"]) if by_state else qs).values("name")
+    _read = Prepared(VirtualMachine, _build)
+    rows = _read.rows((kinds, True), {"state": "running", "scope0": 3}, limit=50, offset=0)
 
 `shape` (hashable) is everything that changes the SQL text: which filters are set, the
 sort, the kinds of the user's scope. The values (ints, strings, datetimes, UUIDs) go in
